@@ -26,6 +26,11 @@ cluster-down:
 test: control-plane
 	$(CARGO) test --workspace --no-fail-fast
 
+## Regenerate crds/ from the Rust types.
+crds:
+	@mkdir -p crds && rm -f crds/*.yaml
+	$(CARGO) run -q -- crd --out-dir crds
+
 lint:
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings

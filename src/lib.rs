@@ -1,2 +1,10 @@
 //! vehicle-connect: a Kubernetes operator that delivers vehicle-imaging events to clients'
 //! systems as signed webhooks and FTP uploads.
+//!
+//! Data flow: `api` (CRD types) → `controller` (one reconciler per kind: validate, resolve,
+//! register) → `routing` (pure in-memory index of delivery targets) → `delivery`;
+//! `status` builds conditions and is the one writer of resource status.
+
+pub mod api;
+pub mod delivery;
+pub mod naming;

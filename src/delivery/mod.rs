@@ -1,0 +1,3 @@
+//! Delivery to clients' systems.
+
+pub mod ftp;
