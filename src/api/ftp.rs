@@ -1,6 +1,9 @@
 //! `FtpConnection`: upload each processed vehicle's images to a client's FTP server by the
 //! client's naming rules.
 
+// Each `printcolumn(...)` repeats `type_ = ...`; clippy reads that as a duplicate.
+#![allow(clippy::duplicated_attributes)]
+
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;

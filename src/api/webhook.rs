@@ -1,5 +1,8 @@
 //! `WebhookSubscription`: POST signed JSON to a client's URL when chosen events happen.
 
+// Each `printcolumn(...)` repeats `type_ = ...`; clippy reads that as a duplicate.
+#![allow(clippy::duplicated_attributes)]
+
 use std::collections::BTreeMap;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
