@@ -6,5 +6,10 @@
 //! `status` builds conditions and is the one writer of resource status.
 
 pub mod api;
+pub mod controller;
 pub mod delivery;
 pub mod naming;
+pub mod routing;
+pub mod ssrf;
+pub mod status;
+pub mod tenancy;

@@ -308,6 +308,7 @@ pub struct FtpConnectionStatus {
     pub observed_generation: Option<i64>,
     /// `Ready` (configured and able to upload) and `Connected` (last login probe).
     #[serde(default)]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
     /// Vehicles uploaded.
     #[serde(default)]

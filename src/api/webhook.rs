@@ -170,6 +170,7 @@ pub struct WebhookSubscriptionStatus {
     pub observed_generation: Option<i64>,
     /// `Ready`: the subscription is configured and delivering.
     #[serde(default)]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
     /// Events delivered (2xx).
     #[serde(default)]

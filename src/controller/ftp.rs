@@ -1,0 +1,469 @@
+//! Reconciler of `FtpConnection`: validate (tenancy, templates, Secrets, target address) →
+//! register the resolved target → probe the login (`Connected`) → write status.
+
+use std::collections::HashMap;
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{Namespace, Secret};
+use kube::core::{DeserializeGuard, PartialObjectMeta};
+use kube::runtime::controller::Action;
+use kube::runtime::finalizer::{Event as Finalizer, finalizer};
+use kube::runtime::reflector::{self, ObjectRef};
+use kube::runtime::{Controller, WatchStreamExt, watcher};
+use kube::{Api, ResourceExt};
+
+use super::secrets::SecretReader;
+use super::{Context, Error, KindContext, error_policy, name_ns, reconciled};
+use crate::api::FINALIZER;
+use crate::api::ftp::{FtpConnection, FtpConnectionSpec, FtpProtocol};
+use crate::delivery::ftp::{FtpEndpoint, probe};
+use crate::routing::{FtpTarget, Kind, Selector, Target, TargetConfig, TargetKey};
+use crate::status::{self, CONNECTED, Check, READY, RECONCILER_MANAGER, ReconcilerStatus};
+
+type Guarded = DeserializeGuard<FtpConnection>;
+
+pub fn key(ns: &str, name: &str) -> TargetKey {
+    TargetKey {
+        kind: Kind::Ftp,
+        namespace: ns.into(),
+        name: name.into(),
+    }
+}
+
+/// Runs the controller until shutdown.
+pub async fn run(ctx: Arc<Context>) {
+    let client = ctx.client.clone();
+    let ctrl = Controller::new(
+        Api::<Guarded>::all(client.clone()),
+        watcher::Config::default().any_semantic(),
+    );
+    let store = ctrl.store();
+    let (ns_reader, ns_writer) = reflector::store::<Namespace>();
+    let namespaces = reflector::reflector(
+        ns_writer,
+        watcher(
+            Api::<Namespace>::all(client.clone()),
+            watcher::Config::default(),
+        ),
+    )
+    .default_backoff()
+    .touched_objects();
+    let secrets = watcher(
+        Api::<PartialObjectMeta<Secret>>::all(client),
+        watcher::Config::default(),
+    )
+    .default_backoff()
+    .touched_objects();
+    let by_secret = store.clone();
+    let by_ns = store;
+    let kctx = Arc::new(KindContext {
+        shared: ctx,
+        namespaces: ns_reader,
+    });
+    ctrl.watches_stream(secrets, move |s: PartialObjectMeta<Secret>| {
+        let (ns, name) = (s.namespace().unwrap_or_default(), s.name_any());
+        by_secret
+            .state()
+            .into_iter()
+            .filter(|o| o.namespace().as_deref() == Some(&*ns))
+            .filter(|o| {
+                o.0.as_ref()
+                    .is_ok_and(|f| secret_names(&f.spec).contains(&name.as_str()))
+            })
+            .map(|o| ObjectRef::from_obj(o.as_ref()))
+            .collect::<Vec<_>>()
+    })
+    .watches_stream(namespaces, move |n: Namespace| {
+        let ns = n.name_any();
+        by_ns
+            .state()
+            .into_iter()
+            .filter(|o| o.namespace().as_deref() == Some(&*ns))
+            .map(|o| ObjectRef::from_obj(o.as_ref()))
+            .collect::<Vec<_>>()
+    })
+    .shutdown_on_signal()
+    .run(reconcile, error_policy, kctx)
+    .for_each(|r| async move {
+        if let Err(e) = r {
+            tracing::debug!(error = %e, "ftp reconcile");
+        }
+    })
+    .await;
+}
+
+fn secret_names(spec: &FtpConnectionSpec) -> Vec<&str> {
+    let mut v = vec![spec.credentials_secret_ref.name.as_str()];
+    if let Some(ca) = &spec.ca_secret_ref {
+        v.push(ca.name.as_str());
+    }
+    v
+}
+
+async fn reconcile(obj: Arc<Guarded>, ctx: Arc<KindContext>) -> Result<Action, Error> {
+    let conn = match &obj.0 {
+        Ok(c) => Arc::new(c.clone()),
+        Err(invalid) => {
+            tracing::warn!(name = ?invalid.metadata.name, namespace = ?invalid.metadata.namespace, error = %invalid.error, "unreadable FtpConnection");
+            return Ok(Action::await_change());
+        }
+    };
+    let (_, ns) = name_ns(conn.as_ref())?;
+    let api: Api<FtpConnection> = Api::namespaced(ctx.shared.client.clone(), &ns);
+    finalizer(&api, FINALIZER, conn, |ev| async {
+        match ev {
+            Finalizer::Apply(c) => apply(c, &ctx, &api).await,
+            Finalizer::Cleanup(c) => cleanup(c, &ctx).await,
+        }
+    })
+    .await
+    .map_err(|e| Error::Finalizer(Box::new(e)))
+}
+
+struct Verdict {
+    ready: Check,
+    connected: Check,
+    target: Option<Target>,
+    requeue: Option<Duration>,
+}
+
+async fn apply(
+    c: Arc<FtpConnection>,
+    ctx: &KindContext,
+    api: &Api<FtpConnection>,
+) -> Result<Action, Error> {
+    let (name, ns) = name_ns(c.as_ref())?;
+    let key = key(&ns, &name);
+    let verdict = validate(&c, ctx, &ns, &name).await?;
+    match verdict.target {
+        Some(t) => ctx.shared.registry.upsert(t),
+        None => {
+            ctx.shared.registry.remove(&key);
+        }
+    }
+
+    let old = c.status.clone().unwrap_or_default();
+    let generation = c.metadata.generation;
+    let ready = verdict
+        .ready
+        .to_condition(READY, generation, &old.conditions);
+    let connected = verdict
+        .connected
+        .to_condition(CONNECTED, generation, &old.conditions);
+    let changed = status::transitioned(&old.conditions, &ready)
+        || status::transitioned(&old.conditions, &connected);
+    let stale = status::differs(&old.conditions, &ready)
+        || status::differs(&old.conditions, &connected)
+        || old.observed_generation != generation;
+    if stale {
+        let st = ReconcilerStatus {
+            observed_generation: generation,
+            conditions: vec![ready, connected],
+        };
+        status::apply(api, c.as_ref(), RECONCILER_MANAGER, &st).await?;
+    }
+    if changed {
+        let shown = if verdict.ready.is_ok() {
+            &verdict.ready
+        } else if !verdict.connected.is_ok() && verdict.connected.status == status::Tri::False {
+            &verdict.connected
+        } else {
+            &verdict.ready
+        };
+        ctx.shared.publish(c.as_ref(), shown, "Reconcile").await;
+        tracing::info!(connection = %key, ready = ?verdict.ready.status, reason = %verdict.ready.reason, "status changed");
+    }
+    reconciled(ctx, c.as_ref());
+    Ok(verdict
+        .requeue
+        .map(Action::requeue)
+        .unwrap_or_else(Action::await_change))
+}
+
+async fn validate(
+    c: &FtpConnection,
+    ctx: &KindContext,
+    ns: &str,
+    name: &str,
+) -> Result<Verdict, Error> {
+    let spec = &c.spec;
+    let not_probed = |why: &str| Check::unknown("NotProbed", format!("no login attempted: {why}"));
+    let mk = |held: Option<String>, config: Option<TargetConfig>| Target {
+        key: key(ns, name),
+        uid: c.uid().unwrap_or_default(),
+        generation: c.metadata.generation.unwrap_or_default(),
+        selector: Selector {
+            client_id: spec.client_id.clone(),
+            user_ids: spec.user_ids.as_ref().map(|u| u.iter().cloned().collect()),
+            events: spec.events.iter().copied().collect(),
+        },
+        held,
+        config,
+    };
+
+    if !ctx.allowed_clients(ns).await?.allows(&spec.client_id) {
+        return Ok(Verdict {
+            ready: Check::fail(
+                "ClientNotAllowed",
+                format!(
+                    "namespace {ns:?} is not allowed client {:?}; a cluster admin adds it to the namespace annotation {}",
+                    spec.client_id,
+                    crate::api::CLIENTS_ANNOTATION
+                ),
+            ),
+            connected: not_probed("client not allowed"),
+            target: None,
+            requeue: None,
+        });
+    }
+
+    let held = |check: Check| Verdict {
+        connected: not_probed(&check.reason),
+        target: Some(mk(Some(check.reason.clone()), None)),
+        ready: check,
+        requeue: None,
+    };
+
+    if let Err(e) = crate::naming::validate_rules(&spec.rules) {
+        return Ok(held(Check::fail("InvalidTemplate", format!("spec.{e}"))));
+    }
+
+    let mut secrets = SecretReader::new(ctx.shared.client.clone(), ns);
+    let cred = &spec.credentials_secret_ref.name;
+    let username = match secrets
+        .value(cred, "username", "spec.credentialsSecretRef")
+        .await?
+    {
+        Ok(v) => v,
+        Err(c) => return Ok(held(c)),
+    };
+    let password = match secrets
+        .value(cred, "password", "spec.credentialsSecretRef")
+        .await?
+    {
+        Ok(v) => v,
+        Err(c) => return Ok(held(c)),
+    };
+    let ca_pem = match &spec.ca_secret_ref {
+        Some(r) => {
+            let k = r.key_or("ca.crt");
+            let pem = match secrets.bytes(&r.name, k, "spec.caSecretRef").await? {
+                Ok(v) => v,
+                Err(c) => return Ok(held(c)),
+            };
+            let certs = <rustls_pki_types::CertificateDer as rustls_pki_types::pem::PemObject>::pem_slice_iter(&pem).filter(Result::is_ok).count();
+            if certs == 0 {
+                return Ok(held(Check::fail(
+                    "SecretInvalid",
+                    format!(
+                        "key {k:?} of Secret {:?} (spec.caSecretRef) holds no PEM certificate",
+                        r.name
+                    ),
+                )));
+            }
+            Some(pem)
+        }
+        None => None,
+    };
+
+    let s = &ctx.shared.settings;
+    if let Err(e) = s
+        .guard
+        .check_host(&spec.host, spec.port, Duration::from_secs(5))
+        .await
+    {
+        let check = Check::fail(e.reason(), format!("spec.host: {e}"));
+        return Ok(match e {
+            crate::ssrf::TargetError::Unresolvable { .. } => Verdict {
+                connected: Check::fail("DnsFailed", check.message.clone()),
+                target: Some(mk(Some(check.reason.clone()), None)),
+                ready: check,
+                requeue: Some(Duration::from_secs(30)),
+            },
+            _ => Verdict {
+                connected: not_probed("target not allowed"),
+                ready: check,
+                target: None,
+                requeue: Some(s.recheck_interval),
+            },
+        });
+    }
+
+    let endpoint = FtpEndpoint {
+        host: spec.host.clone(),
+        port: spec.port,
+        protocol: spec.protocol,
+        username,
+        password,
+        ca_pem,
+        connect_timeout: Duration::from_secs(spec.timeouts.connect_seconds.into()),
+        command_timeout: Duration::from_secs(spec.timeouts.command_seconds.into()),
+        passive: spec.passive,
+        epsv: spec.epsv,
+        nat_workaround: spec.nat_workaround,
+    };
+    let config = TargetConfig::Ftp(FtpTarget {
+        endpoint: endpoint.clone(),
+        rules: spec.rules.clone(),
+        retry: spec.retry_policy(),
+        max_connections: spec.max_connections,
+    });
+    if spec.suspend {
+        return Ok(Verdict {
+            ready: Check::fail(
+                "Suspended",
+                "spec.suspend is true: events are kept and uploaded after resuming",
+            ),
+            connected: not_probed("suspended"),
+            target: Some(mk(Some("Suspended".into()), Some(config))),
+            requeue: None,
+        });
+    }
+
+    let record = ctx
+        .shared
+        .probes
+        .check(&endpoint, s.probe_interval, &ctx.shared.probe_permits)
+        .await;
+    let target = Some(mk(None, Some(config)));
+    let proto = match spec.protocol {
+        FtpProtocol::Ftp => "ftp",
+        FtpProtocol::Ftps => "ftps",
+        FtpProtocol::FtpsImplicit => "ftps-implicit",
+    };
+    Ok(match record.result {
+        Ok(()) => Verdict {
+            ready: Check::ok(
+                "Ready",
+                format!(
+                    "uploading vehicles of client {:?} to {proto}://{}:{}",
+                    spec.client_id, spec.host, spec.port
+                ),
+            ),
+            connected: Check::ok(
+                "LoggedIn",
+                format!(
+                    "logged in to {}:{} as {:?}",
+                    spec.host, spec.port, endpoint.username
+                ),
+            ),
+            target,
+            requeue: Some(record.next_in),
+        },
+        Err((reason, message)) => Verdict {
+            ready: Check::fail(
+                reason.clone(),
+                format!("cannot log in: {message}; uploads are retried"),
+            ),
+            connected: Check::fail(reason, message),
+            target,
+            requeue: Some(record.next_in),
+        },
+    })
+}
+
+async fn cleanup(c: Arc<FtpConnection>, ctx: &KindContext) -> Result<Action, Error> {
+    let (name, ns) = name_ns(c.as_ref())?;
+    if ctx.shared.registry.remove(&key(&ns, &name)) {
+        tracing::info!(namespace = %ns, name = %name, "ftp target removed");
+    }
+    Ok(Action::await_change())
+}
+
+/// Result of the last login probe of one endpoint.
+#[derive(Clone, Debug)]
+pub struct ProbeRecord {
+    at: Instant,
+    /// `Err((reason, message))`.
+    pub result: Result<(), (String, String)>,
+    failures: u32,
+    /// When the endpoint is due to be probed again.
+    pub next_in: Duration,
+}
+
+/// Login probes shared by every FtpConnection with the same endpoint and credentials, so
+/// 400 connections to one server cost one login, and a failing server is probed with
+/// backoff (5 s doubling up to the probe interval), never in a tight loop.
+#[derive(Default)]
+pub struct ProbeCache {
+    entries: Mutex<HashMap<u64, Arc<tokio::sync::Mutex<Option<ProbeRecord>>>>>,
+}
+
+fn fingerprint(ep: &FtpEndpoint) -> u64 {
+    let mut h = DefaultHasher::new();
+    (
+        &ep.host,
+        ep.port,
+        ep.protocol as u8,
+        &ep.username,
+        &ep.password,
+        &ep.ca_pem,
+    )
+        .hash(&mut h);
+    (
+        ep.passive,
+        ep.epsv,
+        ep.nat_workaround,
+        ep.connect_timeout,
+        ep.command_timeout,
+    )
+        .hash(&mut h);
+    h.finish()
+}
+
+impl ProbeCache {
+    pub async fn check(
+        &self,
+        ep: &FtpEndpoint,
+        interval: Duration,
+        permits: &tokio::sync::Semaphore,
+    ) -> ProbeRecord {
+        let slot = {
+            let mut m = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+            m.entry(fingerprint(ep)).or_default().clone()
+        };
+        // Concurrent reconciles of the same endpoint wait here and reuse one probe.
+        let mut guard = slot.lock().await;
+        if let Some(r) = guard.as_ref()
+            && r.at.elapsed() < r.next_in
+        {
+            let mut r = r.clone();
+            r.next_in = r
+                .next_in
+                .saturating_sub(r.at.elapsed())
+                .max(Duration::from_secs(1));
+            return r;
+        }
+        let prev_failures = guard.as_ref().map(|r| r.failures).unwrap_or(0);
+        let result = {
+            let _permit = permits.acquire().await;
+            // The probe bounds itself by connect_timeout; this outer bound is a safety net.
+            let limit = ep.connect_timeout + ep.command_timeout;
+            match tokio::time::timeout(limit, probe(ep)).await {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) => Err((e.reason().to_string(), e.to_string())),
+                Err(_) => Err((
+                    "Timeout".to_string(),
+                    format!("no answer from {}:{} within {limit:?}", ep.host, ep.port),
+                )),
+            }
+        };
+        let failures = if result.is_ok() { 0 } else { prev_failures + 1 };
+        let next_in = if failures == 0 {
+            interval
+        } else {
+            (Duration::from_secs(5) * 2u32.pow((failures - 1).min(10))).min(interval)
+        };
+        let rec = ProbeRecord {
+            at: Instant::now(),
+            result,
+            failures,
+            next_in,
+        };
+        *guard = Some(rec.clone());
+        rec
+    }
+}

@@ -1,0 +1,196 @@
+//! The reconcilers, one per kind, and what they share: context, errors and the one error
+//! policy. Each reconcile runs validate → resolve → register (routing) → status.
+
+pub mod ftp;
+pub mod secrets;
+pub mod webhook;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Namespace;
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::{Api, Client, Resource, ResourceExt};
+use tokio::sync::Semaphore;
+
+use crate::routing::Registry;
+use crate::ssrf::TargetGuard;
+use crate::status::{Check, Tri};
+use crate::tenancy::AllowedClients;
+
+/// Why a reconcile failed. Problems a user can fix (a missing Secret, a bad template) are
+/// not errors: they become conditions. Errors are for the API server and the like.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("finalizer: {0}")]
+    Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
+    #[error("object has no {0}")]
+    MissingField(&'static str),
+}
+
+impl Error {
+    /// Short label for logs and metrics.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Error::Kube(_) => "kube",
+            Error::Finalizer(_) => "finalizer",
+            Error::MissingField(_) => "missing_field",
+        }
+    }
+}
+
+/// Operator-wide settings the reconcilers need.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub guard: TargetGuard,
+    /// How often a healthy FTP connection is probed again.
+    pub probe_interval: Duration,
+    /// Resolution of webhook targets is re-checked this often (DNS may change).
+    pub recheck_interval: Duration,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            guard: TargetGuard::default(),
+            probe_interval: Duration::from_secs(300),
+            recheck_interval: Duration::from_secs(300),
+        }
+    }
+}
+
+/// State shared by both controllers.
+pub struct Context {
+    pub client: Client,
+    pub registry: Arc<Registry>,
+    pub settings: Settings,
+    pub recorder: Recorder,
+    pub probes: ftp::ProbeCache,
+    /// Bounds concurrent FTP login probes across all connections.
+    pub probe_permits: Semaphore,
+    /// Consecutive reconcile errors per object, for the error policy's backoff.
+    failures: Mutex<HashMap<String, u32>>,
+}
+
+impl Context {
+    pub fn new(client: Client, registry: Arc<Registry>, settings: Settings) -> Arc<Self> {
+        let reporter = Reporter {
+            controller: "vehicle-connect".into(),
+            instance: std::env::var("POD_NAME").ok(),
+        };
+        Arc::new(Context {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            registry,
+            settings,
+            probes: ftp::ProbeCache::default(),
+            probe_permits: Semaphore::new(64),
+            failures: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn reset_failures(&self, key: &str) {
+        if let Ok(mut f) = self.failures.lock() {
+            f.remove(key);
+        }
+    }
+
+    /// Publishes a Kubernetes Event on `obj`; failures to publish are logged, not fatal.
+    pub async fn publish<K: Resource<DynamicType = ()>>(
+        &self,
+        obj: &K,
+        check: &Check,
+        action: &str,
+    ) {
+        let ev = Event {
+            type_: if check.status == Tri::True {
+                EventType::Normal
+            } else {
+                EventType::Warning
+            },
+            reason: check.reason.clone(),
+            note: Some(check.message.chars().take(1000).collect()),
+            action: action.into(),
+            secondary: None,
+        };
+        if let Err(e) = self.recorder.publish(&ev, &obj.object_ref(&())).await {
+            tracing::warn!(error = %e, "could not publish event");
+        }
+    }
+}
+
+/// Per-controller context: the shared one plus that controller's namespace cache.
+pub struct KindContext {
+    pub shared: Arc<Context>,
+    pub namespaces: Store<Namespace>,
+}
+
+impl KindContext {
+    /// The clients `ns` allows, from the watch cache or, before it has synced, the API.
+    pub async fn allowed_clients(&self, ns: &str) -> Result<AllowedClients, Error> {
+        if let Some(n) = self.namespaces.get(&ObjectRef::new(ns)) {
+            return Ok(AllowedClients::of(&n));
+        }
+        let api: Api<Namespace> = Api::all(self.shared.client.clone());
+        Ok(api
+            .get_opt(ns)
+            .await?
+            .map(|n| AllowedClients::of(&n))
+            .unwrap_or(AllowedClients::Only(Default::default())))
+    }
+}
+
+fn object_key<K: Resource<DynamicType = ()>>(obj: &K) -> String {
+    format!(
+        "{}/{}/{}",
+        K::kind(&()),
+        obj.meta().namespace.as_deref().unwrap_or_default(),
+        obj.meta().name.as_deref().unwrap_or_default()
+    )
+}
+
+/// The one error policy: exponential backoff per object, 1 s doubling to 5 min.
+pub fn error_policy<K>(obj: Arc<K>, err: &Error, ctx: Arc<KindContext>) -> Action
+where
+    K: Resource<DynamicType = ()>,
+{
+    let key = object_key(obj.as_ref());
+    let n = ctx
+        .shared
+        .failures
+        .lock()
+        .map(|mut f| {
+            let n = f.entry(key.clone()).or_insert(0);
+            *n = n.saturating_add(1);
+            *n
+        })
+        .unwrap_or(1);
+    let delay =
+        Duration::from_secs(1u64 << n.min(9).saturating_sub(1)).min(Duration::from_secs(300));
+    tracing::warn!(object = %key, error = %err, kind = err.label(), retry_in = ?delay, "reconcile failed");
+    Action::requeue(delay)
+}
+
+/// Called by reconcilers after a successful pass.
+pub fn reconciled<K: Resource<DynamicType = ()>>(ctx: &KindContext, obj: &K) {
+    ctx.shared.reset_failures(&object_key(obj));
+}
+
+/// Name and namespace of an object, or an error naming the missing part.
+pub fn name_ns<K: ResourceExt>(obj: &K) -> Result<(String, String), Error> {
+    let ns = obj
+        .namespace()
+        .ok_or(Error::MissingField("metadata.namespace"))?;
+    Ok((obj.name_any(), ns))
+}
+
+/// Runs both controllers until SIGTERM or Ctrl-C.
+pub async fn run(client: Client, registry: Arc<Registry>, settings: Settings) {
+    let ctx = Context::new(client, registry, settings);
+    tokio::join!(webhook::run(ctx.clone()), ftp::run(ctx));
+}

@@ -1,0 +1,130 @@
+//! Reading Secret values for a resource, only from its own namespace. Values are never
+//! logged; problems become `SecretNotFound` / `SecretInvalid` checks naming the field.
+
+use std::collections::BTreeMap;
+
+use base64::Engine;
+use k8s_openapi::api::core::v1::Secret;
+use kube::{Api, Client};
+
+use crate::status::Check;
+
+/// Fetches Secrets of one namespace, each once per reconcile.
+pub struct SecretReader {
+    api: Api<Secret>,
+    ns: String,
+    cache: BTreeMap<String, Option<Secret>>,
+}
+
+impl SecretReader {
+    pub fn new(client: Client, ns: &str) -> Self {
+        SecretReader {
+            api: Api::namespaced(client, ns),
+            ns: ns.to_string(),
+            cache: BTreeMap::new(),
+        }
+    }
+
+    /// The value of `key` in Secret `name`, as text with trailing line breaks removed (a
+    /// common slip when Secrets are made from files). `field` names the spec field for the
+    /// message. Outer `Err` is an API error; inner `Err` a check to report.
+    pub async fn value(
+        &mut self,
+        name: &str,
+        key: &str,
+        field: &str,
+    ) -> Result<Result<String, Check>, kube::Error> {
+        self.bytes(name, key, field).await.map(|r| {
+            r.and_then(|b| {
+                String::from_utf8(b)
+                    .map(|s| s.trim_end_matches(['\r', '\n']).to_string())
+                    .map_err(|_| {
+                        Check::fail(
+                            "SecretInvalid",
+                            format!("key {key:?} of Secret {name:?} ({field}) is not UTF-8 text"),
+                        )
+                    })
+            })
+        })
+    }
+
+    /// Raw bytes of `key` in Secret `name`.
+    pub async fn bytes(
+        &mut self,
+        name: &str,
+        key: &str,
+        field: &str,
+    ) -> Result<Result<Vec<u8>, Check>, kube::Error> {
+        if !self.cache.contains_key(name) {
+            let s = self.api.get_opt(name).await?;
+            self.cache.insert(name.to_string(), s);
+        }
+        let ns = &self.ns;
+        let Some(secret) = self.cache.get(name).and_then(Option::as_ref) else {
+            return Ok(Err(Check::fail(
+                "SecretNotFound",
+                format!("Secret {name:?} ({field}) not found in namespace {ns:?}; create it there"),
+            )));
+        };
+        let value = secret
+            .data
+            .as_ref()
+            .and_then(|d| d.get(key))
+            .map(|b| b.0.clone())
+            .or_else(|| {
+                secret
+                    .string_data
+                    .as_ref()
+                    .and_then(|d| d.get(key))
+                    .map(|s| s.clone().into_bytes())
+            });
+        Ok(match value {
+            Some(v) if !v.is_empty() => Ok(v),
+            Some(_) => Err(Check::fail(
+                "SecretInvalid",
+                format!("key {key:?} of Secret {name:?} ({field}) is empty"),
+            )),
+            None => Err(Check::fail(
+                "SecretInvalid",
+                format!("Secret {name:?} ({field}) has no key {key:?}"),
+            )),
+        })
+    }
+}
+
+/// Decodes Standard Webhooks secrets: one or more `whsec_<base64>` separated by whitespace.
+pub fn decode_whsec(value: &str) -> Result<Vec<Vec<u8>>, String> {
+    let mut keys = Vec::new();
+    for (i, item) in value.split_whitespace().enumerate() {
+        let b64 = item
+            .strip_prefix("whsec_")
+            .ok_or_else(|| format!("item {} does not start with whsec_", i + 1))?;
+        let key = base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .map_err(|_| format!("item {} is not whsec_ followed by base64", i + 1))?;
+        if key.len() < 16 {
+            return Err(format!("item {} is shorter than 16 bytes", i + 1));
+        }
+        keys.push(key);
+    }
+    if keys.is_empty() {
+        return Err("no whsec_ secret found".into());
+    }
+    Ok(keys)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn whsec_values() {
+        let k = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+        assert_eq!(decode_whsec(k).unwrap().len(), 1);
+        assert_eq!(decode_whsec(&format!("{k} \n{k}\n")).unwrap().len(), 2);
+        assert!(decode_whsec("").is_err());
+        assert!(decode_whsec("MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").is_err());
+        assert!(decode_whsec("whsec_!!!").is_err());
+        assert!(decode_whsec("whsec_YWJj").is_err(), "too short");
+    }
+}

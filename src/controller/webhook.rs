@@ -1,0 +1,370 @@
+//! Reconciler of `WebhookSubscription`: validate (tenancy, Secrets, target address) →
+//! register the resolved target in the routing index → write status.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{Namespace, Secret};
+use kube::core::{DeserializeGuard, PartialObjectMeta};
+use kube::runtime::controller::Action;
+use kube::runtime::finalizer::{Event as Finalizer, finalizer};
+use kube::runtime::reflector::{self, ObjectRef};
+use kube::runtime::{Controller, WatchStreamExt, watcher};
+use kube::{Api, ResourceExt};
+
+use super::secrets::{SecretReader, decode_whsec};
+use super::{Context, Error, KindContext, error_policy, name_ns, reconciled};
+use crate::api::FINALIZER;
+use crate::api::webhook::{WebhookSubscription, WebhookSubscriptionSpec};
+use crate::routing::{Kind, Selector, Target, TargetConfig, TargetKey, WebhookAuth, WebhookTarget};
+use crate::status::{self, Check, READY, RECONCILER_MANAGER, ReconcilerStatus};
+
+type Guarded = DeserializeGuard<WebhookSubscription>;
+
+pub fn key(ns: &str, name: &str) -> TargetKey {
+    TargetKey {
+        kind: Kind::Webhook,
+        namespace: ns.into(),
+        name: name.into(),
+    }
+}
+
+/// Runs the controller until shutdown.
+pub async fn run(ctx: Arc<Context>) {
+    let client = ctx.client.clone();
+    let ctrl = Controller::new(
+        Api::<Guarded>::all(client.clone()),
+        watcher::Config::default().any_semantic(),
+    );
+    let store = ctrl.store();
+    let (ns_reader, ns_writer) = reflector::store::<Namespace>();
+    let namespaces = reflector::reflector(
+        ns_writer,
+        watcher(
+            Api::<Namespace>::all(client.clone()),
+            watcher::Config::default(),
+        ),
+    )
+    .default_backoff()
+    .touched_objects();
+    // Only metadata: the operator never caches Secret values.
+    let secrets = watcher(
+        Api::<PartialObjectMeta<Secret>>::all(client),
+        watcher::Config::default(),
+    )
+    .default_backoff()
+    .touched_objects();
+    let by_secret = store.clone();
+    let by_ns = store;
+    let kctx = Arc::new(KindContext {
+        shared: ctx,
+        namespaces: ns_reader,
+    });
+    ctrl.watches_stream(secrets, move |s: PartialObjectMeta<Secret>| {
+        let (ns, name) = (s.namespace().unwrap_or_default(), s.name_any());
+        by_secret
+            .state()
+            .into_iter()
+            .filter(|o| o.namespace().as_deref() == Some(&*ns))
+            .filter(|o| {
+                o.0.as_ref()
+                    .is_ok_and(|w| secret_names(&w.spec).contains(&name.as_str()))
+            })
+            .map(|o| ObjectRef::from_obj(o.as_ref()))
+            .collect::<Vec<_>>()
+    })
+    .watches_stream(namespaces, move |n: Namespace| {
+        let ns = n.name_any();
+        by_ns
+            .state()
+            .into_iter()
+            .filter(|o| o.namespace().as_deref() == Some(&*ns))
+            .map(|o| ObjectRef::from_obj(o.as_ref()))
+            .collect::<Vec<_>>()
+    })
+    .shutdown_on_signal()
+    .run(reconcile, error_policy, kctx)
+    .for_each(|r| async move {
+        if let Err(e) = r {
+            tracing::debug!(error = %e, "webhook reconcile");
+        }
+    })
+    .await;
+}
+
+fn secret_names(spec: &WebhookSubscriptionSpec) -> Vec<&str> {
+    let mut v = Vec::new();
+    if let Some(a) = &spec.auth {
+        if let Some(b) = &a.basic {
+            v.push(b.secret_ref.name.as_str());
+        }
+        if let Some(b) = &a.bearer {
+            v.push(b.secret_ref.name.as_str());
+        }
+    }
+    if let Some(s) = &spec.signing {
+        v.push(s.secret_ref.name.as_str());
+    }
+    v
+}
+
+async fn reconcile(obj: Arc<Guarded>, ctx: Arc<KindContext>) -> Result<Action, Error> {
+    let whs = match &obj.0 {
+        Ok(w) => Arc::new(w.clone()),
+        Err(invalid) => {
+            // An object the types cannot read (e.g. written under an older CRD) must not
+            // stop the others; it is reported and skipped.
+            tracing::warn!(name = ?invalid.metadata.name, namespace = ?invalid.metadata.namespace, error = %invalid.error, "unreadable WebhookSubscription");
+            return Ok(Action::await_change());
+        }
+    };
+    let (_, ns) = name_ns(whs.as_ref())?;
+    let api: Api<WebhookSubscription> = Api::namespaced(ctx.shared.client.clone(), &ns);
+    let action = finalizer(&api, FINALIZER, whs, |ev| async {
+        match ev {
+            Finalizer::Apply(w) => apply(w, &ctx, &api).await,
+            Finalizer::Cleanup(w) => cleanup(w, &ctx).await,
+        }
+    })
+    .await
+    .map_err(|e| Error::Finalizer(Box::new(e)))?;
+    Ok(action)
+}
+
+/// What validation concluded.
+struct Verdict {
+    ready: Check,
+    /// `None`: not routed at all; `Some(target)` routed (possibly held).
+    target: Option<Target>,
+    requeue: Option<Duration>,
+}
+
+async fn apply(
+    w: Arc<WebhookSubscription>,
+    ctx: &KindContext,
+    api: &Api<WebhookSubscription>,
+) -> Result<Action, Error> {
+    let (name, ns) = name_ns(w.as_ref())?;
+    let key = key(&ns, &name);
+    let verdict = validate(&w, ctx, &ns, &name).await?;
+
+    match verdict.target {
+        Some(t) => ctx.shared.registry.upsert(t),
+        None => {
+            ctx.shared.registry.remove(&key);
+        }
+    }
+
+    let old = w.status.clone().unwrap_or_default();
+    let generation = w.metadata.generation;
+    let ready = verdict
+        .ready
+        .to_condition(READY, generation, &old.conditions);
+    let changed = status::transitioned(&old.conditions, &ready);
+    let stale = status::differs(&old.conditions, &ready) || old.observed_generation != generation;
+    let status = ReconcilerStatus {
+        observed_generation: generation,
+        conditions: vec![ready],
+    };
+    if stale {
+        status::apply(api, w.as_ref(), RECONCILER_MANAGER, &status).await?;
+    }
+    if changed {
+        ctx.shared
+            .publish(w.as_ref(), &verdict.ready, "Reconcile")
+            .await;
+        tracing::info!(subscription = %key, ready = ?verdict.ready.status, reason = %verdict.ready.reason, "status changed");
+    }
+    reconciled(ctx, w.as_ref());
+    Ok(verdict
+        .requeue
+        .map(Action::requeue)
+        .unwrap_or_else(Action::await_change))
+}
+
+async fn validate(
+    w: &WebhookSubscription,
+    ctx: &KindContext,
+    ns: &str,
+    name: &str,
+) -> Result<Verdict, Error> {
+    let spec = &w.spec;
+    let recheck = ctx.shared.settings.recheck_interval;
+    let mk = |held: Option<String>, config: Option<TargetConfig>| Target {
+        key: key(ns, name),
+        uid: w.uid().unwrap_or_default(),
+        generation: w.metadata.generation.unwrap_or_default(),
+        selector: Selector {
+            client_id: spec.client_id.clone(),
+            user_ids: spec.user_ids.as_ref().map(|u| u.iter().cloned().collect()),
+            events: spec.events.iter().copied().collect(),
+        },
+        held,
+        config,
+    };
+
+    // Tenancy first: a namespace that does not allow the client gets nothing.
+    if !ctx.allowed_clients(ns).await?.allows(&spec.client_id) {
+        return Ok(Verdict {
+            ready: Check::fail(
+                "ClientNotAllowed",
+                format!(
+                    "namespace {ns:?} is not allowed client {:?}; a cluster admin adds it to the namespace annotation {}",
+                    spec.client_id,
+                    crate::api::CLIENTS_ANNOTATION
+                ),
+            ),
+            target: None,
+            requeue: None,
+        });
+    }
+
+    // Secrets: a fixable problem holds the events instead of dropping them.
+    let mut secrets = SecretReader::new(ctx.shared.client.clone(), ns);
+    let held = |c: Check| Verdict {
+        target: Some(mk(Some(c.reason.clone()), None)),
+        ready: c,
+        requeue: None,
+    };
+    let auth = match spec.auth.as_ref() {
+        Some(a) if a.basic.is_some() => {
+            let s = &a
+                .basic
+                .as_ref()
+                .map(|b| b.secret_ref.name.clone())
+                .unwrap_or_default();
+            let user = match secrets
+                .value(s, "username", "spec.auth.basic.secretRef")
+                .await?
+            {
+                Ok(v) => v,
+                Err(c) => return Ok(held(c)),
+            };
+            let password = match secrets
+                .value(s, "password", "spec.auth.basic.secretRef")
+                .await?
+            {
+                Ok(v) => v,
+                Err(c) => return Ok(held(c)),
+            };
+            WebhookAuth::Basic {
+                username: user,
+                password,
+            }
+        }
+        Some(a) => match &a.bearer {
+            Some(b) => {
+                let k = b.secret_ref.key_or("token");
+                match secrets
+                    .value(&b.secret_ref.name, k, "spec.auth.bearer.secretRef")
+                    .await?
+                {
+                    Ok(v) => WebhookAuth::Bearer(v),
+                    Err(c) => return Ok(held(c)),
+                }
+            }
+            None => WebhookAuth::None,
+        },
+        None => WebhookAuth::None,
+    };
+    let signing_keys = match &spec.signing {
+        Some(s) => {
+            let k = s.secret_ref.key_or("secret");
+            let v = match secrets
+                .value(&s.secret_ref.name, k, "spec.signing.secretRef")
+                .await?
+            {
+                Ok(v) => v,
+                Err(c) => return Ok(held(c)),
+            };
+            match decode_whsec(&v) {
+                Ok(keys) => keys,
+                Err(why) => {
+                    return Ok(held(Check::fail(
+                        "SecretInvalid",
+                        format!(
+                            "key {k:?} of Secret {:?} (spec.signing.secretRef) must hold whsec_<base64> secrets: {why}",
+                            s.secret_ref.name
+                        ),
+                    )));
+                }
+            }
+        }
+        None => Vec::new(),
+    };
+
+    // The target address: refused outright when it points inside.
+    let url = match url::Url::parse(&spec.url) {
+        Ok(u) => u,
+        Err(e) => return Ok(held(Check::fail("InvalidURL", format!("spec.url: {e}")))),
+    };
+    let host = url.host_str().unwrap_or_default().to_string();
+    let port = url.port_or_known_default().unwrap_or(443);
+    if let Err(e) = ctx
+        .shared
+        .settings
+        .guard
+        .check_host(&host, port, Duration::from_secs(5))
+        .await
+    {
+        let check = Check::fail(e.reason(), format!("spec.url: {e}"));
+        return Ok(match e {
+            crate::ssrf::TargetError::Unresolvable { .. } => Verdict {
+                target: Some(mk(Some(check.reason.clone()), None)),
+                ready: check,
+                requeue: Some(Duration::from_secs(30)),
+            },
+            _ => Verdict {
+                ready: check,
+                target: None,
+                requeue: Some(recheck),
+            },
+        });
+    }
+
+    let config = TargetConfig::Webhook(WebhookTarget {
+        url,
+        auth,
+        signing_keys,
+        headers: spec
+            .headers
+            .as_ref()
+            .map(|h| h.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+            .unwrap_or_default(),
+        timeout: Duration::from_secs(spec.timeout_seconds.into()),
+        retry: spec.retry_policy(),
+        max_concurrency: spec.max_concurrency,
+    });
+    if spec.suspend {
+        return Ok(Verdict {
+            ready: Check::fail(
+                "Suspended",
+                "spec.suspend is true: events are kept and delivered after resuming",
+            ),
+            target: Some(mk(Some("Suspended".into()), Some(config))),
+            requeue: None,
+        });
+    }
+    Ok(Verdict {
+        ready: Check::ok(
+            "Ready",
+            format!(
+                "delivering {} event type(s) of client {:?} to {}",
+                spec.events.len(),
+                spec.client_id,
+                spec.url
+            ),
+        ),
+        target: Some(mk(None, Some(config))),
+        requeue: Some(recheck),
+    })
+}
+
+async fn cleanup(w: Arc<WebhookSubscription>, ctx: &KindContext) -> Result<Action, Error> {
+    let (name, ns) = name_ns(w.as_ref())?;
+    if ctx.shared.registry.remove(&key(&ns, &name)) {
+        tracing::info!(namespace = %ns, name = %name, "webhook target removed");
+    }
+    Ok(Action::await_change())
+}

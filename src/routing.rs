@@ -1,0 +1,323 @@
+//! The routing index: which delivery targets want which event. Pure and in memory, fed by
+//! the reconcilers (upsert on apply, remove on delete or when a namespace stops allowing the
+//! client), read by ingest and delivery.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use crate::api::ftp::FtpRules;
+use crate::api::{EventType, RetryPolicy};
+use crate::delivery::ftp::FtpEndpoint;
+
+/// Which resource a target belongs to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Kind {
+    Webhook,
+    Ftp,
+}
+
+/// Identity of a target: kind, namespace, name.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TargetKey {
+    pub kind: Kind,
+    pub namespace: String,
+    pub name: String,
+}
+
+impl std::fmt::Display for TargetKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let k = match self.kind {
+            Kind::Webhook => "webhooksubscription",
+            Kind::Ftp => "ftpconnection",
+        };
+        write!(f, "{k}/{}/{}", self.namespace, self.name)
+    }
+}
+
+/// Which events a target takes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Selector {
+    pub client_id: String,
+    /// `None`: every user of the client.
+    pub user_ids: Option<BTreeSet<String>>,
+    pub events: BTreeSet<EventType>,
+}
+
+impl Selector {
+    pub fn matches(&self, client_id: &str, user_id: Option<&str>, ty: EventType) -> bool {
+        self.client_id == client_id
+            && self.events.contains(&ty)
+            && match &self.user_ids {
+                None => true,
+                Some(users) => user_id.is_some_and(|u| users.contains(u)),
+            }
+    }
+}
+
+/// HTTP authentication resolved from Secrets.
+#[derive(Clone, PartialEq, Eq)]
+pub enum WebhookAuth {
+    None,
+    Basic { username: String, password: String },
+    Bearer(String),
+}
+
+impl std::fmt::Debug for WebhookAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            WebhookAuth::None => "None",
+            WebhookAuth::Basic { .. } => "Basic(<redacted>)",
+            WebhookAuth::Bearer(_) => "Bearer(<redacted>)",
+        })
+    }
+}
+
+/// A resolved, ready-to-use webhook target.
+#[derive(Clone)]
+pub struct WebhookTarget {
+    pub url: url::Url,
+    pub auth: WebhookAuth,
+    /// Decoded `whsec_` keys; each signs every request.
+    pub signing_keys: Vec<Vec<u8>>,
+    pub headers: Vec<(String, String)>,
+    pub timeout: Duration,
+    pub retry: RetryPolicy,
+    pub max_concurrency: u32,
+}
+
+impl std::fmt::Debug for WebhookTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WebhookTarget")
+            .field("url", &self.url.as_str())
+            .field("auth", &self.auth)
+            .field("signing_keys", &self.signing_keys.len())
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A resolved FTP target.
+#[derive(Clone, Debug)]
+pub struct FtpTarget {
+    pub endpoint: FtpEndpoint,
+    pub rules: FtpRules,
+    pub retry: RetryPolicy,
+    pub max_connections: u32,
+}
+
+#[derive(Clone, Debug)]
+pub enum TargetConfig {
+    Webhook(WebhookTarget),
+    Ftp(FtpTarget),
+}
+
+/// One delivery target.
+#[derive(Clone, Debug)]
+pub struct Target {
+    pub key: TargetKey,
+    pub uid: String,
+    pub generation: i64,
+    pub selector: Selector,
+    /// `Some(reason)`: events are routed and kept, but not delivered (suspended, or a
+    /// fixable problem such as a missing Secret); delivery resumes when it clears.
+    pub held: Option<String>,
+    /// `None` while held for a problem that left no usable configuration.
+    pub config: Option<TargetConfig>,
+}
+
+#[derive(Default)]
+struct Index {
+    targets: HashMap<TargetKey, Arc<Target>>,
+    by_client: HashMap<String, BTreeSet<TargetKey>>,
+}
+
+/// Thread-safe registry of targets, indexed by client.
+#[derive(Default)]
+pub struct Registry {
+    inner: RwLock<Index>,
+}
+
+impl Registry {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Index> {
+        // A panic while holding the lock cannot leave the maps half-updated in a way that
+        // matters here, so poisoning is ignored.
+        self.inner.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Index> {
+        self.inner.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Adds or replaces a target.
+    pub fn upsert(&self, target: Target) {
+        let mut idx = self.write();
+        let key = target.key.clone();
+        if let Some(old) = idx.targets.get(&key).cloned()
+            && old.selector.client_id != target.selector.client_id
+            && let Some(set) = idx.by_client.get_mut(&old.selector.client_id)
+        {
+            set.remove(&key);
+        }
+        idx.by_client
+            .entry(target.selector.client_id.clone())
+            .or_default()
+            .insert(key.clone());
+        idx.targets.insert(key, Arc::new(target));
+    }
+
+    /// Removes a target; true if it was there.
+    pub fn remove(&self, key: &TargetKey) -> bool {
+        let mut idx = self.write();
+        match idx.targets.remove(key) {
+            Some(old) => {
+                let client = old.selector.client_id.clone();
+                if let Some(set) = idx.by_client.get_mut(&client) {
+                    set.remove(key);
+                    if set.is_empty() {
+                        idx.by_client.remove(&client);
+                    }
+                }
+                true
+            }
+            None => false,
+        }
+    }
+
+    pub fn get(&self, key: &TargetKey) -> Option<Arc<Target>> {
+        self.read().targets.get(key).cloned()
+    }
+
+    /// Every target that takes an event of this client, user and type, in key order.
+    pub fn route(&self, client_id: &str, user_id: Option<&str>, ty: EventType) -> Vec<Arc<Target>> {
+        let idx = self.read();
+        idx.by_client
+            .get(client_id)
+            .into_iter()
+            .flatten()
+            .filter_map(|k| idx.targets.get(k))
+            .filter(|t| t.selector.matches(client_id, user_id, ty))
+            .cloned()
+            .collect()
+    }
+
+    pub fn len(&self) -> usize {
+        self.read().targets.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn keys(&self) -> Vec<TargetKey> {
+        let mut k: Vec<_> = self.read().targets.keys().cloned().collect();
+        k.sort();
+        k
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn target(
+        ns: &str,
+        name: &str,
+        client: &str,
+        users: Option<&[&str]>,
+        events: &[EventType],
+    ) -> Target {
+        Target {
+            key: TargetKey {
+                kind: Kind::Webhook,
+                namespace: ns.into(),
+                name: name.into(),
+            },
+            uid: format!("uid-{name}"),
+            generation: 1,
+            selector: Selector {
+                client_id: client.into(),
+                user_ids: users.map(|u| u.iter().map(|s| s.to_string()).collect()),
+                events: events.iter().copied().collect(),
+            },
+            held: None,
+            config: None,
+        }
+    }
+
+    fn names(v: Vec<Arc<Target>>) -> Vec<String> {
+        v.into_iter().map(|t| t.key.name.clone()).collect()
+    }
+
+    #[test]
+    fn routes_by_client_user_and_type() {
+        use EventType::*;
+        let r = Registry::new();
+        r.upsert(target(
+            "a",
+            "all-users",
+            "dealer-1",
+            None,
+            &[VehicleProcessed, VehicleCreated],
+        ));
+        r.upsert(target(
+            "a",
+            "ana-only",
+            "dealer-1",
+            Some(&["u-ana"]),
+            &[VehicleProcessed],
+        ));
+        r.upsert(target(
+            "b",
+            "other-client",
+            "dealer-2",
+            None,
+            &[VehicleProcessed],
+        ));
+        r.upsert(target("a", "users", "dealer-1", None, &[UserCreated]));
+
+        assert_eq!(
+            names(r.route("dealer-1", Some("u-ana"), VehicleProcessed)),
+            ["all-users", "ana-only"]
+        );
+        assert_eq!(
+            names(r.route("dealer-1", Some("u-bob"), VehicleProcessed)),
+            ["all-users"]
+        );
+        assert_eq!(
+            names(r.route("dealer-1", None, VehicleProcessed)),
+            ["all-users"]
+        );
+        assert_eq!(
+            names(r.route("dealer-1", Some("u-ana"), VehicleCreated)),
+            ["all-users"]
+        );
+        assert_eq!(names(r.route("dealer-1", None, UserCreated)), ["users"]);
+        assert!(r.route("dealer-1", None, DataNew).is_empty());
+        assert_eq!(
+            names(r.route("dealer-2", Some("u-ana"), VehicleProcessed)),
+            ["other-client"]
+        );
+        assert!(r.route("dealer-3", None, VehicleProcessed).is_empty());
+    }
+
+    #[test]
+    fn upsert_replaces_and_moves_between_clients_and_remove_cleans_up() {
+        use EventType::*;
+        let r = Registry::new();
+        r.upsert(target("a", "s", "dealer-1", None, &[VehicleProcessed]));
+        r.upsert(target("a", "s", "dealer-2", None, &[VehicleProcessed]));
+        assert_eq!(r.len(), 1);
+        assert!(r.route("dealer-1", None, VehicleProcessed).is_empty());
+        assert_eq!(r.route("dealer-2", None, VehicleProcessed).len(), 1);
+        let key = r.keys()[0].clone();
+        assert!(r.remove(&key));
+        assert!(!r.remove(&key));
+        assert!(r.is_empty());
+        assert!(r.route("dealer-2", None, VehicleProcessed).is_empty());
+    }
+}
