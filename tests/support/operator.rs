@@ -1,0 +1,121 @@
+//! The operator, in-process, against the test control plane: started once per test binary on
+//! a thread with its own runtime, so tests can read its routing registry.
+
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use kube::api::{Api, DynamicObject, Patch, PatchParams};
+use kube::core::GroupVersionKind;
+use kube::discovery::ApiResource;
+use kube::{Client, Resource};
+use serde::de::DeserializeOwned;
+use vc_envtest::ControlPlane;
+use vehicle_connect::controller::{self, Settings};
+use vehicle_connect::routing::Registry;
+use vehicle_connect::ssrf::{TargetGuard, parse_allow_list};
+
+pub struct Operator {
+    pub cp: &'static ControlPlane,
+    pub registry: Arc<Registry>,
+}
+
+static OPERATOR: OnceLock<Operator> = OnceLock::new();
+
+/// The control plane with CRDs installed and the operator running (allow-list: loopback).
+pub fn operator() -> &'static Operator {
+    OPERATOR.get_or_init(|| {
+        let cp = ControlPlane::shared();
+        let registry = Arc::new(Registry::new());
+        let reg = registry.clone();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::Builder::new()
+            .name("operator".into())
+            .spawn(move || {
+                let rt = tokio::runtime::Runtime::new().expect("runtime");
+                rt.block_on(async move {
+                    let crds = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("crds");
+                    cp.install_crds(&crds).await.expect("install CRDs");
+                    let client = cp.client().await.expect("client");
+                    tx.send(()).expect("signal");
+                    let settings = Settings {
+                        guard: TargetGuard::new(
+                            parse_allow_list("127.0.0.0/8,::1").expect("allow list"),
+                        ),
+                        probe_interval: Duration::from_secs(30),
+                        ..Settings::default()
+                    };
+                    controller::run(client, reg, settings).await;
+                })
+            })
+            .expect("operator thread");
+        rx.recv_timeout(Duration::from_secs(120))
+            .expect("operator did not start");
+        Operator { cp, registry }
+    })
+}
+
+/// Server-side applies YAML (one or more documents) into `ns` (overriding their namespace).
+pub async fn apply_yaml(client: &Client, ns: &str, yaml: &str) -> Vec<DynamicObject> {
+    let mut out = Vec::new();
+    for doc in serde_yaml::Deserializer::from_str(yaml) {
+        let v: serde_json::Value = serde::Deserialize::deserialize(doc).expect("yaml");
+        if v.is_null() {
+            continue;
+        }
+        out.push(apply_value(client, ns, v).await);
+    }
+    out
+}
+
+pub async fn apply_value(client: &Client, ns: &str, mut v: serde_json::Value) -> DynamicObject {
+    v["metadata"]["namespace"] = ns.into();
+    let api_version = v["apiVersion"].as_str().expect("apiVersion").to_string();
+    let kind = v["kind"].as_str().expect("kind").to_string();
+    let name = v["metadata"]["name"].as_str().expect("name").to_string();
+    let (group, version) = api_version.rsplit_once('/').unwrap_or(("", &api_version));
+    let gvk = GroupVersionKind::gvk(group, version, &kind);
+    let plural = format!("{}s", kind.to_lowercase());
+    let ar = ApiResource::from_gvk_with_plural(&gvk, &plural);
+    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns, &ar);
+    api.patch(
+        &name,
+        &PatchParams::apply("vehicle-connect-tests").force(),
+        &Patch::Apply(&v),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("applying {kind}/{name}: {e}"))
+}
+
+/// Polls `name` until `pred` holds (30 s), returning the object; panics with the last
+/// state seen.
+pub async fn wait_for<K, F>(api: &Api<K>, name: &str, what: &str, pred: F) -> K
+where
+    K: Resource + Clone + DeserializeOwned + std::fmt::Debug,
+    F: Fn(&K) -> bool,
+{
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut last = None;
+    loop {
+        if let Ok(Some(o)) = api.get_opt(name).await {
+            if pred(&o) {
+                return o;
+            }
+            last = Some(o);
+        }
+        if Instant::now() > deadline {
+            panic!("{name}: timed out waiting for {what}; last seen: {last:#?}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// `(status, reason, message)` of condition `type_` in a status with `conditions`.
+pub fn condition(
+    conds: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition],
+    type_: &str,
+) -> Option<(String, String, String)> {
+    conds
+        .iter()
+        .find(|c| c.type_ == type_)
+        .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
+}
