@@ -179,7 +179,11 @@ pub struct FtpRules {
     /// absolute). Created if missing.
     #[serde(default)]
     #[schemars(length(max = 255))]
-    #[x_kube(validation = Rule::new("!self.split('/').exists(p, p == '..')").message("must not contain '..'"))]
+    #[x_kube(
+        validation = Rule::new("!self.split('/').exists(p, p == '..')").message("must not contain '..'"),
+        // Windows FTP servers also split on '\', so `..\..` would escape too.
+        validation = Rule::new(r"!self.contains('\\') && !self.matches('\\p{Cc}')").message("must use '/' separators and contain no backslashes or control characters")
+    )]
     pub base_directory: String,
 
     /// Template of a sub-directory of `baseDirectory` per vehicle (empty: none).
