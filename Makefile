@@ -3,7 +3,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 KUBECONFIG_LOCAL := .local/kubeconfig
 
-.PHONY: all build control-plane cluster cluster-down test lint fmt crds clean
+.PHONY: all build control-plane cluster cluster-down test lint fmt crds clean bench
 
 all: build
 
@@ -30,6 +30,10 @@ test: control-plane
 crds:
 	@mkdir -p crds && rm -f crds/*.yaml
 	$(CARGO) run -q -- crd --out-dir crds
+
+## Benchmarks: print figures and ratios (sizes via VC_BENCH_* variables).
+bench: control-plane
+	$(CARGO) bench --bench scale
 
 lint:
 	$(CARGO) fmt --all --check

@@ -58,7 +58,7 @@ fn webhook_base() -> Value {
         "kind": "WebhookSubscription",
         "metadata": { "name": "base" },
         "spec": {
-            "url": "https://hooks.dealer-123.example/vehicles",
+            "url": "https://hooks.dealer-123.example/vehicles?notify=ops@dealer-123.example",
             "events": ["vehicle.processed", "vehicle.deleted"],
             "clientId": "dealer-123",
             "userIds": ["u-42"],

@@ -58,7 +58,7 @@ pub struct WebhookSubscriptionSpec {
     #[schemars(length(min = 8, max = 2048))]
     #[x_kube(
         validation = Rule::new("isURL(self) && url(self).getScheme() in ['http', 'https'] && url(self).getHostname() != ''").message("must be an absolute http:// or https:// URL with a host"),
-        validation = Rule::new("!self.contains('@')").message("must not carry credentials; use spec.auth"),
+        validation = Rule::new("!self.matches('^[A-Za-z][A-Za-z0-9+.-]*://[^/?#]*@')").message("must not carry credentials; use spec.auth"),
         validation = Rule::new("!self.contains('#')").message("must not have a fragment")
     )]
     pub url: String,
