@@ -1,0 +1,6 @@
+//! Helpers shared by integration tests (`mod support;` in each test file).
+
+// Each test binary compiles this module on its own and uses only part of it.
+#![allow(dead_code)]
+
+pub mod ftp_server;
