@@ -10,7 +10,7 @@ use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
 use suppaftp::tokio::{AsyncRustlsConnector, AsyncRustlsStream, ImplAsyncFtpStream};
 use suppaftp::types::FileType;
-use suppaftp::{FtpError, FtpResult, Mode};
+use suppaftp::{FtpError, FtpResult, Mode, Status};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, timeout_at};
 
@@ -202,7 +202,24 @@ pub async fn connect(ep: &FtpEndpoint) -> Result<Session, ProbeError> {
 
     let mut stream = match (ep.protocol, tls) {
         (FtpProtocol::FtpsImplicit, Some(tls)) => {
-            implicit_tls(ep, &target, &addrs, tls, deadline).await?
+            let mut stream = implicit_tls(ep, &target, &addrs, tls, deadline).await?;
+            // suppaftp's implicit connect leaves the data channel at PROT C (clear), which
+            // servers that force TLS on data refuse (vsftpd: "522 Data connections must be
+            // encrypted") while suppaftp would speak TLS on it anyway. Ask for PROT P, as
+            // `into_secure` does for explicit FTPS.
+            for command in ["PBSZ 0", "PROT P"] {
+                timeout_at(
+                    deadline,
+                    stream.custom_command(command, &[Status::CommandOk]),
+                )
+                .await
+                .map_err(|_| timeout("negotiating TLS for data connections"))?
+                .map_err(|e| ProbeError::TlsFailed {
+                    target: target.clone(),
+                    detail: format!("{command}: {}", describe(&e)),
+                })?;
+            }
+            stream
         }
         (_, tls) => {
             let tcp = connect_tcp(&target, &addrs, deadline, ep.connect_timeout).await?;
@@ -496,7 +513,6 @@ fn redact(text: &str, password: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use suppaftp::Status;
 
     fn endpoint() -> FtpEndpoint {
         FtpEndpoint {

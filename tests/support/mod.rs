@@ -4,3 +4,4 @@
 #![allow(dead_code)]
 
 pub mod ftp_server;
+pub mod vsftpd;
