@@ -1,4 +1,8 @@
-//! Shared pieces of the integration tests.
+//! Helpers shared by integration tests (`mod support;` in each test file).
+
+// Each test binary compiles this module on its own and uses only part of it.
 #![allow(dead_code)]
 
+pub mod ftp_server;
 pub mod operator;
+pub mod vsftpd;
