@@ -12,4 +12,5 @@ pub mod naming;
 pub mod routing;
 pub mod ssrf;
 pub mod status;
+pub mod store;
 pub mod tenancy;

@@ -1,0 +1,51 @@
+//! Table layout of the store file. Changing a key or value type here changes the file format:
+//! bump [`SCHEMA_VERSION`] with it.
+
+use redb::TableDefinition;
+
+use super::{StoreError, TargetCounters};
+
+/// Version of this layout, kept in `meta` so that an incompatible file is refused, not misread.
+pub(super) const SCHEMA_VERSION: u64 = 1;
+
+/// `meta`: `schema` → [`SCHEMA_VERSION`]; `next_seq` → the next sequence number to hand out.
+pub(super) const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+pub(super) const META_SCHEMA: &str = "schema";
+pub(super) const META_NEXT_SEQ: &str = "next_seq";
+
+/// `events`: seq → (event id, lane, received unix ms, body as received).
+pub(super) const EVENTS: TableDefinition<u64, (&str, &str, u64, &[u8])> =
+    TableDefinition::new("events");
+
+/// `event_ids`: event id → seq; the dedupe index.
+pub(super) const EVENT_IDS: TableDefinition<&str, u64> = TableDefinition::new("event_ids");
+
+/// `pending`: (target, seq) → (event id, lane, attempts so far, next attempt unix ms).
+/// Id and lane are copied here so that resuming and recording never read the event bodies.
+pub(super) const PENDING: TableDefinition<(&str, u64), (&str, &str, u32, u64)> =
+    TableDefinition::new("pending");
+
+/// `event_refs`: seq → number of pending deliveries of that event. No row means none left, so
+/// gc can decide without scanning `pending`.
+pub(super) const EVENT_REFS: TableDefinition<u64, u32> = TableDefinition::new("event_refs");
+
+/// `target_counters`: target → [`TargetCounters`] as JSON, so fields can be added without a
+/// schema bump (missing ones default).
+pub(super) const COUNTERS: TableDefinition<&str, &[u8]> = TableDefinition::new("target_counters");
+
+pub(super) fn decode_counters(target: &str, bytes: &[u8]) -> Result<TargetCounters, StoreError> {
+    serde_json::from_slice(bytes).map_err(|source| StoreError::Counters {
+        target: target.to_owned(),
+        source,
+    })
+}
+
+pub(super) fn encode_counters(
+    target: &str,
+    counters: &TargetCounters,
+) -> Result<Vec<u8>, StoreError> {
+    serde_json::to_vec(counters).map_err(|source| StoreError::Counters {
+        target: target.to_owned(),
+        source,
+    })
+}

@@ -1,0 +1,678 @@
+use std::collections::{BTreeSet, HashMap};
+use std::io::{BufRead, BufReader, Write};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use tokio::task::JoinSet;
+
+use super::*;
+
+const A: &str = "webhook/ns/a";
+const B: &str = "ftp/ns/b";
+
+fn ev(id: &str, lane: &str, targets: &[&str]) -> NewEvent {
+    NewEvent {
+        id: id.to_owned(),
+        body: format!(r#"{{"id":"{id}","vehicleId":"{lane}"}}"#).into_bytes(),
+        lane: lane.to_owned(),
+        targets: targets.iter().map(|t| (*t).to_owned()).collect(),
+    }
+}
+
+fn open(dir: &Path) -> Store {
+    Store::open(dir, StoreOptions::default()).unwrap()
+}
+
+fn seqs(outcomes: &[AcceptOutcome]) -> Vec<u64> {
+    outcomes.iter().map(AcceptOutcome::seq).collect()
+}
+
+fn update(target: &str, seq: u64, at: u64, outcome: Outcome) -> DeliveryUpdate {
+    DeliveryUpdate {
+        target: target.to_owned(),
+        seq,
+        outcome,
+        at_unix_ms: at,
+    }
+}
+
+#[test]
+fn store_error_is_send_and_sync() {
+    fn check<T: Send + Sync + 'static>() {}
+    check::<StoreError>();
+    check::<Store>();
+}
+
+#[tokio::test]
+async fn accept_then_reopen_keeps_events_pending_and_seq() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("nested/data");
+    let first = {
+        let store = open(&data);
+        let out = store
+            .accept(vec![ev("e1", "v1", &[A, B]), ev("e2", "v2", &[A])])
+            .await
+            .unwrap();
+        assert!(matches!(out[0], AcceptOutcome::New { .. }));
+        assert!(matches!(out[1], AcceptOutcome::New { .. }));
+        assert!(out[0].seq() < out[1].seq());
+        seqs(&out)
+    };
+
+    let store = open(&data);
+    let pending = store.pending().unwrap();
+    let keys: Vec<(&str, u64, &str, &str)> = pending
+        .iter()
+        .map(|p| {
+            (
+                p.target.as_str(),
+                p.seq,
+                p.event_id.as_str(),
+                p.lane.as_str(),
+            )
+        })
+        .collect();
+    // Ordered by (target, seq).
+    assert_eq!(
+        keys,
+        vec![
+            (B, first[0], "e1", "v1"),
+            (A, first[0], "e1", "v1"),
+            (A, first[1], "e2", "v2"),
+        ]
+        .into_iter()
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect::<Vec<_>>()
+    );
+    assert!(pending.iter().all(|p| p.attempts == 0));
+    assert_eq!(
+        store.event_body(first[0]).unwrap().unwrap(),
+        ev("e1", "v1", &[]).body
+    );
+    let stored = store.event(first[1]).unwrap().unwrap();
+    assert_eq!((stored.id.as_str(), stored.lane.as_str()), ("e2", "v2"));
+    assert!(stored.received_unix_ms > 0);
+    assert_eq!(store.event_body(9999).unwrap(), None);
+    assert_eq!(store.seq_of("e2").unwrap(), Some(first[1]));
+
+    // The id index survived too, and numbering continues past the old seqs.
+    let again = store
+        .accept(vec![ev("e1", "v1", &[A]), ev("e3", "v1", &[A])])
+        .await
+        .unwrap();
+    assert_eq!(again[0], AcceptOutcome::Duplicate { seq: first[0] });
+    assert!(matches!(again[1], AcceptOutcome::New { seq } if seq > first[1]));
+
+    let stats = store.stats();
+    assert_eq!((stats.events, stats.pending), (3, 4));
+    assert_eq!(store.counters(A).unwrap().pending, 3);
+    assert_eq!(store.counters(B).unwrap().pending, 1);
+}
+
+#[tokio::test]
+async fn duplicates_within_a_batch_and_across_batches() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let out = store
+        .accept(vec![
+            ev("x", "v", &[A]),
+            ev("y", "v", &[A]),
+            ev("x", "v", &[A, B]),
+        ])
+        .await
+        .unwrap();
+    let (x, y) = (out[0].seq(), out[1].seq());
+    assert_eq!(
+        out,
+        vec![
+            AcceptOutcome::New { seq: x },
+            AcceptOutcome::New { seq: y },
+            AcceptOutcome::Duplicate { seq: x },
+        ]
+    );
+    let out = store
+        .accept(vec![ev("y", "v", &[B]), ev("z", "v", &[])])
+        .await
+        .unwrap();
+    assert_eq!(out[0], AcceptOutcome::Duplicate { seq: y });
+    assert!(matches!(out[1], AcceptOutcome::New { seq } if seq > y));
+    // The duplicate's different targets changed nothing.
+    let pending = store.pending().unwrap();
+    assert_eq!(pending.len(), 2);
+    assert!(pending.iter().all(|p| p.target == A));
+    assert_eq!(store.counters(B).unwrap(), TargetCounters::default());
+}
+
+#[tokio::test]
+async fn a_target_listed_twice_gets_one_delivery() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    store.accept(vec![ev("e", "v", &[A, A])]).await.unwrap();
+    assert_eq!(store.pending().unwrap().len(), 1);
+    assert_eq!(store.counters(A).unwrap().pending, 1);
+}
+
+#[tokio::test]
+async fn event_without_targets_is_stored_for_dedupe() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let seq = store.accept(vec![ev("lonely", "v", &[])]).await.unwrap()[0].seq();
+    assert!(store.pending().unwrap().is_empty());
+    assert!(store.event_body(seq).unwrap().is_some());
+    let again = store.accept(vec![ev("lonely", "v", &[A])]).await.unwrap();
+    assert_eq!(again, vec![AcceptOutcome::Duplicate { seq }]);
+    assert!(store.pending().unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_callers_with_one_id_get_one_new() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let mut tasks = JoinSet::new();
+    for i in 0..100 {
+        let store = store.clone();
+        tasks.spawn(async move {
+            // Unique events as well, so the shared id lands in mixed batches.
+            let out = store
+                .accept(vec![
+                    ev("shared", "v", &[A]),
+                    ev(&format!("own-{i}"), "v", &[A]),
+                ])
+                .await
+                .unwrap();
+            out[0]
+        });
+    }
+    let mut outcomes = Vec::new();
+    while let Some(res) = tasks.join_next().await {
+        outcomes.push(res.unwrap());
+    }
+    let new: Vec<_> = outcomes
+        .iter()
+        .filter(|o| matches!(o, AcceptOutcome::New { .. }))
+        .collect();
+    assert_eq!(new.len(), 1, "{outcomes:?}");
+    let seq = new[0].seq();
+    assert!(outcomes.iter().all(|o| o.seq() == seq));
+    assert_eq!(store.pending().unwrap().len(), 101);
+    assert_eq!(store.stats().events, 101);
+}
+
+#[tokio::test]
+async fn record_transitions_and_counters() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let out = store
+        .accept(vec![ev("e1", "v", &[A, B]), ev("e2", "v", &[A])])
+        .await
+        .unwrap();
+    let (e1, e2) = (out[0].seq(), out[1].seq());
+
+    store
+        .record(vec![update(
+            A,
+            e1,
+            100,
+            Outcome::Retry {
+                next_attempt_unix_ms: 500,
+                reason: "HTTP 503".into(),
+            },
+        )])
+        .await
+        .unwrap();
+    let p = &store.pending_for(A).unwrap()[0];
+    assert_eq!((p.seq, p.attempts, p.next_attempt_unix_ms), (e1, 1, 500));
+    let c = store.counters(A).unwrap();
+    assert_eq!(
+        c,
+        TargetCounters {
+            pending: 2,
+            consecutive_failures: 1,
+            last_failure: Some(("e1".into(), 100, "HTTP 503".into())),
+            ..TargetCounters::default()
+        }
+    );
+
+    store
+        .record(vec![
+            update(
+                A,
+                e1,
+                200,
+                Outcome::Retry {
+                    next_attempt_unix_ms: 900,
+                    reason: "timeout".into(),
+                },
+            ),
+            update(A, e1, 300, Outcome::Delivered { status: Some(200) }),
+        ])
+        .await
+        .unwrap();
+    let c = store.counters(A).unwrap();
+    assert_eq!(
+        (c.delivered, c.failed, c.pending, c.consecutive_failures),
+        (1, 0, 1, 0)
+    );
+    assert_eq!(c.last_delivery, Some(("e1".into(), 300, Some(200))));
+    assert_eq!(c.last_failure, Some(("e1".into(), 200, "timeout".into())));
+
+    store
+        .record(vec![update(
+            A,
+            e2,
+            400,
+            Outcome::GaveUp {
+                reason: "HTTP 400".into(),
+            },
+        )])
+        .await
+        .unwrap();
+    // Updates for deliveries no longer pending are ignored.
+    store
+        .record(vec![
+            update(A, e1, 500, Outcome::Delivered { status: Some(204) }),
+            update(A, 777, 500, Outcome::Delivered { status: None }),
+            update(
+                "webhook/ns/unknown",
+                e1,
+                500,
+                Outcome::Delivered { status: None },
+            ),
+        ])
+        .await
+        .unwrap();
+    let expected_a = TargetCounters {
+        delivered: 1,
+        failed: 1,
+        pending: 0,
+        consecutive_failures: 1,
+        last_delivery: Some(("e1".into(), 300, Some(200))),
+        last_failure: Some(("e2".into(), 400, "HTTP 400".into())),
+    };
+    assert_eq!(store.counters(A).unwrap(), expected_a);
+    assert_eq!(
+        store.counters("webhook/ns/unknown").unwrap(),
+        TargetCounters::default()
+    );
+    assert!(store.pending_for(A).unwrap().is_empty());
+    assert_eq!(store.pending_for(B).unwrap().len(), 1);
+    assert_eq!(store.stats().pending, 1);
+
+    drop(store);
+    let store = open(dir.path());
+    assert_eq!(store.counters(A).unwrap(), expected_a);
+    assert_eq!(store.counters(B).unwrap().pending, 1);
+    assert_eq!(store.stats().pending, 1);
+}
+
+#[tokio::test]
+async fn drop_target_removes_its_deliveries_and_counters() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let out = store
+        .accept(vec![
+            ev("e1", "v", &[A, B]),
+            ev("e2", "v", &[A]),
+            ev("e3", "w", &[A, B]),
+        ])
+        .await
+        .unwrap();
+    store
+        .record(vec![update(
+            A,
+            out[0].seq(),
+            1,
+            Outcome::Delivered { status: Some(200) },
+        )])
+        .await
+        .unwrap();
+    // A target whose name extends A's must not be touched by dropping A.
+    let longer = format!("{A}b");
+    store
+        .add_deliveries(&longer, vec![out[1].seq()])
+        .await
+        .unwrap();
+    assert_eq!(store.drop_target(A).await.unwrap(), 2);
+    assert_eq!(store.pending_for(&longer).unwrap().len(), 1);
+    assert_eq!(store.drop_target(&longer).await.unwrap(), 1);
+    assert!(store.pending_for(A).unwrap().is_empty());
+    assert_eq!(store.counters(A).unwrap(), TargetCounters::default());
+    assert_eq!(store.pending_for(B).unwrap().len(), 2);
+    assert_eq!(store.counters(B).unwrap().pending, 2);
+    assert_eq!(store.stats().pending, 2);
+    assert_eq!(store.drop_target(A).await.unwrap(), 0);
+    // Late outcomes for the dropped target change nothing.
+    store
+        .record(vec![update(
+            A,
+            out[1].seq(),
+            2,
+            Outcome::Delivered { status: None },
+        )])
+        .await
+        .unwrap();
+    assert_eq!(store.counters(A).unwrap(), TargetCounters::default());
+
+    // e2 only had A: nothing pending, so gc can forget it; e1 and e3 wait for B.
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    assert_eq!(store.gc(Duration::ZERO).await.unwrap(), 1);
+    assert_eq!(store.seq_of("e2").unwrap(), None);
+    assert!(store.seq_of("e1").unwrap().is_some());
+}
+
+#[tokio::test]
+async fn add_deliveries_replays_stored_events() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let out = store
+        .accept(vec![ev("e1", "v1", &[A]), ev("e2", "v2", &[])])
+        .await
+        .unwrap();
+    let (e1, e2) = (out[0].seq(), out[1].seq());
+    // e1 is already pending for A, 999 does not exist.
+    assert_eq!(store.add_deliveries(A, vec![e1, e2, 999]).await.unwrap(), 1);
+    let pending = store.pending_for(A).unwrap();
+    assert_eq!(
+        pending
+            .iter()
+            .map(|p| (p.seq, p.lane.as_str()))
+            .collect::<Vec<_>>(),
+        vec![(e1, "v1"), (e2, "v2")]
+    );
+    assert_eq!(store.counters(A).unwrap().pending, 2);
+    assert_eq!(store.stats().pending, 2);
+}
+
+#[tokio::test]
+async fn gc_forgets_only_old_events_without_pending_deliveries() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let out = store
+        .accept(vec![
+            ev("done", "v", &[A]),
+            ev("waiting", "v", &[A, B]),
+            ev("no-targets", "v", &[]),
+        ])
+        .await
+        .unwrap();
+    let (done, waiting, no_targets) = (out[0].seq(), out[1].seq(), out[2].seq());
+    store
+        .record(vec![
+            update(A, done, 1, Outcome::Delivered { status: Some(200) }),
+            update(
+                A,
+                waiting,
+                1,
+                Outcome::GaveUp {
+                    reason: "no".into(),
+                },
+            ),
+        ])
+        .await
+        .unwrap();
+
+    // Young events stay.
+    assert_eq!(store.gc(Duration::from_secs(3600)).await.unwrap(), 0);
+    assert_eq!(store.stats().events, 3);
+
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    assert_eq!(store.gc(Duration::ZERO).await.unwrap(), 2);
+    assert_eq!(store.event_body(done).unwrap(), None);
+    assert_eq!(store.event_body(no_targets).unwrap(), None);
+    assert!(store.event_body(waiting).unwrap().is_some());
+    assert_eq!(store.stats().events, 1);
+
+    // Forgotten ids no longer dedupe; remembered ones do.
+    let again = store
+        .accept(vec![ev("done", "v", &[A]), ev("waiting", "v", &[A])])
+        .await
+        .unwrap();
+    assert!(matches!(again[0], AcceptOutcome::New { seq } if seq > no_targets));
+    assert_eq!(again[1], AcceptOutcome::Duplicate { seq: waiting });
+
+    // Once B is done with it, "waiting" goes too.
+    store
+        .record(vec![update(
+            B,
+            waiting,
+            2,
+            Outcome::Delivered { status: None },
+        )])
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    // The re-accepted "done" is still pending for A.
+    assert_eq!(store.gc(Duration::ZERO).await.unwrap(), 1);
+    assert_eq!(store.seq_of("waiting").unwrap(), None);
+    assert_eq!(store.seq_of("done").unwrap(), Some(again[0].seq()));
+}
+
+#[tokio::test]
+async fn a_file_of_another_schema_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    drop(open(dir.path()));
+    {
+        let db = redb::Database::create(dir.path().join(DB_FILE)).unwrap();
+        let txn = db.begin_write().unwrap();
+        txn.open_table(tables::META)
+            .unwrap()
+            .insert(tables::META_SCHEMA, 99)
+            .unwrap();
+        txn.commit().unwrap();
+    }
+    match Store::open(dir.path(), StoreOptions::default()) {
+        Err(StoreError::Schema { found: 99, .. }) => {}
+        Err(other) => panic!("unexpected error {other}"),
+        Ok(_) => panic!("opened a file of schema 99"),
+    }
+}
+
+#[tokio::test]
+async fn a_second_open_of_the_same_dir_fails_while_the_first_is_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    assert!(Store::open(dir.path(), StoreOptions::default()).is_err());
+    drop(store);
+    open(dir.path());
+}
+
+const CRASH_DIR_ENV: &str = "VC_STORE_CRASH_CHILD_DIR";
+const CRASH_ROUND_ENV: &str = "VC_STORE_CRASH_CHILD_ROUND";
+const CRASH_TARGETS: [&str; 2] = [A, B];
+
+/// Helper process of `sigkill_loses_no_acknowledged_event`: accepts events from 16 tasks and
+/// prints `ACK <id> <seq>` for each one acknowledged, until it is killed.
+#[test]
+#[ignore = "helper process, run by sigkill_loses_no_acknowledged_event"]
+fn crash_child() {
+    let Some(dir) = std::env::var_os(CRASH_DIR_ENV) else {
+        return;
+    };
+    let round = std::env::var(CRASH_ROUND_ENV).unwrap_or_default();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async move {
+        let store = open(Path::new(&dir));
+        // Bounded, in case the parent dies without killing us.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut tasks = JoinSet::new();
+        for task in 0..16u64 {
+            let store = store.clone();
+            let round = round.clone();
+            tasks.spawn(async move {
+                let mut n = 0u64;
+                while Instant::now() < deadline {
+                    let events: Vec<NewEvent> = (0..1 + n % 3)
+                        .map(|i| {
+                            let id = format!("r{round}-t{task}-{n}-{i}");
+                            ev(&id, &format!("v{task}"), &CRASH_TARGETS)
+                        })
+                        .collect();
+                    let out = store.accept(events.clone()).await.unwrap();
+                    // One small write per call: a pipe write under PIPE_BUF is atomic, so the
+                    // parent never reads half a line.
+                    let mut text = String::new();
+                    for (e, o) in events.iter().zip(&out) {
+                        text.push_str(&format!("ACK {} {}\n", e.id, o.seq()));
+                    }
+                    let mut stdout = std::io::stdout().lock();
+                    stdout.write_all(text.as_bytes()).unwrap();
+                    stdout.flush().unwrap();
+                    n += 1;
+                }
+            });
+        }
+        while tasks.join_next().await.is_some() {}
+    });
+}
+
+/// Runs `crash_child` on `dir`, SIGKILLs it once it has acknowledged `kill_after` events, and
+/// returns every acknowledgement it printed (id → seq).
+fn run_and_kill_child(dir: &Path, round: u32, kill_after: usize) -> HashMap<String, u64> {
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "store::tests::crash_child",
+            "--exact",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(CRASH_DIR_ENV, dir)
+        .env(CRASH_ROUND_ENV, round.to_string())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut reader = BufReader::new(child.stdout.take().unwrap());
+    let mut acked = HashMap::new();
+    let mut killed = false;
+    let mut line = String::new();
+    // Read to EOF: lines already in the pipe when the kill lands were acknowledged too.
+    while reader.read_line(&mut line).unwrap() > 0 {
+        if let Some(rest) = line.strip_suffix('\n').and_then(|l| l.strip_prefix("ACK ")) {
+            let (id, seq) = rest.split_once(' ').unwrap();
+            acked.insert(id.to_owned(), seq.parse().unwrap());
+            if !killed && acked.len() >= kill_after {
+                child.kill().unwrap(); // SIGKILL on Unix
+                killed = true;
+            }
+        }
+        line.clear();
+    }
+    let status = child.wait().unwrap();
+    assert!(killed, "child ended by itself: {status}");
+    {
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(status.signal(), Some(9), "{status}");
+    }
+    acked
+}
+
+#[test]
+fn sigkill_loses_no_acknowledged_event() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let mut acked: HashMap<String, u64> = HashMap::new();
+    // Several rounds on one file: each reopen repairs what the previous kill left.
+    for (round, kill_after) in [700, 1500, 2500].into_iter().enumerate() {
+        acked.extend(run_and_kill_child(dir.path(), round as u32, kill_after));
+
+        let store = open(dir.path());
+        let pending: BTreeSet<(String, u64)> = store
+            .pending()
+            .unwrap()
+            .into_iter()
+            .map(|p| (p.target, p.seq))
+            .collect();
+        for (id, &seq) in &acked {
+            assert_eq!(store.seq_of(id).unwrap(), Some(seq), "event {id} lost");
+            for target in CRASH_TARGETS {
+                assert!(
+                    pending.contains(&(target.to_owned(), seq)),
+                    "delivery of {id} to {target} lost"
+                );
+            }
+        }
+        let distinct: BTreeSet<u64> = acked.values().copied().collect();
+        assert_eq!(distinct.len(), acked.len(), "two ids share a seq");
+        let max_acked = acked.values().copied().max().unwrap();
+        let next = rt
+            .block_on(store.accept(vec![ev(&format!("after-{round}"), "v", &[A])]))
+            .unwrap();
+        assert!(next[0].seq() > max_acked);
+        eprintln!(
+            "crash round {round}: SIGKILL after {kill_after} acks; {} acknowledged so far, \
+             all present; {} events stored",
+            acked.len(),
+            store.stats().events
+        );
+    }
+}
+
+/// A figure, not a speed assertion: single events from one caller (one fsync each) against 64
+/// concurrent callers sharing commits. `cargo test store -- --nocapture` shows it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn group_commit_figures() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+
+    let serial = 200u64;
+    let start = Instant::now();
+    for i in 0..serial {
+        store
+            .accept(vec![ev(&format!("s{i}"), "v", &[A])])
+            .await
+            .unwrap();
+    }
+    let serial_secs = start.elapsed().as_secs_f64();
+
+    let callers = 64u64;
+    let per_caller = 100u64;
+    let before = store.stats();
+    let start = Instant::now();
+    let mut tasks = JoinSet::new();
+    for c in 0..callers {
+        let store = store.clone();
+        tasks.spawn(async move {
+            for i in 0..per_caller {
+                let id = format!("c{c}-{i}");
+                store
+                    .accept(vec![ev(&id, &format!("v{c}"), &[A, B])])
+                    .await
+                    .unwrap();
+            }
+        });
+    }
+    while let Some(res) = tasks.join_next().await {
+        res.unwrap();
+    }
+    let secs = start.elapsed().as_secs_f64();
+    let after = store.stats();
+    let total = callers * per_caller;
+    let commits = after.commits - before.commits;
+    eprintln!(
+        "store: 1 caller: {serial} single-event accepts in {serial_secs:.3}s = {:.0}/s ({} commits)",
+        serial as f64 / serial_secs,
+        before.commits
+    );
+    eprintln!(
+        "store: {callers} callers: {total} single-event accepts in {secs:.3}s = {:.0}/s, \
+         {commits} commits, {:.1} events/commit, largest batch {}",
+        total as f64 / secs,
+        total as f64 / commits as f64,
+        after.largest_batch
+    );
+    assert_eq!(after.events, serial + total);
+    assert_eq!(after.pending, serial + 2 * total);
+    assert_eq!(after.requests - before.requests, total);
+    // With 64 callers waiting on each fsync, commits must be shared.
+    assert!(commits < total, "{commits} commits for {total} requests");
+}

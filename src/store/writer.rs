@@ -1,0 +1,468 @@
+//! The writer thread: owns the write side and group-commits queued requests.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use redb::{Database, Durability, ReadableTable, Table, WriteTransaction};
+use tokio::sync::{mpsc, oneshot};
+
+use super::tables::{
+    self, COUNTERS, EVENT_IDS, EVENT_REFS, EVENTS, META, META_NEXT_SEQ, META_SCHEMA, PENDING,
+    SCHEMA_VERSION,
+};
+use super::{AcceptOutcome, DeliveryUpdate, NewEvent, Outcome, Stats, StoreError, TargetCounters};
+
+/// Answer slot of one request: filled while the transaction is applied, sent after commit.
+pub(crate) struct Reply<T> {
+    tx: oneshot::Sender<Result<T, StoreError>>,
+    value: Option<T>,
+}
+
+impl<T> Reply<T> {
+    pub(super) fn new(tx: oneshot::Sender<Result<T, StoreError>>) -> Self {
+        Reply { tx, value: None }
+    }
+
+    fn set(&mut self, value: T) {
+        self.value = Some(value);
+    }
+
+    fn send_committed(self) {
+        // A caller that went away no longer needs the answer; its write stands.
+        let _ = self.tx.send(self.value.ok_or(StoreError::WriterStopped));
+    }
+
+    fn send_err(self, err: StoreError) {
+        let _ = self.tx.send(Err(err));
+    }
+}
+
+pub(crate) enum Job {
+    Accept {
+        events: Vec<NewEvent>,
+        reply: Reply<Vec<AcceptOutcome>>,
+    },
+    Record {
+        updates: Vec<DeliveryUpdate>,
+        reply: Reply<()>,
+    },
+    DropTarget {
+        target: String,
+        reply: Reply<u64>,
+    },
+    AddDeliveries {
+        target: String,
+        seqs: Vec<u64>,
+        reply: Reply<u64>,
+    },
+    Gc {
+        cutoff_unix_ms: u64,
+        limit: usize,
+        reply: Reply<u64>,
+    },
+}
+
+impl Job {
+    fn send_committed(self) {
+        match self {
+            Job::Accept { reply, .. } => reply.send_committed(),
+            Job::Record { reply, .. } => reply.send_committed(),
+            Job::DropTarget { reply, .. }
+            | Job::AddDeliveries { reply, .. }
+            | Job::Gc { reply, .. } => reply.send_committed(),
+        }
+    }
+
+    fn send_err(self, err: StoreError) {
+        match self {
+            Job::Accept { reply, .. } => reply.send_err(err),
+            Job::Record { reply, .. } => reply.send_err(err),
+            Job::DropTarget { reply, .. }
+            | Job::AddDeliveries { reply, .. }
+            | Job::Gc { reply, .. } => reply.send_err(err),
+        }
+    }
+
+    fn apply(&mut self, t: &mut Tables<'_>) -> Result<(), StoreError> {
+        match self {
+            Job::Accept { events, reply } => reply.set(t.accept(events)?),
+            Job::Record { updates, reply } => reply.set(t.record(updates)?),
+            Job::DropTarget { target, reply } => reply.set(t.drop_target(target)?),
+            Job::AddDeliveries {
+                target,
+                seqs,
+                reply,
+            } => reply.set(t.add_deliveries(target, seqs)?),
+            Job::Gc {
+                cutoff_unix_ms,
+                limit,
+                reply,
+            } => reply.set(t.gc(*cutoff_unix_ms, *limit)?),
+        }
+        Ok(())
+    }
+}
+
+/// Creates the tables of a new file and refuses a file of another layout.
+pub(super) fn init_schema(db: &Database) -> Result<(), StoreError> {
+    let txn = db.begin_write()?;
+    {
+        let mut meta = txn.open_table(META)?;
+        let found = meta.get(META_SCHEMA)?.map(|g| g.value());
+        match found {
+            Some(found) if found != SCHEMA_VERSION => {
+                return Err(StoreError::Schema {
+                    found,
+                    expected: SCHEMA_VERSION,
+                });
+            }
+            Some(_) => {}
+            None => {
+                meta.insert(META_SCHEMA, SCHEMA_VERSION)?;
+            }
+        }
+        // Opening creates them, so readers never meet a missing table.
+        txn.open_table(EVENTS)?;
+        txn.open_table(EVENT_IDS)?;
+        txn.open_table(PENDING)?;
+        txn.open_table(EVENT_REFS)?;
+        txn.open_table(COUNTERS)?;
+    }
+    txn.commit()?;
+    Ok(())
+}
+
+pub(super) struct Writer {
+    db: Arc<Database>,
+    jobs: mpsc::Receiver<Job>,
+    stats: Arc<Stats>,
+    max_batch: usize,
+    /// Receive times never go backwards even if the wall clock does, so gc can stop its scan
+    /// (in seq order) at the first event younger than the cutoff.
+    last_now: u64,
+}
+
+impl Writer {
+    pub(super) fn new(
+        db: Arc<Database>,
+        jobs: mpsc::Receiver<Job>,
+        stats: Arc<Stats>,
+        max_batch: usize,
+        last_received: u64,
+    ) -> Self {
+        Writer {
+            db,
+            jobs,
+            stats,
+            max_batch,
+            last_now: last_received,
+        }
+    }
+
+    pub(super) fn run(mut self) {
+        let mut batch = Vec::with_capacity(self.max_batch.min(1024));
+        while let Some(first) = self.jobs.blocking_recv() {
+            batch.push(first);
+            while batch.len() < self.max_batch {
+                match self.jobs.try_recv() {
+                    Ok(job) => batch.push(job),
+                    Err(_) => break,
+                }
+            }
+            self.last_now = self.last_now.max(super::now_unix_ms());
+            self.process(std::mem::take(&mut batch));
+        }
+    }
+
+    fn process(&self, mut batch: Vec<Job>) {
+        match self.commit(&mut batch) {
+            Ok(delta) => {
+                let s = &self.stats;
+                s.commits.fetch_add(1, Ordering::Relaxed);
+                s.requests.fetch_add(batch.len() as u64, Ordering::Relaxed);
+                s.largest_batch
+                    .fetch_max(batch.len() as u64, Ordering::Relaxed);
+                add_signed(&s.events, delta.events);
+                add_signed(&s.pending, delta.pending);
+                for job in batch {
+                    job.send_committed();
+                }
+            }
+            Err(err) => {
+                self.stats.failed_commits.fetch_add(1, Ordering::Relaxed);
+                if batch.len() == 1 {
+                    if let Some(job) = batch.pop() {
+                        job.send_err(err);
+                    }
+                    return;
+                }
+                // One bad request must not fail the others: retry each in its own transaction.
+                tracing::warn!(error = %err, requests = batch.len(), "store group commit failed; retrying requests one by one");
+                for job in batch {
+                    self.process(vec![job]);
+                }
+            }
+        }
+    }
+
+    fn commit(&self, batch: &mut [Job]) -> Result<Delta, StoreError> {
+        let mut txn = self.db.begin_write()?;
+        txn.set_durability(Durability::Immediate)?;
+        let delta = {
+            let mut t = Tables::open(&txn, self.last_now)?;
+            for job in batch.iter_mut() {
+                job.apply(&mut t)?;
+            }
+            t.finish()?
+        };
+        txn.commit()?;
+        Ok(delta)
+    }
+}
+
+fn add_signed(counter: &std::sync::atomic::AtomicU64, delta: i64) {
+    if delta >= 0 {
+        counter.fetch_add(delta.unsigned_abs(), Ordering::Relaxed);
+    } else {
+        counter.fetch_sub(delta.unsigned_abs(), Ordering::Relaxed);
+    }
+}
+
+/// Changes of the gauges in one transaction, applied to [`Stats`] after it commits.
+#[derive(Default)]
+struct Delta {
+    events: i64,
+    pending: i64,
+}
+
+/// The tables of one write transaction plus the state cached across its requests.
+struct Tables<'txn> {
+    meta: Table<'txn, &'static str, u64>,
+    events: Table<'txn, u64, (&'static str, &'static str, u64, &'static [u8])>,
+    ids: Table<'txn, &'static str, u64>,
+    pending: Table<'txn, (&'static str, u64), (&'static str, &'static str, u32, u64)>,
+    refs: Table<'txn, u64, u32>,
+    counters_table: Table<'txn, &'static str, &'static [u8]>,
+    /// Counters touched in this transaction; `None` = delete. Written once in `finish`.
+    counters: BTreeMap<String, Option<TargetCounters>>,
+    next_seq: u64,
+    now: u64,
+    delta: Delta,
+}
+
+impl<'txn> Tables<'txn> {
+    fn open(txn: &'txn WriteTransaction, now: u64) -> Result<Self, StoreError> {
+        let meta = txn.open_table(META)?;
+        let next_seq = meta.get(META_NEXT_SEQ)?.map(|g| g.value()).unwrap_or(1);
+        Ok(Tables {
+            meta,
+            events: txn.open_table(EVENTS)?,
+            ids: txn.open_table(EVENT_IDS)?,
+            pending: txn.open_table(PENDING)?,
+            refs: txn.open_table(EVENT_REFS)?,
+            counters_table: txn.open_table(COUNTERS)?,
+            counters: BTreeMap::new(),
+            next_seq,
+            now,
+            delta: Delta::default(),
+        })
+    }
+
+    fn finish(mut self) -> Result<Delta, StoreError> {
+        self.meta.insert(META_NEXT_SEQ, self.next_seq)?;
+        for (target, counters) in &self.counters {
+            match counters {
+                Some(c) => {
+                    let bytes = tables::encode_counters(target, c)?;
+                    self.counters_table
+                        .insert(target.as_str(), bytes.as_slice())?;
+                }
+                None => {
+                    self.counters_table.remove(target.as_str())?;
+                }
+            }
+        }
+        Ok(self.delta)
+    }
+
+    fn counters_mut(&mut self, target: &str) -> Result<&mut TargetCounters, StoreError> {
+        if !self.counters.contains_key(target) {
+            let stored = match self.counters_table.get(target)? {
+                Some(g) => Some(tables::decode_counters(target, g.value())?),
+                None => None,
+            };
+            self.counters.insert(target.to_owned(), stored);
+        }
+        // Absent or deleted earlier in this transaction: start from zero.
+        let slot = self.counters.entry(target.to_owned()).or_default();
+        Ok(slot.get_or_insert_with(TargetCounters::default))
+    }
+
+    /// One pending delivery of `seq` is gone.
+    fn release(&mut self, seq: u64) -> Result<(), StoreError> {
+        let left = self.refs.get(seq)?.map(|g| g.value()).unwrap_or(0);
+        if left <= 1 {
+            self.refs.remove(seq)?;
+        } else {
+            self.refs.insert(seq, left - 1)?;
+        }
+        self.delta.pending -= 1;
+        Ok(())
+    }
+
+    fn add_pending(
+        &mut self,
+        target: &str,
+        seq: u64,
+        id: &str,
+        lane: &str,
+    ) -> Result<(), StoreError> {
+        self.pending
+            .insert((target, seq), (id, lane, 0u32, self.now))?;
+        let refs = self.refs.get(seq)?.map(|g| g.value()).unwrap_or(0);
+        self.refs.insert(seq, refs.saturating_add(1))?;
+        self.counters_mut(target)?.pending += 1;
+        self.delta.pending += 1;
+        Ok(())
+    }
+
+    fn accept(&mut self, events: &[NewEvent]) -> Result<Vec<AcceptOutcome>, StoreError> {
+        let mut out = Vec::with_capacity(events.len());
+        for ev in events {
+            // The index sees this transaction's own inserts, so dedupe also holds within a
+            // batch and between concurrent callers sharing a commit.
+            if let Some(seq) = self.ids.get(ev.id.as_str())?.map(|g| g.value()) {
+                out.push(AcceptOutcome::Duplicate { seq });
+                continue;
+            }
+            let seq = self.next_seq;
+            self.next_seq += 1;
+            self.events.insert(
+                seq,
+                (
+                    ev.id.as_str(),
+                    ev.lane.as_str(),
+                    self.now,
+                    ev.body.as_slice(),
+                ),
+            )?;
+            self.ids.insert(ev.id.as_str(), seq)?;
+            self.delta.events += 1;
+            let targets: BTreeSet<&str> = ev.targets.iter().map(String::as_str).collect();
+            for target in targets {
+                self.add_pending(target, seq, &ev.id, &ev.lane)?;
+            }
+            out.push(AcceptOutcome::New { seq });
+        }
+        Ok(out)
+    }
+
+    fn record(&mut self, updates: &[DeliveryUpdate]) -> Result<(), StoreError> {
+        for u in updates {
+            let key = (u.target.as_str(), u.seq);
+            let Some((event_id, lane, attempts)) = self.pending.get(key)?.map(|g| {
+                let (id, lane, attempts, _) = g.value();
+                (id.to_owned(), lane.to_owned(), attempts)
+            }) else {
+                continue;
+            };
+            match &u.outcome {
+                Outcome::Delivered { status } => {
+                    self.pending.remove(key)?;
+                    self.release(u.seq)?;
+                    let c = self.counters_mut(&u.target)?;
+                    c.delivered += 1;
+                    c.pending = c.pending.saturating_sub(1);
+                    c.consecutive_failures = 0;
+                    c.last_delivery = Some((event_id, u.at_unix_ms, *status));
+                }
+                Outcome::Retry {
+                    next_attempt_unix_ms,
+                    reason,
+                } => {
+                    self.pending.insert(
+                        key,
+                        (
+                            event_id.as_str(),
+                            lane.as_str(),
+                            attempts.saturating_add(1),
+                            *next_attempt_unix_ms,
+                        ),
+                    )?;
+                    let c = self.counters_mut(&u.target)?;
+                    c.consecutive_failures = c.consecutive_failures.saturating_add(1);
+                    c.last_failure = Some((event_id, u.at_unix_ms, reason.clone()));
+                }
+                Outcome::GaveUp { reason } => {
+                    self.pending.remove(key)?;
+                    self.release(u.seq)?;
+                    let c = self.counters_mut(&u.target)?;
+                    c.failed += 1;
+                    c.pending = c.pending.saturating_sub(1);
+                    c.consecutive_failures = c.consecutive_failures.saturating_add(1);
+                    c.last_failure = Some((event_id, u.at_unix_ms, reason.clone()));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn drop_target(&mut self, target: &str) -> Result<u64, StoreError> {
+        let mut seqs = Vec::new();
+        for row in self
+            .pending
+            .range::<(&str, u64)>((target, 0)..=(target, u64::MAX))?
+        {
+            seqs.push(row?.0.value().1);
+        }
+        for &seq in &seqs {
+            self.pending.remove((target, seq))?;
+            self.release(seq)?;
+        }
+        self.counters.insert(target.to_owned(), None);
+        Ok(seqs.len() as u64)
+    }
+
+    fn add_deliveries(&mut self, target: &str, seqs: &[u64]) -> Result<u64, StoreError> {
+        let mut added = 0;
+        for &seq in seqs {
+            if self.pending.get((target, seq))?.is_some() {
+                continue;
+            }
+            let Some((id, lane)) = self.events.get(seq)?.map(|g| {
+                let (id, lane, _, _) = g.value();
+                (id.to_owned(), lane.to_owned())
+            }) else {
+                continue;
+            };
+            self.add_pending(target, seq, &id, &lane)?;
+            added += 1;
+        }
+        Ok(added)
+    }
+
+    fn gc(&mut self, cutoff_unix_ms: u64, limit: usize) -> Result<u64, StoreError> {
+        let mut victims = Vec::new();
+        for row in self.events.iter()? {
+            let (k, v) = row?;
+            let (id, _, received, _) = v.value();
+            if received >= cutoff_unix_ms || victims.len() >= limit {
+                break;
+            }
+            let seq = k.value();
+            if self.refs.get(seq)?.is_none() {
+                victims.push((seq, id.to_owned()));
+            }
+        }
+        for (seq, id) in &victims {
+            self.events.remove(*seq)?;
+            // Only if the index still points here; it always should.
+            if self.ids.get(id.as_str())?.map(|g| g.value()) == Some(*seq) {
+                self.ids.remove(id.as_str())?;
+            }
+        }
+        self.delta.events -= victims.len() as i64;
+        Ok(victims.len() as u64)
+    }
+}
