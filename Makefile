@@ -3,7 +3,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 KUBECONFIG_LOCAL := .local/kubeconfig
 
-.PHONY: all build control-plane cluster cluster-down test lint fmt crds clean bench
+.PHONY: all build control-plane cluster cluster-down test lint fmt crds clean bench openapi
 
 all: build
 
@@ -34,6 +34,11 @@ crds:
 ## Benchmarks: print figures and ratios (sizes via VC_BENCH_* variables).
 bench: control-plane
 	$(CARGO) bench --bench scale
+
+## Regenerate docs/openapi.json from the Rust types.
+openapi:
+	@mkdir -p docs
+	$(CARGO) run -q -- openapi > docs/openapi.json
 
 lint:
 	$(CARGO) fmt --all --check

@@ -8,6 +8,8 @@
 pub mod api;
 pub mod controller;
 pub mod delivery;
+pub mod ingest;
+pub mod metrics;
 pub mod naming;
 pub mod routing;
 pub mod ssrf;

@@ -4,9 +4,17 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use vehicle_connect::controller::{self, Settings};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use vehicle_connect::controller::{self, DeleteHook, Settings};
+use vehicle_connect::delivery::dispatcher::Dispatcher;
+use vehicle_connect::delivery::webhook::WebhookSender;
+use vehicle_connect::ingest::{self, ApiState, tokens::TokenSet};
+use vehicle_connect::metrics::Metrics;
 use vehicle_connect::routing::Registry;
 use vehicle_connect::ssrf::{TargetGuard, parse_allow_list};
+use vehicle_connect::status::CounterWriter;
+use vehicle_connect::store::{Store, StoreOptions};
 
 /// vehicle-connect: vehicle events to clients' webhooks and FTP servers.
 #[derive(Parser)]
@@ -24,12 +32,30 @@ enum Command {
         #[arg(long)]
         out_dir: Option<PathBuf>,
     },
+    /// Print the OpenAPI document of the HTTP API (the same as docs/openapi.json).
+    Openapi,
     /// Run the operator (kubeconfig from KUBECONFIG, ~/.kube/config or in-cluster).
     Run(RunArgs),
 }
 
 #[derive(clap::Args)]
 struct RunArgs {
+    /// Address of the HTTP API (ingest, health, metrics, OpenAPI document).
+    #[arg(long, env = "VC_LISTEN", default_value = "0.0.0.0:8080")]
+    listen: std::net::SocketAddr,
+    /// Directory of the embedded durable store (a volume in Kubernetes).
+    #[arg(long, env = "VC_DATA_DIR", default_value = "/var/lib/vehicle-connect")]
+    data_dir: PathBuf,
+    /// File of accepted ingest bearer tokens, one a line (re-read when it changes).
+    /// Without it, every ingest request is refused with 401.
+    #[arg(long, env = "VC_INGEST_TOKEN_FILE")]
+    ingest_token_file: Option<PathBuf>,
+    /// Largest accepted request body in bytes.
+    #[arg(long, env = "VC_MAX_BODY_BYTES", default_value_t = vehicle_connect::ingest::DEFAULT_MAX_BODY)]
+    max_body_bytes: usize,
+    /// How long delivered events' ids are remembered for deduplication, in hours.
+    #[arg(long, env = "VC_RETENTION_HOURS", default_value_t = 168)]
+    retention_hours: u64,
     /// Addresses the SSRF guard lets through (CIDRs or IPs, comma separated), e.g.
     /// `127.0.0.0/8` for local tests. Without it, loopback, private, link-local and
     /// cluster-internal targets are refused.
@@ -55,6 +81,7 @@ fn main() -> anyhow::Result<()> {
                 }
             }
         },
+        Command::Openapi => println!("{}", vehicle_connect::ingest::openapi_document()),
         Command::Run(args) => {
             init_tracing(&args.log_format);
             let rt = tokio::runtime::Builder::new_multi_thread()
@@ -80,16 +107,95 @@ fn init_tracing(format: &str) {
 
 async fn run(args: RunArgs) -> anyhow::Result<()> {
     let allow = parse_allow_list(&args.allow_targets).map_err(anyhow::Error::msg)?;
+    let guard = TargetGuard::new(allow.clone());
     let client = kube::Client::try_default()
         .await
         .context("no Kubernetes configuration (KUBECONFIG, ~/.kube/config or in-cluster)")?;
+    tracing::info!(allow_targets = ?allow, data_dir = %args.data_dir.display(), listen = %args.listen, "vehicle-connect starting");
+
+    let store = Store::open(&args.data_dir, StoreOptions::default())
+        .with_context(|| format!("opening the store in {}", args.data_dir.display()))?;
+    let registry = Arc::new(Registry::new());
+    let metrics = Arc::new(Metrics::new());
+    let counters = CounterWriter::new(client.clone(), store.clone(), registry.clone());
+    let sender = WebhookSender::new(
+        guard.clone(),
+        concat!("vehicle-connect/", env!("CARGO_PKG_VERSION")),
+    )?;
+    let dispatcher = Dispatcher::new(
+        store.clone(),
+        registry.clone(),
+        sender,
+        metrics.clone(),
+        counters.clone(),
+    );
+    let tokens = match &args.ingest_token_file {
+        Some(f) => {
+            TokenSet::watch_file(f.clone()).with_context(|| format!("reading {}", f.display()))?
+        }
+        None => {
+            tracing::warn!("no --ingest-token-file: every POST /v1/events is refused with 401");
+            TokenSet::default()
+        }
+    };
+    let ready = Arc::new(AtomicBool::new(false));
+    let state = ApiState {
+        tokens,
+        sink: Arc::new(dispatcher.clone()),
+        metrics: metrics.clone(),
+        ready: ready.clone(),
+        max_body: args.max_body_bytes,
+    };
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("listening on {}", args.listen))?;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut api_stop = stop_rx.clone();
+    let api = tokio::spawn(async move {
+        axum::serve(listener, ingest::router(state))
+            .with_graceful_shutdown(async move {
+                let _ = api_stop.changed().await;
+            })
+            .await
+    });
+
     let settings = Settings {
-        guard: TargetGuard::new(allow.clone()),
+        guard,
         probe_interval: Duration::from_secs(args.probe_interval_seconds.max(5)),
         ..Settings::default()
     };
-    tracing::info!(allow_targets = ?allow, "vehicle-connect starting");
-    controller::run(client, Arc::new(Registry::new()), settings).await;
+    let d = dispatcher.clone();
+    let on_delete: DeleteHook = Arc::new(move |key| {
+        let d = d.clone();
+        Box::pin(async move { d.drop_target(&key).await })
+    });
+    let controllers = tokio::spawn(controller::run(client, registry, settings, Some(on_delete)));
+
+    // Resume what was pending before a restart; the reconcilers re-register targets meanwhile
+    // (deliveries to a target not registered yet wait for it).
+    let resumed = dispatcher.resume()?;
+    tracing::info!(pending = resumed, "pending deliveries resumed");
+    tokio::spawn(counters.clone().run());
+    let gc_store = store.clone();
+    let retention = Duration::from_secs(args.retention_hours * 3600);
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_secs(600)).await;
+            match gc_store.gc(retention).await {
+                Ok(n) if n > 0 => tracing::info!(forgotten = n, "old delivered events forgotten"),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "store gc failed"),
+            }
+        }
+    });
+    ready.store(true, Ordering::Release);
+
+    // The controllers end on SIGTERM/Ctrl-C (kube-runtime handles the signal); then the API
+    // drains and the last counters are written.
+    let _ = controllers.await;
+    let _ = stop_tx.send(true);
+    let _ = api.await;
+    counters.flush().await;
     tracing::info!("vehicle-connect stopped");
     Ok(())
 }

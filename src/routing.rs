@@ -188,6 +188,16 @@ impl Registry {
         }
     }
 
+    /// Holds a target until its reconciler registers it again (e.g. a receiver said 410).
+    pub fn hold(&self, key: &TargetKey, reason: &str) {
+        let mut idx = self.write();
+        if let Some(t) = idx.targets.get(key) {
+            let mut held = (**t).clone();
+            held.held = Some(reason.to_string());
+            idx.targets.insert(key.clone(), Arc::new(held));
+        }
+    }
+
     pub fn get(&self, key: &TargetKey) -> Option<Arc<Target>> {
         self.read().targets.get(key).cloned()
     }

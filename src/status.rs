@@ -101,6 +101,15 @@ pub fn transitioned(old: &[Condition], new: &Condition) -> bool {
     find(old, &new.type_).is_none_or(|o| o.status != new.status || o.reason != new.reason)
 }
 
+/// Events are for what needs attention: a problem, or recovery from one. A resource that is
+/// fine from the start gets none (10,000 "Ready" Events would drown the useful ones).
+pub fn worth_an_event(old: &[Condition], new: &Check) -> bool {
+    match new.status {
+        Tri::True => find(old, READY).is_some_and(|o| o.status == "False"),
+        _ => true,
+    }
+}
+
 /// Whether the condition on the object differs from `new` in anything but its time.
 pub fn differs(old: &[Condition], new: &Condition) -> bool {
     find(old, &new.type_).is_none_or(|o| {
@@ -158,5 +167,247 @@ mod tests {
         assert_ne!(flipped.last_transition_time, Time(Timestamp::UNIX_EPOCH));
         assert!(transitioned(&old, &flipped));
         assert!(!transitioned(std::slice::from_ref(&flipped), &flipped));
+    }
+}
+
+/// Field manager of the delivery counters (delivered, failed, pending, last*).
+pub const DELIVERY_MANAGER: &str = "vehicle-connect-delivery";
+/// Set by the operator when a receiver answers 410 Gone; remove it to resume delivery.
+pub const RECEIVER_GONE_ANNOTATION: &str = "connect.vehicles.io/receiver-gone";
+
+/// Publishes delivery counters on the resources' status, at most about once a second per
+/// resource however high the delivery rate, plus Events for failures and suspension.
+pub struct CounterWriter {
+    client: kube::Client,
+    store: crate::store::Store,
+    registry: std::sync::Arc<crate::routing::Registry>,
+    recorder: kube::runtime::events::Recorder,
+    dirty: std::sync::Mutex<std::collections::BTreeSet<crate::routing::TargetKey>>,
+    failures: std::sync::Mutex<Vec<(crate::routing::TargetKey, String, String)>>,
+    gone: std::sync::Mutex<std::collections::BTreeSet<crate::routing::TargetKey>>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct DeliveryStatus {
+    delivered: u64,
+    failed: u64,
+    pending: u64,
+    consecutive_failures: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    last_delivery: Option<crate::api::DeliveryRecord>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    last_failure: Option<crate::api::FailureRecord>,
+}
+
+fn time_of_ms(ms: u64) -> Time {
+    Time(Timestamp::from_millisecond(ms as i64).unwrap_or(Timestamp::UNIX_EPOCH))
+}
+
+impl CounterWriter {
+    pub fn new(
+        client: kube::Client,
+        store: crate::store::Store,
+        registry: std::sync::Arc<crate::routing::Registry>,
+    ) -> std::sync::Arc<Self> {
+        let reporter = kube::runtime::events::Reporter {
+            controller: "vehicle-connect".into(),
+            instance: std::env::var("POD_NAME").ok(),
+        };
+        std::sync::Arc::new(CounterWriter {
+            recorder: kube::runtime::events::Recorder::new(client.clone(), reporter),
+            client,
+            store,
+            registry,
+            dirty: Default::default(),
+            failures: Default::default(),
+            gone: Default::default(),
+        })
+    }
+
+    /// The target's counters changed.
+    pub fn touch(&self, key: &crate::routing::TargetKey) {
+        if let Ok(mut d) = self.dirty.lock() {
+            d.insert(key.clone());
+        }
+    }
+
+    /// A delivery was given up: also a Warning Event on the resource.
+    pub fn failure(&self, key: &crate::routing::TargetKey, event_id: &str, why: &str) {
+        if let Ok(mut f) = self.failures.lock() {
+            // Bounded: under a storm of failures the Events aggregate anyway.
+            if f.len() < 100 {
+                f.push((key.clone(), event_id.to_string(), why.to_string()));
+            }
+        }
+        self.touch(key);
+    }
+
+    /// The receiver answered 410 Gone: hold the target now, persist it as an annotation.
+    pub fn receiver_gone(&self, key: &crate::routing::TargetKey) {
+        self.registry.hold(key, "ReceiverGone");
+        if let Ok(mut g) = self.gone.lock() {
+            g.insert(key.clone());
+        }
+    }
+
+    /// Flushes once a second until the process ends.
+    pub async fn run(self: std::sync::Arc<Self>) {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            self.flush().await;
+        }
+    }
+
+    pub async fn flush(&self) {
+        let gone: Vec<_> = self
+            .gone
+            .lock()
+            .map(|mut g| std::mem::take(&mut *g).into_iter().collect())
+            .unwrap_or_default();
+        for key in gone {
+            self.mark_gone(&key).await;
+        }
+        let failures: Vec<_> = self
+            .failures
+            .lock()
+            .map(|mut f| std::mem::take(&mut *f))
+            .unwrap_or_default();
+        for (key, event_id, why) in failures {
+            let check = Check::fail("DeliveryFailed", format!("event {event_id}: {why}"));
+            self.publish(&key, &check).await;
+        }
+        let dirty: Vec<_> = self
+            .dirty
+            .lock()
+            .map(|mut d| std::mem::take(&mut *d).into_iter().collect())
+            .unwrap_or_default();
+        for key in dirty {
+            if let Err(e) = self.write(&key).await {
+                tracing::warn!(target = %key, error = %e, "could not write delivery status");
+            }
+        }
+    }
+
+    async fn write(&self, key: &crate::routing::TargetKey) -> anyhow::Result<()> {
+        let c = self.store.counters(&key.to_string())?;
+        let status = DeliveryStatus {
+            delivered: c.delivered,
+            failed: c.failed,
+            pending: c.pending,
+            consecutive_failures: c.consecutive_failures,
+            last_delivery: c
+                .last_delivery
+                .map(|(id, ms, code)| crate::api::DeliveryRecord {
+                    event_id: id,
+                    event_type: None,
+                    time: time_of_ms(ms),
+                    status_code: code,
+                    vin: None,
+                    files: None,
+                }),
+            last_failure: c.last_failure.map(|(id, ms, reason)| {
+                let (short, message) = match reason.split_once(": ") {
+                    Some((s, m)) if !s.contains(' ') => (s.to_string(), m.to_string()),
+                    _ => ("DeliveryFailed".to_string(), reason.clone()),
+                };
+                crate::api::FailureRecord {
+                    event_id: id,
+                    time: time_of_ms(ms),
+                    reason: short,
+                    message,
+                }
+            }),
+        };
+        let pp = PatchParams::apply(DELIVERY_MANAGER).force();
+        let res = match key.kind {
+            crate::routing::Kind::Webhook => {
+                let api: Api<crate::api::WebhookSubscription> =
+                    Api::namespaced(self.client.clone(), &key.namespace);
+                let body = serde_json::json!({
+                    "apiVersion": crate::api::WebhookSubscription::api_version(&()),
+                    "kind": crate::api::WebhookSubscription::kind(&()),
+                    "status": status,
+                });
+                api.patch_status(&key.name, &pp, &Patch::Apply(&body))
+                    .await
+                    .map(|_| ())
+            }
+            crate::routing::Kind::Ftp => {
+                let api: Api<crate::api::FtpConnection> =
+                    Api::namespaced(self.client.clone(), &key.namespace);
+                let body = serde_json::json!({
+                    "apiVersion": crate::api::FtpConnection::api_version(&()),
+                    "kind": crate::api::FtpConnection::kind(&()),
+                    "status": { "failed": status.failed, "pending": status.pending, "consecutiveFailures": status.consecutive_failures, "lastFailure": status.last_failure },
+                });
+                api.patch_status(&key.name, &pp, &Patch::Apply(&body))
+                    .await
+                    .map(|_| ())
+            }
+        };
+        match res {
+            // Deleted meanwhile: nothing to report on.
+            Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+            other => Ok(other?),
+        }
+    }
+
+    async fn mark_gone(&self, key: &crate::routing::TargetKey) {
+        let when = now();
+        let patch = serde_json::json!({ "metadata": { "annotations": { RECEIVER_GONE_ANNOTATION: serde_json::to_value(&when).unwrap_or_default() } } });
+        let res = match key.kind {
+            crate::routing::Kind::Webhook => {
+                let api: Api<crate::api::WebhookSubscription> =
+                    Api::namespaced(self.client.clone(), &key.namespace);
+                api.patch(&key.name, &PatchParams::default(), &Patch::Merge(&patch))
+                    .await
+                    .map(|_| ())
+            }
+            crate::routing::Kind::Ftp => Ok(()),
+        };
+        if let Err(e) = res {
+            tracing::warn!(target = %key, error = %e, "could not mark the subscription as suspended");
+        }
+        let check = Check::fail(
+            "ReceiverGone",
+            format!(
+                "the receiver answered 410 Gone; delivery is suspended and events are kept; remove the annotation {RECEIVER_GONE_ANNOTATION} to resume"
+            ),
+        );
+        self.publish(key, &check).await;
+    }
+
+    async fn publish(&self, key: &crate::routing::TargetKey, check: &Check) {
+        let (api_version, kind) = match key.kind {
+            crate::routing::Kind::Webhook => (
+                crate::api::WebhookSubscription::api_version(&()).to_string(),
+                crate::api::WebhookSubscription::kind(&()).to_string(),
+            ),
+            crate::routing::Kind::Ftp => (
+                crate::api::FtpConnection::api_version(&()).to_string(),
+                crate::api::FtpConnection::kind(&()).to_string(),
+            ),
+        };
+        let reference = k8s_openapi::api::core::v1::ObjectReference {
+            api_version: Some(api_version),
+            kind: Some(kind),
+            name: Some(key.name.clone()),
+            namespace: Some(key.namespace.clone()),
+            uid: self.registry.get(key).map(|t| t.uid.clone()),
+            ..Default::default()
+        };
+        let ev = kube::runtime::events::Event {
+            type_: kube::runtime::events::EventType::Warning,
+            reason: check.reason.clone(),
+            note: Some(check.message.chars().take(1000).collect()),
+            action: "Deliver".into(),
+            secondary: None,
+        };
+        if let Err(e) = self.recorder.publish(&ev, &reference).await {
+            tracing::warn!(error = %e, "could not publish event");
+        }
     }
 }

@@ -45,3 +45,16 @@ fn cli_prints_the_same_crds() {
         vehicle_connect::api::crds_yaml().unwrap()
     );
 }
+
+#[test]
+fn sample_events_cover_the_catalogue_and_validate() {
+    use vehicle_connect::api::EventType;
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/events");
+    for t in EventType::ALL {
+        let path = dir.join(format!("{}.json", t.as_str()));
+        let body = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let events = vehicle_connect::ingest::envelope::parse_body(&body)
+            .unwrap_or_else(|e| panic!("{}: {} {}", path.display(), e.field, e.message));
+        assert_eq!(events[0].type_, t);
+    }
+}

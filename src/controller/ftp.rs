@@ -51,9 +51,13 @@ pub async fn run(ctx: Arc<Context>) {
     )
     .default_backoff()
     .touched_objects();
-    let secrets = watcher(
-        Api::<PartialObjectMeta<Secret>>::all(client),
-        watcher::Config::default(),
+    let (secret_reader, secret_writer) = reflector::store::<PartialObjectMeta<Secret>>();
+    let secrets = reflector::reflector(
+        secret_writer,
+        watcher(
+            Api::<PartialObjectMeta<Secret>>::all(client),
+            watcher::Config::default(),
+        ),
     )
     .default_backoff()
     .touched_objects();
@@ -62,6 +66,7 @@ pub async fn run(ctx: Arc<Context>) {
     let kctx = Arc::new(KindContext {
         shared: ctx,
         namespaces: ns_reader,
+        secrets: secret_reader,
     });
     ctrl.watches_stream(secrets, move |s: PartialObjectMeta<Secret>| {
         let (ns, name) = (s.namespace().unwrap_or_default(), s.name_any());
@@ -85,6 +90,7 @@ pub async fn run(ctx: Arc<Context>) {
             .map(|o| ObjectRef::from_obj(o.as_ref()))
             .collect::<Vec<_>>()
     })
+    .with_config(super::controller_config())
     .shutdown_on_signal()
     .run(reconcile, error_policy, kctx)
     .for_each(|r| async move {
@@ -165,15 +171,12 @@ async fn apply(
         };
         status::apply(api, c.as_ref(), RECONCILER_MANAGER, &st).await?;
     }
+    if changed && status::worth_an_event(&old.conditions, &verdict.ready) {
+        ctx.shared
+            .publish(c.as_ref(), &verdict.ready, "Reconcile")
+            .await;
+    }
     if changed {
-        let shown = if verdict.ready.is_ok() {
-            &verdict.ready
-        } else if !verdict.connected.is_ok() && verdict.connected.status == status::Tri::False {
-            &verdict.connected
-        } else {
-            &verdict.ready
-        };
-        ctx.shared.publish(c.as_ref(), shown, "Reconcile").await;
         tracing::info!(connection = %key, ready = ?verdict.ready.status, reason = %verdict.ready.reason, "status changed");
     }
     reconciled(ctx, c.as_ref());
@@ -231,7 +234,7 @@ async fn validate(
         return Ok(held(Check::fail("InvalidTemplate", format!("spec.{e}"))));
     }
 
-    let mut secrets = SecretReader::new(ctx.shared.client.clone(), ns);
+    let mut secrets = SecretReader::new(ctx, ns);
     let cred = &spec.credentials_secret_ref.name;
     let username = match secrets
         .value(cred, "username", "spec.credentialsSecretRef")
@@ -367,9 +370,7 @@ async fn validate(
 
 async fn cleanup(c: Arc<FtpConnection>, ctx: &KindContext) -> Result<Action, Error> {
     let (name, ns) = name_ns(c.as_ref())?;
-    if ctx.shared.registry.remove(&key(&ns, &name)) {
-        tracing::info!(namespace = %ns, name = %name, "ftp target removed");
-    }
+    super::forget(&ctx.shared, key(&ns, &name)).await;
     Ok(Action::await_change())
 }
 

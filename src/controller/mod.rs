@@ -16,7 +16,9 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Api, Client, Resource, ResourceExt};
 use tokio::sync::Semaphore;
 
-use crate::routing::Registry;
+use futures::future::BoxFuture;
+
+use crate::routing::{Registry, TargetKey};
 use crate::ssrf::TargetGuard;
 use crate::status::{Check, Tri};
 use crate::tenancy::AllowedClients;
@@ -64,13 +66,19 @@ impl Default for Settings {
     }
 }
 
+/// Called when a resource is deleted (drops its queued deliveries).
+pub type DeleteHook = Arc<dyn Fn(TargetKey) -> BoxFuture<'static, ()> + Send + Sync>;
+
 /// State shared by both controllers.
 pub struct Context {
+    pub on_delete: Option<DeleteHook>,
     pub client: Client,
     pub registry: Arc<Registry>,
     pub settings: Settings,
     pub recorder: Recorder,
     pub probes: ftp::ProbeCache,
+    /// Secrets read by reconciles, by namespace/name, valid while their resourceVersion is.
+    pub secret_values: secrets::SecretCache,
     /// Bounds concurrent FTP login probes across all connections.
     pub probe_permits: Semaphore,
     /// Consecutive reconcile errors per object, for the error policy's backoff.
@@ -78,17 +86,24 @@ pub struct Context {
 }
 
 impl Context {
-    pub fn new(client: Client, registry: Arc<Registry>, settings: Settings) -> Arc<Self> {
+    pub fn new(
+        client: Client,
+        registry: Arc<Registry>,
+        settings: Settings,
+        on_delete: Option<DeleteHook>,
+    ) -> Arc<Self> {
         let reporter = Reporter {
             controller: "vehicle-connect".into(),
             instance: std::env::var("POD_NAME").ok(),
         };
         Arc::new(Context {
+            on_delete,
             recorder: Recorder::new(client.clone(), reporter),
             client,
             registry,
             settings,
             probes: ftp::ProbeCache::default(),
+            secret_values: secrets::SecretCache::default(),
             probe_permits: Semaphore::new(64),
             failures: Mutex::new(HashMap::new()),
         })
@@ -124,10 +139,18 @@ impl Context {
     }
 }
 
+/// Reconciles in flight per controller: enough to keep a local API server busy, bounded so
+/// that 10,000 objects at start-up do not flood it (or the operator's memory).
+pub fn controller_config() -> kube::runtime::controller::Config {
+    kube::runtime::controller::Config::default().concurrency(32)
+}
+
 /// Per-controller context: the shared one plus that controller's namespace cache.
 pub struct KindContext {
     pub shared: Arc<Context>,
     pub namespaces: Store<Namespace>,
+    /// Secret metadata (never values): tells whether a cached value is current.
+    pub secrets: Store<kube::core::PartialObjectMeta<k8s_openapi::api::core::v1::Secret>>,
 }
 
 impl KindContext {
@@ -189,8 +212,23 @@ pub fn name_ns<K: ResourceExt>(obj: &K) -> Result<(String, String), Error> {
     Ok((obj.name_any(), ns))
 }
 
+/// Removes a deleted resource's target and its queued deliveries.
+pub async fn forget(ctx: &Context, key: TargetKey) {
+    if ctx.registry.remove(&key) {
+        tracing::info!(target = %key, "target removed");
+    }
+    if let Some(hook) = &ctx.on_delete {
+        hook(key).await;
+    }
+}
+
 /// Runs both controllers until SIGTERM or Ctrl-C.
-pub async fn run(client: Client, registry: Arc<Registry>, settings: Settings) {
-    let ctx = Context::new(client, registry, settings);
+pub async fn run(
+    client: Client,
+    registry: Arc<Registry>,
+    settings: Settings,
+    on_delete: Option<DeleteHook>,
+) {
+    let ctx = Context::new(client, registry, settings, on_delete);
     tokio::join!(webhook::run(ctx.clone()), ftp::run(ctx));
 }

@@ -1,28 +1,81 @@
 //! Reading Secret values for a resource, only from its own namespace. Values are never
 //! logged; problems become `SecretNotFound` / `SecretInvalid` checks naming the field.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
 
 use base64::Engine;
 use k8s_openapi::api::core::v1::Secret;
-use kube::{Api, Client};
+use kube::Api;
+use kube::runtime::reflector::ObjectRef;
 
+use super::KindContext;
 use crate::status::Check;
 
-/// Fetches Secrets of one namespace, each once per reconcile.
-pub struct SecretReader {
-    api: Api<Secret>,
-    ns: String,
-    cache: BTreeMap<String, Option<Secret>>,
+/// Secrets already read, kept while the Secret's resourceVersion (from the metadata watch)
+/// is unchanged: 10,000 subscriptions sharing one signing Secret cost one GET, not 10,000.
+#[derive(Default)]
+pub struct SecretCache {
+    /// (namespace, name) → (resourceVersion, Secret).
+    entries: Mutex<HashMap<SecretId, (String, Arc<Secret>)>>,
 }
 
-impl SecretReader {
-    pub fn new(client: Client, ns: &str) -> Self {
+type SecretId = (String, String);
+
+impl SecretCache {
+    fn get(&self, ns: &str, name: &str, rv: &str) -> Option<Arc<Secret>> {
+        let e = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        e.get(&(ns.to_string(), name.to_string()))
+            .filter(|(v, _)| v == rv)
+            .map(|(_, s)| s.clone())
+    }
+
+    fn put(&self, ns: &str, name: &str, secret: Arc<Secret>) {
+        if let Some(rv) = secret.metadata.resource_version.clone() {
+            let mut e = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+            e.insert((ns.to_string(), name.to_string()), (rv, secret));
+        }
+    }
+
+    /// Drops entries whose Secret is gone or changed (called now and then).
+    pub fn retain_current(&self, current: impl Fn(&str, &str, &str) -> bool) {
+        let mut e = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        e.retain(|(ns, name), (rv, _)| current(ns, name, rv));
+    }
+}
+
+/// Fetches Secrets of one namespace for one reconcile.
+pub struct SecretReader<'a> {
+    api: Api<Secret>,
+    ns: String,
+    ctx: &'a KindContext,
+    cache: BTreeMap<String, Option<Arc<Secret>>>,
+}
+
+impl<'a> SecretReader<'a> {
+    pub fn new(ctx: &'a KindContext, ns: &str) -> Self {
         SecretReader {
-            api: Api::namespaced(client, ns),
+            api: Api::namespaced(ctx.shared.client.clone(), ns),
             ns: ns.to_string(),
+            ctx,
             cache: BTreeMap::new(),
         }
+    }
+
+    async fn fetch(&self, name: &str) -> Result<Option<Arc<Secret>>, kube::Error> {
+        let meta = self.ctx.secrets.get(&ObjectRef::new(name).within(&self.ns));
+        if let Some(rv) = meta
+            .as_ref()
+            .and_then(|m| m.metadata.resource_version.as_deref())
+            && let Some(s) = self.ctx.shared.secret_values.get(&self.ns, name, rv)
+        {
+            return Ok(Some(s));
+        }
+        let s = self.api.get_opt(name).await?.map(Arc::new);
+        if let Some(s) = &s {
+            self.ctx.shared.secret_values.put(&self.ns, name, s.clone());
+        }
+        Ok(s)
     }
 
     /// The value of `key` in Secret `name`, as text with trailing line breaks removed (a
@@ -56,7 +109,7 @@ impl SecretReader {
         field: &str,
     ) -> Result<Result<Vec<u8>, Check>, kube::Error> {
         if !self.cache.contains_key(name) {
-            let s = self.api.get_opt(name).await?;
+            let s = self.fetch(name).await?;
             self.cache.insert(name.to_string(), s);
         }
         let ns = &self.ns;

@@ -18,7 +18,9 @@ use super::{Context, Error, KindContext, error_policy, name_ns, reconciled};
 use crate::api::FINALIZER;
 use crate::api::webhook::{WebhookSubscription, WebhookSubscriptionSpec};
 use crate::routing::{Kind, Selector, Target, TargetConfig, TargetKey, WebhookAuth, WebhookTarget};
-use crate::status::{self, Check, READY, RECONCILER_MANAGER, ReconcilerStatus};
+use crate::status::{
+    self, Check, READY, RECEIVER_GONE_ANNOTATION, RECONCILER_MANAGER, ReconcilerStatus,
+};
 
 type Guarded = DeserializeGuard<WebhookSubscription>;
 
@@ -49,9 +51,13 @@ pub async fn run(ctx: Arc<Context>) {
     .default_backoff()
     .touched_objects();
     // Only metadata: the operator never caches Secret values.
-    let secrets = watcher(
-        Api::<PartialObjectMeta<Secret>>::all(client),
-        watcher::Config::default(),
+    let (secret_reader, secret_writer) = reflector::store::<PartialObjectMeta<Secret>>();
+    let secrets = reflector::reflector(
+        secret_writer,
+        watcher(
+            Api::<PartialObjectMeta<Secret>>::all(client),
+            watcher::Config::default(),
+        ),
     )
     .default_backoff()
     .touched_objects();
@@ -60,6 +66,7 @@ pub async fn run(ctx: Arc<Context>) {
     let kctx = Arc::new(KindContext {
         shared: ctx,
         namespaces: ns_reader,
+        secrets: secret_reader,
     });
     ctrl.watches_stream(secrets, move |s: PartialObjectMeta<Secret>| {
         let (ns, name) = (s.namespace().unwrap_or_default(), s.name_any());
@@ -83,6 +90,7 @@ pub async fn run(ctx: Arc<Context>) {
             .map(|o| ObjectRef::from_obj(o.as_ref()))
             .collect::<Vec<_>>()
     })
+    .with_config(super::controller_config())
     .shutdown_on_signal()
     .run(reconcile, error_policy, kctx)
     .for_each(|r| async move {
@@ -170,10 +178,12 @@ async fn apply(
     if stale {
         status::apply(api, w.as_ref(), RECONCILER_MANAGER, &status).await?;
     }
-    if changed {
+    if changed && status::worth_an_event(&old.conditions, &verdict.ready) {
         ctx.shared
             .publish(w.as_ref(), &verdict.ready, "Reconcile")
             .await;
+    }
+    if changed {
         tracing::info!(subscription = %key, ready = ?verdict.ready.status, reason = %verdict.ready.reason, "status changed");
     }
     reconciled(ctx, w.as_ref());
@@ -221,7 +231,7 @@ async fn validate(
     }
 
     // Secrets: a fixable problem holds the events instead of dropping them.
-    let mut secrets = SecretReader::new(ctx.shared.client.clone(), ns);
+    let mut secrets = SecretReader::new(ctx, ns);
     let held = |c: Check| Verdict {
         target: Some(mk(Some(c.reason.clone()), None)),
         ready: c,
@@ -323,6 +333,7 @@ async fn validate(
         });
     }
 
+    let gone = w.annotations().get(RECEIVER_GONE_ANNOTATION).cloned();
     let config = TargetConfig::Webhook(WebhookTarget {
         url,
         auth,
@@ -336,6 +347,18 @@ async fn validate(
         retry: spec.retry_policy(),
         max_concurrency: spec.max_concurrency,
     });
+    if let Some(since) = gone {
+        return Ok(Verdict {
+            ready: Check::fail(
+                "ReceiverGone",
+                format!(
+                    "the receiver answered 410 Gone at {since}; events are kept; remove the annotation {RECEIVER_GONE_ANNOTATION} to resume"
+                ),
+            ),
+            target: Some(mk(Some("ReceiverGone".into()), Some(config))),
+            requeue: None,
+        });
+    }
     if spec.suspend {
         return Ok(Verdict {
             ready: Check::fail(
@@ -363,8 +386,6 @@ async fn validate(
 
 async fn cleanup(w: Arc<WebhookSubscription>, ctx: &KindContext) -> Result<Action, Error> {
     let (name, ns) = name_ns(w.as_ref())?;
-    if ctx.shared.registry.remove(&key(&ns, &name)) {
-        tracing::info!(namespace = %ns, name = %name, "webhook target removed");
-    }
+    super::forget(&ctx.shared, key(&ns, &name)).await;
     Ok(Action::await_change())
 }

@@ -1,3 +1,5 @@
-//! Delivery to clients' systems.
+//! Delivery to clients' systems: scheduling (`dispatcher`), webhooks, FTP.
 
+pub mod dispatcher;
 pub mod ftp;
+pub mod webhook;

@@ -5,4 +5,6 @@
 
 pub mod ftp_server;
 pub mod operator;
+pub mod process;
+pub mod receiver;
 pub mod vsftpd;

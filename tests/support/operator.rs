@@ -44,7 +44,7 @@ pub fn operator() -> &'static Operator {
                         probe_interval: Duration::from_secs(30),
                         ..Settings::default()
                     };
-                    controller::run(client, reg, settings).await;
+                    controller::run(client, reg, settings, None).await;
                 })
             })
             .expect("operator thread");

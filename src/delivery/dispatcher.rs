@@ -1,0 +1,449 @@
+//! From accepted events to delivery attempts. Ingest routes each event (the routing index),
+//! stores it with its deliveries in one durable transaction, and hands the deliveries to
+//! per-target lanes: events of one lane (vehicle) go to one target strictly in order, lanes
+//! run in parallel up to the target's concurrency. Outcomes are recorded in the store; the
+//! counter writer publishes them on the resources' status.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use futures::future::BoxFuture;
+use tokio::sync::Semaphore;
+
+use crate::delivery::webhook::{AttemptResult, WebhookSender, backoff, should_give_up};
+use crate::ingest::{Envelope, EventResult, EventSink};
+use crate::metrics::{KindLabel, KindResult, Metrics};
+use crate::routing::{Kind, Registry, TargetConfig, TargetKey};
+use crate::status::CounterWriter;
+use crate::store::{AcceptOutcome, DeliveryUpdate, NewEvent, Outcome, PendingDelivery, Store};
+
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// One delivery of one event to one target.
+#[derive(Clone, Debug)]
+struct Job {
+    seq: u64,
+    event_id: String,
+    attempts: u32,
+    next_attempt_ms: u64,
+    /// When the event was accepted (for the retry policy's maximum age and latency).
+    accepted_ms: u64,
+    /// The body, when the event was just accepted (else read from the store).
+    body: Option<Arc<[u8]>>,
+}
+
+#[derive(Default)]
+struct Lane {
+    queue: VecDeque<Job>,
+    running: bool,
+}
+
+struct TargetLanes {
+    lanes: Mutex<HashMap<String, Lane>>,
+    permits: Arc<Semaphore>,
+}
+
+pub struct Dispatcher {
+    store: Store,
+    registry: Arc<Registry>,
+    sender: WebhookSender,
+    metrics: Arc<Metrics>,
+    counters: Arc<CounterWriter>,
+    targets: Mutex<HashMap<TargetKey, Arc<TargetLanes>>>,
+    /// Bounds attempts in flight across all targets.
+    global: Arc<Semaphore>,
+}
+
+impl Dispatcher {
+    pub fn new(
+        store: Store,
+        registry: Arc<Registry>,
+        sender: WebhookSender,
+        metrics: Arc<Metrics>,
+        counters: Arc<CounterWriter>,
+    ) -> Arc<Self> {
+        Arc::new(Dispatcher {
+            store,
+            registry,
+            sender,
+            metrics,
+            counters,
+            targets: Mutex::new(HashMap::new()),
+            global: Arc::new(Semaphore::new(1024)),
+        })
+    }
+
+    /// Re-queues every pending delivery found in the store (after a restart).
+    pub fn resume(self: &Arc<Self>) -> anyhow::Result<usize> {
+        let pending: Vec<PendingDelivery> = self.store.pending()?;
+        let n = pending.len();
+        for p in pending {
+            let Some(key) = parse_key(&p.target) else {
+                tracing::warn!(target = %p.target, "pending delivery for an unknown target kind");
+                continue;
+            };
+            let accepted_ms = self
+                .store
+                .event(p.seq)?
+                .map(|e| e.received_unix_ms)
+                .unwrap_or_else(now_ms);
+            let job = Job {
+                seq: p.seq,
+                event_id: p.event_id,
+                attempts: p.attempts,
+                next_attempt_ms: p.next_attempt_unix_ms,
+                accepted_ms,
+                body: None,
+            };
+            self.enqueue(key, p.lane, job);
+        }
+        self.metrics
+            .queue_depth
+            .set(self.store.stats().pending as i64);
+        Ok(n)
+    }
+
+    fn lanes_of(&self, key: &TargetKey) -> Arc<TargetLanes> {
+        let mut t = self.targets.lock().unwrap_or_else(|e| e.into_inner());
+        t.entry(key.clone())
+            .or_insert_with(|| {
+                let limit = self
+                    .registry
+                    .get(key)
+                    .and_then(|t| match &t.config {
+                        Some(TargetConfig::Webhook(w)) => Some(w.max_concurrency),
+                        Some(TargetConfig::Ftp(f)) => Some(f.max_connections),
+                        None => None,
+                    })
+                    .unwrap_or(8);
+                Arc::new(TargetLanes {
+                    lanes: Mutex::new(HashMap::new()),
+                    permits: Arc::new(Semaphore::new(limit.max(1) as usize)),
+                })
+            })
+            .clone()
+    }
+
+    fn enqueue(self: &Arc<Self>, key: TargetKey, lane: String, job: Job) {
+        let tl = self.lanes_of(&key);
+        let start = {
+            let mut lanes = tl.lanes.lock().unwrap_or_else(|e| e.into_inner());
+            let l = lanes.entry(lane.clone()).or_default();
+            l.queue.push_back(job);
+            !std::mem::replace(&mut l.running, true)
+        };
+        if start {
+            let me = self.clone();
+            tokio::spawn(async move { me.run_lane(key, tl, lane).await });
+        }
+    }
+
+    /// Delivers one lane's jobs in order; exits when the lane is empty.
+    async fn run_lane(self: Arc<Self>, key: TargetKey, tl: Arc<TargetLanes>, lane: String) {
+        loop {
+            let job = {
+                let mut lanes = tl.lanes.lock().unwrap_or_else(|e| e.into_inner());
+                match lanes.get_mut(&lane).and_then(|l| l.queue.front().cloned()) {
+                    Some(j) => j,
+                    None => {
+                        lanes.remove(&lane);
+                        return;
+                    }
+                }
+            };
+            let done = self.deliver(&key, &tl, job).await;
+            let mut lanes = tl.lanes.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(l) = lanes.get_mut(&lane) {
+                if done {
+                    l.queue.pop_front();
+                } else {
+                    // The target is gone: the rest of this lane goes with it.
+                    l.queue.clear();
+                }
+            }
+        }
+    }
+
+    /// Attempts `job` until it is delivered or given up; false if the target disappeared.
+    async fn deliver(&self, key: &TargetKey, tl: &TargetLanes, mut job: Job) -> bool {
+        let target_name = key.to_string();
+        loop {
+            let Some(target) = self.registry.get(key) else {
+                return false;
+            };
+            let cfg = match (&target.held, &target.config) {
+                (None, Some(TargetConfig::Webhook(w))) => w.clone(),
+                (None, Some(TargetConfig::Ftp(_))) => {
+                    // FTP uploads are delivered by the FTP uploader (not wired yet): keep it.
+                    tokio::time::sleep(Duration::from_secs(5)).await;
+                    continue;
+                }
+                // Held (suspended, missing Secret, ...): keep the event, check again soon.
+                _ => {
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    continue;
+                }
+            };
+            let wait = job.next_attempt_ms.saturating_sub(now_ms());
+            if wait > 0 {
+                tokio::time::sleep(Duration::from_millis(wait.min(5_000))).await;
+                continue;
+            }
+            let body = match &job.body {
+                Some(b) => b.clone(),
+                None => match self.store.event_body(job.seq) {
+                    Ok(Some(b)) => {
+                        let b: Arc<[u8]> = b.into();
+                        job.body = Some(b.clone());
+                        b
+                    }
+                    Ok(None) => {
+                        tracing::error!(target = %target_name, seq = job.seq, "event body missing from the store; dropping the delivery");
+                        self.record(
+                            key,
+                            &job,
+                            Outcome::GaveUp {
+                                reason: "EventMissing".into(),
+                            },
+                        )
+                        .await;
+                        return true;
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "store read failed; retrying");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        continue;
+                    }
+                },
+            };
+            let result = {
+                let _g = self.global.acquire().await;
+                let _t = tl.permits.acquire().await;
+                self.sender.send(&cfg, &job.event_id, &body).await
+            };
+            job.attempts += 1;
+            let kind = KindLabel { kind: "webhook" };
+            let count = |result: &'static str| {
+                self.metrics
+                    .deliveries
+                    .get_or_create(&KindResult {
+                        kind: "webhook",
+                        result,
+                    })
+                    .inc();
+            };
+            match result {
+                AttemptResult::Delivered { status, elapsed } => {
+                    count("delivered");
+                    self.metrics
+                        .attempt_seconds
+                        .get_or_create(&kind)
+                        .observe(elapsed.as_secs_f64());
+                    let latency = now_ms().saturating_sub(job.accepted_ms) as f64 / 1000.0;
+                    self.metrics
+                        .delivery_latency_seconds
+                        .get_or_create(&kind)
+                        .observe(latency);
+                    self.record(
+                        key,
+                        &job,
+                        Outcome::Delivered {
+                            status: Some(status),
+                        },
+                    )
+                    .await;
+                    return true;
+                }
+                AttemptResult::Retryable {
+                    reason,
+                    message,
+                    retry_after,
+                    elapsed,
+                    ..
+                } => {
+                    self.metrics
+                        .attempt_seconds
+                        .get_or_create(&kind)
+                        .observe(elapsed.as_secs_f64());
+                    let age = Duration::from_millis(now_ms().saturating_sub(job.accepted_ms));
+                    if should_give_up(&cfg.retry, job.attempts, age) {
+                        count("failed");
+                        let why = format!(
+                            "{reason}: {message} (gave up after {} attempts)",
+                            job.attempts
+                        );
+                        self.counters.failure(key, &job.event_id, &why);
+                        self.record(key, &job, Outcome::GaveUp { reason: why })
+                            .await;
+                        return true;
+                    }
+                    count("retry");
+                    let delay = backoff(&cfg.retry, job.attempts, retry_after);
+                    job.next_attempt_ms = now_ms() + delay.as_millis() as u64;
+                    self.record(
+                        key,
+                        &job,
+                        Outcome::Retry {
+                            next_attempt_unix_ms: job.next_attempt_ms,
+                            reason: format!("{reason}: {message}"),
+                        },
+                    )
+                    .await;
+                }
+                AttemptResult::Permanent {
+                    reason,
+                    message,
+                    elapsed,
+                    ..
+                } => {
+                    count("failed");
+                    self.metrics
+                        .attempt_seconds
+                        .get_or_create(&kind)
+                        .observe(elapsed.as_secs_f64());
+                    let why = format!("{reason}: {message}");
+                    self.counters.failure(key, &job.event_id, &why);
+                    self.record(key, &job, Outcome::GaveUp { reason: why })
+                        .await;
+                    return true;
+                }
+                AttemptResult::Gone { .. } => {
+                    count("gone");
+                    // The receiver says this endpoint is gone: suspend the subscription (an
+                    // annotation the reconciler turns into a held target) and keep the event.
+                    self.counters.receiver_gone(key);
+                    job.attempts -= 1;
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        }
+    }
+
+    async fn record(&self, key: &TargetKey, job: &Job, outcome: Outcome) {
+        let update = DeliveryUpdate {
+            target: key.to_string(),
+            seq: job.seq,
+            outcome,
+            at_unix_ms: now_ms(),
+        };
+        // A failed write is retried: losing an outcome would only repeat a delivery (at
+        // least once), but the counters should not drift.
+        for attempt in 0..5 {
+            match self.store.record(vec![update.clone()]).await {
+                Ok(()) => break,
+                Err(e) => {
+                    tracing::error!(error = %e, attempt, "could not record a delivery outcome");
+                    tokio::time::sleep(Duration::from_millis(200 << attempt)).await;
+                }
+            }
+        }
+        self.counters.touch(key);
+        self.metrics
+            .queue_depth
+            .set(self.store.stats().pending as i64);
+    }
+
+    /// A target was deleted: forget its queued deliveries.
+    pub async fn drop_target(&self, key: &TargetKey) {
+        self.targets
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(key);
+        match self.store.drop_target(&key.to_string()).await {
+            Ok(n) if n > 0 => {
+                tracing::info!(target = %key, dropped = n, "pending deliveries of a deleted target dropped")
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::error!(error = %e, target = %key, "could not drop pending deliveries")
+            }
+        }
+    }
+}
+
+/// Parses a `TargetKey` from its Display form.
+pub fn parse_key(s: &str) -> Option<TargetKey> {
+    let mut it = s.splitn(3, '/');
+    let kind = match it.next()? {
+        "webhooksubscription" => Kind::Webhook,
+        "ftpconnection" => Kind::Ftp,
+        _ => return None,
+    };
+    Some(TargetKey {
+        kind,
+        namespace: it.next()?.to_string(),
+        name: it.next()?.to_string(),
+    })
+}
+
+impl EventSink for Arc<Dispatcher> {
+    fn accept(&self, events: Vec<Envelope>) -> BoxFuture<'_, anyhow::Result<Vec<EventResult>>> {
+        Box::pin(async move {
+            let accepted_ms = now_ms();
+            let mut routed = Vec::with_capacity(events.len());
+            let mut batch = Vec::with_capacity(events.len());
+            for e in &events {
+                let targets: Vec<TargetKey> = self
+                    .registry
+                    .route(&e.client_id, e.user_id.as_deref(), e.type_)
+                    .into_iter()
+                    // FTP uploads are wired in with the FTP uploader.
+                    .filter(|t| t.key.kind == Kind::Webhook)
+                    .map(|t| t.key.clone())
+                    .collect();
+                let body: Arc<[u8]> = serde_json::to_vec(e)?.into();
+                batch.push(NewEvent {
+                    id: e.id.clone(),
+                    body: body.to_vec(),
+                    lane: e.lane(),
+                    targets: targets.iter().map(ToString::to_string).collect(),
+                });
+                routed.push((targets, body));
+            }
+            let outcomes = self.store.accept(batch).await?;
+            let mut results = Vec::with_capacity(events.len());
+            for ((e, (targets, body)), outcome) in events.iter().zip(routed).zip(outcomes) {
+                match outcome {
+                    AcceptOutcome::New { seq } => {
+                        let n = targets.len();
+                        for key in targets {
+                            self.counters.touch(&key);
+                            self.enqueue(
+                                key,
+                                e.lane(),
+                                Job {
+                                    seq,
+                                    event_id: e.id.clone(),
+                                    attempts: 0,
+                                    next_attempt_ms: 0,
+                                    accepted_ms,
+                                    body: Some(body.clone()),
+                                },
+                            );
+                        }
+                        results.push(EventResult {
+                            id: e.id.clone(),
+                            status: "accepted",
+                            deliveries: n,
+                        });
+                    }
+                    AcceptOutcome::Duplicate { .. } => results.push(EventResult {
+                        id: e.id.clone(),
+                        status: "duplicate",
+                        deliveries: 0,
+                    }),
+                }
+            }
+            self.metrics
+                .queue_depth
+                .set(self.store.stats().pending as i64);
+            Ok(results)
+        })
+    }
+}

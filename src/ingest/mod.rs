@@ -1,0 +1,301 @@
+//! The HTTP API: `POST /v1/events` (bearer tokens; 202 once durable), health, metrics and
+//! the OpenAPI document of this API.
+
+pub mod envelope;
+pub mod tokens;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use futures::future::BoxFuture;
+use serde::Serialize;
+use utoipa::{OpenApi, ToSchema};
+
+pub use envelope::{Envelope, FieldError};
+use tokens::TokenSet;
+
+use crate::metrics::{Metrics, ResultLabel};
+
+/// Default request size limit.
+pub const DEFAULT_MAX_BODY: usize = 1024 * 1024;
+
+/// What happened to one accepted event.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EventResult {
+    pub id: String,
+    /// `accepted` (new, durable) or `duplicate` (this id was accepted before).
+    pub status: &'static str,
+    /// Delivery targets it was routed to (0 for duplicates).
+    pub deliveries: usize,
+}
+
+/// Body of a 202.
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct AcceptResponse {
+    pub accepted: usize,
+    pub duplicates: usize,
+    pub events: Vec<EventResult>,
+}
+
+/// Body of every error response.
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct ErrorBody {
+    /// Machine-readable: `invalid_event`, `unauthorized`, `too_large`, `unsupported_media_type`, `unavailable`.
+    pub error: &'static str,
+    pub message: String,
+    /// The bad field, for `invalid_event`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+}
+
+/// Where accepted events go: routes them, stores them durably, schedules delivery.
+pub trait EventSink: Send + Sync {
+    fn accept(&self, events: Vec<Envelope>) -> BoxFuture<'_, anyhow::Result<Vec<EventResult>>>;
+}
+
+#[derive(Clone)]
+pub struct ApiState {
+    pub tokens: TokenSet,
+    pub sink: Arc<dyn EventSink>,
+    pub metrics: Arc<Metrics>,
+    pub ready: Arc<AtomicBool>,
+    pub max_body: usize,
+}
+
+pub fn router(state: ApiState) -> Router {
+    let limit = state.max_body;
+    Router::new()
+        .route("/v1/events", post(post_events))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/openapi.json", get(openapi_json))
+        .layer(DefaultBodyLimit::max(limit))
+        .with_state(state)
+}
+
+fn error(
+    status: StatusCode,
+    error: &'static str,
+    message: impl Into<String>,
+    field: Option<String>,
+) -> Response {
+    (
+        status,
+        axum::Json(ErrorBody {
+            error,
+            message: message.into(),
+            field,
+        }),
+    )
+        .into_response()
+}
+
+/// Accept one event or a batch.
+#[utoipa::path(
+    post, path = "/v1/events",
+    request_body(content = Vec<Envelope>, description = "One event object, or an array of 1-1000 events", content_type = "application/json"),
+    responses(
+        (status = 202, description = "Stored durably; delivery follows (at least once)", body = AcceptResponse),
+        (status = 400, description = "Invalid event; `field` names the bad field", body = ErrorBody),
+        (status = 401, description = "Missing or unknown bearer token", body = ErrorBody),
+        (status = 413, description = "Body larger than the limit", body = ErrorBody),
+        (status = 415, description = "Content-Type is not application/json", body = ErrorBody),
+        (status = 503, description = "Not ready or the store failed; retry", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+async fn post_events(
+    State(st): State<ApiState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let rejected = || {
+        st.metrics
+            .events
+            .get_or_create(&ResultLabel { result: "rejected" })
+            .inc()
+    };
+    let bearer = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        });
+    if !bearer.is_some_and(|t| st.tokens.accepts(t)) {
+        rejected();
+        return error(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "a valid bearer token is required (Authorization: Bearer <token>)",
+            None,
+        );
+    }
+    let json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/json"));
+    if !json {
+        rejected();
+        return error(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "Content-Type must be application/json",
+            None,
+        );
+    }
+    let body = match body {
+        Ok(b) => b,
+        Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            rejected();
+            return error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too_large",
+                format!("body larger than {} bytes", st.max_body),
+                None,
+            );
+        }
+        Err(e) => {
+            rejected();
+            return error(
+                StatusCode::BAD_REQUEST,
+                "invalid_event",
+                e.body_text(),
+                Some("$".into()),
+            );
+        }
+    };
+    if !st.ready.load(Ordering::Acquire) {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "starting up; retry shortly",
+            None,
+        );
+    }
+    let events = match envelope::parse_body(&body) {
+        Ok(e) => e,
+        Err(fe) => {
+            rejected();
+            return error(
+                StatusCode::BAD_REQUEST,
+                "invalid_event",
+                format!("{}: {}", fe.field, fe.message),
+                Some(fe.field),
+            );
+        }
+    };
+    match st.sink.accept(events).await {
+        Ok(results) => {
+            let dup = results.iter().filter(|r| r.status == "duplicate").count();
+            let acc = results.len() - dup;
+            st.metrics
+                .events
+                .get_or_create(&ResultLabel { result: "accepted" })
+                .inc_by(acc as u64);
+            st.metrics
+                .events
+                .get_or_create(&ResultLabel {
+                    result: "duplicate",
+                })
+                .inc_by(dup as u64);
+            (
+                StatusCode::ACCEPTED,
+                axum::Json(AcceptResponse {
+                    accepted: acc,
+                    duplicates: dup,
+                    events: results,
+                }),
+            )
+                .into_response()
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "could not store events");
+            error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "events could not be stored; nothing was accepted, retry",
+                None,
+            )
+        }
+    }
+}
+
+/// Liveness.
+#[utoipa::path(get, path = "/healthz", responses((status = 200, description = "The process is alive")))]
+async fn healthz() -> &'static str {
+    "ok"
+}
+
+/// Readiness: the store is open and pending deliveries are loaded.
+#[utoipa::path(get, path = "/readyz", responses((status = 200, description = "Ready"), (status = 503, description = "Starting")))]
+async fn readyz(State(st): State<ApiState>) -> Response {
+    if st.ready.load(Ordering::Acquire) {
+        "ok".into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "starting").into_response()
+    }
+}
+
+/// Prometheus metrics.
+#[utoipa::path(get, path = "/metrics", responses((status = 200, description = "Prometheus text format", content_type = "text/plain")))]
+async fn metrics(State(st): State<ApiState>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        st.metrics.encode(),
+    )
+        .into_response()
+}
+
+/// This document.
+#[utoipa::path(get, path = "/openapi.json", responses((status = 200, description = "The OpenAPI document")))]
+async fn openapi_json() -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        openapi_document(),
+    )
+        .into_response()
+}
+
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "vehicle-connect", description = "Ingest API of the vehicle-connect operator: post vehicle events; they are delivered to the clients' webhooks and FTP servers."),
+    paths(post_events, healthz, readyz, metrics, openapi_json),
+    components(schemas(Envelope, envelope::Vehicle, envelope::Image, AcceptResponse, EventResult, ErrorBody)),
+    modifiers(&BearerAuth)
+)]
+pub struct ApiDoc;
+
+/// The OpenAPI document as pretty JSON (what `docs/openapi.json` holds).
+pub fn openapi_document() -> String {
+    let mut doc = ApiDoc::openapi();
+    doc.info.version = env!("CARGO_PKG_VERSION").to_string();
+    doc.to_pretty_json()
+        .unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"))
+}
