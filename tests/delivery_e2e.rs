@@ -36,6 +36,9 @@ async fn operator_url() -> String {
 }
 
 struct Setup {
+    /// Each test has its own client, so tests running side by side never see each
+    /// other's events (routing is by client across namespaces).
+    client_id: String,
     ns: String,
     client: kube::Client,
     api: Api<WebhookSubscription>,
@@ -47,8 +50,9 @@ struct Setup {
 async fn setup(prefix: &str) -> Setup {
     let base = operator_url().await;
     let cp = ControlPlane::shared();
+    let client_id = format!("dealer-{prefix}");
     let ns = cp
-        .namespace_with_annotations(prefix, &[("connect.vehicles.io/clients", "dealer-1")])
+        .namespace_with_annotations(prefix, &[("connect.vehicles.io/clients", &client_id)])
         .await
         .unwrap();
     let client = cp.client().await.unwrap();
@@ -61,6 +65,7 @@ async fn setup(prefix: &str) -> Setup {
     let receiver = Receiver::start(Some(WHSEC)).await;
     let api = Api::namespaced(client.clone(), &ns.name);
     Setup {
+        client_id,
         ns: ns.name.clone(),
         client,
         api,
@@ -70,10 +75,14 @@ async fn setup(prefix: &str) -> Setup {
 }
 
 impl Setup {
+    fn event(&self, id: &str, ty: &str, vehicle: &str, user: &str) -> Value {
+        event_of(&self.client_id, id, ty, vehicle, user)
+    }
+
     /// Creates a subscription to `path` on the receiver and waits until it is Ready.
     async fn subscribe(&self, name: &str, path: &str, extra: Value) {
         let mut spec = json!({
-            "url": self.receiver.url(path), "clientId": "dealer-1",
+            "url": self.receiver.url(path), "clientId": self.client_id,
             "events": ["vehicle.processed", "vehicle.deleted"],
             "auth": { "basic": { "secretRef": { "name": "basic" } } },
             "signing": { "secretRef": { "name": "signing" } },
@@ -136,10 +145,10 @@ async fn post_raw(base: &str, token: Option<&str>, ct: &str, body: Vec<u8>) -> (
     )
 }
 
-fn event(id: &str, ty: &str, vehicle: &str, user: &str) -> Value {
+fn event_of(client: &str, id: &str, ty: &str, vehicle: &str, user: &str) -> Value {
     json!({
         "id": id, "type": ty, "timestamp": "2026-11-27T10:15:30Z",
-        "clientId": "dealer-1", "userId": user,
+        "clientId": client, "userId": user,
         "data": { "vehicle": { "id": vehicle, "vin": "WVWZZZ1JZXW000001" } }
     })
 }
@@ -149,7 +158,7 @@ async fn signed_delivery_with_basic_auth_and_status() {
     let s = setup("signed").await;
     s.subscribe("dms", "dms", json!({})).await;
     let (code, body) = s
-        .post(event("evt-signed-1", "vehicle.processed", "veh-1", "u-1"))
+        .post(s.event("evt-signed-1", "vehicle.processed", "veh-1", "u-1"))
         .await;
     assert_eq!(code, 202, "{body}");
     assert_eq!(body["events"][0]["status"], "accepted");
@@ -190,7 +199,7 @@ async fn signed_delivery_with_basic_auth_and_status() {
 async fn bad_input_is_refused_clearly_and_nothing_is_stored() {
     let s = setup("badinput").await;
     s.subscribe("hook", "bad", json!({})).await;
-    let good = event("evt-bad-1", "vehicle.processed", "veh-1", "u-1");
+    let good = s.event("evt-bad-1", "vehicle.processed", "veh-1", "u-1");
 
     let (c, b) = post_raw(
         &s.base,
@@ -297,7 +306,7 @@ async fn retries_honour_policy_retry_after_and_permanent_errors() {
     ] {
         s.subscribe(name, path, json!({})).await;
     }
-    s.post(event("evt-retry-1", "vehicle.processed", "veh-1", "u-1"))
+    s.post(s.event("evt-retry-1", "vehicle.processed", "veh-1", "u-1"))
         .await;
 
     let flaky = s.receiver.wait_for("flaky", 3).await;
@@ -347,7 +356,7 @@ async fn gone_suspends_the_subscription_and_keeps_events() {
     s.receiver
         .script("gone", vec![Reply::Status(410), Reply::Status(200)]);
     s.subscribe("gone", "gone", json!({})).await;
-    s.post(event("evt-gone-1", "vehicle.processed", "veh-1", "u-1"))
+    s.post(s.event("evt-gone-1", "vehicle.processed", "veh-1", "u-1"))
         .await;
     let w = wait_for(&s.api, "gone", "ReceiverGone", |w| {
         w.status
@@ -389,7 +398,7 @@ async fn per_vehicle_order_with_parallel_vehicles() {
     let mut all = Vec::new();
     for n in 0..per_vehicle {
         for v in 0..vehicles {
-            all.push(event(
+            all.push(s.event(
                 &format!("evt-ord-{v}-{n:03}"),
                 "vehicle.processed",
                 &format!("veh-{v}"),
@@ -459,13 +468,13 @@ async fn events_reach_only_matching_subscriptions() {
     .await;
 
     s.post(json!([
-        event("evt-f-1", "vehicle.processed", "veh-1", "u-bob"),
-        event("evt-f-2", "vehicle.processed", "veh-2", "u-ana"),
-        event("evt-f-3", "vehicle.deleted", "veh-3", "u-bob"),
-        event("evt-f-4", "vehicle.created", "veh-4", "u-ana"),
+        s.event("evt-f-1", "vehicle.processed", "veh-1", "u-bob"),
+        s.event("evt-f-2", "vehicle.processed", "veh-2", "u-ana"),
+        s.event("evt-f-3", "vehicle.deleted", "veh-3", "u-bob"),
+        s.event("evt-f-4", "vehicle.created", "veh-4", "u-ana"),
     ]))
     .await;
-    let mut d2ev = event("evt-f-5", "vehicle.processed", "veh-5", "u-x");
+    let mut d2ev = s.event("evt-f-5", "vehicle.processed", "veh-5", "u-x");
     d2ev["clientId"] = json!("dealer-2");
     s.post(d2ev).await;
 

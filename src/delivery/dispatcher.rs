@@ -47,6 +47,8 @@ struct Lane {
 struct TargetLanes {
     lanes: Mutex<HashMap<String, Lane>>,
     permits: Arc<Semaphore>,
+    /// Set when the resource was deleted: its lanes stop.
+    dropped: std::sync::atomic::AtomicBool,
 }
 
 pub struct Dispatcher {
@@ -125,6 +127,7 @@ impl Dispatcher {
                 Arc::new(TargetLanes {
                     lanes: Mutex::new(HashMap::new()),
                     permits: Arc::new(Semaphore::new(limit.max(1) as usize)),
+                    dropped: std::sync::atomic::AtomicBool::new(false),
                 })
             })
             .clone()
@@ -174,8 +177,14 @@ impl Dispatcher {
     async fn deliver(&self, key: &TargetKey, tl: &TargetLanes, mut job: Job) -> bool {
         let target_name = key.to_string();
         loop {
-            let Some(target) = self.registry.get(key) else {
+            if tl.dropped.load(std::sync::atomic::Ordering::Acquire) {
                 return false;
+            }
+            // Not registered (yet): after a restart deliveries resume before the reconcilers
+            // have registered every target. Deletion is signalled by `dropped`.
+            let Some(target) = self.registry.get(key) else {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                continue;
             };
             let cfg = match (&target.held, &target.config) {
                 (None, Some(TargetConfig::Webhook(w))) => w.clone(),

@@ -21,6 +21,8 @@ pub struct Received {
     pub at: Instant,
     /// `Some(true)` when the signature verified with the configured secret.
     pub signature_ok: Option<bool>,
+    /// The status this receiver answered.
+    pub status: u16,
 }
 
 /// How a path answers: a list of responses used in turn (the last one repeats).
@@ -137,6 +139,10 @@ async fn handle(
         body: serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null),
         at: Instant::now(),
         signature_ok,
+        status: match &reply {
+            None | Some(Reply::Hang(_)) => 200,
+            Some(Reply::Status(s)) | Some(Reply::StatusWithRetryAfter(s, _)) => *s,
+        },
     };
     inner.lock().unwrap().received.push(rec);
     match reply {
