@@ -33,6 +33,7 @@ crds:
 
 ## Benchmarks: print figures and ratios (sizes via VC_BENCH_* variables).
 bench: control-plane
+	$(CARGO) bench --bench delivery
 	$(CARGO) bench --bench scale
 
 ## Regenerate docs/openapi.json from the Rust types.
