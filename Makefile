@@ -3,7 +3,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 KUBECONFIG_LOCAL := .local/kubeconfig
 
-.PHONY: all build control-plane cluster cluster-down test lint fmt crds clean bench openapi
+.PHONY: all build control-plane cluster cluster-down test lint fmt crds clean bench openapi helm chart-crds chart-check
 
 all: build
 
@@ -30,6 +30,20 @@ test: control-plane
 crds:
 	@mkdir -p crds && rm -f crds/*.yaml
 	$(CARGO) run -q -- crd --out-dir crds
+	@scripts/sync-chart-crds.sh
+
+## Build helm from its Go module into ~/.cache (once).
+helm:
+	@scripts/build-helm.sh >/dev/null
+
+## Copy crds/ into the Helm chart (charts/vehicle-connect/crds).
+chart-crds:
+	@scripts/sync-chart-crds.sh
+
+## Lint and render the Helm chart; with VC_KUBECONFIG also a server-side dry run
+## (and with VC_OPERATOR_BIN the operator under the chart's RBAC).
+chart-check: helm
+	@scripts/check-chart.sh
 
 ## Benchmarks: print figures and ratios (sizes via VC_BENCH_* variables).
 bench: control-plane

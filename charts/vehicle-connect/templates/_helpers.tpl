@@ -1,0 +1,66 @@
+{{/* Chart name, overridable. */}}
+{{- define "vehicle-connect.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Full name: release name, plus the chart name unless the release name contains it. */}}
+{{- define "vehicle-connect.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "vehicle-connect.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Labels every object carries. */}}
+{{- define "vehicle-connect.labels" -}}
+helm.sh/chart: {{ include "vehicle-connect.chart" . }}
+{{ include "vehicle-connect.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: vehicle-connect
+{{- end }}
+
+{{/* Labels that select the operator pod (immutable in the StatefulSet). */}}
+{{- define "vehicle-connect.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "vehicle-connect.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{- define "vehicle-connect.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "vehicle-connect.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{- define "vehicle-connect.image" -}}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- end }}
+
+{{/* The Secret holding the ingest tokens, or "" when there is none. */}}
+{{- define "vehicle-connect.ingestTokenSecretName" -}}
+{{- if .Values.ingestTokenSecret.existingSecret }}
+{{- .Values.ingestTokenSecret.existingSecret }}
+{{- else if .Values.ingestTokens }}
+{{- printf "%s-ingest-tokens" (include "vehicle-connect.fullname" .) }}
+{{- end }}
+{{- end }}
+
+{{- define "vehicle-connect.ingestTokenKey" -}}
+{{- if .Values.ingestTokenSecret.existingSecret }}
+{{- .Values.ingestTokenSecret.key }}
+{{- else }}
+{{- "tokens" }}
+{{- end }}
+{{- end }}

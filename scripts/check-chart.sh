@@ -1,0 +1,262 @@
+#!/usr/bin/env bash
+# Checks the Helm chart charts/vehicle-connect:
+#   1. builds helm if needed (scripts/build-helm.sh, cached);
+#   2. the chart's crds/ are exact copies of the generated crds/ (scripts/sync-chart-crds.sh);
+#   3. `helm lint --strict` with the default values and with every optional feature on
+#      (charts/vehicle-connect/ci/all-features-values.yaml);
+#   4. `helm template` of several value sets, with checks of what each must (not) render,
+#      and values that values.schema.json must refuse;
+#   5. only when VC_KUBECONFIG points at a running API server: applies the CRDs, then
+#      `kubectl apply --dry-run=server` of the rendered manifests (all features on; the
+#      ServiceMonitor only if its CRD is installed there).
+#
+#   scripts/check-chart.sh
+#   VC_KUBECONFIG=.local/kubeconfig scripts/check-chart.sh
+#
+# Env: VC_KUBECONFIG (optional), VC_CHART_NAMESPACE (release namespace for the server dry
+# run, default "default"; it must exist).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+CHART=charts/vehicle-connect
+ALL="$CHART/ci/all-features-values.yaml"
+log() { echo "[check-chart] $*" >&2; }
+die() { log "FAIL: $*"; exit 1; }
+
+HELM="$(scripts/build-helm.sh)"
+log "helm: $("$HELM" version --short)"
+OUTDIR="$(mktemp -d "${TMPDIR:-/tmp}/vc-chart-check.XXXXXX")"
+trap 'rm -rf "$OUTDIR"' EXIT
+
+# --- 2. CRDs ------------------------------------------------------------------------------
+scripts/sync-chart-crds.sh --check
+
+# --- 3. lint ------------------------------------------------------------------------------
+log "helm lint --strict (default values)"
+"$HELM" lint --strict "$CHART" >&2
+log "helm lint --strict (every optional feature on)"
+"$HELM" lint --strict "$CHART" -f "$ALL" >&2
+
+# --- 4. template --------------------------------------------------------------------------
+render() { # name, helm template args...
+  local name="$1"; shift
+  "$HELM" template vehicle-connect "$CHART" --namespace vehicle-connect "$@" >"$OUTDIR/$name.yaml" \
+    || die "helm template ($name) failed"
+  log "rendered $name: $(grep -c '^kind:' "$OUTDIR/$name.yaml") objects ($(grep '^kind:' "$OUTDIR/$name.yaml" | awk '{print $2}' | sort | paste -sd, -))"
+}
+has() { grep -qE -- "$2" "$OUTDIR/$1.yaml" || die "$1: expected /$2/"; }
+hasnt() { ! grep -qE -- "$2" "$OUTDIR/$1.yaml" || die "$1: did not expect /$2/"; }
+
+render default
+for k in ServiceAccount ClusterRole ClusterRoleBinding Service StatefulSet; do has default "^kind: $k\$"; done
+for k in Secret ServiceMonitor NetworkPolicy; do hasnt default "^kind: $k\$"; done
+has default 'replicas: 1$'
+has default 'volumeClaimTemplates:'
+has default 'fieldPath: metadata.name'
+has default 'runAsNonRoot: true'
+has default 'readOnlyRootFilesystem: true'
+has default 'allowPrivilegeEscalation: false'
+has default '- ALL$'
+has default 'type: RuntimeDefault'
+has default 'path: /healthz'
+has default 'path: /readyz'
+has default 'name: http$'
+hasnt default 'VC_INGEST_TOKEN_FILE'
+# Least privilege: no wildcard; only get/list/watch/patch, plus create on events alone.
+hasnt default '(verbs|resources|apiGroups): \[.*"\*"'
+verbs="$(grep -oE '^    verbs: \[.*\]' "$OUTDIR/default.yaml" | grep -oE '"[a-z]+"' | sort -u | paste -sd, -)"
+[[ "$verbs" == '"create","get","list","patch","watch"' ]] || die "default: ClusterRole verbs are $verbs"
+[[ "$(grep -c '"create"' "$OUTDIR/default.yaml")" == 1 ]] || die "default: create granted beyond events"
+grep -B1 'verbs: \["create", "patch"\]' "$OUTDIR/default.yaml" | grep -q 'resources: \["events"\]' \
+  || die "default: create must be on events only"
+
+render all -f "$ALL"
+for k in Secret ServiceMonitor NetworkPolicy; do has all "^kind: $k\$"; done
+has all 'name: VC_INGEST_TOKEN_FILE'
+has all 'value: /etc/vehicle-connect/ingest-tokens/tokens$'
+has all 'secretName: vehicle-connect-vc-ingest-tokens$'
+has all 'value: "10.20.0.0/16,192.168.1.10"'
+has all 'name: VC_MAX_BODY_BYTES'
+has all 'value: "0.0.0.0:8080"'
+has all 'storageClassName: "fast-ssd"'
+has all 'ReadWriteOncePod'
+has all 'port: 80$'
+has all 'connect.vehicles.io/ingest: "true"'
+has all 'egress:'
+
+render existing -f "$ALL" --set ingestTokenSecret.existingSecret=my-tokens --set ingestTokenSecret.key=tokens.txt
+hasnt existing '^kind: Secret$'
+has existing 'secretName: my-tokens$'
+has existing 'value: /etc/vehicle-connect/ingest-tokens/tokens.txt$'
+
+render ephemeral --set persistence.enabled=false
+hasnt ephemeral 'volumeClaimTemplates:'
+has ephemeral 'emptyDir: \{\}'
+
+render norbac --set rbac.create=false --set serviceAccount.create=false --set serviceAccount.name=ops
+for k in ServiceAccount ClusterRole ClusterRoleBinding; do hasnt norbac "^kind: $k\$"; done
+has norbac 'serviceAccountName: ops$'
+
+# values.schema.json must refuse these.
+refuse() { # description, helm args...
+  local what="$1"; shift
+  if "$HELM" template vehicle-connect "$CHART" "$@" >/dev/null 2>"$OUTDIR/err"; then
+    die "schema accepted $what"
+  fi
+  grep -qiE 'schema|values don.t meet' "$OUTDIR/err" || { cat "$OUTDIR/err" >&2; die "$what failed, but not by the schema"; }
+  log "schema refuses $what"
+}
+refuse "an unknown top-level key" --set replicaCount=2
+refuse "a bad pullPolicy" --set image.pullPolicy=Sometimes
+refuse "a short ingest token" --set 'ingestTokens[0]=short'
+refuse "a bad log format" --set operator.logFormat=xml
+refuse "a bad CIDR" --set 'operator.allowTargets[0]=not a cidr'
+refuse "a bad port" --set service.port=70000
+
+# --- 5. server dry run --------------------------------------------------------------------
+if [[ -z "${VC_KUBECONFIG:-}" ]]; then
+  log "VC_KUBECONFIG not set: skipping the server-side dry run"
+  log "OK"
+  exit 0
+fi
+command -v kubectl >/dev/null 2>&1 || die "kubectl is not on PATH (needed with VC_KUBECONFIG)"
+K=(kubectl --kubeconfig "$VC_KUBECONFIG")
+"${K[@]}" get --raw /readyz >/dev/null || die "API server of $VC_KUBECONFIG is not reachable"
+
+# Our own throwaway namespace, enforcing the "restricted" Pod Security Standard, so the API
+# server itself judges the pod template (it warns about a StatefulSet that would violate it).
+cleanup_cluster=()
+cleanup() {
+  local c
+  for c in "${cleanup_cluster[@]}"; do eval "$c" >/dev/null 2>&1 || true; done
+  rm -rf "$OUTDIR"
+}
+trap cleanup EXIT
+if [[ -n "${VC_CHART_NAMESPACE:-}" ]]; then
+  NS="$VC_CHART_NAMESPACE"
+  "${K[@]}" get namespace "$NS" >/dev/null || die "namespace $NS does not exist (VC_CHART_NAMESPACE)"
+else
+  NS="vc-chart-check-$(date +%s)-$RANDOM"
+  "${K[@]}" create namespace "$NS" >/dev/null
+  # --wait=false: a bare control plane has no namespace controller to finish the deletion.
+  cleanup_cluster+=("${K[*]} delete namespace $NS --wait=false")
+  "${K[@]}" label namespace "$NS" pod-security.kubernetes.io/enforce=restricted \
+    pod-security.kubernetes.io/warn=restricted >/dev/null
+  log "namespace $NS (Pod Security: restricted) for the dry run"
+fi
+
+log "applying the chart's CRDs to the server"
+"${K[@]}" apply --server-side --force-conflicts -f "$CHART/crds/" >&2
+for f in "$CHART"/crds/*.yaml; do
+  "${K[@]}" wait --for=condition=Established --timeout=60s -f "$f" >&2
+done
+
+extra=()
+if "${K[@]}" get crd servicemonitors.monitoring.coreos.com >/dev/null 2>&1; then
+  log "ServiceMonitor CRD present: dry run includes the ServiceMonitor"
+else
+  log "ServiceMonitor CRD (monitoring.coreos.com) absent on this server: dry run renders without it"
+  extra=(--set metrics.serviceMonitor.enabled=false)
+fi
+for set in default all; do
+  args=(); [[ "$set" == all ]] && args=(-f "$ALL" "${extra[@]}")
+  "$HELM" template vehicle-connect "$CHART" --namespace "$NS" "${args[@]}" >"$OUTDIR/server-$set.yaml"
+  log "kubectl apply --dry-run=server ($set values, namespace $NS)"
+  "${K[@]}" apply --dry-run=server -f "$OUTDIR/server-$set.yaml" >"$OUTDIR/server-$set.out" 2>&1 \
+    || { cat "$OUTDIR/server-$set.out" >&2; die "the API server refused the $set manifests"; }
+  cat "$OUTDIR/server-$set.out" >&2
+  ! grep -q 'would violate PodSecurity' "$OUTDIR/server-$set.out" \
+    || die "the $set pod template violates the restricted Pod Security Standard"
+done
+
+# --- 6. the operator under the chart's RBAC (optional) ------------------------------------
+# With VC_OPERATOR_BIN (a built vehicle-connect binary), the chart's ServiceAccount,
+# ClusterRole and ClusterRoleBinding are created for real, and the operator runs on this
+# machine with that ServiceAccount's token: it must reconcile a WebhookSubscription to
+# Ready, accept an event, publish Events and remove its finalizer, with no "forbidden".
+# Only against a throwaway control plane (the operator watches the whole cluster).
+if [[ -z "${VC_OPERATOR_BIN:-}" ]]; then
+  log "VC_OPERATOR_BIN not set: skipping the run of the operator under the chart's RBAC"
+  log "OK (with server dry run against $VC_KUBECONFIG)"
+  exit 0
+fi
+[[ -x "$VC_OPERATOR_BIN" ]] || die "VC_OPERATOR_BIN=$VC_OPERATOR_BIN is not executable"
+[[ -z "${VC_CHART_NAMESPACE:-}" ]] || die "VC_OPERATOR_BIN needs the check's own namespace (unset VC_CHART_NAMESPACE)"
+others="$("${K[@]}" get webhooksubscriptions,ftpconnections -A --no-headers 2>/dev/null | wc -l)"
+[[ "$others" == 0 ]] || die "the cluster already has $others WebhookSubscription/FtpConnection objects: run the operator check only on a throwaway control plane"
+
+REL="vc-check-$RANDOM"
+"$HELM" template "$REL" "$CHART" --namespace "$NS" --show-only templates/serviceaccount.yaml \
+  --show-only templates/rbac.yaml >"$OUTDIR/rbac.yaml"
+"${K[@]}" apply -f "$OUTDIR/rbac.yaml" >&2
+cleanup_cluster=("${K[*]} delete -f $OUTDIR/rbac.yaml --wait=false" "${cleanup_cluster[@]}")
+SA="$REL-vehicle-connect"
+token="$("${K[@]}" -n "$NS" create token "$SA" --duration=10m)"
+server="$("${K[@]}" config view --raw --minify -o jsonpath='{.clusters[0].cluster.server}')"
+ca="$("${K[@]}" config view --raw --minify -o jsonpath='{.clusters[0].cluster.certificate-authority-data}')"
+cat >"$OUTDIR/sa-kubeconfig" <<KC
+apiVersion: v1
+kind: Config
+clusters: [{name: c, cluster: {server: "$server", certificate-authority-data: "$ca"}}]
+users: [{name: sa, user: {token: "$token"}}]
+contexts: [{name: sa, context: {cluster: c, user: sa}}]
+current-context: sa
+KC
+log "running $VC_OPERATOR_BIN as system:serviceaccount:$NS:$SA"
+port=""
+for _ in $(seq 50); do
+  p=$(( 20000 + RANDOM % 20000 ))
+  if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then port=$p; break; fi
+done
+[[ -n "$port" ]] || die "no free loopback port"
+mkdir -p "$OUTDIR/data"
+echo "check-chart-ingest-token-0123456789" >"$OUTDIR/tokens"
+KUBECONFIG="$OUTDIR/sa-kubeconfig" POD_NAME="$REL-0" "$VC_OPERATOR_BIN" run \
+  --listen "127.0.0.1:$port" --data-dir "$OUTDIR/data" --ingest-token-file "$OUTDIR/tokens" \
+  --allow-targets 127.0.0.0/8 --log-format text >"$OUTDIR/operator.log" 2>&1 &
+op=$!
+cleanup_cluster=("kill $op" "${cleanup_cluster[@]}")
+for _ in $(seq 60); do curl -fsS "http://127.0.0.1:$port/readyz" >/dev/null 2>&1 && break; sleep 0.5; done
+curl -fsS "http://127.0.0.1:$port/readyz" >/dev/null || { cat "$OUTDIR/operator.log" >&2; die "operator not ready"; }
+
+"${K[@]}" annotate namespace "$NS" connect.vehicles.io/clients=check-client --overwrite >/dev/null
+"${K[@]}" apply -f - >&2 <<CR
+apiVersion: connect.vehicles.io/v1alpha1
+kind: WebhookSubscription
+metadata: {name: check, namespace: $NS}
+spec:
+  url: http://127.0.0.1:9/hook
+  clientId: check-client
+  events: [vehicle.processed]
+---
+apiVersion: connect.vehicles.io/v1alpha1
+kind: WebhookSubscription
+metadata: {name: check-not-allowed, namespace: $NS}
+spec:
+  url: http://127.0.0.1:9/hook
+  clientId: some-other-client
+  events: [vehicle.processed]
+CR
+"${K[@]}" -n "$NS" wait --for=condition=Ready --timeout=60s webhooksubscription/check >&2 \
+  || { cat "$OUTDIR/operator.log" >&2; die "WebhookSubscription did not become Ready"; }
+"${K[@]}" -n "$NS" wait --for=jsonpath='{.status.conditions[?(@.type=="Ready")].reason}'=ClientNotAllowed \
+  --timeout=60s webhooksubscription/check-not-allowed >&2 \
+  || { cat "$OUTDIR/operator.log" >&2; die "a not-allowed client was not reported as ClientNotAllowed"; }
+code="$(curl -sS -o "$OUTDIR/post.out" -w '%{http_code}' -X POST "http://127.0.0.1:$port/v1/events" \
+  -H "Authorization: Bearer check-chart-ingest-token-0123456789" -H 'Content-Type: application/json' \
+  -d '{"id":"evt_check_chart_1","type":"vehicle.processed","timestamp":"2026-01-01T10:00:00Z","clientId":"check-client","data":{"vehicle":{"id":"veh-1","vin":"WVWZZZ1JZXW000001"}}}')"
+[[ "$code" == 202 ]] || { cat "$OUTDIR/post.out" >&2; die "POST /v1/events answered $code"; }
+for _ in $(seq 30); do
+  n="$("${K[@]}" -n "$NS" get events.events.k8s.io --no-headers \
+        -o custom-columns=C:.reportingController 2>/dev/null | grep -c vehicle-connect || true)"
+  [[ "$n" -gt 0 ]] && break; sleep 1
+done
+[[ "$n" -gt 0 ]] || die "the operator published no Event"
+"${K[@]}" -n "$NS" delete webhooksubscriptions --all --timeout=60s >&2 \
+  || { cat "$OUTDIR/operator.log" >&2; die "finalizers were not removed"; }
+if grep -qiE 'forbidden|403' "$OUTDIR/operator.log"; then
+  grep -iE 'forbidden|403' "$OUTDIR/operator.log" | head -5 >&2
+  die "the operator hit a permission the chart's ClusterRole does not grant"
+fi
+log "operator under the chart's RBAC: Ready, ClientNotAllowed, 202, $n Event(s), finalizers removed, nothing forbidden"
+log "OK (with server dry run and operator run against $VC_KUBECONFIG)"
