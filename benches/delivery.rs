@@ -42,19 +42,30 @@ async fn receive(State(sink): State<Arc<Sink>>, headers: HeaderMap, _body: Bytes
     if sink.track.load(Ordering::Relaxed)
         && let Some(id) = headers.get("webhook-id").and_then(|v| v.to_str().ok())
     {
-        sink.arrivals.lock().unwrap().insert(id.to_string(), Instant::now());
+        sink.arrivals
+            .lock()
+            .unwrap()
+            .insert(id.to_string(), Instant::now());
     }
     "ok"
 }
 
 fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 fn rss_mib(pid: u32, field: &str) -> f64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with(field)).and_then(|l| l.split_whitespace().nth(1)).and_then(|kb| kb.parse::<f64>().ok()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with(field))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<f64>().ok())
+        })
         .map(|kb| kb / 1024.0)
         .unwrap_or(f64::NAN)
 }
@@ -90,15 +101,24 @@ fn median(mut v: Vec<f64>) -> f64 {
 async fn main() -> anyhow::Result<()> {
     let n = env_usize("VC_BENCH_EVENTS", 20_000);
     let sink = Arc::new(Sink::default());
-    let app = Router::new().route("/{*path}", post(receive)).with_state(sink.clone());
+    let app = Router::new()
+        .route("/{*path}", post(receive))
+        .with_state(sink.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let port = listener.local_addr()?.port();
     tokio::spawn(async move { axum::serve(listener, app).await });
     let body = serde_json::to_vec(&event("dealer-bench", "evt_limit_000000", 1))?;
-    println!("delivery benchmark: {n} deliveries per case, body {} bytes, loopback, {} cores", body.len(), std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0));
+    println!(
+        "delivery benchmark: {n} deliveries per case, body {} bytes, loopback, {} cores",
+        body.len(),
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(0)
+    );
 
     // (a) the limit, three times.
-    let hyper: HyperClient<_, Full<Bytes>> = HyperClient::builder(TokioExecutor::new()).build_http();
+    let hyper: HyperClient<_, Full<Bytes>> =
+        HyperClient::builder(TokioExecutor::new()).build_http();
     let mut limits = Vec::new();
     for _ in 0..3 {
         sink.count.store(0, Ordering::Relaxed);
@@ -118,28 +138,55 @@ async fn main() -> anyhow::Result<()> {
         limits.push(n as f64 / start.elapsed().as_secs_f64());
     }
     let limit = median(limits.clone());
-    println!("(a) limit, plain hyper client: median {limit:.0} req/s (runs: {})", limits.iter().map(|l| format!("{l:.0}")).collect::<Vec<_>>().join(", "));
+    println!(
+        "(a) limit, plain hyper client: median {limit:.0} req/s (runs: {})",
+        limits
+            .iter()
+            .map(|l| format!("{l:.0}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
 
     // The control plane and the operator.
     let cp = ControlPlane::shared();
-    cp.install_crds(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("crds")).await?;
+    cp.install_crds(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("crds"))
+        .await?;
     let client = cp.client().await?;
-    let ns = cp.namespace_with_annotations("delivery-bench", &[("connect.vehicles.io/clients", "*")]).await?;
-    let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(client.clone(), &ns.name);
+    let ns = cp
+        .namespace_with_annotations("delivery-bench", &[("connect.vehicles.io/clients", "*")])
+        .await?;
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> =
+        Api::namespaced(client.clone(), &ns.name);
     let pp = PatchParams::apply("vc-bench").force();
-    secrets.patch("signing", &pp, &Patch::Apply(json!({
-        "apiVersion": "v1", "kind": "Secret", "metadata": { "name": "signing" },
-        "stringData": { "secret": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw" }
-    }))).await?;
+    secrets
+        .patch(
+            "signing",
+            &pp,
+            &Patch::Apply(json!({
+                "apiVersion": "v1", "kind": "Secret", "metadata": { "name": "signing" },
+                "stringData": { "secret": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw" }
+            })),
+        )
+        .await?;
     let data = tempfile::tempdir()?;
     let tokens = data.path().join("tokens");
     std::fs::write(&tokens, format!("{TOKEN}\n"))?;
-    let api_port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let api_port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
     let log = std::fs::File::create(cp.dir.join("operator-delivery-bench.log"))?;
     let mut op = Command::new(env!("CARGO_BIN_EXE_vehicle-connect"))
-        .args(["run", "--allow-targets", "127.0.0.0/8", "--listen", &format!("127.0.0.1:{api_port}")])
-        .arg("--data-dir").arg(data.path().join("store"))
-        .arg("--ingest-token-file").arg(&tokens)
+        .args([
+            "run",
+            "--allow-targets",
+            "127.0.0.0/8",
+            "--listen",
+            &format!("127.0.0.1:{api_port}"),
+        ])
+        .arg("--data-dir")
+        .arg(data.path().join("store"))
+        .arg("--ingest-token-file")
+        .arg(&tokens)
         .env("KUBECONFIG", &cp.kubeconfig)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::from(log.try_clone()?))
@@ -149,7 +196,12 @@ async fn main() -> anyhow::Result<()> {
     let http = reqwest::Client::new();
     let ingest = format!("http://127.0.0.1:{api_port}/v1/events");
     let deadline = Instant::now() + Duration::from_secs(60);
-    while !http.get(format!("http://127.0.0.1:{api_port}/readyz")).send().await.is_ok_and(|r| r.status().is_success()) {
+    while !http
+        .get(format!("http://127.0.0.1:{api_port}/readyz"))
+        .send()
+        .await
+        .is_ok_and(|r| r.status().is_success())
+    {
         anyhow::ensure!(Instant::now() < deadline, "operator not ready");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -179,11 +231,21 @@ async fn main() -> anyhow::Result<()> {
             // Ready = registered; wait for all.
             loop {
                 let list = whs.list(&Default::default()).await.expect("list");
-                let ready = list.items.iter()
+                let ready = list
+                    .items
+                    .iter()
                     .filter(|w| w.spec.client_id == client_id)
-                    .filter(|w| w.status.as_ref().is_some_and(|s| s.conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True")))
+                    .filter(|w| {
+                        w.status.as_ref().is_some_and(|s| {
+                            s.conditions
+                                .iter()
+                                .any(|c| c.type_ == "Ready" && c.status == "True")
+                        })
+                    })
                     .count();
-                if ready >= count { break; }
+                if ready >= count {
+                    break;
+                }
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
         }
@@ -193,8 +255,14 @@ async fn main() -> anyhow::Result<()> {
     let post = |events: Vec<serde_json::Value>| {
         let (http, ingest) = (http.clone(), ingest.clone());
         async move {
-            let r = http.post(&ingest).bearer_auth(TOKEN).header("content-type", "application/json")
-                .body(serde_json::to_vec(&events).expect("json")).send().await.expect("post");
+            let r = http
+                .post(&ingest)
+                .bearer_auth(TOKEN)
+                .header("content-type", "application/json")
+                .body(serde_json::to_vec(&events).expect("json"))
+                .send()
+                .await
+                .expect("post");
             assert_eq!(r.status(), 202, "{}", r.text().await.unwrap_or_default());
         }
     };
@@ -212,7 +280,11 @@ async fn main() -> anyhow::Result<()> {
             .chunks(100)
             .map(|c| c.to_vec())
             .collect();
-        stream::iter(batches).map(&post).buffer_unordered(8).for_each(|_| async {}).await;
+        stream::iter(batches)
+            .map(&post)
+            .buffer_unordered(8)
+            .for_each(|_| async {})
+            .await;
         let ingested = start.elapsed();
         let done = wait_count(&sink, deliveries, Duration::from_secs(300)).await;
         let rss = rss_mib(pid, "VmRSS:");
@@ -220,10 +292,18 @@ async fn main() -> anyhow::Result<()> {
             Some(_) => {
                 let t = start.elapsed().as_secs_f64();
                 let rate = deliveries as f64 / t;
-                println!("(b) {subs:>4} subscription(s): {events} events → {deliveries} deliveries in {t:.2}s = {rate:.0} deliveries/s ({:.0}% of the limit); ingest took {:.2}s ({:.0} events/s); RSS {rss:.0} MiB", 100.0 * rate / limit, ingested.as_secs_f64(), events as f64 / ingested.as_secs_f64());
+                println!(
+                    "(b) {subs:>4} subscription(s): {events} events → {deliveries} deliveries in {t:.2}s = {rate:.0} deliveries/s ({:.0}% of the limit); ingest took {:.2}s ({:.0} events/s); RSS {rss:.0} MiB",
+                    100.0 * rate / limit,
+                    ingested.as_secs_f64(),
+                    events as f64 / ingested.as_secs_f64()
+                );
                 results.push((subs, rate));
             }
-            None => println!("(b) {subs:>4} subscription(s): only {} of {deliveries} delivered in 300s", sink.count.load(Ordering::Relaxed)),
+            None => println!(
+                "(b) {subs:>4} subscription(s): only {} of {deliveries} delivered in 300s",
+                sink.count.load(Ordering::Relaxed)
+            ),
         }
     }
 
@@ -247,7 +327,13 @@ async fn main() -> anyhow::Result<()> {
             let (http, ingest, sent) = (http.clone(), ingest.clone(), sent.clone());
             tasks.push(tokio::spawn(async move {
                 sent.lock().unwrap().insert(id, Instant::now());
-                let _ = http.post(&ingest).bearer_auth(TOKEN).header("content-type", "application/json").body(serde_json::to_vec(&ev).expect("json")).send().await;
+                let _ = http
+                    .post(&ingest)
+                    .bearer_auth(TOKEN)
+                    .header("content-type", "application/json")
+                    .body(serde_json::to_vec(&ev).expect("json"))
+                    .send()
+                    .await;
             }));
         }
     }
@@ -258,13 +344,42 @@ async fn main() -> anyhow::Result<()> {
     wait_count(&sink, total, Duration::from_secs(60)).await;
     let arrivals = sink.arrivals.lock().unwrap().clone();
     let sent = sent.lock().unwrap().clone();
-    let mut lat: Vec<f64> = sent.iter().filter_map(|(id, t0)| arrivals.get(id).map(|t1| t1.duration_since(*t0).as_secs_f64() * 1000.0)).collect();
+    let mut lat: Vec<f64> = sent
+        .iter()
+        .filter_map(|(id, t0)| {
+            arrivals
+                .get(id)
+                .map(|t1| t1.duration_since(*t0).as_secs_f64() * 1000.0)
+        })
+        .collect();
     lat.sort_by(|a, b| a.total_cmp(b));
     let pct = |p: f64| lat[((lat.len() as f64 * p) as usize).min(lat.len() - 1)];
-    println!("(c) latency, POST → receiver, at {achieved:.0} events/s offered ({} delivered): p50 {:.1} ms, p90 {:.1} ms, p99 {:.1} ms, max {:.1} ms (aim: p99 ≤ 20 ms)", lat.len(), pct(0.5), pct(0.9), pct(0.99), lat[lat.len() - 1]);
-    println!("RESULT limit {limit:.0} req/s; {}", results.iter().map(|(s, r)| format!("{s} subs: {r:.0}/s = {:.0}% of limit", 100.0 * r / limit)).collect::<Vec<_>>().join("; "));
-    println!("RESULT latency p50 {:.1} ms p99 {:.1} ms at 1,000 events/s", pct(0.5), pct(0.99));
-    println!("RESULT operator RSS now {:.0} MiB, peak {:.0} MiB", rss_mib(pid, "VmRSS:"), rss_mib(pid, "VmHWM:"));
+    println!(
+        "(c) latency, POST → receiver, at {achieved:.0} events/s offered ({} delivered): p50 {:.1} ms, p90 {:.1} ms, p99 {:.1} ms, max {:.1} ms (aim: p99 ≤ 20 ms)",
+        lat.len(),
+        pct(0.5),
+        pct(0.9),
+        pct(0.99),
+        lat[lat.len() - 1]
+    );
+    println!(
+        "RESULT limit {limit:.0} req/s; {}",
+        results
+            .iter()
+            .map(|(s, r)| format!("{s} subs: {r:.0}/s = {:.0}% of limit", 100.0 * r / limit))
+            .collect::<Vec<_>>()
+            .join("; ")
+    );
+    println!(
+        "RESULT latency p50 {:.1} ms p99 {:.1} ms at 1,000 events/s",
+        pct(0.5),
+        pct(0.99)
+    );
+    println!(
+        "RESULT operator RSS now {:.0} MiB, peak {:.0} MiB",
+        rss_mib(pid, "VmRSS:"),
+        rss_mib(pid, "VmHWM:")
+    );
     let _ = Command::new("kill").arg(pid.to_string()).status();
     let _ = op.wait();
     Ok(())
