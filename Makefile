@@ -3,7 +3,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 KUBECONFIG_LOCAL := .local/kubeconfig
 
-.PHONY: all build control-plane cluster cluster-down test lint fmt crds clean bench openapi helm chart-crds chart-check
+.PHONY: demo all build control-plane cluster cluster-down test lint fmt crds clean bench openapi helm chart-crds chart-check
 
 all: build
 
@@ -21,6 +21,10 @@ cluster: control-plane
 ## Stop it; nothing keeps running.
 cluster-down:
 	@$(CARGO) run -q -p vc-envtest --bin vc-envtest -- down --dir .local/cluster --kubeconfig $(KUBECONFIG_LOCAL)
+
+## The main job, locally: control plane, operator, receiver, FTP server, sample events.
+demo:
+	@scripts/demo.sh
 
 ## The whole test suite (what .ci/run calls).
 test: control-plane

@@ -44,24 +44,24 @@ impl OperatorProcess {
         log: PathBuf,
     ) -> OperatorProcess {
         let out = std::fs::File::create(&log).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_vehicle-connect"))
-            .args([
-                "run",
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-                "--allow-targets",
-                "127.0.0.0/8",
-            ])
-            .arg("--data-dir")
-            .arg(&data_dir)
-            .arg("--ingest-token-file")
-            .arg(&token_file)
-            .env("KUBECONFIG", &cp.kubeconfig)
-            .env("RUST_LOG", "info,vehicle_connect=debug")
-            .stdout(Stdio::from(out.try_clone().unwrap()))
-            .stderr(Stdio::from(out))
-            .spawn()
-            .expect("start vehicle-connect");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_vehicle-connect"));
+        cmd.args([
+            "run",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--allow-targets",
+            "127.0.0.0/8",
+        ])
+        .arg("--data-dir")
+        .arg(&data_dir)
+        .arg("--ingest-token-file")
+        .arg(&token_file)
+        .env("KUBECONFIG", &cp.kubeconfig)
+        .env("RUST_LOG", "info,vehicle_connect=debug")
+        .stdout(Stdio::from(out.try_clone().unwrap()))
+        .stderr(Stdio::from(out));
+        // Dies with the test process even when held in a static that is never dropped.
+        let child = vc_envtest::spawn_owned(cmd).expect("start vehicle-connect");
         let op = OperatorProcess {
             child,
             port,

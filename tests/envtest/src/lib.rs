@@ -453,6 +453,46 @@ extern "C" fn shared_atexit() {
     }
 }
 
+type SpawnRequest = (Command, mpsc::Sender<std::io::Result<Child>>);
+
+/// Spawns `cmd` so that it dies with this process (SIGKILL on exit, abort or panic), for
+/// helper processes a test keeps in a static, where no destructor would ever run.
+/// The fork happens on one long-lived thread, since PDEATHSIG follows the forking thread.
+pub fn spawn_owned(cmd: Command) -> std::io::Result<Child> {
+    static SPAWNER: OnceLock<Mutex<mpsc::Sender<SpawnRequest>>> = OnceLock::new();
+    let tx = SPAWNER.get_or_init(|| {
+        let (tx, rx) = mpsc::channel::<SpawnRequest>();
+        std::thread::Builder::new()
+            .name("vc-envtest-spawner".into())
+            .spawn(move || {
+                while let Ok((mut cmd, reply)) = rx.recv() {
+                    let parent = std::process::id() as i32;
+                    // SAFETY: only async-signal-safe syscalls between fork and exec.
+                    unsafe {
+                        cmd.pre_exec(move || {
+                            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                            if libc::getppid() != parent {
+                                libc::_exit(1);
+                            }
+                            Ok(())
+                        })
+                    };
+                    let _ = reply.send(cmd.spawn());
+                }
+            })
+            .expect("spawner thread");
+        Mutex::new(tx)
+    });
+    let (reply_tx, reply_rx) = mpsc::channel();
+    tx.lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .send((cmd, reply_tx))
+        .map_err(|_| std::io::Error::other("spawner thread gone"))?;
+    reply_rx
+        .recv()
+        .map_err(|_| std::io::Error::other("spawner thread gone"))?
+}
+
 /// Stop a control plane started with [`ControlPlane::start_detached`] in `dir`.
 /// Returns the pids that were stopped.
 pub fn stop_detached(dir: &Path) -> Result<Vec<u32>> {

@@ -1,0 +1,119 @@
+#!/usr/bin/env bash
+# `make demo`: the main job, locally. Builds what is needed, starts a real control plane
+# (etcd + kube-apiserver), installs the CRDs, runs the operator, a webhook receiver that
+# verifies signatures, an FTP server and an image server, applies examples/, posts sample
+# events, shows the status, and keeps running until Ctrl-C, which stops everything.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT="$PWD"
+LOCAL="$ROOT/.local"
+DEMO="$LOCAL/demo"
+KCFG="$LOCAL/kubeconfig"
+K=(kubectl --kubeconfig "$KCFG")
+TOKEN="demo-ingest-token-$(date +%s)"
+API=127.0.0.1:8080
+say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+PIDS=()
+
+cleanup() {
+  say "stopping everything the demo started"
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  make -s cluster-down || true
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+for port in 8080 8787 8788 2121; do
+  if (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null; then
+    echo "port $port is in use; stop what uses it (or a previous demo) first" >&2; exit 1
+  fi
+done
+
+say "building vehicle-connect and the local control plane (first time: several minutes)"
+cargo build -q --bin vehicle-connect
+scripts/build-control-plane.sh >/dev/null
+
+say "python tools for the demo's receiver and FTP server (standardwebhooks, pyftpdlib)"
+if [[ ! -x "$LOCAL/venv/bin/python" ]]; then python3 -m venv "$LOCAL/venv"; fi
+"$LOCAL/venv/bin/pip" install -q standardwebhooks pyftpdlib
+
+say "starting the control plane"
+make -s cluster
+"${K[@]}" apply --server-side -f crds/ >/dev/null
+"${K[@]}" wait --for condition=established --timeout=30s crd/webhooksubscriptions.connect.vehicles.io crd/ftpconnections.connect.vehicles.io >/dev/null
+
+rm -rf "$DEMO" && mkdir -p "$DEMO/ftp/dealer123" "$DEMO/images/veh-9" "$DEMO/data"
+echo "$TOKEN" > "$DEMO/tokens"
+# Sample vehicle photos served locally (the events point at http://127.0.0.1:8788/images/...).
+"$LOCAL/venv/bin/python" - "$DEMO/images/veh-9" <<'PY'
+import os, sys
+for i in range(1, 5):
+    with open(os.path.join(sys.argv[1], f"{i}.jpg"), "wb") as f:
+        f.write(b"\xff\xd8\xff\xe0" + os.urandom(200_000 + i * 1000) + b"\xff\xd9")
+PY
+
+say "starting the webhook receiver (:8787), image server (:8788) and FTP server (:2121)"
+WEBHOOK_SECRET=whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw BASIC_USER=dms BASIC_PASSWORD=change-me \
+  "$LOCAL/venv/bin/python" -u examples/receiver/receiver.py 8787 >"$DEMO/receiver.log" 2>&1 &
+PIDS+=($!)
+(cd "$DEMO" && exec "$LOCAL/venv/bin/python" -m http.server 8788 --bind 127.0.0.1 >"$DEMO/images.log" 2>&1) &
+PIDS+=($!)
+"$LOCAL/venv/bin/python" - "$DEMO/ftp/dealer123" >"$DEMO/ftp.log" 2>&1 <<'PY' &
+import sys, logging
+from pyftpdlib.authorizers import DummyAuthorizer
+from pyftpdlib.handlers import FTPHandler
+from pyftpdlib.servers import FTPServer
+logging.basicConfig(level=logging.INFO)
+auth = DummyAuthorizer()
+auth.add_user("dealer123", "dealer123-secret", sys.argv[1], perm="elradfmwMT")
+h = FTPHandler
+h.authorizer = auth
+h.passive_ports = range(30100, 30200)
+FTPServer(("127.0.0.1", 2121), h).serve_forever()
+PY
+PIDS+=($!)
+
+say "starting the operator (store in .local/demo/data, API on $API)"
+KUBECONFIG="$KCFG" RUST_LOG=info target/debug/vehicle-connect run \
+  --listen "$API" --data-dir "$DEMO/data" --ingest-token-file "$DEMO/tokens" \
+  --allow-targets 127.0.0.0/8 >"$DEMO/operator.log" 2>&1 &
+PIDS+=($!)
+for _ in $(seq 1 100); do curl -fs "http://$API/readyz" >/dev/null && break; sleep 0.2; done
+curl -fs "http://$API/readyz" >/dev/null || { echo "operator did not start; see $DEMO/operator.log" >&2; tail -20 "$DEMO/operator.log" >&2; exit 1; }
+
+say "applying examples/"
+"${K[@]}" apply -f examples/
+for _ in $(seq 1 60); do
+  ready=$("${K[@]}" get whs,ftpc -A -o jsonpath='{range .items[*]}{.status.conditions[?(@.type=="Ready")].status}{"\n"}{end}' | grep -c True || true)
+  [[ "$ready" -ge 4 ]] && break; sleep 0.5
+done
+
+say "posting sample events (vehicle.processed, vehicle.created, user.created)"
+for ev in vehicle.processed vehicle.created user.created; do
+  curl -s -H "Authorization: Bearer $TOKEN" -H 'content-type: application/json' \
+    --data @"examples/events/$ev.json" "http://$API/v1/events"; echo
+done
+sleep 4
+
+say "kubectl get webhooksubscriptions,ftpconnections -A"
+"${K[@]}" get webhooksubscriptions,ftpconnections -A
+say "webhooks the receiver got (signatures verified with the standardwebhooks library)"
+cat "$DEMO/receiver.log"
+say "files on the FTP server (.local/demo/ftp/dealer123)"
+(cd "$DEMO/ftp/dealer123" && find . -type f -printf '%p  %s bytes\n' | sort) || true
+
+cat <<MSG
+
+The demo keeps running. Try, in another terminal:
+  export KUBECONFIG=$KCFG
+  kubectl get whs,ftpc -A                      # status, counters
+  kubectl describe whs -n dealer-123 dms-vehicle-processed
+  curl -H 'Authorization: Bearer $TOKEN' -H 'content-type: application/json' \\
+       --data @examples/events/vehicle.deleted.json http://$API/v1/events
+  kubectl -n dealer-123 patch whs ana-uploads --type merge -p '{"spec":{"suspend":true}}'
+  curl http://$API/metrics | grep vehicle_connect
+  tail -f $DEMO/receiver.log $DEMO/operator.log
+Ctrl-C stops everything.
+MSG
+while true; do sleep 3600; done
