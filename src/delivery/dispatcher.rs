@@ -334,6 +334,10 @@ impl Dispatcher {
         }
     }
 
+    /// Records an outcome without holding up the lane: the next event of the vehicle goes
+    /// out while this one commits (group commit batches them). A crash before the commit
+    /// only repeats a delivery, which at-least-once allows; updates for a delivery that is
+    /// no longer pending are ignored by the store, so their order does not matter.
     async fn record(&self, key: &TargetKey, job: &Job, outcome: Outcome) {
         let update = DeliveryUpdate {
             target: key.to_string(),
@@ -341,29 +345,38 @@ impl Dispatcher {
             outcome,
             at_unix_ms: now_ms(),
         };
-        // A failed write is retried: losing an outcome would only repeat a delivery (at
-        // least once), but the counters should not drift.
-        for attempt in 0..5 {
-            match self.store.record(vec![update.clone()]).await {
-                Ok(()) => break,
-                Err(e) => {
-                    tracing::error!(error = %e, attempt, "could not record a delivery outcome");
-                    tokio::time::sleep(Duration::from_millis(200 << attempt)).await;
+        let (store, counters, metrics, key) = (
+            self.store.clone(),
+            self.counters.clone(),
+            self.metrics.clone(),
+            key.clone(),
+        );
+        tokio::spawn(async move {
+            // A failed write is retried so the counters do not drift.
+            for attempt in 0..5 {
+                match store.record(vec![update.clone()]).await {
+                    Ok(()) => break,
+                    Err(e) => {
+                        tracing::error!(error = %e, attempt, "could not record a delivery outcome");
+                        tokio::time::sleep(Duration::from_millis(200 << attempt)).await;
+                    }
                 }
             }
-        }
-        self.counters.touch(key);
-        self.metrics
-            .queue_depth
-            .set(self.store.stats().pending as i64);
+            counters.touch(&key);
+            metrics.queue_depth.set(store.stats().pending as i64);
+        });
     }
 
     /// A target was deleted: forget its queued deliveries.
     pub async fn drop_target(&self, key: &TargetKey) {
-        self.targets
+        let removed = self
+            .targets
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(key);
+        if let Some(tl) = removed {
+            tl.dropped.store(true, std::sync::atomic::Ordering::Release);
+        }
         match self.store.drop_target(&key.to_string()).await {
             Ok(n) if n > 0 => {
                 tracing::info!(target = %key, dropped = n, "pending deliveries of a deleted target dropped")
