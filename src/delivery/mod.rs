@@ -1,3 +1,4 @@
 //! Delivery to clients' systems.
 
 pub mod ftp;
+pub mod webhook;
