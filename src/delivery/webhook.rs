@@ -118,7 +118,7 @@ impl WebhookSender {
         let guard = Arc::new(guard);
 
         // Our own rustls config: the ring provider the rest of the operator uses, and the
-        // bundled web PKI roots, which a distroless image has while it has no system store.
+        // bundled web PKI roots, so that an image without a system CA store works.
         let mut roots = rustls::RootCertStore::empty();
         roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
         let mut tls = rustls::ClientConfig::builder_with_provider(Arc::new(
@@ -435,6 +435,16 @@ fn classify_error(err: reqwest::Error, start: Instant) -> AttemptResult {
                     elapsed,
                 }
             }
+        };
+    }
+
+    // An auth value that is no valid header: retrying the same request cannot help.
+    if err.is_builder() {
+        return AttemptResult::Permanent {
+            reason: "InvalidRequest".into(),
+            message,
+            status: None,
+            elapsed,
         };
     }
 
