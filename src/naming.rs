@@ -351,6 +351,35 @@ impl Template {
         }
         Ok(out)
     }
+
+    /// Whether `name` is a name this template renders for the vehicle in `ctx` (a context
+    /// for the whole vehicle) with any image index and extension, and any event time and
+    /// type: what a vehicle's earlier uploads may have been called. `{index}` matches digits
+    /// (at least its padding width), `{ext}` letters and digits, `{date}` 8 digits, `{time}`
+    /// 6, `{event}` an event type; every other placeholder must equal its value in `ctx`,
+    /// which fails like [`Template::render`] when the context lacks it.
+    pub fn matches(&self, ctx: &NamingContext<'_>, name: &str) -> Result<bool, RenderError> {
+        // Values first, so that a missing one is an error whatever `name` is.
+        let mut fixed = Vec::with_capacity(self.parts.len());
+        for part in &self.parts {
+            fixed.push(match part {
+                Part::Placeholder(p) if !varies_per_upload(*p) => Some(value(*p, ctx)?),
+                _ => None,
+            });
+        }
+        Ok(match_parts(&self.parts, &fixed, name))
+    }
+
+    /// Whether it has a placeholder that differs between uploads of one vehicle (`{date}`,
+    /// `{time}`, `{event}`), so that a later event cannot render the same name.
+    pub fn varies_per_upload(&self) -> bool {
+        self.placeholders().any(|p| {
+            matches!(
+                p,
+                Placeholder::Date | Placeholder::Time | Placeholder::Event
+            )
+        })
+    }
 }
 
 impl fmt::Display for Template {
@@ -423,6 +452,50 @@ fn edit_distance(a: &str, b: &str) -> usize {
         prev = cur;
     }
     prev[b.len()]
+}
+
+/// Placeholders whose value depends on the image or the event rather than on the vehicle.
+fn varies_per_upload(p: Placeholder) -> bool {
+    matches!(
+        p,
+        Placeholder::Index { .. }
+            | Placeholder::Ext
+            | Placeholder::Date
+            | Placeholder::Time
+            | Placeholder::Event
+    )
+}
+
+/// Backtracking match of `name` against `parts`; `fixed[i]` is the value of part `i` when
+/// it is a placeholder with one value for the vehicle.
+fn match_parts(parts: &[Part], fixed: &[Option<String>], name: &str) -> bool {
+    let (Some((part, parts)), Some((value, fixed))) = (parts.split_first(), fixed.split_first())
+    else {
+        return name.is_empty();
+    };
+    let rest_matches = |len: usize| match_parts(parts, fixed, &name[len..]);
+    let digits = name.bytes().take_while(u8::is_ascii_digit).count();
+    match part {
+        Part::Literal(l) => name.starts_with(l.as_str()) && rest_matches(l.len()),
+        Part::Placeholder(Placeholder::Index { width }) => {
+            let min = usize::from(width.unwrap_or(1)).max(1);
+            (min..=digits).rev().any(rest_matches)
+        }
+        Part::Placeholder(Placeholder::Ext) => {
+            let alnum = name.bytes().take_while(u8::is_ascii_alphanumeric).count();
+            (1..=alnum).rev().any(rest_matches)
+        }
+        Part::Placeholder(Placeholder::Date) => digits >= 8 && rest_matches(8),
+        Part::Placeholder(Placeholder::Time) => digits >= 6 && rest_matches(6),
+        Part::Placeholder(Placeholder::Event) => EventType::ALL.iter().any(|t| {
+            let t = sanitize(t.as_str());
+            name.starts_with(t.as_str()) && rest_matches(t.len())
+        }),
+        Part::Placeholder(_) => match value {
+            Some(v) => name.starts_with(v.as_str()) && rest_matches(v.len()),
+            None => false,
+        },
+    }
 }
 
 fn value(p: Placeholder, ctx: &NamingContext<'_>) -> Result<String, RenderError> {
@@ -1122,6 +1195,59 @@ mod tests {
             join_path("in", "", &long),
             Err(PathError::TooLong { part: File, .. })
         ));
+    }
+
+    #[test]
+    fn matches_names_of_any_index_extension_and_time_but_only_this_vehicle() {
+        let ctx = NamingContext::sample().for_vehicle();
+        let t = Template::parse("{vin}_{index:02}.{ext}").unwrap();
+        for yes in [
+            "WVWZZZ1JZXW000001_01.jpg",
+            "WVWZZZ1JZXW000001_12.png",
+            "WVWZZZ1JZXW000001_123.webp",
+        ] {
+            assert!(t.matches(&ctx, yes).unwrap(), "{yes}");
+        }
+        for no in [
+            "WVWZZZ1JZXW000002_01.jpg",
+            "WVWZZZ1JZXW000001_1.jpg",
+            "WVWZZZ1JZXW000001_01.",
+            "WVWZZZ1JZXW000001_01.jpg.bak",
+            "xWVWZZZ1JZXW000001_01.jpg",
+            "WVWZZZ1JZXW000001.json",
+        ] {
+            assert!(!t.matches(&ctx, no).unwrap(), "{no}");
+        }
+        let t = Template::parse("{date}-{event}-{stock}-{index}.{ext}").unwrap();
+        assert!(
+            t.matches(&ctx, "20250101-vehicle.processed-A1234-3.jpg")
+                .unwrap()
+        );
+        assert!(
+            !t.matches(&ctx, "2025011-vehicle.processed-A1234-3.jpg")
+                .unwrap()
+        );
+        assert!(
+            !t.matches(&ctx, "20250101-vehicle.exploded-A1234-3.jpg")
+                .unwrap()
+        );
+        assert!(t.varies_per_upload());
+        // A sanitised hostile value matches its sanitised form only.
+        let mut evil = ctx.clone();
+        evil.vin = Some("../../etc");
+        let t = Template::parse("{vin}.zip").unwrap();
+        assert_eq!(render("{vin}.zip", &evil), "____etc.zip");
+        assert!(t.matches(&evil, "____etc.zip").unwrap());
+        assert!(!t.matches(&evil, "../../etc.zip").unwrap());
+        // A value the template needs and the context lacks is an error, as in render.
+        let mut anon = ctx.clone();
+        anon.stock = None;
+        assert!(
+            Template::parse("{stock}.zip")
+                .unwrap()
+                .matches(&anon, "A1234.zip")
+                .is_err()
+        );
     }
 
     #[test]

@@ -480,7 +480,7 @@ fn tls_detail(e: &FtpError) -> String {
 }
 
 /// One line for a user: the server's reply text, or what went wrong on the wire.
-fn describe(e: &FtpError) -> String {
+pub(crate) fn describe(e: &FtpError) -> String {
     match e {
         FtpError::UnexpectedResponse(r) => {
             let text = String::from_utf8_lossy(&r.body);

@@ -2,4 +2,6 @@
 
 pub mod dispatcher;
 pub mod ftp;
+pub(crate) mod http;
+pub mod upload;
 pub mod webhook;
