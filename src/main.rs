@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use vehicle_connect::controller::{self, DeleteHook, Settings};
 use vehicle_connect::delivery::dispatcher::Dispatcher;
+use vehicle_connect::delivery::upload::Uploader;
 use vehicle_connect::delivery::webhook::WebhookSender;
 use vehicle_connect::ingest::{self, ApiState, tokens::TokenSet};
 use vehicle_connect::metrics::Metrics;
@@ -53,6 +54,9 @@ struct RunArgs {
     /// Largest accepted request body in bytes.
     #[arg(long, env = "VC_MAX_BODY_BYTES", default_value_t = vehicle_connect::ingest::DEFAULT_MAX_BODY)]
     max_body_bytes: usize,
+    /// Largest image downloaded for an FTP upload, in bytes.
+    #[arg(long, env = "VC_MAX_IMAGE_BYTES", default_value_t = 50 * 1024 * 1024)]
+    max_image_bytes: u64,
     /// How long delivered events' ids are remembered for deduplication, in hours.
     #[arg(long, env = "VC_RETENTION_HOURS", default_value_t = 168)]
     retention_hours: u64,
@@ -122,10 +126,12 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         guard.clone(),
         concat!("vehicle-connect/", env!("CARGO_PKG_VERSION")),
     )?;
+    let uploader = Uploader::new(guard.clone(), args.max_image_bytes)?;
     let dispatcher = Dispatcher::new(
         store.clone(),
         registry.clone(),
         sender,
+        uploader,
         metrics.clone(),
         counters.clone(),
     );

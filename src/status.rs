@@ -338,10 +338,33 @@ impl CounterWriter {
             crate::routing::Kind::Ftp => {
                 let api: Api<crate::api::FtpConnection> =
                     Api::namespaced(self.client.clone(), &key.namespace);
+                let last_upload =
+                    status
+                        .last_delivery
+                        .as_ref()
+                        .map(|d| crate::api::DeliveryRecord {
+                            vin: c.last_upload.as_ref().and_then(|(vin, _)| vin.clone()),
+                            files: c.last_upload.as_ref().map(|(_, f)| *f),
+                            ..d.clone()
+                        });
+                let mut st = serde_json::json!({
+                    "uploaded": status.delivered,
+                    "files": c.files,
+                    "bytes": c.bytes,
+                    "failed": status.failed,
+                    "pending": status.pending,
+                    "consecutiveFailures": status.consecutive_failures,
+                });
+                if let Some(u) = last_upload {
+                    st["lastUpload"] = serde_json::to_value(u)?;
+                }
+                if let Some(f) = &status.last_failure {
+                    st["lastFailure"] = serde_json::to_value(f)?;
+                }
                 let body = serde_json::json!({
                     "apiVersion": crate::api::FtpConnection::api_version(&()),
                     "kind": crate::api::FtpConnection::kind(&()),
-                    "status": { "failed": status.failed, "pending": status.pending, "consecutiveFailures": status.consecutive_failures, "lastFailure": status.last_failure },
+                    "status": st,
                 });
                 api.patch_status(&key.name, &pp, &Patch::Apply(&body))
                     .await

@@ -11,10 +11,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use futures::future::BoxFuture;
 use tokio::sync::Semaphore;
 
+use crate::delivery::upload::{UploadResult, Uploader};
 use crate::delivery::webhook::{AttemptResult, WebhookSender, backoff, should_give_up};
 use crate::ingest::{Envelope, EventResult, EventSink};
 use crate::metrics::{KindLabel, KindResult, Metrics};
-use crate::routing::{Kind, Registry, TargetConfig, TargetKey};
+use crate::routing::{FtpTarget, Kind, Registry, TargetConfig, TargetKey};
 use crate::status::CounterWriter;
 use crate::store::{AcceptOutcome, DeliveryUpdate, NewEvent, Outcome, PendingDelivery, Store};
 
@@ -55,6 +56,7 @@ pub struct Dispatcher {
     store: Store,
     registry: Arc<Registry>,
     sender: WebhookSender,
+    uploader: Uploader,
     metrics: Arc<Metrics>,
     counters: Arc<CounterWriter>,
     targets: Mutex<HashMap<TargetKey, Arc<TargetLanes>>>,
@@ -67,6 +69,7 @@ impl Dispatcher {
         store: Store,
         registry: Arc<Registry>,
         sender: WebhookSender,
+        uploader: Uploader,
         metrics: Arc<Metrics>,
         counters: Arc<CounterWriter>,
     ) -> Arc<Self> {
@@ -74,6 +77,7 @@ impl Dispatcher {
             store,
             registry,
             sender,
+            uploader,
             metrics,
             counters,
             targets: Mutex::new(HashMap::new()),
@@ -186,13 +190,8 @@ impl Dispatcher {
                 tokio::time::sleep(Duration::from_millis(500)).await;
                 continue;
             };
-            let cfg = match (&target.held, &target.config) {
-                (None, Some(TargetConfig::Webhook(w))) => w.clone(),
-                (None, Some(TargetConfig::Ftp(_))) => {
-                    // FTP uploads are delivered by the FTP uploader (not wired yet): keep it.
-                    tokio::time::sleep(Duration::from_secs(5)).await;
-                    continue;
-                }
+            let config = match (&target.held, &target.config) {
+                (None, Some(c)) => c.clone(),
                 // Held (suspended, missing Secret, ...): keep the event, check again soon.
                 _ => {
                     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -229,6 +228,13 @@ impl Dispatcher {
                         tokio::time::sleep(Duration::from_secs(1)).await;
                         continue;
                     }
+                },
+            };
+            let cfg = match config {
+                TargetConfig::Webhook(w) => w,
+                TargetConfig::Ftp(ftp) => match self.upload(key, tl, &mut job, &ftp, &body).await {
+                    Some(()) => return true,
+                    None => continue,
                 },
             };
             let result = {
@@ -334,6 +340,113 @@ impl Dispatcher {
         }
     }
 
+    /// One FTP attempt; `Some(())` when the delivery is finished (uploaded, skipped or given
+    /// up), `None` when it is to be retried (the next attempt time is set).
+    async fn upload(
+        &self,
+        key: &TargetKey,
+        tl: &TargetLanes,
+        job: &mut Job,
+        ftp: &FtpTarget,
+        body: &[u8],
+    ) -> Option<()> {
+        let count = |result: &'static str| {
+            self.metrics
+                .deliveries
+                .get_or_create(&KindResult {
+                    kind: "ftp",
+                    result,
+                })
+                .inc();
+        };
+        let event: Envelope = match serde_json::from_slice(body) {
+            Ok(e) => e,
+            Err(e) => {
+                count("failed");
+                let why = format!("BadEvent: stored event cannot be read: {e}");
+                self.counters.failure(key, &job.event_id, &why);
+                self.record(key, job, Outcome::GaveUp { reason: why }).await;
+                return Some(());
+            }
+        };
+        let result = {
+            let _g = self.global.acquire().await;
+            let _t = tl.permits.acquire().await;
+            self.uploader.deliver(ftp, &event).await
+        };
+        job.attempts += 1;
+        match result {
+            UploadResult::Uploaded {
+                vin,
+                files,
+                bytes,
+                elapsed,
+            } => {
+                count("delivered");
+                let kind = KindLabel { kind: "ftp" };
+                self.metrics
+                    .attempt_seconds
+                    .get_or_create(&kind)
+                    .observe(elapsed.as_secs_f64());
+                let latency = now_ms().saturating_sub(job.accepted_ms) as f64 / 1000.0;
+                self.metrics
+                    .delivery_latency_seconds
+                    .get_or_create(&kind)
+                    .observe(latency);
+                self.record(key, job, Outcome::Uploaded { files, bytes, vin })
+                    .await;
+                Some(())
+            }
+            UploadResult::Deleted { vin, files, .. } => {
+                count("delivered");
+                tracing::info!(target = %key, event = %job.event_id, ?vin, files, "vehicle files removed");
+                self.record(key, job, Outcome::Delivered { status: None })
+                    .await;
+                Some(())
+            }
+            UploadResult::Skipped { reason } => {
+                count("skipped");
+                tracing::debug!(target = %key, event = %job.event_id, %reason, "nothing to upload");
+                self.record(key, job, Outcome::Delivered { status: None })
+                    .await;
+                Some(())
+            }
+            UploadResult::Retryable { reason, message } => {
+                let age = Duration::from_millis(now_ms().saturating_sub(job.accepted_ms));
+                if should_give_up(&ftp.retry, job.attempts, age) {
+                    count("failed");
+                    let why = format!(
+                        "{reason}: {message} (gave up after {} attempts)",
+                        job.attempts
+                    );
+                    self.counters.failure(key, &job.event_id, &why);
+                    self.record(key, job, Outcome::GaveUp { reason: why }).await;
+                    return Some(());
+                }
+                count("retry");
+                job.next_attempt_ms =
+                    now_ms() + backoff(&ftp.retry, job.attempts, None).as_millis() as u64;
+                self.record(
+                    key,
+                    job,
+                    Outcome::Retry {
+                        next_attempt_unix_ms: job.next_attempt_ms,
+                        reason: format!("{reason}: {message}"),
+                    },
+                )
+                .await;
+                None
+            }
+            UploadResult::Permanent { reason, message } => {
+                count("failed");
+                let why = format!("{reason}: {message}");
+                self.counters.failure(key, &job.event_id, &why);
+                self.record(key, job, Outcome::GaveUp { reason: why }).await;
+                Some(())
+            }
+        }
+    }
+
     /// Records an outcome without holding up the lane: the next event of the vehicle goes
     /// out while this one commits (group commit batches them). A crash before the commit
     /// only repeats a delivery, which at-least-once allows; updates for a delivery that is
@@ -415,8 +528,6 @@ impl EventSink for Arc<Dispatcher> {
                     .registry
                     .route(&e.client_id, e.user_id.as_deref(), e.type_)
                     .into_iter()
-                    // FTP uploads are wired in with the FTP uploader.
-                    .filter(|t| t.key.kind == Kind::Webhook)
                     .map(|t| t.key.clone())
                     .collect();
                 let body: Arc<[u8]> = serde_json::to_vec(e)?.into();

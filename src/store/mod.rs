@@ -80,6 +80,12 @@ pub enum Outcome {
     Delivered {
         status: Option<u16>,
     },
+    /// Delivered by an FTP upload: also counts files and bytes.
+    Uploaded {
+        files: u32,
+        bytes: u64,
+        vin: Option<String>,
+    },
     Retry {
         next_attempt_unix_ms: u64,
         reason: String,
@@ -112,6 +118,11 @@ pub struct TargetCounters {
     pub last_delivery: Option<(String, u64, Option<u16>)>,
     /// (event id, unix ms, reason) of the last failed attempt, `Retry` or `GaveUp`.
     pub last_failure: Option<(String, u64, String)>,
+    /// Files and bytes written by `Uploaded` outcomes (FTP).
+    pub files: u64,
+    pub bytes: u64,
+    /// (VIN, files) of the last `Uploaded`.
+    pub last_upload: Option<(Option<String>, u32)>,
 }
 
 /// A stored event.

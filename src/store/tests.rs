@@ -290,6 +290,7 @@ async fn record_transitions_and_counters() {
         consecutive_failures: 1,
         last_delivery: Some(("e1".into(), 300, Some(200))),
         last_failure: Some(("e2".into(), 400, "HTTP 400".into())),
+        ..TargetCounters::default()
     };
     assert_eq!(store.counters(A).unwrap(), expected_a);
     assert_eq!(
@@ -675,4 +676,46 @@ async fn group_commit_figures() {
     assert_eq!(after.requests - before.requests, total);
     // With 64 callers waiting on each fsync, commits must be shared.
     assert!(commits < total, "{commits} commits for {total} requests");
+}
+
+#[tokio::test]
+async fn uploads_count_files_and_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), StoreOptions::default()).unwrap();
+    let t = "ftpconnection/ns/c";
+    let out = store
+        .accept(vec![
+            NewEvent {
+                id: "u1".into(),
+                body: b"{}".to_vec(),
+                lane: "v".into(),
+                targets: vec![t.into()],
+            },
+            NewEvent {
+                id: "u2".into(),
+                body: b"{}".to_vec(),
+                lane: "v".into(),
+                targets: vec![t.into()],
+            },
+        ])
+        .await
+        .unwrap();
+    for (o, files) in out.iter().zip([3u32, 5]) {
+        store
+            .record(vec![DeliveryUpdate {
+                target: t.into(),
+                seq: o.seq(),
+                outcome: Outcome::Uploaded {
+                    files,
+                    bytes: u64::from(files) * 1000,
+                    vin: Some("VIN1".into()),
+                },
+                at_unix_ms: 1,
+            }])
+            .await
+            .unwrap();
+    }
+    let c = store.counters(t).unwrap();
+    assert_eq!((c.delivered, c.files, c.bytes, c.pending), (2, 8, 8000, 0));
+    assert_eq!(c.last_upload, Some((Some("VIN1".to_string()), 5)));
 }

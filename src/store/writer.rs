@@ -377,6 +377,18 @@ impl<'txn> Tables<'txn> {
                     c.consecutive_failures = 0;
                     c.last_delivery = Some((event_id, u.at_unix_ms, *status));
                 }
+                Outcome::Uploaded { files, bytes, vin } => {
+                    self.pending.remove(key)?;
+                    self.release(u.seq)?;
+                    let c = self.counters_mut(&u.target)?;
+                    c.delivered += 1;
+                    c.pending = c.pending.saturating_sub(1);
+                    c.consecutive_failures = 0;
+                    c.files += u64::from(*files);
+                    c.bytes += *bytes;
+                    c.last_upload = Some((vin.clone(), *files));
+                    c.last_delivery = Some((event_id, u.at_unix_ms, None));
+                }
                 Outcome::Retry {
                     next_attempt_unix_ms,
                     reason,

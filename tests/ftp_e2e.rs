@@ -1,0 +1,206 @@
+//! Events in, files out: the operator process, the real control plane, images served over
+//! HTTP on 127.0.0.1 and a real FTP server; client-level and user-level connections.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::Path;
+use axum::routing::get;
+use kube::api::Api;
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use support::ftp_server::FtpServer;
+use support::operator::{apply_value, condition, wait_for};
+use support::process::{OperatorProcess, TOKEN};
+use vc_envtest::ControlPlane;
+use vehicle_connect::api::FtpConnection;
+
+fn image(n: u32) -> Vec<u8> {
+    (0..150_000u32)
+        .map(|i| (i.wrapping_mul(31).wrapping_add(n * 7) % 251) as u8)
+        .collect()
+}
+
+async fn wait_file(path: &std::path::Path) -> Vec<u8> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(b) = std::fs::read(path) {
+            return b;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} never appeared",
+            path.display()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn processed_vehicles_land_on_the_ftp_server_by_the_rules() {
+    let cp = ControlPlane::shared();
+    cp.install_crds(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("crds"))
+        .await
+        .unwrap();
+    let ns = cp
+        .namespace_with_annotations("ftp-e2e", &[("connect.vehicles.io/clients", "dealer-ftp")])
+        .await
+        .unwrap();
+    let client = cp.client().await.unwrap();
+
+    // Images over HTTP.
+    let app = Router::new().route(
+        "/img/{veh}/{n}",
+        get(|Path((_v, n)): Path<(String, String)>| async move {
+            let n: u32 = n.trim_end_matches(".jpg").parse().unwrap_or(0);
+            image(n)
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let img_port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let server = FtpServer::start("dealer", "ftp-s3cret").await.unwrap();
+    let op = OperatorProcess::start(cp, cp.dir.join("ftp-e2e-operator")).await;
+    apply_value(
+        &client,
+        &ns.name,
+        json!({ "apiVersion": "v1", "kind": "Secret", "metadata": { "name": "ftp" },
+        "stringData": { "username": "dealer", "password": "ftp-s3cret" } }),
+    )
+    .await;
+    for (name, extra) in [
+        (
+            "all-files",
+            json!({ "rules": { "baseDirectory": "/files", "directory": "{stock}", "metadata": { "fileName": "{vin}.json" } } }),
+        ),
+        (
+            "ana-zip",
+            json!({ "userIds": ["u-ana"], "rules": { "baseDirectory": "/zips", "layout": "zip", "archiveName": "{vin}.zip" } }),
+        ),
+    ] {
+        let mut spec = json!({ "host": "127.0.0.1", "port": server.port(), "clientId": "dealer-ftp",
+            "credentialsSecretRef": { "name": "ftp" },
+            "retry": { "maxAttempts": 5, "initialBackoffSeconds": 1, "maxBackoffSeconds": 2 } });
+        for (k, v) in extra.as_object().unwrap() {
+            spec[k] = v.clone();
+        }
+        apply_value(
+            &client,
+            &ns.name,
+            json!({ "apiVersion": "connect.vehicles.io/v1alpha1", "kind": "FtpConnection",
+            "metadata": { "name": name }, "spec": spec }),
+        )
+        .await;
+    }
+    let api: Api<FtpConnection> = Api::namespaced(client.clone(), &ns.name);
+    for name in ["all-files", "ana-zip"] {
+        wait_for(&api, name, "Ready", |c| {
+            c.status
+                .as_ref()
+                .and_then(|s| condition(&s.conditions, "Ready"))
+                .is_some_and(|c| c.0 == "True")
+        })
+        .await;
+    }
+
+    let ev = |id: &str, user: &str, vin: &str, stock: &str| {
+        let images: Vec<_> = (1..=3u32)
+            .map(|n| json!({ "index": n, "url": format!("http://127.0.0.1:{img_port}/img/{vin}/{n}.jpg"),
+                             "contentType": "image/jpeg", "sha256": hex(&Sha256::digest(image(n))) }))
+            .collect();
+        json!({ "id": id, "type": "vehicle.processed", "timestamp": "2026-11-27T10:15:30Z",
+            "clientId": "dealer-ftp", "userId": user,
+            "data": { "vehicle": { "id": format!("veh-{vin}"), "vin": vin, "stockNumber": stock },
+                      "user": { "id": user, "name": "Ana Pérez" }, "images": images } })
+    };
+    let r = reqwest::Client::new()
+        .post(op.url("/v1/events"))
+        .bearer_auth(TOKEN)
+        .header("content-type", "application/json")
+        .body(
+            json!([
+                ev("evt-ftp-1", "u-ana", "VINANA0000000001", "A1"),
+                ev("evt-ftp-2", "u-bob", "VINBOB0000000002", "B2")
+            ])
+            .to_string(),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+
+    // Client-level: both vehicles, one file per image, same bytes, metadata written last.
+    for (vin, stock) in [("VINANA0000000001", "A1"), ("VINBOB0000000002", "B2")] {
+        let meta = wait_file(&server.path(&format!("/files/{stock}/{vin}.json"))).await;
+        let meta: serde_json::Value = serde_json::from_slice(&meta).unwrap();
+        assert_eq!(meta["vehicle"]["vin"], vin, "{meta}");
+        for n in 1..=3u32 {
+            let got =
+                std::fs::read(server.path(&format!("/files/{stock}/{vin}_{n:02}.jpg"))).unwrap();
+            assert_eq!(
+                Sha256::digest(&got),
+                Sha256::digest(image(n)),
+                "{vin} image {n} differs"
+            );
+        }
+    }
+    // User-level: only Ana's vehicle, as one zip in index order.
+    let zip = wait_file(&server.path("/zips/VINANA0000000001.zip")).await;
+    let mut archive = zip::ZipArchive::new(std::io::Cursor::new(zip)).unwrap();
+    let names: Vec<String> = (0..archive.len())
+        .map(|i| archive.by_index(i).unwrap().name().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "VINANA0000000001_01.jpg",
+            "VINANA0000000001_02.jpg",
+            "VINANA0000000001_03.jpg"
+        ]
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(
+        !server.path("/zips/VINBOB0000000002.zip").exists(),
+        "a user-level connection got another user's vehicle"
+    );
+    let leftovers: Vec<_> = walk(server.root())
+        .into_iter()
+        .filter(|p| p.contains(".vc-tmp"))
+        .collect();
+    assert!(leftovers.is_empty(), "temporary files left: {leftovers:?}");
+
+    // Status counts vehicles, files and bytes.
+    let c = wait_for(&api, "all-files", "uploaded=2", |c| {
+        c.status.as_ref().is_some_and(|s| s.uploaded == 2)
+    })
+    .await;
+    let st = c.status.unwrap();
+    assert_eq!(st.files, 8, "3 images + metadata, twice");
+    assert!(st.bytes >= 6 * 150_000, "{}", st.bytes);
+    let last = st.last_upload.unwrap();
+    assert!(last.vin.is_some() && last.files.is_some(), "{last:?}");
+    assert!(condition(&st.conditions, "Ready").is_some_and(|c| c.0 == "True"));
+    drop(op);
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn walk(dir: &std::path::Path) -> Vec<String> {
+    let mut out = Vec::new();
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                out.extend(walk(&p));
+            } else {
+                out.push(p.display().to_string());
+            }
+        }
+    }
+    out
+}
