@@ -17,7 +17,7 @@ PIDS=()
 
 cleanup() {
   say "stopping everything the demo started"
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  for p in "${PIDS[@]}" $(jobs -p); do kill "$p" 2>/dev/null || true; done
   wait 2>/dev/null || true
   make -s cluster-down || true
 }
@@ -116,4 +116,8 @@ The demo keeps running. Try, in another terminal:
   tail -f $DEMO/receiver.log $DEMO/operator.log
 Ctrl-C stops everything.
 MSG
-while true; do sleep 3600; done
+# `wait` (unlike a foreground sleep) lets the INT/TERM trap run at once.
+while true; do
+  sleep 3600 &
+  wait $! || true
+done

@@ -33,8 +33,9 @@ class Handler(BaseHTTPRequestHandler):
                 return self.reply(401)
         # Delivery is at least once: dedupe on the webhook-id header (the event id).
         msg_id = self.headers["webhook-id"]
-        dup = " (duplicate, ignored)" if msg_id in seen else ""
-        seen.add(msg_id)
+        key = (self.path, msg_id)
+        dup = " (duplicate, ignored)" if key in seen else ""
+        seen.add(key)
         vehicle = (event.get("data") or {}).get("vehicle") or {}
         print(f"RECEIVED {self.path} {event['type']} id={msg_id} vin={vehicle.get('vin')} "
               f"signature=valid auth={auth.split(' ')[0] or 'none'}{dup}", flush=True)
