@@ -52,6 +52,7 @@ chart-check: helm
 ## Benchmarks: print figures and ratios (sizes via VC_BENCH_* variables).
 bench: control-plane
 	$(CARGO) bench --bench delivery
+	$(CARGO) bench --bench ftp
 	$(CARGO) bench --bench scale
 
 ## Regenerate docs/openapi.json from the Rust types.
