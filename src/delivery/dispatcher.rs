@@ -19,6 +19,9 @@ use crate::routing::{FtpTarget, Kind, Registry, TargetConfig, TargetKey};
 use crate::status::CounterWriter;
 use crate::store::{AcceptOutcome, DeliveryUpdate, NewEvent, Outcome, PendingDelivery, Store};
 
+/// FTP deliveries in flight at once, across all connections (memory bound).
+pub const FTP_IN_FLIGHT: usize = 32;
+
 pub fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -62,6 +65,10 @@ pub struct Dispatcher {
     targets: Mutex<HashMap<TargetKey, Arc<TargetLanes>>>,
     /// Bounds attempts in flight across all targets.
     global: Arc<Semaphore>,
+    /// Bounds FTP deliveries in flight across all connections: each holds its vehicle's
+    /// images in memory, so 400 connections uploading at once must not mean 400 vehicles
+    /// buffered at once.
+    ftp_global: Arc<Semaphore>,
 }
 
 impl Dispatcher {
@@ -82,6 +89,7 @@ impl Dispatcher {
             counters,
             targets: Mutex::new(HashMap::new()),
             global: Arc::new(Semaphore::new(1024)),
+            ftp_global: Arc::new(Semaphore::new(FTP_IN_FLIGHT)),
         })
     }
 
@@ -370,8 +378,8 @@ impl Dispatcher {
             }
         };
         let result = {
-            let _g = self.global.acquire().await;
             let _t = tl.permits.acquire().await;
+            let _g = self.ftp_global.acquire().await;
             self.uploader.deliver(ftp, &event).await
         };
         job.attempts += 1;
