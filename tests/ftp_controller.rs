@@ -63,7 +63,7 @@ async fn examples_and_a_real_login_make_it_ready() {
         .unwrap()
         .replace("port: 2121", &format!("port: {}", server.port()));
     support::operator::apply_yaml(&client, &ns.name, &yaml).await;
-    let api: Api<FtpConnection> = Api::namespaced(client, &ns.name);
+    let api: Api<FtpConnection> = Api::namespaced(client.clone(), &ns.name);
     for name in ["dms-files", "ana-zip"] {
         let c = wait_for(&api, name, "Ready and Connected", |c| {
             is(c, "Ready", "True", "Ready") && is(c, "Connected", "True", "LoggedIn")
@@ -76,6 +76,17 @@ async fn examples_and_a_real_login_make_it_ready() {
         let t = op.registry.get(&key(&ns.name, name)).expect("registered");
         assert!(t.held.is_none());
     }
+    // The FTPS example is valid for the API server; with its placeholder CA it says what to fix.
+    let ftps = std::fs::read_to_string(dir.join("ftps/ftpconnection-ftps.yaml")).unwrap();
+    support::operator::apply_yaml(&client, &ns.name, &ftps).await;
+    let c = wait_for(
+        &api,
+        "dms-ftps",
+        "SecretInvalid for the placeholder CA",
+        |c| is(c, "Ready", "False", "SecretInvalid"),
+    )
+    .await;
+    assert!(cond(&c, "Ready").unwrap().2.contains("spec.caSecretRef"));
     let t = op.registry.get(&key(&ns.name, "ana-zip")).unwrap();
     assert!(
         t.selector.user_ids.as_ref().unwrap().contains("u-42"),
