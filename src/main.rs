@@ -17,6 +17,9 @@ use vehicle_connect::ssrf::{TargetGuard, parse_allow_list};
 use vehicle_connect::status::CounterWriter;
 use vehicle_connect::store::{Store, StoreOptions};
 
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// vehicle-connect: vehicle events to clients' webhooks and FTP servers.
 #[derive(Parser)]
 #[command(version, about)]

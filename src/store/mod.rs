@@ -137,6 +137,8 @@ pub struct StoredEvent {
 
 #[derive(Debug, Clone)]
 pub struct StoreOptions {
+    /// redb page cache, in bytes.
+    pub cache_bytes: usize,
     /// Most requests applied in one write transaction.
     pub max_batch: usize,
     /// Requests that may wait for the writer before senders wait too (backpressure).
@@ -148,6 +150,7 @@ impl Default for StoreOptions {
         StoreOptions {
             max_batch: 4096,
             queue: 16_384,
+            cache_bytes: 32 * 1024 * 1024,
         }
     }
 }
@@ -254,7 +257,13 @@ impl Store {
             path: dir.to_owned(),
             source,
         })?;
-        let db = Arc::new(Database::create(dir.join(DB_FILE))?);
+        // redb's default page cache is 1 GiB; the operator must stay small, and recent
+        // events (the ones deliveries read) are few.
+        let db = Arc::new(
+            redb::Builder::new()
+                .set_cache_size(options.cache_bytes)
+                .create(dir.join(DB_FILE))?,
+        );
         writer::init_schema(&db)?;
 
         let stats = Arc::new(Stats::default());
