@@ -27,9 +27,35 @@ pub fn crd_files() -> Result<Vec<(String, String)>, serde_yaml::Error> {
         .into_iter()
         .map(|crd| {
             let name = format!("{}.yaml", crd.metadata.name.as_deref().unwrap_or("crd"));
-            Ok((name, serde_yaml::to_string(&crd)?))
+            let mut value = serde_yaml::to_value(&crd)?;
+            unwrap_descriptions(&mut value);
+            Ok((name, serde_yaml::to_string(&value)?))
         })
         .collect()
+}
+
+/// Doc comments wrap at 100 columns; `kubectl explain` would show those breaks mid-sentence.
+/// Single line breaks become spaces; blank lines (paragraphs) stay.
+fn unwrap_descriptions(v: &mut serde_yaml::Value) {
+    match v {
+        serde_yaml::Value::Mapping(m) => {
+            for (k, val) in m.iter_mut() {
+                if k.as_str() == Some("description")
+                    && let serde_yaml::Value::String(text) = val
+                {
+                    *text = text
+                        .split("\n\n")
+                        .map(|p| p.split('\n').map(str::trim).collect::<Vec<_>>().join(" "))
+                        .collect::<Vec<_>>()
+                        .join("\n\n");
+                } else {
+                    unwrap_descriptions(val);
+                }
+            }
+        }
+        serde_yaml::Value::Sequence(items) => items.iter_mut().for_each(unwrap_descriptions),
+        _ => {}
+    }
 }
 
 /// All CRDs as one multi-document YAML: what `vehicle-connect crd` prints.
