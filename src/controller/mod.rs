@@ -2,6 +2,7 @@
 //! policy. Each reconcile runs validate → resolve → register (routing) → status.
 
 pub mod ftp;
+mod runner;
 pub mod secrets;
 pub mod webhook;
 

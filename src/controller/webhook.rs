@@ -4,17 +4,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
-use k8s_openapi::api::core::v1::{Namespace, Secret};
-use kube::core::{DeserializeGuard, PartialObjectMeta};
+use kube::core::DeserializeGuard;
 use kube::runtime::controller::Action;
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
-use kube::runtime::reflector::{self, ObjectRef};
-use kube::runtime::{Controller, WatchStreamExt, watcher};
 use kube::{Api, ResourceExt};
 
 use super::secrets::{SecretReader, decode_whsec};
-use super::{Context, Error, KindContext, error_policy, name_ns, reconciled};
+use super::{Context, Error, KindContext, name_ns, reconciled};
 use crate::api::FINALIZER;
 use crate::api::webhook::{WebhookSubscription, WebhookSubscriptionSpec};
 use crate::routing::{Kind, Selector, Target, TargetConfig, TargetKey, WebhookAuth, WebhookTarget};
@@ -34,70 +30,17 @@ pub fn key(ns: &str, name: &str) -> TargetKey {
 
 /// Runs the controller until shutdown.
 pub async fn run(ctx: Arc<Context>) {
-    let client = ctx.client.clone();
-    let ctrl = Controller::new(
-        Api::<Guarded>::all(client.clone()),
-        watcher::Config::default().any_semantic(),
-    );
-    let store = ctrl.store();
-    let (ns_reader, ns_writer) = reflector::store::<Namespace>();
-    let namespaces = reflector::reflector(
-        ns_writer,
-        watcher(
-            Api::<Namespace>::all(client.clone()),
-            watcher::Config::default(),
-        ),
+    super::runner::run::<WebhookSubscription, _, _>(
+        ctx,
+        "webhook",
+        |o| {
+            secret_names(&o.spec)
+                .into_iter()
+                .map(str::to_string)
+                .collect()
+        },
+        reconcile,
     )
-    .default_backoff()
-    .touched_objects();
-    // Only metadata: the operator never caches Secret values.
-    let (secret_reader, secret_writer) = reflector::store::<PartialObjectMeta<Secret>>();
-    let secrets = reflector::reflector(
-        secret_writer,
-        watcher(
-            Api::<PartialObjectMeta<Secret>>::all(client),
-            watcher::Config::default(),
-        ),
-    )
-    .default_backoff()
-    .touched_objects();
-    let by_secret = store.clone();
-    let by_ns = store;
-    let kctx = Arc::new(KindContext {
-        shared: ctx,
-        namespaces: ns_reader,
-        secrets: secret_reader,
-    });
-    ctrl.watches_stream(secrets, move |s: PartialObjectMeta<Secret>| {
-        let (ns, name) = (s.namespace().unwrap_or_default(), s.name_any());
-        by_secret
-            .state()
-            .into_iter()
-            .filter(|o| o.namespace().as_deref() == Some(&*ns))
-            .filter(|o| {
-                o.0.as_ref()
-                    .is_ok_and(|w| secret_names(&w.spec).contains(&name.as_str()))
-            })
-            .map(|o| ObjectRef::from_obj(o.as_ref()))
-            .collect::<Vec<_>>()
-    })
-    .watches_stream(namespaces, move |n: Namespace| {
-        let ns = n.name_any();
-        by_ns
-            .state()
-            .into_iter()
-            .filter(|o| o.namespace().as_deref() == Some(&*ns))
-            .map(|o| ObjectRef::from_obj(o.as_ref()))
-            .collect::<Vec<_>>()
-    })
-    .with_config(super::controller_config())
-    .shutdown_on_signal()
-    .run(reconcile, error_policy, kctx)
-    .for_each(|r| async move {
-        if let Err(e) = r {
-            tracing::debug!(error = %e, "webhook reconcile");
-        }
-    })
     .await;
 }
 
