@@ -12,7 +12,6 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
 use rand::Rng as _;
-use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 use reqwest::header::{self, HeaderMap, HeaderName, HeaderValue};
 use reqwest::{Response, StatusCode};
 
@@ -25,8 +24,6 @@ use crate::ssrf::{TargetError, TargetGuard};
 const MAX_RESPONSE_BODY: usize = 64 * 1024;
 /// How much of that body goes into a failure message (status, Kubernetes Events).
 const MAX_MESSAGE_BODY: usize = 300;
-/// DNS lookups get their own bound; the attempt deadline bounds them too.
-const DNS_TIMEOUT: Duration = Duration::from_secs(10);
 /// Idle keep-alive connections are closed after this; receivers often close at 60-120 s.
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(55);
 
@@ -117,17 +114,7 @@ impl WebhookSender {
             .map_err(|_| SenderError::InvalidUserAgent(user_agent.to_string()))?;
         let guard = Arc::new(guard);
 
-        // Our own rustls config: the ring provider the rest of the operator uses, and the
-        // bundled web PKI roots, so that an image without a system CA store works.
-        let mut roots = rustls::RootCertStore::empty();
-        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-        let mut tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-        tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let tls = super::http::tls_config()?;
 
         let client = reqwest::Client::builder()
             .user_agent(ua)
@@ -136,7 +123,7 @@ impl WebhookSender {
             .redirect(reqwest::redirect::Policy::none())
             // A proxy would resolve the target itself, bypassing the guarded resolver.
             .no_proxy()
-            .dns_resolver(GuardedResolver {
+            .dns_resolver(super::http::GuardedResolver {
                 guard: guard.clone(),
             })
             .referer(false)
@@ -534,28 +521,6 @@ pub fn should_give_up(policy: &RetryPolicy, attempts: u32, event_age: Duration) 
     attempts >= policy.max_attempts
         || event_age >= Duration::from_secs(u64::from(policy.max_age_seconds))
 }
-
-/// Resolves with tokio and refuses addresses the guard blocks, at connect time.
-struct GuardedResolver {
-    guard: Arc<TargetGuard>,
-}
-
-impl Resolve for GuardedResolver {
-    fn resolve(&self, name: Name) -> Resolving {
-        let guard = self.guard.clone();
-        let host = name.as_str().to_string();
-        Box::pin(async move {
-            // Port 0: the connector puts the URL's port on each address.
-            let addrs = guard
-                .check_host(&host, 0, DNS_TIMEOUT)
-                .await
-                .map_err(|e| Box::new(e) as BoxError)?;
-            Ok(Box::new(addrs.into_iter()) as Addrs)
-        })
-    }
-}
-
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 #[cfg(test)]
 mod tests {
