@@ -7,6 +7,9 @@
 //! and the operator's RSS. Prints figures and ratios; asserts nothing about speed.
 //! Size: VC_BENCH_EVENTS (deliveries per case, default 20000).
 
+mod support;
+use support::{env_usize, rss_mib};
+
 use std::collections::HashMap;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -48,26 +51,6 @@ async fn receive(State(sink): State<Arc<Sink>>, headers: HeaderMap, _body: Bytes
             .insert(id.to_string(), Instant::now());
     }
     "ok"
-}
-
-fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn rss_mib(pid: u32, field: &str) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with(field))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|kb| kb.parse::<f64>().ok())
-        })
-        .map(|kb| kb / 1024.0)
-        .unwrap_or(f64::NAN)
 }
 
 fn event(client: &str, id: &str, vehicle: usize) -> serde_json::Value {

@@ -9,6 +9,9 @@
 //! Sizes: VC_BENCH_VEHICLES (default 200), VC_BENCH_IMAGE_KIB (default 256),
 //! VC_BENCH_FTP_CONNECTIONS (default 400).
 
+mod support;
+use support::{env_usize, rss_mib};
+
 #[path = "../tests/support/ftp_server.rs"]
 #[allow(dead_code)]
 mod ftp_server;
@@ -30,26 +33,6 @@ use vehicle_connect::delivery::ftp::{FtpEndpoint, connect};
 const TOKEN: &str = "bench-token";
 const IMAGES: u32 = 8;
 const SESSIONS: u32 = 4;
-
-fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn rss_mib(pid: u32, field: &str) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with(field))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|kb| kb.parse::<f64>().ok())
-        })
-        .map(|kb| kb / 1024.0)
-        .unwrap_or(f64::NAN)
-}
 
 fn count_files(dir: &std::path::Path, suffix: &str) -> usize {
     let mut n = 0;

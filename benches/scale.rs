@@ -5,6 +5,9 @@
 //! Sizes: VC_BENCH_WEBHOOKS (default 10000), VC_BENCH_FTP (default 1000), each FtpConnection
 //! with its own account on one of VC_BENCH_FTP_SERVERS (default 4) in-process FTP servers.
 
+mod support;
+use support::{env_usize, rss_mib};
+
 #[path = "../tests/support/ftp_server.rs"]
 #[allow(dead_code)]
 mod ftp_server;
@@ -25,26 +28,6 @@ use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 use vc_envtest::ControlPlane;
 use vehicle_connect::api::{FtpConnection, WebhookSubscription};
-
-fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn rss_mib(pid: u32, field: &str) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with(field))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|kb| kb.parse::<f64>().ok())
-        })
-        .map(|kb| kb / 1024.0)
-        .unwrap_or(f64::NAN)
-}
 
 fn ready(conds: Option<&Vec<Condition>>) -> bool {
     conds.is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
