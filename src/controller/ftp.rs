@@ -12,12 +12,12 @@ use kube::runtime::finalizer::{Event as Finalizer, finalizer};
 use kube::{Api, ResourceExt};
 
 use super::secrets::SecretReader;
-use super::{Context, Error, KindContext, name_ns, reconciled};
+use super::{Context, Error, KindContext, name_ns};
 use crate::api::FINALIZER;
 use crate::api::ftp::{FtpConnection, FtpConnectionSpec, FtpProtocol};
 use crate::delivery::ftp::{FtpEndpoint, probe};
 use crate::routing::{FtpTarget, Kind, Selector, Target, TargetConfig, TargetKey};
-use crate::status::{self, CONNECTED, Check, READY, RECONCILER_MANAGER, ReconcilerStatus};
+use crate::status::{CONNECTED, Check, READY};
 
 type Guarded = DeserializeGuard<FtpConnection>;
 
@@ -88,46 +88,17 @@ async fn apply(
     let (name, ns) = name_ns(c.as_ref())?;
     let key = key(&ns, &name);
     let verdict = validate(&c, ctx, &ns, &name).await?;
-    match verdict.target {
-        Some(t) => ctx.shared.registry.upsert(t),
-        None => {
-            ctx.shared.registry.remove(&key);
-        }
-    }
-
     let old = c.status.clone().unwrap_or_default();
-    let generation = c.metadata.generation;
-    let ready = verdict
-        .ready
-        .to_condition(READY, generation, &old.conditions);
-    let connected = verdict
-        .connected
-        .to_condition(CONNECTED, generation, &old.conditions);
-    let changed = status::transitioned(&old.conditions, &ready)
-        || status::transitioned(&old.conditions, &connected);
-    let stale = status::differs(&old.conditions, &ready)
-        || status::differs(&old.conditions, &connected)
-        || old.observed_generation != generation;
-    if stale {
-        let st = ReconcilerStatus {
-            observed_generation: generation,
-            conditions: vec![ready, connected],
-        };
-        status::apply(api, c.as_ref(), RECONCILER_MANAGER, &st).await?;
-    }
-    if changed && status::worth_an_event(&old.conditions, &verdict.ready) {
-        ctx.shared
-            .publish(c.as_ref(), &verdict.ready, "Reconcile")
-            .await;
-    }
-    if changed {
-        tracing::info!(connection = %key, ready = ?verdict.ready.status, reason = %verdict.ready.reason, "status changed");
-    }
-    reconciled(ctx, c.as_ref());
-    Ok(verdict
-        .requeue
-        .map(Action::requeue)
-        .unwrap_or_else(Action::await_change))
+    super::conclude(
+        ctx,
+        api,
+        c.as_ref(),
+        (key, verdict.target),
+        (&old.conditions, old.observed_generation),
+        &[(READY, &verdict.ready), (CONNECTED, &verdict.connected)],
+        verdict.requeue,
+    )
+    .await
 }
 
 async fn validate(

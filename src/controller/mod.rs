@@ -200,6 +200,65 @@ where
     Action::requeue(delay)
 }
 
+/// The last step of every apply: registers (or removes) the target, writes the reconciler's
+/// conditions when they changed, publishes an Event for a problem or a recovery, and
+/// returns when to look again. `checks` are (condition type, check), `Ready` first.
+pub(crate) async fn conclude<K>(
+    ctx: &KindContext,
+    api: &Api<K>,
+    obj: &K,
+    target: (TargetKey, Option<crate::routing::Target>),
+    old: (
+        &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition],
+        Option<i64>,
+    ),
+    checks: &[(&str, &Check)],
+    requeue: Option<Duration>,
+) -> Result<Action, Error>
+where
+    K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let (key, registered) = target;
+    match registered {
+        Some(t) => ctx.shared.registry.upsert(t),
+        None => {
+            ctx.shared.registry.remove(&key);
+        }
+    }
+    let (old_conditions, old_generation) = old;
+    let generation = obj.meta().generation;
+    let conditions: Vec<_> = checks
+        .iter()
+        .map(|(t, c)| c.to_condition(t, generation, old_conditions))
+        .collect();
+    let changed = conditions
+        .iter()
+        .any(|c| crate::status::transitioned(old_conditions, c));
+    let stale = old_generation != generation
+        || conditions
+            .iter()
+            .any(|c| crate::status::differs(old_conditions, c));
+    if stale {
+        let st = crate::status::ReconcilerStatus {
+            observed_generation: generation,
+            conditions,
+        };
+        crate::status::apply(api, obj, crate::status::RECONCILER_MANAGER, &st).await?;
+    }
+    if let Some((_, ready)) = checks.first()
+        && changed
+    {
+        if crate::status::worth_an_event(old_conditions, ready) {
+            ctx.shared.publish(obj, ready, "Reconcile").await;
+        }
+        tracing::info!(target = %key, ready = ?ready.status, reason = %ready.reason, "status changed");
+    }
+    reconciled(ctx, obj);
+    Ok(requeue
+        .map(Action::requeue)
+        .unwrap_or_else(Action::await_change))
+}
+
 /// Called by reconcilers after a successful pass.
 pub fn reconciled<K: Resource<DynamicType = ()>>(ctx: &KindContext, obj: &K) {
     ctx.shared.reset_failures(&object_key(obj));

@@ -10,13 +10,11 @@ use kube::runtime::finalizer::{Event as Finalizer, finalizer};
 use kube::{Api, ResourceExt};
 
 use super::secrets::{SecretReader, decode_whsec};
-use super::{Context, Error, KindContext, name_ns, reconciled};
+use super::{Context, Error, KindContext, name_ns};
 use crate::api::FINALIZER;
 use crate::api::webhook::{WebhookSubscription, WebhookSubscriptionSpec};
 use crate::routing::{Kind, Selector, Target, TargetConfig, TargetKey, WebhookAuth, WebhookTarget};
-use crate::status::{
-    self, Check, READY, RECEIVER_GONE_ANNOTATION, RECONCILER_MANAGER, ReconcilerStatus,
-};
+use crate::status::{Check, READY, RECEIVER_GONE_ANNOTATION};
 
 type Guarded = DeserializeGuard<WebhookSubscription>;
 
@@ -100,40 +98,17 @@ async fn apply(
     let key = key(&ns, &name);
     let verdict = validate(&w, ctx, &ns, &name).await?;
 
-    match verdict.target {
-        Some(t) => ctx.shared.registry.upsert(t),
-        None => {
-            ctx.shared.registry.remove(&key);
-        }
-    }
-
     let old = w.status.clone().unwrap_or_default();
-    let generation = w.metadata.generation;
-    let ready = verdict
-        .ready
-        .to_condition(READY, generation, &old.conditions);
-    let changed = status::transitioned(&old.conditions, &ready);
-    let stale = status::differs(&old.conditions, &ready) || old.observed_generation != generation;
-    let status = ReconcilerStatus {
-        observed_generation: generation,
-        conditions: vec![ready],
-    };
-    if stale {
-        status::apply(api, w.as_ref(), RECONCILER_MANAGER, &status).await?;
-    }
-    if changed && status::worth_an_event(&old.conditions, &verdict.ready) {
-        ctx.shared
-            .publish(w.as_ref(), &verdict.ready, "Reconcile")
-            .await;
-    }
-    if changed {
-        tracing::info!(subscription = %key, ready = ?verdict.ready.status, reason = %verdict.ready.reason, "status changed");
-    }
-    reconciled(ctx, w.as_ref());
-    Ok(verdict
-        .requeue
-        .map(Action::requeue)
-        .unwrap_or_else(Action::await_change))
+    super::conclude(
+        ctx,
+        api,
+        w.as_ref(),
+        (key, verdict.target),
+        (&old.conditions, old.observed_generation),
+        &[(READY, &verdict.ready)],
+        verdict.requeue,
+    )
+    .await
 }
 
 async fn validate(

@@ -11,6 +11,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use futures::future::BoxFuture;
 use tokio::sync::Semaphore;
 
+use crate::api::RetryPolicy;
 use crate::delivery::upload::{UploadResult, Uploader};
 use crate::delivery::webhook::{AttemptResult, WebhookSender, backoff, should_give_up};
 use crate::ingest::{Envelope, EventResult, EventSink};
@@ -251,36 +252,16 @@ impl Dispatcher {
                 self.sender.send(&cfg, &job.event_id, &body).await
             };
             job.attempts += 1;
-            let kind = KindLabel { kind: "webhook" };
-            let count = |result: &'static str| {
-                self.metrics
-                    .deliveries
-                    .get_or_create(&KindResult {
-                        kind: "webhook",
-                        result,
-                    })
-                    .inc();
-            };
+            const KIND: &str = "webhook";
             match result {
                 AttemptResult::Delivered { status, elapsed } => {
-                    count("delivered");
-                    self.metrics
-                        .attempt_seconds
-                        .get_or_create(&kind)
-                        .observe(elapsed.as_secs_f64());
-                    let latency = now_ms().saturating_sub(job.accepted_ms) as f64 / 1000.0;
-                    self.metrics
-                        .delivery_latency_seconds
-                        .get_or_create(&kind)
-                        .observe(latency);
-                    self.record(
-                        key,
-                        &job,
-                        Outcome::Delivered {
-                            status: Some(status),
-                        },
-                    )
-                    .await;
+                    self.count(KIND, "delivered");
+                    self.observe_attempt(KIND, elapsed);
+                    self.observe_latency(KIND, &job);
+                    let outcome = Outcome::Delivered {
+                        status: Some(status),
+                    };
+                    self.record(key, &job, outcome).await;
                     return true;
                 }
                 AttemptResult::Retryable {
@@ -290,34 +271,14 @@ impl Dispatcher {
                     elapsed,
                     ..
                 } => {
-                    self.metrics
-                        .attempt_seconds
-                        .get_or_create(&kind)
-                        .observe(elapsed.as_secs_f64());
-                    let age = Duration::from_millis(now_ms().saturating_sub(job.accepted_ms));
-                    if should_give_up(&cfg.retry, job.attempts, age) {
-                        count("failed");
-                        let why = format!(
-                            "{reason}: {message} (gave up after {} attempts)",
-                            job.attempts
-                        );
-                        self.counters.failure(key, &job.event_id, &why);
-                        self.record(key, &job, Outcome::GaveUp { reason: why })
-                            .await;
+                    self.observe_attempt(KIND, elapsed);
+                    let why = format!("{reason}: {message}");
+                    if self
+                        .retry_or_give_up(key, &mut job, KIND, &cfg.retry, why, retry_after)
+                        .await
+                    {
                         return true;
                     }
-                    count("retry");
-                    let delay = backoff(&cfg.retry, job.attempts, retry_after);
-                    job.next_attempt_ms = now_ms() + delay.as_millis() as u64;
-                    self.record(
-                        key,
-                        &job,
-                        Outcome::Retry {
-                            next_attempt_unix_ms: job.next_attempt_ms,
-                            reason: format!("{reason}: {message}"),
-                        },
-                    )
-                    .await;
                 }
                 AttemptResult::Permanent {
                     reason,
@@ -325,19 +286,13 @@ impl Dispatcher {
                     elapsed,
                     ..
                 } => {
-                    count("failed");
-                    self.metrics
-                        .attempt_seconds
-                        .get_or_create(&kind)
-                        .observe(elapsed.as_secs_f64());
-                    let why = format!("{reason}: {message}");
-                    self.counters.failure(key, &job.event_id, &why);
-                    self.record(key, &job, Outcome::GaveUp { reason: why })
+                    self.observe_attempt(KIND, elapsed);
+                    self.give_up(key, &job, KIND, format!("{reason}: {message}"))
                         .await;
                     return true;
                 }
                 AttemptResult::Gone { .. } => {
-                    count("gone");
+                    self.count(KIND, "gone");
                     // The receiver says this endpoint is gone: suspend the subscription (an
                     // annotation the reconciler turns into a held target) and keep the event.
                     self.counters.receiver_gone(key);
@@ -358,22 +313,12 @@ impl Dispatcher {
         ftp: &FtpTarget,
         body: &[u8],
     ) -> Option<()> {
-        let count = |result: &'static str| {
-            self.metrics
-                .deliveries
-                .get_or_create(&KindResult {
-                    kind: "ftp",
-                    result,
-                })
-                .inc();
-        };
+        const KIND: &str = "ftp";
         let event: Envelope = match serde_json::from_slice(body) {
             Ok(e) => e,
             Err(e) => {
-                count("failed");
                 let why = format!("BadEvent: stored event cannot be read: {e}");
-                self.counters.failure(key, &job.event_id, &why);
-                self.record(key, job, Outcome::GaveUp { reason: why }).await;
+                self.give_up(key, job, KIND, why).await;
                 return Some(());
             }
         };
@@ -383,76 +328,101 @@ impl Dispatcher {
             self.uploader.deliver(ftp, &event).await
         };
         job.attempts += 1;
-        match result {
+        let outcome = match result {
             UploadResult::Uploaded {
                 vin,
                 files,
                 bytes,
                 elapsed,
             } => {
-                count("delivered");
-                let kind = KindLabel { kind: "ftp" };
-                self.metrics
-                    .attempt_seconds
-                    .get_or_create(&kind)
-                    .observe(elapsed.as_secs_f64());
-                let latency = now_ms().saturating_sub(job.accepted_ms) as f64 / 1000.0;
-                self.metrics
-                    .delivery_latency_seconds
-                    .get_or_create(&kind)
-                    .observe(latency);
-                self.record(key, job, Outcome::Uploaded { files, bytes, vin })
-                    .await;
-                Some(())
+                self.count(KIND, "delivered");
+                self.observe_attempt(KIND, elapsed);
+                self.observe_latency(KIND, job);
+                Outcome::Uploaded { files, bytes, vin }
             }
             UploadResult::Deleted { vin, files, .. } => {
-                count("delivered");
+                self.count(KIND, "delivered");
                 tracing::info!(target = %key, event = %job.event_id, ?vin, files, "vehicle files removed");
-                self.record(key, job, Outcome::Delivered { status: None })
-                    .await;
-                Some(())
+                Outcome::Delivered { status: None }
             }
             UploadResult::Skipped { reason } => {
-                count("skipped");
+                self.count(KIND, "skipped");
                 tracing::debug!(target = %key, event = %job.event_id, %reason, "nothing to upload");
-                self.record(key, job, Outcome::Delivered { status: None })
-                    .await;
-                Some(())
+                Outcome::Delivered { status: None }
             }
             UploadResult::Retryable { reason, message } => {
-                let age = Duration::from_millis(now_ms().saturating_sub(job.accepted_ms));
-                if should_give_up(&ftp.retry, job.attempts, age) {
-                    count("failed");
-                    let why = format!(
-                        "{reason}: {message} (gave up after {} attempts)",
-                        job.attempts
-                    );
-                    self.counters.failure(key, &job.event_id, &why);
-                    self.record(key, job, Outcome::GaveUp { reason: why }).await;
-                    return Some(());
-                }
-                count("retry");
-                job.next_attempt_ms =
-                    now_ms() + backoff(&ftp.retry, job.attempts, None).as_millis() as u64;
-                self.record(
-                    key,
-                    job,
-                    Outcome::Retry {
-                        next_attempt_unix_ms: job.next_attempt_ms,
-                        reason: format!("{reason}: {message}"),
-                    },
-                )
-                .await;
-                None
+                let why = format!("{reason}: {message}");
+                let done = self
+                    .retry_or_give_up(key, job, KIND, &ftp.retry, why, None)
+                    .await;
+                return done.then_some(());
             }
             UploadResult::Permanent { reason, message } => {
-                count("failed");
-                let why = format!("{reason}: {message}");
-                self.counters.failure(key, &job.event_id, &why);
-                self.record(key, job, Outcome::GaveUp { reason: why }).await;
-                Some(())
+                self.give_up(key, job, KIND, format!("{reason}: {message}"))
+                    .await;
+                return Some(());
             }
+        };
+        self.record(key, job, outcome).await;
+        Some(())
+    }
+
+    fn count(&self, kind: &'static str, result: &'static str) {
+        self.metrics
+            .deliveries
+            .get_or_create(&KindResult { kind, result })
+            .inc();
+    }
+
+    fn observe_attempt(&self, kind: &'static str, elapsed: Duration) {
+        let label = KindLabel { kind };
+        self.metrics
+            .attempt_seconds
+            .get_or_create(&label)
+            .observe(elapsed.as_secs_f64());
+    }
+
+    fn observe_latency(&self, kind: &'static str, job: &Job) {
+        let latency = now_ms().saturating_sub(job.accepted_ms) as f64 / 1000.0;
+        self.metrics
+            .delivery_latency_seconds
+            .get_or_create(&KindLabel { kind })
+            .observe(latency);
+    }
+
+    /// The delivery failed for good: counted, an Event on the resource, recorded.
+    async fn give_up(&self, key: &TargetKey, job: &Job, kind: &'static str, why: String) {
+        self.count(kind, "failed");
+        self.counters.failure(key, &job.event_id, &why);
+        self.record(key, job, Outcome::GaveUp { reason: why }).await;
+    }
+
+    /// After a retryable failure: schedules the next attempt by the policy, or gives up when
+    /// the policy's attempts or age are spent. True when the delivery is finished.
+    async fn retry_or_give_up(
+        &self,
+        key: &TargetKey,
+        job: &mut Job,
+        kind: &'static str,
+        policy: &RetryPolicy,
+        why: String,
+        retry_after: Option<Duration>,
+    ) -> bool {
+        let age = Duration::from_millis(now_ms().saturating_sub(job.accepted_ms));
+        if should_give_up(policy, job.attempts, age) {
+            let why = format!("{why} (gave up after {} attempts)", job.attempts);
+            self.give_up(key, job, kind, why).await;
+            return true;
         }
+        self.count(kind, "retry");
+        job.next_attempt_ms =
+            now_ms() + backoff(policy, job.attempts, retry_after).as_millis() as u64;
+        let outcome = Outcome::Retry {
+            next_attempt_unix_ms: job.next_attempt_ms,
+            reason: why,
+        };
+        self.record(key, job, outcome).await;
+        false
     }
 
     /// Records an outcome without holding up the lane: the next event of the vehicle goes
