@@ -7,7 +7,7 @@ use clap::{Parser, Subcommand};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use vehicle_connect::controller::{self, DeleteHook, Settings};
-use vehicle_connect::delivery::dispatcher::Dispatcher;
+use vehicle_connect::delivery::dispatcher::{Dispatcher, Limits};
 use vehicle_connect::delivery::upload::Uploader;
 use vehicle_connect::delivery::webhook::WebhookSender;
 use vehicle_connect::ingest::{self, ApiState, tokens::TokenSet};
@@ -71,6 +71,13 @@ struct RunArgs {
     /// Seconds between login probes of a healthy FTP connection.
     #[arg(long, env = "VC_PROBE_INTERVAL_SECONDS", default_value_t = 300)]
     probe_interval_seconds: u64,
+    /// Pending deliveries in the store above which ingest answers 429 with Retry-After
+    /// instead of accepting what could not be kept.
+    #[arg(long, env = "VC_MAX_PENDING_DELIVERIES", default_value_t = 5_000_000)]
+    max_pending_deliveries: u64,
+    /// Seconds between sweeps that expire backlogs older than their retry policy's maxAge.
+    #[arg(long, env = "VC_SWEEP_INTERVAL_SECONDS", default_value_t = 30)]
+    sweep_interval_seconds: u64,
     /// Log format: `text` or `json`.
     #[arg(long, env = "VC_LOG_FORMAT", default_value = "text")]
     log_format: String,
@@ -130,13 +137,18 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         concat!("vehicle-connect/", env!("CARGO_PKG_VERSION")),
     )?;
     let uploader = Uploader::new(guard.clone(), args.max_image_bytes)?;
-    let dispatcher = Dispatcher::new(
+    let dispatcher = Dispatcher::with_limits(
         store.clone(),
         registry.clone(),
         sender,
         uploader,
         metrics.clone(),
         counters.clone(),
+        Limits {
+            max_pending: args.max_pending_deliveries,
+            sweep_interval: Duration::from_secs(args.sweep_interval_seconds.max(1)),
+            ..Limits::default()
+        },
     );
     let tokens = match &args.ingest_token_file {
         Some(f) => {
@@ -178,7 +190,12 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         let d = d.clone();
         Box::pin(async move { d.drop_target(&key).await })
     });
-    let controllers = tokio::spawn(controller::run(client, registry, settings, Some(on_delete)));
+    let controllers = tokio::spawn(controller::run(
+        client,
+        registry.clone(),
+        settings,
+        Some(on_delete),
+    ));
 
     // Resume what was pending before a restart; the reconcilers re-register targets meanwhile
     // (deliveries to a target not registered yet wait for it).
@@ -197,6 +214,16 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             }
         }
     });
+    // Ready once every existing resource is registered for routing: an event accepted
+    // earlier would miss targets that exist.
+    let started = std::time::Instant::now();
+    while !registry.is_synced() {
+        if controllers.is_finished() {
+            anyhow::bail!("the controllers stopped before the resources were listed");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tracing::info!(targets = registry.len(), elapsed = ?started.elapsed(), "ready");
     ready.store(true, Ordering::Release);
 
     // The controllers end on SIGTERM/Ctrl-C (kube-runtime handles the signal); then the API

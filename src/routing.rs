@@ -25,13 +25,84 @@ pub struct TargetKey {
     pub name: String,
 }
 
-impl std::fmt::Display for TargetKey {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let k = match self.kind {
+impl Kind {
+    fn as_str(self) -> &'static str {
+        match self {
             Kind::Webhook => "webhooksubscription",
             Kind::Ftp => "ftpconnection",
+        }
+    }
+}
+
+impl std::fmt::Display for TargetKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}/{}", self.kind.as_str(), self.namespace, self.name)
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("not a target key: {0:?}")]
+pub struct BadTargetKey(String);
+
+impl std::str::FromStr for TargetKey {
+    type Err = BadTargetKey;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(TargetId::from_str(s)?.key)
+    }
+}
+
+/// A target as the store keys its rows: the resource plus the uid of the object, so that
+/// rows queued for a deleted (or recreated) object never reach another one of that name.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TargetId {
+    pub key: TargetKey,
+    /// `None` for rows written before targets carried uids: they follow the name.
+    pub uid: Option<String>,
+}
+
+impl TargetId {
+    /// Whether `target` (the registered object) is the one these rows belong to.
+    pub fn is(&self, target: &Target) -> bool {
+        self.uid.as_deref().is_none_or(|u| u == target.uid)
+    }
+}
+
+impl std::fmt::Display for TargetId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.uid {
+            Some(uid) => write!(f, "{}/{uid}", self.key),
+            None => write!(f, "{}", self.key),
+        }
+    }
+}
+
+impl std::str::FromStr for TargetId {
+    type Err = BadTargetKey;
+
+    /// `kind/namespace/name[/uid]` (namespaces, names and uids never contain `/`).
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || BadTargetKey(s.to_string());
+        let mut it = s.split('/');
+        let kind = match it.next() {
+            Some("webhooksubscription") => Kind::Webhook,
+            Some("ftpconnection") => Kind::Ftp,
+            _ => return Err(bad()),
         };
-        write!(f, "{k}/{}/{}", self.namespace, self.name)
+        let namespace = it.next().filter(|p| !p.is_empty()).ok_or_else(bad)?;
+        let name = it.next().filter(|p| !p.is_empty()).ok_or_else(bad)?;
+        let uid = it.next().map(str::to_string);
+        if it.next().is_some() || uid.as_deref() == Some("") {
+            return Err(bad());
+        }
+        Ok(TargetId {
+            key: TargetKey {
+                kind,
+                namespace: namespace.to_string(),
+                name: name.to_string(),
+            },
+            uid,
+        })
     }
 }
 
@@ -119,6 +190,8 @@ pub struct Target {
     pub uid: String,
     pub generation: i64,
     pub selector: Selector,
+    /// From the spec; applies even while held (events older than its maximum age expire).
+    pub retry: RetryPolicy,
     /// `Some(reason)`: events are routed and kept, but not delivered (suspended, or a
     /// fixable problem such as a missing Secret); delivery resumes when it clears.
     pub held: Option<String>,
@@ -126,16 +199,40 @@ pub struct Target {
     pub config: Option<TargetConfig>,
 }
 
+impl Target {
+    pub fn id(&self) -> TargetId {
+        TargetId {
+            key: self.key.clone(),
+            uid: Some(self.uid.clone()),
+        }
+    }
+
+    /// Attempts in flight the target allows.
+    pub fn concurrency(&self) -> u32 {
+        match &self.config {
+            Some(TargetConfig::Webhook(w)) => w.max_concurrency,
+            Some(TargetConfig::Ftp(f)) => f.max_connections,
+            None => 1,
+        }
+        .max(1)
+    }
+}
+
 #[derive(Default)]
 struct Index {
     targets: HashMap<TargetKey, Arc<Target>>,
     by_client: HashMap<String, BTreeSet<TargetKey>>,
+    /// Keys a reconciler has concluded on (registered or removed): a start-up
+    /// registration from the watch cache never overrides them.
+    settled: std::collections::HashSet<TargetKey>,
 }
 
 /// Thread-safe registry of targets, indexed by client.
 #[derive(Default)]
 pub struct Registry {
     inner: RwLock<Index>,
+    /// Kinds whose existing objects have all been registered since start-up.
+    synced: std::sync::Mutex<BTreeSet<Kind>>,
 }
 
 impl Registry {
@@ -153,9 +250,26 @@ impl Registry {
         self.inner.write().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Adds or replaces a target.
+    /// Adds or replaces a target (a reconciler's conclusion).
     pub fn upsert(&self, target: Target) {
         let mut idx = self.write();
+        idx.settled.insert(target.key.clone());
+        Self::insert(&mut idx, target);
+    }
+
+    /// Registers a target found in the watch cache at start-up, before its reconciler has
+    /// run, so that events accepted meanwhile are routed to it (and wait while it is held).
+    /// Ignored once a reconciler has concluded on that key.
+    pub fn preregister(&self, target: Target) -> bool {
+        let mut idx = self.write();
+        if idx.settled.contains(&target.key) || idx.targets.contains_key(&target.key) {
+            return false;
+        }
+        Self::insert(&mut idx, target);
+        true
+    }
+
+    fn insert(idx: &mut Index, target: Target) {
         let key = target.key.clone();
         if let Some(old) = idx.targets.get(&key).cloned()
             && old.selector.client_id != target.selector.client_id
@@ -170,9 +284,10 @@ impl Registry {
         idx.targets.insert(key, Arc::new(target));
     }
 
-    /// Removes a target; true if it was there.
+    /// Removes a target (a reconciler's conclusion); true if it was there.
     pub fn remove(&self, key: &TargetKey) -> bool {
         let mut idx = self.write();
+        idx.settled.insert(key.clone());
         match idx.targets.remove(key) {
             Some(old) => {
                 let client = old.selector.client_id.clone();
@@ -223,6 +338,22 @@ impl Registry {
         self.len() == 0
     }
 
+    /// Every object of `kind` that existed at start-up is registered (from the watch cache,
+    /// ahead of its reconcile): events are routed to all of them from now on.
+    pub fn mark_synced(&self, kind: Kind) {
+        self.synced
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(kind);
+    }
+
+    /// Whether every kind has been synced: until then ingest is not ready, since an event
+    /// accepted earlier could miss a target that exists.
+    pub fn is_synced(&self) -> bool {
+        let s = self.synced.lock().unwrap_or_else(|e| e.into_inner());
+        s.contains(&Kind::Webhook) && s.contains(&Kind::Ftp)
+    }
+
     pub fn keys(&self) -> Vec<TargetKey> {
         let mut k: Vec<_> = self.read().targets.keys().cloned().collect();
         k.sort();
@@ -254,6 +385,7 @@ mod tests {
                 user_ids: users.map(|u| u.iter().map(|s| s.to_string()).collect()),
                 events: events.iter().copied().collect(),
             },
+            retry: RetryPolicy::default(),
             held: None,
             config: None,
         }
@@ -329,5 +461,47 @@ mod tests {
         assert!(!r.remove(&key));
         assert!(r.is_empty());
         assert!(r.route("dealer-2", None, VehicleProcessed).is_empty());
+    }
+
+    #[test]
+    fn preregistration_never_overrides_a_reconciler() {
+        use EventType::*;
+        let r = Registry::new();
+        assert!(r.preregister(target("a", "s", "dealer-1", None, &[VehicleProcessed])));
+        r.upsert(target("a", "s", "dealer-2", None, &[VehicleProcessed]));
+        assert!(!r.preregister(target("a", "s", "dealer-1", None, &[VehicleProcessed])));
+        assert_eq!(r.route("dealer-2", None, VehicleProcessed).len(), 1);
+        let key = r.keys()[0].clone();
+        r.remove(&key);
+        assert!(!r.preregister(target("a", "s", "dealer-1", None, &[VehicleProcessed])));
+        assert!(r.is_empty());
+    }
+
+    #[test]
+    fn target_ids_round_trip_and_legacy_rows_follow_the_name() {
+        let t = target("ns", "s", "c", None, &[]);
+        let id = t.id();
+        assert_eq!(id.to_string(), "webhooksubscription/ns/s/uid-s");
+        assert_eq!(id.to_string().parse::<TargetId>(), Ok(id.clone()));
+        assert!(id.is(&t));
+        let legacy: TargetId = "webhooksubscription/ns/s".parse().unwrap();
+        assert_eq!(legacy.uid, None);
+        assert!(legacy.is(&t));
+        let other: TargetId = "webhooksubscription/ns/s/uid-old".parse().unwrap();
+        assert!(!other.is(&t));
+        assert_eq!(
+            "ftpconnection/a/b".parse::<TargetKey>().unwrap().kind,
+            Kind::Ftp
+        );
+        for bad in [
+            "",
+            "x/a/b",
+            "webhooksubscription/a",
+            "webhooksubscription//b",
+            "webhooksubscription/a/b/",
+            "webhooksubscription/a/b/c/d",
+        ] {
+            assert!(bad.parse::<TargetId>().is_err(), "{bad}");
+        }
     }
 }

@@ -292,7 +292,11 @@ impl CounterWriter {
     }
 
     async fn write(&self, key: &crate::routing::TargetKey) -> anyhow::Result<()> {
-        let c = self.store.counters(&key.to_string())?;
+        // Counters are kept per object (uid); an unregistered target has none to show.
+        let Some(id) = self.registry.get(key).map(|t| t.id().to_string()) else {
+            return Ok(());
+        };
+        let c = self.store.counters(&id)?;
         let status = DeliveryStatus {
             delivered: c.delivered,
             failed: c.failed,

@@ -33,12 +33,16 @@ pub fn key(ns: &str, name: &str) -> TargetKey {
 pub async fn run(ctx: Arc<Context>) {
     super::runner::run::<FtpConnection, _, _>(
         ctx,
-        "ftp",
+        ("ftp", Kind::Ftp),
         |o| {
             secret_names(&o.spec)
                 .into_iter()
                 .map(str::to_string)
                 .collect()
+        },
+        |o| {
+            let (ns, name) = (o.namespace()?, o.name_any());
+            Some(provisional(o, &ns, &name))
         },
         reconcile,
     )
@@ -110,16 +114,9 @@ async fn validate(
     let spec = &c.spec;
     let not_probed = |why: &str| Check::unknown("NotProbed", format!("no login attempted: {why}"));
     let mk = |held: Option<String>, config: Option<TargetConfig>| Target {
-        key: key(ns, name),
-        uid: c.uid().unwrap_or_default(),
-        generation: c.metadata.generation.unwrap_or_default(),
-        selector: Selector {
-            client_id: spec.client_id.clone(),
-            user_ids: spec.user_ids.as_ref().map(|u| u.iter().cloned().collect()),
-            events: spec.events.iter().copied().collect(),
-        },
         held,
         config,
+        ..provisional(c, ns, name)
     };
 
     if !ctx.allowed_clients(ns).await?.allows(&spec.client_id) {
@@ -381,5 +378,24 @@ impl ProbeCache {
         };
         *guard = Some(rec.clone());
         rec
+    }
+}
+
+/// The target as its spec alone describes it, held until the reconciler has resolved it:
+/// what start-up registers from the watch cache so that no event misses it meanwhile.
+pub fn provisional(c: &FtpConnection, ns: &str, name: &str) -> Target {
+    let spec = &c.spec;
+    Target {
+        key: key(ns, name),
+        uid: c.uid().unwrap_or_default(),
+        generation: c.metadata.generation.unwrap_or_default(),
+        selector: Selector {
+            client_id: spec.client_id.clone(),
+            user_ids: spec.user_ids.as_ref().map(|u| u.iter().cloned().collect()),
+            events: spec.events.iter().copied().collect(),
+        },
+        retry: spec.retry_policy(),
+        held: Some("Pending".into()),
+        config: None,
     }
 }

@@ -221,6 +221,14 @@ where
     let (key, registered) = target;
     match registered {
         Some(t) => ctx.shared.registry.upsert(t),
+        // The namespace no longer allows the client: what was queued for it must never be
+        // delivered, whatever the resource says next.
+        None if checks
+            .first()
+            .is_some_and(|(_, c)| c.reason == "ClientNotAllowed") =>
+        {
+            forget(&ctx.shared, key.clone()).await;
+        }
         None => {
             ctx.shared.registry.remove(&key);
         }

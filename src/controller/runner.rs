@@ -17,13 +17,55 @@ use kube::{Api, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 
 use super::{Context, Error, KindContext, controller_config, error_policy};
+use crate::routing::{Kind, Registry, Target};
+use crate::tenancy::AllowedClients;
+
+/// Once the first list of `K` and of Namespaces is in, registers every object the cache
+/// holds (held until its reconcile resolves it) and marks the kind synced: readiness waits
+/// for that, so an event accepted right after a restart reaches every target that exists,
+/// however long the reconciles (Secrets, FTP login probes) take.
+async fn register_existing<K>(
+    objects: reflector::Store<DeserializeGuard<K>>,
+    namespaces: reflector::Store<Namespace>,
+    registry: Arc<Registry>,
+    (label, kind): (&'static str, Kind),
+    provisional: fn(&K) -> Option<Target>,
+) where
+    K: Resource<DynamicType = ()> + Clone + Send + Sync + 'static,
+{
+    if objects.wait_until_ready().await.is_err() || namespaces.wait_until_ready().await.is_err() {
+        return;
+    }
+    let started = std::time::Instant::now();
+    let mut registered = 0;
+    for o in objects.state() {
+        let Ok(k) = &o.0 else { continue };
+        if k.meta().deletion_timestamp.is_some() {
+            continue;
+        }
+        let Some(target) = provisional(k) else {
+            continue;
+        };
+        let allowed = namespaces
+            .get(&ObjectRef::new(&target.key.namespace))
+            .map(|n| AllowedClients::of(&n))
+            .unwrap_or(AllowedClients::Only(Default::default()));
+        if allowed.allows(&target.selector.client_id) && registry.preregister(target) {
+            registered += 1;
+        }
+    }
+    registry.mark_synced(kind);
+    tracing::info!(kind = label, registered, elapsed = ?started.elapsed(), "existing objects registered for routing");
+}
 
 /// Runs the controller of kind `K` until SIGTERM or Ctrl-C. `secret_names` lists the
-/// Secrets an object reads (a change to one re-reconciles it).
+/// Secrets an object reads (a change to one re-reconciles it); `provisional` describes an
+/// object's target from its spec alone, registered at start-up before any reconcile.
 pub async fn run<K, R, F>(
     ctx: Arc<Context>,
-    label: &'static str,
+    (label, kind): (&'static str, Kind),
     secret_names: fn(&K) -> Vec<String>,
+    provisional: fn(&K) -> Option<Target>,
     reconcile: R,
 ) where
     K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
@@ -63,6 +105,13 @@ pub async fn run<K, R, F>(
     )
     .default_backoff()
     .touched_objects();
+    tokio::spawn(register_existing(
+        store.clone(),
+        ns_reader.clone(),
+        ctx.registry.clone(),
+        (label, kind),
+        provisional,
+    ));
     let by_secret = store.clone();
     let by_ns = store;
     let kctx = Arc::new(KindContext {

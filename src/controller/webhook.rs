@@ -30,12 +30,16 @@ pub fn key(ns: &str, name: &str) -> TargetKey {
 pub async fn run(ctx: Arc<Context>) {
     super::runner::run::<WebhookSubscription, _, _>(
         ctx,
-        "webhook",
+        ("webhook", Kind::Webhook),
         |o| {
             secret_names(&o.spec)
                 .into_iter()
                 .map(str::to_string)
                 .collect()
+        },
+        |o| {
+            let (ns, name) = (o.namespace()?, o.name_any());
+            Some(provisional(o, &ns, &name))
         },
         reconcile,
     )
@@ -120,16 +124,9 @@ async fn validate(
     let spec = &w.spec;
     let recheck = ctx.shared.settings.recheck_interval;
     let mk = |held: Option<String>, config: Option<TargetConfig>| Target {
-        key: key(ns, name),
-        uid: w.uid().unwrap_or_default(),
-        generation: w.metadata.generation.unwrap_or_default(),
-        selector: Selector {
-            client_id: spec.client_id.clone(),
-            user_ids: spec.user_ids.as_ref().map(|u| u.iter().cloned().collect()),
-            events: spec.events.iter().copied().collect(),
-        },
         held,
         config,
+        ..provisional(w, ns, name)
     };
 
     // Tenancy first: a namespace that does not allow the client gets nothing.
@@ -306,4 +303,23 @@ async fn cleanup(w: Arc<WebhookSubscription>, ctx: &KindContext) -> Result<Actio
     let (name, ns) = name_ns(w.as_ref())?;
     super::forget(&ctx.shared, key(&ns, &name)).await;
     Ok(Action::await_change())
+}
+
+/// The target as its spec alone describes it, held until the reconciler has resolved it:
+/// what start-up registers from the watch cache so that no event misses it meanwhile.
+pub fn provisional(w: &WebhookSubscription, ns: &str, name: &str) -> Target {
+    let spec = &w.spec;
+    Target {
+        key: key(ns, name),
+        uid: w.uid().unwrap_or_default(),
+        generation: w.metadata.generation.unwrap_or_default(),
+        selector: Selector {
+            client_id: spec.client_id.clone(),
+            user_ids: spec.user_ids.as_ref().map(|u| u.iter().cloned().collect()),
+            events: spec.events.iter().copied().collect(),
+        },
+        retry: spec.retry_policy(),
+        held: Some("Pending".into()),
+        config: None,
+    }
 }

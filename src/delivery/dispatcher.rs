@@ -1,27 +1,39 @@
-//! From accepted events to delivery attempts. Ingest routes each event (the routing index),
-//! stores it with its deliveries in one durable transaction, and hands the deliveries to
-//! per-target lanes: events of one lane (vehicle) go to one target strictly in order, lanes
-//! run in parallel up to the target's concurrency. Outcomes are recorded in the store; the
-//! counter writer publishes them on the resources' status.
+//! From accepted events to delivery attempts. Ingest routes each event (the routing index) and
+//! stores it with its pending deliveries in one durable transaction; the store is the queue.
+//!
+//! Per target (keyed by the object's uid) a pump pages pending rows out of the store into
+//! per-vehicle lanes, never more than a window of them, and only while the target can be
+//! delivered to: a held or unregistered target's backlog stays on disk, so memory follows the
+//! deliveries in flight, not the backlog. Lanes deliver one vehicle's events to one target
+//! strictly in order; lanes run in parallel up to the target's concurrency, then share the
+//! kind's global capacity fairly per namespace. Every attempt re-checks that the target still
+//! takes the event (same object, client, user and type) and that the event is younger than
+//! the retry policy's maximum age. Outcomes are recorded in the store; the counter writer
+//! publishes them on the resources' status.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures::future::BoxFuture;
-use tokio::sync::Semaphore;
+use serde::Deserialize;
+use tokio::sync::{Notify, Semaphore};
 
-use crate::api::RetryPolicy;
+use crate::api::{EventType, RetryPolicy};
+use crate::delivery::fair::FairPool;
 use crate::delivery::upload::{UploadResult, Uploader};
 use crate::delivery::webhook::{AttemptResult, WebhookSender, backoff, should_give_up};
 use crate::ingest::{Envelope, EventResult, EventSink};
 use crate::metrics::{KindLabel, KindResult, Metrics};
-use crate::routing::{FtpTarget, Kind, Registry, TargetConfig, TargetKey};
+use crate::routing::{FtpTarget, Kind, Registry, Target, TargetConfig, TargetId, TargetKey};
 use crate::status::CounterWriter;
-use crate::store::{AcceptOutcome, DeliveryUpdate, NewEvent, Outcome, PendingDelivery, Store};
+use crate::store::{AcceptOutcome, DeliveryUpdate, NewEvent, Outcome, Store, StoredEvent};
 
 /// FTP deliveries in flight at once, across all connections (memory bound).
 pub const FTP_IN_FLIGHT: usize = 32;
+/// Webhook attempts in flight at once, across all subscriptions.
+pub const WEBHOOK_IN_FLIGHT: usize = 1024;
 
 pub fn now_ms() -> u64 {
     SystemTime::now()
@@ -30,30 +42,102 @@ pub fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-/// One delivery of one event to one target.
+/// Bounds of the dispatcher.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    /// Pending deliveries in the store above which ingest answers 429.
+    pub max_pending: u64,
+    /// Pending deliveries of one target held in memory at once.
+    pub window: usize,
+    /// Pending deliveries held in memory at once, over all targets.
+    pub in_memory: usize,
+    /// How often backlogs are checked for expired events and stranded rows.
+    pub sweep_interval: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_pending: 5_000_000,
+            window: 1024,
+            in_memory: 200_000,
+            sweep_interval: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Ingest refused events because the backlog on disk is at its limit.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "{pending} deliveries are pending, the limit is {limit}; nothing was accepted, retry later"
+)]
+pub struct BacklogFull {
+    pub pending: u64,
+    pub limit: u64,
+}
+
+/// One pending delivery in memory: no body (read from the store when it is attempted).
 #[derive(Clone, Debug)]
 struct Job {
     seq: u64,
     event_id: String,
     attempts: u32,
     next_attempt_ms: u64,
-    /// When the event was accepted (for the retry policy's maximum age and latency).
-    accepted_ms: u64,
-    /// The body, when the event was just accepted (else read from the store).
-    body: Option<Arc<[u8]>>,
+    /// When the event was accepted; known once it was read for an attempt.
+    received_ms: u64,
 }
 
 #[derive(Default)]
-struct Lane {
-    queue: VecDeque<Job>,
-    running: bool,
+struct Lanes {
+    queues: HashMap<String, VecDeque<Job>>,
+    /// Jobs in `queues`.
+    loaded: usize,
+    /// Every pending row of this target up to this seq is in memory or done.
+    cursor: u64,
 }
 
-struct TargetLanes {
-    lanes: Mutex<HashMap<String, Lane>>,
-    permits: Arc<Semaphore>,
-    /// Set when the resource was deleted: its lanes stop.
-    dropped: std::sync::atomic::AtomicBool,
+struct TargetState {
+    id: TargetId,
+    /// `id` as the store keys it.
+    row: String,
+    wake: Notify,
+    /// Set (under the dispatcher's target map lock) when new rows may be in the store.
+    woken: AtomicBool,
+    /// Set when the target was deleted or may no longer take its client's events.
+    dropped: AtomicBool,
+    /// Outcomes being written: the pump stays until they are, so a new pump never reloads a
+    /// delivery that was already made.
+    recording: AtomicUsize,
+    permits: Mutex<(u32, Arc<Semaphore>)>,
+    lanes: Mutex<Lanes>,
+}
+
+impl TargetState {
+    /// The target's concurrency bound, resized when its spec changed.
+    fn permits(&self, target: &Target) -> Arc<Semaphore> {
+        let want = target.concurrency();
+        let mut p = self.permits.lock().unwrap_or_else(|e| e.into_inner());
+        if p.0 != want {
+            // Attempts holding the old semaphore's permits finish; new ones use the new one.
+            *p = (want, Arc::new(Semaphore::new(want as usize)));
+        }
+        p.1.clone()
+    }
+
+    fn lanes(&self) -> std::sync::MutexGuard<'_, Lanes> {
+        self.lanes.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// What an attempt needs to know of an event to re-check the target still takes it.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Head {
+    client_id: String,
+    #[serde(default)]
+    user_id: Option<String>,
+    #[serde(rename = "type")]
+    type_: EventType,
 }
 
 pub struct Dispatcher {
@@ -63,13 +147,22 @@ pub struct Dispatcher {
     uploader: Uploader,
     metrics: Arc<Metrics>,
     counters: Arc<CounterWriter>,
-    targets: Mutex<HashMap<TargetKey, Arc<TargetLanes>>>,
-    /// Bounds attempts in flight across all targets.
-    global: Arc<Semaphore>,
-    /// Bounds FTP deliveries in flight across all connections: each holds its vehicle's
-    /// images in memory, so 400 connections uploading at once must not mean 400 vehicles
-    /// buffered at once.
-    ftp_global: Arc<Semaphore>,
+    limits: Limits,
+    targets: Mutex<HashMap<String, Arc<TargetState>>>,
+    /// Jobs in memory over all targets.
+    loaded: AtomicUsize,
+    webhook_pool: FairPool,
+    /// FTP deliveries each hold their vehicle's files while uploading, so 400 connections
+    /// uploading at once must not mean 400 vehicles at once.
+    ftp_pool: FairPool,
+}
+
+/// How one attempt ended, for the lane.
+enum Step {
+    /// Finished (delivered, given up, dropped): the lane moves on.
+    Done,
+    /// Try again (the next attempt time is set).
+    Again,
 }
 
 impl Dispatcher {
@@ -81,6 +174,26 @@ impl Dispatcher {
         metrics: Arc<Metrics>,
         counters: Arc<CounterWriter>,
     ) -> Arc<Self> {
+        Self::with_limits(
+            store,
+            registry,
+            sender,
+            uploader,
+            metrics,
+            counters,
+            Limits::default(),
+        )
+    }
+
+    pub fn with_limits(
+        store: Store,
+        registry: Arc<Registry>,
+        sender: WebhookSender,
+        uploader: Uploader,
+        metrics: Arc<Metrics>,
+        counters: Arc<CounterWriter>,
+        limits: Limits,
+    ) -> Arc<Self> {
         Arc::new(Dispatcher {
             store,
             registry,
@@ -88,245 +201,377 @@ impl Dispatcher {
             uploader,
             metrics,
             counters,
+            limits,
             targets: Mutex::new(HashMap::new()),
-            global: Arc::new(Semaphore::new(1024)),
-            ftp_global: Arc::new(Semaphore::new(FTP_IN_FLIGHT)),
+            loaded: AtomicUsize::new(0),
+            // No namespace takes more than half of a pool: one tenant's hanging receivers
+            // leave the other half to everyone else.
+            webhook_pool: FairPool::new(WEBHOOK_IN_FLIGHT, WEBHOOK_IN_FLIGHT / 2),
+            ftp_pool: FairPool::new(FTP_IN_FLIGHT, FTP_IN_FLIGHT / 2),
         })
     }
 
-    /// Re-queues every pending delivery found in the store (after a restart).
-    pub fn resume(self: &Arc<Self>) -> anyhow::Result<usize> {
-        let pending: Vec<PendingDelivery> = self.store.pending()?;
-        let n = pending.len();
-        for p in pending {
-            let Some(key) = parse_key(&p.target) else {
-                tracing::warn!(target = %p.target, "pending delivery for an unknown target kind");
-                continue;
-            };
-            let accepted_ms = self
-                .store
-                .event(p.seq)?
-                .map(|e| e.received_unix_ms)
-                .unwrap_or_else(now_ms);
-            let job = Job {
-                seq: p.seq,
-                event_id: p.event_id,
-                attempts: p.attempts,
-                next_attempt_ms: p.next_attempt_unix_ms,
-                accepted_ms,
-                body: None,
-            };
-            self.enqueue(key, p.lane, job);
+    /// Starts a pump for every target with pending deliveries (after a restart) and the
+    /// sweeper that keeps doing so; returns how many deliveries are pending.
+    pub fn resume(self: &Arc<Self>) -> anyhow::Result<u64> {
+        for row in self.store.pending_targets()? {
+            self.wake(&row);
         }
-        self.metrics
-            .queue_depth
-            .set(self.store.stats().pending as i64);
-        Ok(n)
+        let me = self.clone();
+        tokio::spawn(async move { me.sweep_forever().await });
+        let pending = self.store.stats().pending;
+        self.metrics.queue_depth.set(pending as i64);
+        Ok(pending)
     }
 
-    fn lanes_of(&self, key: &TargetKey) -> Arc<TargetLanes> {
-        let mut t = self.targets.lock().unwrap_or_else(|e| e.into_inner());
-        t.entry(key.clone())
-            .or_insert_with(|| {
-                let limit = self
-                    .registry
-                    .get(key)
-                    .and_then(|t| match &t.config {
-                        Some(TargetConfig::Webhook(w)) => Some(w.max_concurrency),
-                        Some(TargetConfig::Ftp(f)) => Some(f.max_connections),
-                        None => None,
-                    })
-                    .unwrap_or(8);
-                Arc::new(TargetLanes {
-                    lanes: Mutex::new(HashMap::new()),
-                    permits: Arc::new(Semaphore::new(limit.max(1) as usize)),
-                    dropped: std::sync::atomic::AtomicBool::new(false),
-                })
-            })
-            .clone()
-    }
-
-    fn enqueue(self: &Arc<Self>, key: TargetKey, lane: String, job: Job) {
-        let tl = self.lanes_of(&key);
-        let start = {
-            let mut lanes = tl.lanes.lock().unwrap_or_else(|e| e.into_inner());
-            let l = lanes.entry(lane.clone()).or_default();
-            l.queue.push_back(job);
-            !std::mem::replace(&mut l.running, true)
+    /// New rows may be pending for `row` (a target id as the store keys it).
+    fn wake(self: &Arc<Self>, row: &str) {
+        let mut map = self.targets.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(ts) = map.get(row) {
+            ts.woken.store(true, Ordering::Release);
+            ts.wake.notify_one();
+            return;
+        }
+        let Ok(id) = row.parse::<TargetId>() else {
+            tracing::warn!(target = %row, "pending deliveries for an unknown target kind");
+            return;
         };
-        if start {
-            let me = self.clone();
-            tokio::spawn(async move { me.run_lane(key, tl, lane).await });
+        let ts = Arc::new(TargetState {
+            id,
+            row: row.to_string(),
+            wake: Notify::new(),
+            woken: AtomicBool::new(false),
+            dropped: AtomicBool::new(false),
+            recording: AtomicUsize::new(0),
+            permits: Mutex::new((1, Arc::new(Semaphore::new(1)))),
+            lanes: Mutex::new(Lanes::default()),
+        });
+        map.insert(row.to_string(), ts.clone());
+        let me = self.clone();
+        tokio::spawn(async move { me.pump(ts).await });
+    }
+
+    /// The registered object the target's rows belong to, if it can be delivered to now.
+    fn active(&self, ts: &TargetState) -> Option<Arc<Target>> {
+        self.registry
+            .get(&ts.id.key)
+            .filter(|t| ts.id.is(t) && t.held.is_none() && t.config.is_some())
+    }
+
+    /// Pages the target's pending rows into lanes while it is active; exits when nothing is
+    /// left for it in memory or in the store.
+    async fn pump(self: Arc<Self>, ts: Arc<TargetState>) {
+        let mut idle_rounds = 0u32;
+        loop {
+            if ts.dropped.load(Ordering::Acquire) {
+                return;
+            }
+            ts.woken.store(false, Ordering::Release);
+            let registered = self.registry.get(&ts.id.key);
+            if let Some(t) = &registered
+                && !ts.id.is(t)
+            {
+                // The object of these rows was replaced by another of the same name.
+                self.forget_rows(&ts, "TargetReplaced").await;
+                return;
+            }
+            let mut exhausted = false;
+            if self.active(&ts).is_some() {
+                let room = {
+                    let lanes = ts.lanes();
+                    let global = self
+                        .limits
+                        .in_memory
+                        .saturating_sub(self.loaded.load(Ordering::Acquire));
+                    self.limits.window.saturating_sub(lanes.loaded).min(global)
+                };
+                if room > 0 {
+                    let cursor = ts.lanes().cursor;
+                    match self.store.pending_after(&ts.row, cursor, room) {
+                        Ok(rows) => {
+                            exhausted = rows.len() < room;
+                            self.load(&ts, rows);
+                        }
+                        Err(e) => tracing::error!(error = %e, "store read failed"),
+                    }
+                }
+            } else {
+                idle_rounds += 1;
+                // A held target's backlog may expire meanwhile: look now and then.
+                exhausted = idle_rounds % 10 == 0
+                    && self
+                        .store
+                        .pending_after(&ts.row, 0, 1)
+                        .is_ok_and(|r| r.is_empty());
+            }
+            if exhausted && ts.lanes().loaded == 0 && ts.recording.load(Ordering::Acquire) == 0 {
+                let mut map = self.targets.lock().unwrap_or_else(|e| e.into_inner());
+                if !ts.woken.load(Ordering::Acquire) {
+                    if map.get(&ts.row).is_some_and(|t| Arc::ptr_eq(t, &ts)) {
+                        map.remove(&ts.row);
+                    }
+                    return;
+                }
+                continue;
+            }
+            tokio::select! {
+                _ = ts.wake.notified() => {}
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+        }
+    }
+
+    fn load(self: &Arc<Self>, ts: &Arc<TargetState>, rows: Vec<crate::store::PendingDelivery>) {
+        if rows.is_empty() {
+            return;
+        }
+        let mut start = Vec::new();
+        {
+            let mut lanes = ts.lanes();
+            for p in rows {
+                lanes.cursor = lanes.cursor.max(p.seq);
+                lanes.loaded += 1;
+                self.loaded.fetch_add(1, Ordering::AcqRel);
+                let q = lanes.queues.entry(p.lane.clone()).or_default();
+                q.push_back(Job {
+                    seq: p.seq,
+                    event_id: p.event_id,
+                    attempts: p.attempts,
+                    next_attempt_ms: p.next_attempt_unix_ms,
+                    received_ms: 0,
+                });
+                // A lane with one job was empty: nobody runs it yet.
+                if q.len() == 1 {
+                    start.push(p.lane);
+                }
+            }
+        }
+        for lane in start {
+            let (me, ts) = (self.clone(), ts.clone());
+            tokio::spawn(async move { me.run_lane(ts, lane).await });
         }
     }
 
     /// Delivers one lane's jobs in order; exits when the lane is empty.
-    async fn run_lane(self: Arc<Self>, key: TargetKey, tl: Arc<TargetLanes>, lane: String) {
+    async fn run_lane(self: Arc<Self>, ts: Arc<TargetState>, lane: String) {
         loop {
             let job = {
-                let mut lanes = tl.lanes.lock().unwrap_or_else(|e| e.into_inner());
-                match lanes.get_mut(&lane).and_then(|l| l.queue.front().cloned()) {
+                let mut lanes = ts.lanes();
+                match lanes.queues.get(&lane).and_then(|q| q.front().cloned()) {
                     Some(j) => j,
                     None => {
-                        lanes.remove(&lane);
+                        lanes.queues.remove(&lane);
                         return;
                     }
                 }
             };
-            let done = self.deliver(&key, &tl, job).await;
-            let mut lanes = tl.lanes.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some(l) = lanes.get_mut(&lane) {
-                if done {
-                    l.queue.pop_front();
+            let finished = self.deliver(&ts, &lane, job).await;
+            let freed = {
+                let mut lanes = ts.lanes();
+                let Some(q) = lanes.queues.get_mut(&lane) else {
+                    return;
+                };
+                let n = if finished {
+                    q.pop_front().map_or(0, |_| 1)
                 } else {
                     // The target is gone: the rest of this lane goes with it.
-                    l.queue.clear();
-                }
-            }
+                    std::mem::take(q).len()
+                };
+                lanes.loaded -= n;
+                n
+            };
+            self.loaded.fetch_sub(freed, Ordering::AcqRel);
+            // Room in the window: the pump may load more.
+            ts.wake.notify_one();
         }
     }
 
-    /// Attempts `job` until it is delivered or given up; false if the target disappeared.
-    async fn deliver(&self, key: &TargetKey, tl: &TargetLanes, mut job: Job) -> bool {
-        let target_name = key.to_string();
+    /// Attempts `job` until it is finished; false if the target was dropped.
+    async fn deliver(&self, ts: &Arc<TargetState>, lane: &str, mut job: Job) -> bool {
         loop {
-            if tl.dropped.load(std::sync::atomic::Ordering::Acquire) {
+            if ts.dropped.load(Ordering::Acquire) {
                 return false;
             }
-            // Not registered (yet): after a restart deliveries resume before the reconcilers
-            // have registered every target. Deletion is signalled by `dropped`.
-            let Some(target) = self.registry.get(key) else {
+            // Held, suspended, not registered (yet) or replaced: keep the event, look again.
+            let Some(target) = self.active(ts) else {
                 tokio::time::sleep(Duration::from_millis(500)).await;
                 continue;
-            };
-            let config = match (&target.held, &target.config) {
-                (None, Some(c)) => c.clone(),
-                // Held (suspended, missing Secret, ...): keep the event, check again soon.
-                _ => {
-                    tokio::time::sleep(Duration::from_millis(500)).await;
-                    continue;
-                }
             };
             let wait = job.next_attempt_ms.saturating_sub(now_ms());
             if wait > 0 {
                 tokio::time::sleep(Duration::from_millis(wait.min(5_000))).await;
                 continue;
             }
-            let body = match &job.body {
-                Some(b) => b.clone(),
-                None => match self.store.event_body(job.seq) {
-                    Ok(Some(b)) => {
-                        let b: Arc<[u8]> = b.into();
-                        job.body = Some(b.clone());
-                        b
-                    }
-                    Ok(None) => {
-                        tracing::error!(target = %target_name, seq = job.seq, "event body missing from the store; dropping the delivery");
-                        self.record(
-                            key,
-                            &job,
-                            Outcome::GaveUp {
-                                reason: "EventMissing".into(),
-                            },
-                        )
-                        .await;
-                        return true;
-                    }
-                    Err(e) => {
-                        tracing::error!(error = %e, "store read failed; retrying");
-                        tokio::time::sleep(Duration::from_secs(1)).await;
-                        continue;
-                    }
-                },
+            // The target's own permit first: waiting for it holds no shared capacity.
+            let permits = ts.permits(&target);
+            let Ok(_own) = permits.acquire_owned().await else {
+                continue;
             };
-            let cfg = match config {
-                TargetConfig::Webhook(w) => w,
-                TargetConfig::Ftp(ftp) => match self.upload(key, tl, &mut job, &ftp, &body).await {
-                    Some(()) => return true,
-                    None => continue,
-                },
+            let pool = match ts.id.key.kind {
+                Kind::Webhook => &self.webhook_pool,
+                Kind::Ftp => &self.ftp_pool,
             };
-            let result = {
-                let _g = self.global.acquire().await;
-                let _t = tl.permits.acquire().await;
-                self.sender.send(&cfg, &job.event_id, &body).await
+            let _shared = pool.acquire(&ts.id.key.namespace).await;
+            // The target may have changed while this waited for capacity.
+            let Some(target) = self.active(ts) else {
+                continue;
             };
-            job.attempts += 1;
-            const KIND: &str = "webhook";
-            match result {
-                AttemptResult::Delivered { status, elapsed } => {
-                    self.count(KIND, "delivered");
-                    self.observe_attempt(KIND, elapsed);
-                    self.observe_latency(KIND, &job);
-                    let outcome = Outcome::Delivered {
-                        status: Some(status),
+            let event = match self.store.event(job.seq) {
+                Ok(Some(e)) => e,
+                Ok(None) => {
+                    tracing::error!(target = %ts.id, seq = job.seq, "event missing from the store; dropping the delivery");
+                    let outcome = Outcome::GaveUp {
+                        reason: "EventMissing: the event is no longer in the store".into(),
                     };
-                    self.record(key, &job, outcome).await;
+                    self.record(ts, &job, outcome);
                     return true;
                 }
-                AttemptResult::Retryable {
-                    reason,
-                    message,
-                    retry_after,
-                    elapsed,
-                    ..
-                } => {
-                    self.observe_attempt(KIND, elapsed);
-                    let why = format!("{reason}: {message}");
-                    if self
-                        .retry_or_give_up(key, &mut job, KIND, &cfg.retry, why, retry_after)
-                        .await
-                    {
-                        return true;
-                    }
-                }
-                AttemptResult::Permanent {
-                    reason,
-                    message,
-                    elapsed,
-                    ..
-                } => {
-                    self.observe_attempt(KIND, elapsed);
-                    self.give_up(key, &job, KIND, format!("{reason}: {message}"))
-                        .await;
-                    return true;
-                }
-                AttemptResult::Gone { .. } => {
-                    self.count(KIND, "gone");
-                    // The receiver says this endpoint is gone: suspend the subscription (an
-                    // annotation the reconciler turns into a held target) and keep the event.
-                    self.counters.receiver_gone(key);
-                    job.attempts -= 1;
+                Err(e) => {
+                    tracing::error!(error = %e, "store read failed; retrying");
                     tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
                 }
+            };
+            job.received_ms = event.received_unix_ms;
+            let step = self.attempt(ts, lane, &target, &mut job, &event).await;
+            match step {
+                Step::Done => return true,
+                Step::Again => {}
             }
         }
     }
 
-    /// One FTP attempt; `Some(())` when the delivery is finished (uploaded, skipped or given
-    /// up), `None` when it is to be retried (the next attempt time is set).
+    /// One attempt of a delivery the target can take now.
+    async fn attempt(
+        &self,
+        ts: &Arc<TargetState>,
+        lane: &str,
+        target: &Target,
+        job: &mut Job,
+        event: &StoredEvent,
+    ) -> Step {
+        let kind = match ts.id.key.kind {
+            Kind::Webhook => "webhook",
+            Kind::Ftp => "ftp",
+        };
+        let age = Duration::from_millis(now_ms().saturating_sub(event.received_unix_ms));
+        let max_age = Duration::from_secs(target.retry.max_age_seconds.into());
+        if age >= max_age {
+            let why = format!(
+                "Expired: the event is {}s old, older than maxAgeSeconds {} of the retry policy",
+                age.as_secs(),
+                max_age.as_secs()
+            );
+            self.give_up(ts, job, kind, why);
+            return Step::Done;
+        }
+        let head: Head = match serde_json::from_slice(&event.body) {
+            Ok(h) => h,
+            Err(e) => {
+                let why = format!("BadEvent: the stored event cannot be read: {e}");
+                self.give_up(ts, job, kind, why);
+                return Step::Done;
+            }
+        };
+        // The target's selector as it is now, not when the event was routed: a subscription
+        // moved to another client (or user, or event type) never gets the old one's events.
+        if !target
+            .selector
+            .matches(&head.client_id, head.user_id.as_deref(), head.type_)
+        {
+            self.count(kind, "dropped");
+            tracing::info!(target = %ts.id, event = %job.event_id, client = %head.client_id, "queued event no longer selected by its target; dropped");
+            let reason = format!(
+                "NotSelected: the target no longer takes {} events of client {:?}",
+                head.type_, head.client_id
+            );
+            self.record(ts, job, Outcome::Dropped { reason });
+            return Step::Done;
+        }
+        match &target.config {
+            Some(TargetConfig::Webhook(cfg)) => {
+                let result = self.sender.send(cfg, &job.event_id, &event.body).await;
+                self.webhook_outcome(ts, job, &target.retry, result)
+            }
+            Some(TargetConfig::Ftp(ftp)) => self.upload(ts, lane, job, ftp, &event.body).await,
+            None => Step::Again,
+        }
+    }
+
+    fn webhook_outcome(
+        &self,
+        ts: &Arc<TargetState>,
+        job: &mut Job,
+        policy: &RetryPolicy,
+        result: AttemptResult,
+    ) -> Step {
+        const KIND: &str = "webhook";
+        job.attempts += 1;
+        self.observe_attempt(KIND, result.elapsed());
+        match result {
+            AttemptResult::Delivered { status, .. } => {
+                self.count(KIND, "delivered");
+                self.observe_latency(KIND, job);
+                let outcome = Outcome::Delivered {
+                    status: Some(status),
+                };
+                self.record(ts, job, outcome);
+                Step::Done
+            }
+            AttemptResult::Retryable {
+                reason,
+                message,
+                retry_after,
+                ..
+            } => {
+                let why = format!("{reason}: {message}");
+                self.retry_or_give_up(ts, job, KIND, policy, why, retry_after)
+            }
+            AttemptResult::Permanent {
+                reason, message, ..
+            } => {
+                self.give_up(ts, job, KIND, format!("{reason}: {message}"));
+                Step::Done
+            }
+            AttemptResult::Gone { .. } => {
+                self.count(KIND, "gone");
+                // The receiver says this endpoint is gone: suspend the subscription (an
+                // annotation the reconciler turns into a held target) and keep the event.
+                self.counters.receiver_gone(&ts.id.key);
+                job.attempts -= 1;
+                Step::Again
+            }
+        }
+    }
+
+    /// One FTP attempt.
     async fn upload(
         &self,
-        key: &TargetKey,
-        tl: &TargetLanes,
+        ts: &Arc<TargetState>,
+        lane: &str,
         job: &mut Job,
         ftp: &FtpTarget,
         body: &[u8],
-    ) -> Option<()> {
+    ) -> Step {
         const KIND: &str = "ftp";
         let event: Envelope = match serde_json::from_slice(body) {
             Ok(e) => e,
             Err(e) => {
                 let why = format!("BadEvent: stored event cannot be read: {e}");
-                self.give_up(key, job, KIND, why).await;
-                return Some(());
+                self.give_up(ts, job, KIND, why);
+                return Step::Done;
             }
         };
-        let result = {
-            let _t = tl.permits.acquire().await;
-            let _g = self.ftp_global.acquire().await;
-            self.uploader.deliver(ftp, &event).await
+        let uploaded = match self.store.uploaded_paths(&ts.row, lane) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::error!(error = %e, "store read failed; retrying");
+                job.next_attempt_ms = now_ms() + 1000;
+                return Step::Again;
+            }
         };
+        let _ = &uploaded;
+        let result = self.uploader.deliver(ftp, &event).await;
         job.attempts += 1;
         let outcome = match result {
             UploadResult::Uploaded {
@@ -335,36 +580,39 @@ impl Dispatcher {
                 bytes,
                 elapsed,
             } => {
+                let paths = Vec::new();
                 self.count(KIND, "delivered");
                 self.observe_attempt(KIND, elapsed);
                 self.observe_latency(KIND, job);
-                Outcome::Uploaded { files, bytes, vin }
+                Outcome::Uploaded {
+                    files,
+                    bytes,
+                    vin,
+                    paths,
+                }
             }
             UploadResult::Deleted { vin, files, .. } => {
+                let paths = Vec::new();
                 self.count(KIND, "delivered");
-                tracing::info!(target = %key, event = %job.event_id, ?vin, files, "vehicle files removed");
-                Outcome::Delivered { status: None }
+                tracing::info!(target = %ts.id, event = %job.event_id, ?vin, files, "vehicle files removed");
+                Outcome::Removed { paths }
             }
             UploadResult::Skipped { reason } => {
                 self.count(KIND, "skipped");
-                tracing::debug!(target = %key, event = %job.event_id, %reason, "nothing to upload");
+                tracing::debug!(target = %ts.id, event = %job.event_id, %reason, "nothing to upload");
                 Outcome::Delivered { status: None }
             }
             UploadResult::Retryable { reason, message } => {
                 let why = format!("{reason}: {message}");
-                let done = self
-                    .retry_or_give_up(key, job, KIND, &ftp.retry, why, None)
-                    .await;
-                return done.then_some(());
+                return self.retry_or_give_up(ts, job, KIND, &ftp.retry, why, None);
             }
             UploadResult::Permanent { reason, message } => {
-                self.give_up(key, job, KIND, format!("{reason}: {message}"))
-                    .await;
-                return Some(());
+                self.give_up(ts, job, KIND, format!("{reason}: {message}"));
+                return Step::Done;
             }
         };
-        self.record(key, job, outcome).await;
-        Some(())
+        self.record(ts, job, outcome);
+        Step::Done
     }
 
     fn count(&self, kind: &'static str, result: &'static str) {
@@ -383,7 +631,7 @@ impl Dispatcher {
     }
 
     fn observe_latency(&self, kind: &'static str, job: &Job) {
-        let latency = now_ms().saturating_sub(job.accepted_ms) as f64 / 1000.0;
+        let latency = now_ms().saturating_sub(job.received_ms) as f64 / 1000.0;
         self.metrics
             .delivery_latency_seconds
             .get_or_create(&KindLabel { kind })
@@ -391,28 +639,27 @@ impl Dispatcher {
     }
 
     /// The delivery failed for good: counted, an Event on the resource, recorded.
-    async fn give_up(&self, key: &TargetKey, job: &Job, kind: &'static str, why: String) {
+    fn give_up(&self, ts: &Arc<TargetState>, job: &Job, kind: &'static str, why: String) {
         self.count(kind, "failed");
-        self.counters.failure(key, &job.event_id, &why);
-        self.record(key, job, Outcome::GaveUp { reason: why }).await;
+        self.counters.failure(&ts.id.key, &job.event_id, &why);
+        self.record(ts, job, Outcome::GaveUp { reason: why });
     }
 
     /// After a retryable failure: schedules the next attempt by the policy, or gives up when
-    /// the policy's attempts or age are spent. True when the delivery is finished.
-    async fn retry_or_give_up(
+    /// the policy's attempts are spent (its age is checked before every attempt).
+    fn retry_or_give_up(
         &self,
-        key: &TargetKey,
+        ts: &Arc<TargetState>,
         job: &mut Job,
         kind: &'static str,
         policy: &RetryPolicy,
         why: String,
         retry_after: Option<Duration>,
-    ) -> bool {
-        let age = Duration::from_millis(now_ms().saturating_sub(job.accepted_ms));
-        if should_give_up(policy, job.attempts, age) {
+    ) -> Step {
+        if should_give_up(policy, job.attempts, Duration::ZERO) {
             let why = format!("{why} (gave up after {} attempts)", job.attempts);
-            self.give_up(key, job, kind, why).await;
-            return true;
+            self.give_up(ts, job, kind, why);
+            return Step::Done;
         }
         self.count(kind, "retry");
         job.next_attempt_ms =
@@ -421,27 +668,28 @@ impl Dispatcher {
             next_attempt_unix_ms: job.next_attempt_ms,
             reason: why,
         };
-        self.record(key, job, outcome).await;
-        false
+        self.record(ts, job, outcome);
+        Step::Again
     }
 
     /// Records an outcome without holding up the lane: the next event of the vehicle goes
     /// out while this one commits (group commit batches them). A crash before the commit
     /// only repeats a delivery, which at-least-once allows; updates for a delivery that is
     /// no longer pending are ignored by the store, so their order does not matter.
-    async fn record(&self, key: &TargetKey, job: &Job, outcome: Outcome) {
+    fn record(&self, ts: &Arc<TargetState>, job: &Job, outcome: Outcome) {
         let update = DeliveryUpdate {
-            target: key.to_string(),
+            target: ts.row.clone(),
             seq: job.seq,
             outcome,
             at_unix_ms: now_ms(),
         };
-        let (store, counters, metrics, key) = (
+        let (store, counters, metrics, ts) = (
             self.store.clone(),
             self.counters.clone(),
             self.metrics.clone(),
-            key.clone(),
+            ts.clone(),
         );
+        ts.recording.fetch_add(1, Ordering::AcqRel);
         tokio::spawn(async move {
             // A failed write is retried so the counters do not drift.
             for attempt in 0..5 {
@@ -453,108 +701,233 @@ impl Dispatcher {
                     }
                 }
             }
-            counters.touch(&key);
+            ts.recording.fetch_sub(1, Ordering::AcqRel);
+            counters.touch(&ts.id.key);
             metrics.queue_depth.set(store.stats().pending as i64);
         });
     }
 
-    /// A target was deleted: forget its queued deliveries.
-    pub async fn drop_target(&self, key: &TargetKey) {
-        let removed = self
-            .targets
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(key);
-        if let Some(tl) = removed {
-            tl.dropped.store(true, std::sync::atomic::Ordering::Release);
+    /// Drops every pending row of `ts` (its object is gone or was replaced).
+    async fn forget_rows(&self, ts: &Arc<TargetState>, why: &str) {
+        ts.dropped.store(true, Ordering::Release);
+        {
+            let mut map = self.targets.lock().unwrap_or_else(|e| e.into_inner());
+            if map.get(&ts.row).is_some_and(|t| Arc::ptr_eq(t, ts)) {
+                map.remove(&ts.row);
+            }
         }
-        match self.store.drop_target(&key.to_string()).await {
+        match self.store.drop_target(&ts.row).await {
             Ok(n) if n > 0 => {
-                tracing::info!(target = %key, dropped = n, "pending deliveries of a deleted target dropped")
+                let kind = match ts.id.key.kind {
+                    Kind::Webhook => "webhook",
+                    Kind::Ftp => "ftp",
+                };
+                self.metrics
+                    .deliveries
+                    .get_or_create(&KindResult {
+                        kind,
+                        result: "dropped",
+                    })
+                    .inc_by(n);
+                tracing::info!(target = %ts.id, dropped = n, reason = why, "pending deliveries dropped");
             }
             Ok(_) => {}
             Err(e) => {
-                tracing::error!(error = %e, target = %key, "could not drop pending deliveries")
+                tracing::error!(error = %e, target = %ts.id, "could not drop pending deliveries")
+            }
+        }
+        self.metrics
+            .queue_depth
+            .set(self.store.stats().pending as i64);
+    }
+
+    /// A target was deleted, or its namespace no longer allows its client: its queued
+    /// deliveries (of every object that had that name) are dropped and counted.
+    pub async fn drop_target(self: &Arc<Self>, key: &TargetKey) {
+        let mut rows: Vec<String> = match self.store.pending_targets() {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(error = %e, "could not list pending targets");
+                Vec::new()
+            }
+        };
+        rows.retain(|r| r.parse::<TargetId>().is_ok_and(|id| id.key == *key));
+        let mut known: Vec<Arc<TargetState>> = self
+            .targets
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .filter(|t| t.id.key == *key)
+            .cloned()
+            .collect();
+        for row in rows {
+            if !known.iter().any(|t| t.row == row)
+                && let Ok(id) = row.parse::<TargetId>()
+            {
+                known.push(Arc::new(TargetState {
+                    id,
+                    row,
+                    wake: Notify::new(),
+                    woken: AtomicBool::new(false),
+                    dropped: AtomicBool::new(false),
+                    recording: AtomicUsize::new(0),
+                    permits: Mutex::new((1, Arc::new(Semaphore::new(1)))),
+                    lanes: Mutex::new(Lanes::default()),
+                }));
+            }
+        }
+        for ts in known {
+            self.forget_rows(&ts, "TargetRemoved").await;
+        }
+    }
+
+    /// Every `sweep_interval`: expires backlogs past their retry policy's maximum age (held
+    /// and unregistered targets included) and makes sure every target with pending rows has
+    /// a pump (so nothing is stranded, whatever happened to the request that stored it).
+    async fn sweep_forever(self: Arc<Self>) {
+        loop {
+            tokio::time::sleep(self.limits.sweep_interval).await;
+            if let Err(e) = self.sweep().await {
+                tracing::warn!(error = %e, "backlog sweep failed");
             }
         }
     }
-}
 
-/// Parses a `TargetKey` from its Display form.
-pub fn parse_key(s: &str) -> Option<TargetKey> {
-    let mut it = s.splitn(3, '/');
-    let kind = match it.next()? {
-        "webhooksubscription" => Kind::Webhook,
-        "ftpconnection" => Kind::Ftp,
-        _ => return None,
-    };
-    Some(TargetKey {
-        kind,
-        namespace: it.next()?.to_string(),
-        name: it.next()?.to_string(),
-    })
+    pub async fn sweep(self: &Arc<Self>) -> anyhow::Result<u64> {
+        let mut expired = 0;
+        for row in self.store.pending_targets()? {
+            let Ok(id) = row.parse::<TargetId>() else {
+                continue;
+            };
+            let policy = self
+                .registry
+                .get(&id.key)
+                .filter(|t| id.is(t))
+                .map(|t| t.retry.clone())
+                .unwrap_or_default();
+            let cutoff =
+                now_ms().saturating_sub(u64::from(policy.max_age_seconds).saturating_mul(1000));
+            const CHUNK: usize = 10_000;
+            let mut n = 0;
+            loop {
+                let k = self.store.expire(&row, cutoff, CHUNK).await?;
+                n += k;
+                if k < CHUNK as u64 {
+                    break;
+                }
+            }
+            if n > 0 {
+                let kind = match id.key.kind {
+                    Kind::Webhook => "webhook",
+                    Kind::Ftp => "ftp",
+                };
+                self.metrics
+                    .deliveries
+                    .get_or_create(&KindResult {
+                        kind,
+                        result: "expired",
+                    })
+                    .inc_by(n);
+                let why = format!(
+                    "Expired: {n} event(s) older than maxAgeSeconds {} were not delivered",
+                    policy.max_age_seconds
+                );
+                self.counters.failure(&id.key, "-", &why);
+                tracing::warn!(target = %id, expired = n, "pending deliveries expired");
+                expired += n;
+            }
+            self.wake(&row);
+        }
+        self.metrics
+            .queue_depth
+            .set(self.store.stats().pending as i64);
+        Ok(expired)
+    }
+
+    async fn accept_now(
+        self: Arc<Self>,
+        events: Vec<Envelope>,
+    ) -> anyhow::Result<Vec<EventResult>> {
+        let mut routed = Vec::with_capacity(events.len());
+        let mut batch = Vec::with_capacity(events.len());
+        for e in &events {
+            let targets: Vec<String> = self
+                .registry
+                .route(&e.client_id, e.user_id.as_deref(), e.type_)
+                .into_iter()
+                .map(|t| t.id().to_string())
+                .collect();
+            batch.push(NewEvent {
+                client: e.client_id.clone(),
+                id: e.id.clone(),
+                body: serde_json::to_vec(e)?,
+                lane: e.lane(),
+                targets: targets.clone(),
+            });
+            routed.push(targets);
+        }
+        let outcomes = self.store.accept(batch).await?;
+        let mut results = Vec::with_capacity(events.len());
+        let mut touched = std::collections::BTreeSet::new();
+        for ((e, targets), outcome) in events.iter().zip(routed).zip(outcomes) {
+            match outcome {
+                AcceptOutcome::New { .. } => {
+                    results.push(EventResult {
+                        id: e.id.clone(),
+                        status: "accepted",
+                        deliveries: targets.len(),
+                    });
+                    touched.extend(targets);
+                }
+                AcceptOutcome::Duplicate { .. } => results.push(EventResult {
+                    id: e.id.clone(),
+                    status: "duplicate",
+                    deliveries: 0,
+                }),
+            }
+        }
+        for row in touched {
+            if let Ok(id) = row.parse::<TargetId>() {
+                self.counters.touch(&id.key);
+            }
+            self.wake(&row);
+        }
+        self.metrics
+            .queue_depth
+            .set(self.store.stats().pending as i64);
+        Ok(results)
+    }
 }
 
 impl EventSink for Arc<Dispatcher> {
     fn accept(&self, events: Vec<Envelope>) -> BoxFuture<'_, anyhow::Result<Vec<EventResult>>> {
+        let me = self.clone();
         Box::pin(async move {
-            let accepted_ms = now_ms();
-            let mut routed = Vec::with_capacity(events.len());
-            let mut batch = Vec::with_capacity(events.len());
-            for e in &events {
-                let targets: Vec<TargetKey> = self
-                    .registry
-                    .route(&e.client_id, e.user_id.as_deref(), e.type_)
-                    .into_iter()
-                    .map(|t| t.key.clone())
-                    .collect();
-                let body: Arc<[u8]> = serde_json::to_vec(e)?.into();
-                batch.push(NewEvent {
-                    id: e.id.clone(),
-                    body: body.to_vec(),
-                    lane: e.lane(),
-                    targets: targets.iter().map(ToString::to_string).collect(),
-                });
-                routed.push((targets, body));
-            }
-            let outcomes = self.store.accept(batch).await?;
-            let mut results = Vec::with_capacity(events.len());
-            for ((e, (targets, body)), outcome) in events.iter().zip(routed).zip(outcomes) {
-                match outcome {
-                    AcceptOutcome::New { seq } => {
-                        let n = targets.len();
-                        for key in targets {
-                            self.counters.touch(&key);
-                            self.enqueue(
-                                key,
-                                e.lane(),
-                                Job {
-                                    seq,
-                                    event_id: e.id.clone(),
-                                    attempts: 0,
-                                    next_attempt_ms: 0,
-                                    accepted_ms,
-                                    body: Some(body.clone()),
-                                },
-                            );
-                        }
-                        results.push(EventResult {
-                            id: e.id.clone(),
-                            status: "accepted",
-                            deliveries: n,
-                        });
-                    }
-                    AcceptOutcome::Duplicate { .. } => results.push(EventResult {
-                        id: e.id.clone(),
-                        status: "duplicate",
-                        deliveries: 0,
-                    }),
+            let pending = me.store.stats().pending;
+            if pending >= me.limits.max_pending {
+                return Err(BacklogFull {
+                    pending,
+                    limit: me.limits.max_pending,
                 }
+                .into());
             }
-            self.metrics
-                .queue_depth
-                .set(self.store.stats().pending as i64);
-            Ok(results)
+            // Commit and hand-off run as their own task: a client that hangs up mid-request
+            // drops this future, never the step between the commit and the pumps' wake-up.
+            tokio::spawn(me.accept_now(events)).await?
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn heads_are_read_from_stored_events() {
+        let body = br#"{"id":"e","type":"vehicle.processed","timestamp":"t","clientId":"c","userId":"u","data":{"vehicle":{"id":"v"}}}"#;
+        let h: Head = serde_json::from_slice(body).unwrap();
+        assert_eq!(h.client_id, "c");
+        assert_eq!(h.user_id.as_deref(), Some("u"));
+        assert_eq!(h.type_, EventType::VehicleProcessed);
     }
 }

@@ -1,6 +1,7 @@
 //! Delivery to clients' systems: scheduling (`dispatcher`), webhooks, FTP.
 
 pub mod dispatcher;
+pub mod fair;
 pub mod ftp;
 pub(crate) mod http;
 pub mod upload;

@@ -48,7 +48,7 @@ pub struct AcceptResponse {
 /// Body of every error response.
 #[derive(Clone, Debug, Serialize, ToSchema)]
 pub struct ErrorBody {
-    /// Machine-readable: `invalid_event`, `unauthorized`, `too_large`, `unsupported_media_type`, `unavailable`.
+    /// Machine-readable: `invalid_event`, `unauthorized`, `too_large`, `unsupported_media_type`, `backlog_full`, `unavailable`.
     pub error: &'static str,
     pub message: String,
     /// The bad field, for `invalid_event`.
@@ -109,6 +109,7 @@ fn error(
         (status = 401, description = "Missing or unknown bearer token", body = ErrorBody),
         (status = 413, description = "Body larger than the limit", body = ErrorBody),
         (status = 415, description = "Content-Type is not application/json", body = ErrorBody),
+        (status = 429, description = "The backlog of pending deliveries is at its limit; nothing was accepted, retry after `Retry-After` seconds", body = ErrorBody),
         (status = 503, description = "Not ready or the store failed; retry", body = ErrorBody),
     ),
     security(("bearer" = []))
@@ -218,6 +219,19 @@ async fn post_events(
                 }),
             )
                 .into_response()
+        }
+        Err(e) if e.is::<crate::delivery::dispatcher::BacklogFull>() => {
+            tracing::warn!(error = %e, "backlog full; events refused");
+            rejected();
+            let mut r = error(
+                StatusCode::TOO_MANY_REQUESTS,
+                "backlog_full",
+                e.to_string(),
+                None,
+            );
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from_static("30"));
+            r
         }
         Err(e) => {
             tracing::error!(error = %e, "could not store events");

@@ -24,7 +24,7 @@ use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
-use tables::{COUNTERS, EVENT_IDS, EVENTS, PENDING};
+use tables::{COUNTERS, EVENT_IDS, EVENTS, PENDING, UPLOADED};
 use writer::{Job, Reply};
 
 /// File name of the database inside the data dir.
@@ -36,6 +36,9 @@ const GC_CHUNK: usize = 10_000;
 /// An event to accept.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewEvent {
+    /// The client the event belongs to: ids are unique per client, so one client can never
+    /// make another's events look like duplicates.
+    pub client: String,
     pub id: String,
     /// The event JSON as received (canonical); delivered byte for byte.
     pub body: Vec<u8>,
@@ -80,11 +83,22 @@ pub enum Outcome {
     Delivered {
         status: Option<u16>,
     },
-    /// Delivered by an FTP upload: also counts files and bytes.
+    /// Delivered by an FTP upload: also counts files and bytes, and remembers the remote
+    /// paths written for the vehicle (its lane).
     Uploaded {
         files: u32,
         bytes: u64,
         vin: Option<String>,
+        paths: Vec<String>,
+    },
+    /// Delivered by removing files (`vehicle.deleted`): they are forgotten.
+    Removed {
+        paths: Vec<String>,
+    },
+    /// Not delivered, on purpose: the target no longer takes this event (another client,
+    /// user or type), or its object was replaced. Counted apart from failures.
+    Dropped {
+        reason: String,
     },
     Retry {
         next_attempt_unix_ms: u64,
@@ -108,8 +122,10 @@ pub struct DeliveryUpdate {
 #[serde(default)]
 pub struct TargetCounters {
     pub delivered: u64,
-    /// Deliveries given up (`GaveUp`).
+    /// Deliveries given up (`GaveUp`, or expired past the retry policy's maximum age).
     pub failed: u64,
+    /// Deliveries dropped because the target stopped taking them (`Dropped`).
+    pub dropped: u64,
     /// Deliveries still pending.
     pub pending: u64,
     /// Failed attempts (`Retry` or `GaveUp`) since the last `Delivered`.
@@ -129,6 +145,7 @@ pub struct TargetCounters {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredEvent {
     pub seq: u64,
+    /// The event id (without its client).
     pub id: String,
     pub lane: String,
     pub received_unix_ms: u64,
@@ -328,8 +345,9 @@ impl Store {
         self.submit(|reply| Job::Record { updates, reply }).await
     }
 
-    /// A target was deleted: removes its pending deliveries and its counters. Returns how many
-    /// pending deliveries were dropped.
+    /// A target was deleted (or may no longer take its client's events): removes its pending
+    /// deliveries, its counters and its upload records. Returns how many pending deliveries
+    /// were dropped.
     pub async fn drop_target(&self, target: &str) -> Result<u64, StoreError> {
         let target = target.to_owned();
         self.submit(|reply| Job::DropTarget { target, reply }).await
@@ -346,6 +364,25 @@ impl Store {
         self.submit(|reply| Job::AddDeliveries {
             target,
             seqs,
+            reply,
+        })
+        .await
+    }
+
+    /// Gives up `target`'s pending deliveries of events received before `cutoff_unix_ms` (the
+    /// retry policy's maximum age), counting them as failed; at most `limit` in one call.
+    /// Returns how many expired.
+    pub async fn expire(
+        &self,
+        target: &str,
+        cutoff_unix_ms: u64,
+        limit: usize,
+    ) -> Result<u64, StoreError> {
+        let target = target.to_owned();
+        self.submit(|reply| Job::Expire {
+            target,
+            cutoff_unix_ms,
+            limit,
             reply,
         })
         .await
@@ -381,9 +418,59 @@ impl Store {
 
     /// Pending deliveries of one target, ordered by seq.
     pub fn pending_for(&self, target: &str) -> Result<Vec<PendingDelivery>, StoreError> {
+        self.pending_after(target, 0, usize::MAX)
+    }
+
+    /// At most `limit` pending deliveries of `target` with a seq above `after`, by seq: the
+    /// dispatcher pages through a backlog instead of holding it in memory.
+    pub fn pending_after(
+        &self,
+        target: &str,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<PendingDelivery>, StoreError> {
+        if after == u64::MAX || limit == 0 {
+            return Ok(Vec::new());
+        }
         let txn = self.inner.db.begin_read()?;
         let table = txn.open_table(PENDING)?;
-        collect_pending(table.range::<(&str, u64)>((target, 0)..=(target, u64::MAX))?)
+        let rows = table.range::<(&str, u64)>((target, after + 1)..=(target, u64::MAX))?;
+        collect_pending(rows.take(limit))
+    }
+
+    /// Every target that has pending deliveries (without reading them all).
+    pub fn pending_targets(&self) -> Result<Vec<String>, StoreError> {
+        let txn = self.inner.db.begin_read()?;
+        let table = txn.open_table(PENDING)?;
+        let mut out: Vec<String> = Vec::new();
+        loop {
+            let next = match out.last() {
+                None => table.first()?,
+                // The next key after every (last, seq): `last` followed by the smallest
+                // character sorts right after all of its rows.
+                Some(last) => {
+                    let after = format!("{last}\u{0}");
+                    table
+                        .range::<(&str, u64)>((after.as_str(), 0)..)?
+                        .next()
+                        .transpose()?
+                }
+            };
+            match next {
+                Some((k, _)) => out.push(k.value().0.to_owned()),
+                None => return Ok(out),
+            }
+        }
+    }
+
+    /// Remote paths recorded as uploaded for `lane` (a vehicle) at `target`.
+    pub fn uploaded_paths(&self, target: &str, lane: &str) -> Result<Vec<String>, StoreError> {
+        let txn = self.inner.db.begin_read()?;
+        let table = txn.open_table(UPLOADED)?;
+        match table.get((target, lane))? {
+            Some(g) => Ok(serde_json::from_slice(g.value()).unwrap_or_default()),
+            None => Ok(Vec::new()),
+        }
     }
 
     pub fn event_body(&self, seq: u64) -> Result<Option<Vec<u8>>, StoreError> {
@@ -396,10 +483,10 @@ impl Store {
         let txn = self.inner.db.begin_read()?;
         let table = txn.open_table(EVENTS)?;
         Ok(table.get(seq)?.map(|g| {
-            let (id, lane, received_unix_ms, body) = g.value();
+            let (key, lane, received_unix_ms, body) = g.value();
             StoredEvent {
                 seq,
-                id: id.to_owned(),
+                id: event_id_of(key).to_owned(),
                 lane: lane.to_owned(),
                 received_unix_ms,
                 body: body.to_vec(),
@@ -407,11 +494,13 @@ impl Store {
         }))
     }
 
-    /// The seq of an accepted event id, while it is remembered.
-    pub fn seq_of(&self, event_id: &str) -> Result<Option<u64>, StoreError> {
+    /// The seq of a client's accepted event id, while it is remembered.
+    pub fn seq_of(&self, client: &str, event_id: &str) -> Result<Option<u64>, StoreError> {
         let txn = self.inner.db.begin_read()?;
         let table = txn.open_table(EVENT_IDS)?;
-        Ok(table.get(event_id)?.map(|g| g.value()))
+        Ok(table
+            .get(dedupe_key(client, event_id).as_str())?
+            .map(|g| g.value()))
     }
 
     /// Persisted counters of a target; all zero for a target with no history.
@@ -437,8 +526,13 @@ impl Store {
     }
 }
 
-fn collect_pending(
-    rows: redb::Range<'_, (&'static str, u64), (&'static str, &'static str, u32, u64)>,
+type PendingRow<'a> = redb::Result<(
+    redb::AccessGuard<'a, (&'static str, u64)>,
+    redb::AccessGuard<'a, (&'static str, &'static str, u32, u64)>,
+)>;
+
+fn collect_pending<'a>(
+    rows: impl Iterator<Item = PendingRow<'a>>,
 ) -> Result<Vec<PendingDelivery>, StoreError> {
     let mut out = Vec::new();
     for row in rows {
@@ -455,6 +549,16 @@ fn collect_pending(
         });
     }
     Ok(out)
+}
+
+/// The dedupe key of a client's event id. Event ids never contain `/` (the ingest API's
+/// alphabet), so the last `/` separates them from any client id.
+pub fn dedupe_key(client: &str, event_id: &str) -> String {
+    format!("{client}/{event_id}")
+}
+
+fn event_id_of(key: &str) -> &str {
+    key.rsplit_once('/').map_or(key, |(_, id)| id)
 }
 
 pub(crate) fn now_unix_ms() -> u64 {

@@ -13,11 +13,13 @@ pub(super) const META: TableDefinition<&str, u64> = TableDefinition::new("meta")
 pub(super) const META_SCHEMA: &str = "schema";
 pub(super) const META_NEXT_SEQ: &str = "next_seq";
 
-/// `events`: seq → (event id, lane, received unix ms, body as received).
+/// `events`: seq → (dedupe key, lane, received unix ms, body as received). The dedupe key is
+/// `client/id` ([`super::dedupe_key`]); rows written before clients were part of it hold the
+/// bare id, which still dedupes (and is gc'd) under that key.
 pub(super) const EVENTS: TableDefinition<u64, (&str, &str, u64, &[u8])> =
     TableDefinition::new("events");
 
-/// `event_ids`: event id → seq; the dedupe index.
+/// `event_ids`: dedupe key → seq; the dedupe index.
 pub(super) const EVENT_IDS: TableDefinition<&str, u64> = TableDefinition::new("event_ids");
 
 /// `pending`: (target, seq) → (event id, lane, attempts so far, next attempt unix ms).
@@ -28,6 +30,11 @@ pub(super) const PENDING: TableDefinition<(&str, u64), (&str, &str, u32, u64)> =
 /// `event_refs`: seq → number of pending deliveries of that event. No row means none left, so
 /// gc can decide without scanning `pending`.
 pub(super) const EVENT_REFS: TableDefinition<u64, u32> = TableDefinition::new("event_refs");
+
+/// `uploaded_files`: (target, lane) → JSON list of remote paths uploaded for that vehicle, so
+/// that `vehicle.deleted` removes exactly those files and never matches by pattern.
+pub(super) const UPLOADED: TableDefinition<(&str, &str), &[u8]> =
+    TableDefinition::new("uploaded_files");
 
 /// `target_counters`: target → [`TargetCounters`] as JSON, so fields can be added without a
 /// schema bump (missing ones default).

@@ -13,6 +13,7 @@ const B: &str = "ftp/ns/b";
 
 fn ev(id: &str, lane: &str, targets: &[&str]) -> NewEvent {
     NewEvent {
+        client: "c".to_owned(),
         id: id.to_owned(),
         body: format!(r#"{{"id":"{id}","vehicleId":"{lane}"}}"#).into_bytes(),
         lane: lane.to_owned(),
@@ -95,7 +96,7 @@ async fn accept_then_reopen_keeps_events_pending_and_seq() {
     assert_eq!((stored.id.as_str(), stored.lane.as_str()), ("e2", "v2"));
     assert!(stored.received_unix_ms > 0);
     assert_eq!(store.event_body(9999).unwrap(), None);
-    assert_eq!(store.seq_of("e2").unwrap(), Some(first[1]));
+    assert_eq!(store.seq_of("c", "e2").unwrap(), Some(first[1]));
 
     // The id index survived too, and numbering continues past the old seqs.
     let again = store
@@ -359,8 +360,8 @@ async fn drop_target_removes_its_deliveries_and_counters() {
     // e2 only had A: nothing pending, so gc can forget it; e1 and e3 wait for B.
     tokio::time::sleep(Duration::from_millis(5)).await;
     assert_eq!(store.gc(Duration::ZERO).await.unwrap(), 1);
-    assert_eq!(store.seq_of("e2").unwrap(), None);
-    assert!(store.seq_of("e1").unwrap().is_some());
+    assert_eq!(store.seq_of("c", "e2").unwrap(), None);
+    assert!(store.seq_of("c", "e1").unwrap().is_some());
 }
 
 #[tokio::test]
@@ -446,8 +447,8 @@ async fn gc_forgets_only_old_events_without_pending_deliveries() {
     tokio::time::sleep(Duration::from_millis(5)).await;
     // The re-accepted "done" is still pending for A.
     assert_eq!(store.gc(Duration::ZERO).await.unwrap(), 1);
-    assert_eq!(store.seq_of("waiting").unwrap(), None);
-    assert_eq!(store.seq_of("done").unwrap(), Some(again[0].seq()));
+    assert_eq!(store.seq_of("c", "waiting").unwrap(), None);
+    assert_eq!(store.seq_of("c", "done").unwrap(), Some(again[0].seq()));
 }
 
 #[tokio::test]
@@ -594,7 +595,7 @@ fn sigkill_loses_no_acknowledged_event() {
             .map(|p| (p.target, p.seq))
             .collect();
         for (id, &seq) in &acked {
-            assert_eq!(store.seq_of(id).unwrap(), Some(seq), "event {id} lost");
+            assert_eq!(store.seq_of("c", id).unwrap(), Some(seq), "event {id} lost");
             for target in CRASH_TARGETS {
                 assert!(
                     pending.contains(&(target.to_owned(), seq)),
@@ -686,12 +687,14 @@ async fn uploads_count_files_and_bytes() {
     let out = store
         .accept(vec![
             NewEvent {
+                client: "c".into(),
                 id: "u1".into(),
                 body: b"{}".to_vec(),
                 lane: "v".into(),
                 targets: vec![t.into()],
             },
             NewEvent {
+                client: "c".into(),
                 id: "u2".into(),
                 body: b"{}".to_vec(),
                 lane: "v".into(),
@@ -709,6 +712,7 @@ async fn uploads_count_files_and_bytes() {
                     files,
                     bytes: u64::from(files) * 1000,
                     vin: Some("VIN1".into()),
+                    paths: vec![format!("/v/{files}.jpg")],
                 },
                 at_unix_ms: 1,
             }])
@@ -718,4 +722,139 @@ async fn uploads_count_files_and_bytes() {
     let c = store.counters(t).unwrap();
     assert_eq!((c.delivered, c.files, c.bytes, c.pending), (2, 8, 8000, 0));
     assert_eq!(c.last_upload, Some((Some("VIN1".to_string()), 5)));
+    assert_eq!(
+        store.uploaded_paths(t, "v").unwrap(),
+        ["/v/3.jpg", "/v/5.jpg"]
+    );
+    let removed = store.accept(vec![ev("u3", "v", &[t])]).await.unwrap()[0].seq();
+    store
+        .record(vec![update(
+            t,
+            removed,
+            2,
+            Outcome::Removed {
+                paths: vec!["/v/3.jpg".into()],
+            },
+        )])
+        .await
+        .unwrap();
+    assert_eq!(store.uploaded_paths(t, "v").unwrap(), ["/v/5.jpg"]);
+    assert_eq!(store.counters(t).unwrap().delivered, 3);
+    store.drop_target(t).await.unwrap();
+    assert!(store.uploaded_paths(t, "v").unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn ids_are_unique_per_client_not_across_clients() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let mut theirs = ev("shared-id", "v", &[A]);
+    theirs.client = "dealer-b".into();
+    let mut ours = ev("shared-id", "v", &[A]);
+    ours.client = "dealer-a".into();
+    // One client posting another's id first must not make the real event a duplicate.
+    let out = store
+        .accept(vec![theirs.clone(), ours.clone()])
+        .await
+        .unwrap();
+    assert!(matches!(out[0], AcceptOutcome::New { .. }));
+    assert!(matches!(out[1], AcceptOutcome::New { .. }));
+    let again = store.accept(vec![ours]).await.unwrap();
+    assert_eq!(again[0], AcceptOutcome::Duplicate { seq: out[1].seq() });
+    assert_eq!(
+        store.seq_of("dealer-a", "shared-id").unwrap(),
+        Some(out[1].seq())
+    );
+    assert_eq!(
+        store.seq_of("dealer-b", "shared-id").unwrap(),
+        Some(out[0].seq())
+    );
+    assert_eq!(store.event(out[1].seq()).unwrap().unwrap().id, "shared-id");
+}
+
+#[tokio::test]
+async fn backlogs_are_paged_and_targets_listed_without_reading_every_row() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let events: Vec<_> = (0..10)
+        .map(|i| ev(&format!("p{i}"), "v", &[A, B]))
+        .collect();
+    let out = seqs(&store.accept(events).await.unwrap());
+    let page = store.pending_after(A, 0, 4).unwrap();
+    assert_eq!(page.iter().map(|p| p.seq).collect::<Vec<_>>(), out[..4]);
+    let next = store.pending_after(A, page[3].seq, 100).unwrap();
+    assert_eq!(next.iter().map(|p| p.seq).collect::<Vec<_>>(), out[4..]);
+    assert!(store.pending_after(A, out[9], 100).unwrap().is_empty());
+    let mut targets = store.pending_targets().unwrap();
+    targets.sort();
+    let mut want = vec![A.to_string(), B.to_string()];
+    want.sort();
+    assert_eq!(targets, want);
+    // A target whose name is a prefix of another's is listed on its own.
+    store
+        .accept(vec![ev("q", "v", &["webhook/ns/a2"])])
+        .await
+        .unwrap();
+    assert_eq!(store.pending_targets().unwrap().len(), 3);
+}
+
+#[tokio::test]
+async fn expiry_gives_up_only_events_older_than_the_cutoff() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let old = seqs(
+        &store
+            .accept(
+                (0..5)
+                    .map(|i| ev(&format!("old{i}"), "v", &[A, B]))
+                    .collect(),
+            )
+            .await
+            .unwrap(),
+    );
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    let cutoff = super::now_unix_ms();
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    let young = seqs(
+        &store
+            .accept((0..3).map(|i| ev(&format!("new{i}"), "v", &[A])).collect())
+            .await
+            .unwrap(),
+    );
+    assert_eq!(store.expire(A, cutoff, 2).await.unwrap(), 2);
+    assert_eq!(store.expire(A, cutoff, 100).await.unwrap(), 3);
+    assert_eq!(store.expire(A, cutoff, 100).await.unwrap(), 0);
+    let left: Vec<u64> = store
+        .pending_for(A)
+        .unwrap()
+        .iter()
+        .map(|p| p.seq)
+        .collect();
+    assert_eq!(left, young);
+    // The other target's rows are its own business.
+    assert_eq!(store.pending_for(B).unwrap().len(), old.len());
+    let c = store.counters(A).unwrap();
+    assert_eq!((c.failed, c.pending), (5, 3));
+    assert!(c.last_failure.unwrap().2.starts_with("Expired"));
+}
+
+#[tokio::test]
+async fn dropped_deliveries_are_counted_apart_from_failures() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let seq = store.accept(vec![ev("d", "v", &[A])]).await.unwrap()[0].seq();
+    store
+        .record(vec![update(
+            A,
+            seq,
+            1,
+            Outcome::Dropped {
+                reason: "NotSelected".into(),
+            },
+        )])
+        .await
+        .unwrap();
+    let c = store.counters(A).unwrap();
+    assert_eq!((c.dropped, c.failed, c.pending), (1, 0, 0));
+    assert!(store.pending_for(A).unwrap().is_empty());
 }

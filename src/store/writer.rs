@@ -9,7 +9,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::tables::{
     self, COUNTERS, EVENT_IDS, EVENT_REFS, EVENTS, META, META_NEXT_SEQ, META_SCHEMA, PENDING,
-    SCHEMA_VERSION,
+    SCHEMA_VERSION, UPLOADED,
 };
 use super::{AcceptOutcome, DeliveryUpdate, NewEvent, Outcome, Stats, StoreError, TargetCounters};
 
@@ -61,6 +61,12 @@ pub(crate) enum Job {
         limit: usize,
         reply: Reply<u64>,
     },
+    Expire {
+        target: String,
+        cutoff_unix_ms: u64,
+        limit: usize,
+        reply: Reply<u64>,
+    },
 }
 
 impl Job {
@@ -70,7 +76,8 @@ impl Job {
             Job::Record { reply, .. } => reply.send_committed(),
             Job::DropTarget { reply, .. }
             | Job::AddDeliveries { reply, .. }
-            | Job::Gc { reply, .. } => reply.send_committed(),
+            | Job::Gc { reply, .. }
+            | Job::Expire { reply, .. } => reply.send_committed(),
         }
     }
 
@@ -80,7 +87,8 @@ impl Job {
             Job::Record { reply, .. } => reply.send_err(err),
             Job::DropTarget { reply, .. }
             | Job::AddDeliveries { reply, .. }
-            | Job::Gc { reply, .. } => reply.send_err(err),
+            | Job::Gc { reply, .. }
+            | Job::Expire { reply, .. } => reply.send_err(err),
         }
     }
 
@@ -99,6 +107,12 @@ impl Job {
                 limit,
                 reply,
             } => reply.set(t.gc(*cutoff_unix_ms, *limit)?),
+            Job::Expire {
+                target,
+                cutoff_unix_ms,
+                limit,
+                reply,
+            } => reply.set(t.expire(target, *cutoff_unix_ms, *limit)?),
         }
         Ok(())
     }
@@ -128,6 +142,7 @@ pub(super) fn init_schema(db: &Database) -> Result<(), StoreError> {
         txn.open_table(PENDING)?;
         txn.open_table(EVENT_REFS)?;
         txn.open_table(COUNTERS)?;
+        txn.open_table(UPLOADED)?;
     }
     txn.commit()?;
     Ok(())
@@ -243,6 +258,7 @@ struct Tables<'txn> {
     ids: Table<'txn, &'static str, u64>,
     pending: Table<'txn, (&'static str, u64), (&'static str, &'static str, u32, u64)>,
     refs: Table<'txn, u64, u32>,
+    uploaded: Table<'txn, (&'static str, &'static str), &'static [u8]>,
     counters_table: Table<'txn, &'static str, &'static [u8]>,
     /// Counters touched in this transaction; `None` = delete. Written once in `finish`.
     counters: BTreeMap<String, Option<TargetCounters>>,
@@ -261,6 +277,7 @@ impl<'txn> Tables<'txn> {
             ids: txn.open_table(EVENT_IDS)?,
             pending: txn.open_table(PENDING)?,
             refs: txn.open_table(EVENT_REFS)?,
+            uploaded: txn.open_table(UPLOADED)?,
             counters_table: txn.open_table(COUNTERS)?,
             counters: BTreeMap::new(),
             next_seq,
@@ -330,9 +347,10 @@ impl<'txn> Tables<'txn> {
     fn accept(&mut self, events: &[NewEvent]) -> Result<Vec<AcceptOutcome>, StoreError> {
         let mut out = Vec::with_capacity(events.len());
         for ev in events {
+            let key = super::dedupe_key(&ev.client, &ev.id);
             // The index sees this transaction's own inserts, so dedupe also holds within a
             // batch and between concurrent callers sharing a commit.
-            if let Some(seq) = self.ids.get(ev.id.as_str())?.map(|g| g.value()) {
+            if let Some(seq) = self.ids.get(key.as_str())?.map(|g| g.value()) {
                 out.push(AcceptOutcome::Duplicate { seq });
                 continue;
             }
@@ -340,14 +358,9 @@ impl<'txn> Tables<'txn> {
             self.next_seq += 1;
             self.events.insert(
                 seq,
-                (
-                    ev.id.as_str(),
-                    ev.lane.as_str(),
-                    self.now,
-                    ev.body.as_slice(),
-                ),
+                (key.as_str(), ev.lane.as_str(), self.now, ev.body.as_slice()),
             )?;
-            self.ids.insert(ev.id.as_str(), seq)?;
+            self.ids.insert(key.as_str(), seq)?;
             self.delta.events += 1;
             let targets: BTreeSet<&str> = ev.targets.iter().map(String::as_str).collect();
             for target in targets {
@@ -377,9 +390,15 @@ impl<'txn> Tables<'txn> {
                     c.consecutive_failures = 0;
                     c.last_delivery = Some((event_id, u.at_unix_ms, *status));
                 }
-                Outcome::Uploaded { files, bytes, vin } => {
+                Outcome::Uploaded {
+                    files,
+                    bytes,
+                    vin,
+                    paths,
+                } => {
                     self.pending.remove(key)?;
                     self.release(u.seq)?;
+                    self.update_uploaded(&u.target, &lane, paths, &[])?;
                     let c = self.counters_mut(&u.target)?;
                     c.delivered += 1;
                     c.pending = c.pending.saturating_sub(1);
@@ -388,6 +407,23 @@ impl<'txn> Tables<'txn> {
                     c.bytes += *bytes;
                     c.last_upload = Some((vin.clone(), *files));
                     c.last_delivery = Some((event_id, u.at_unix_ms, None));
+                }
+                Outcome::Removed { paths } => {
+                    self.pending.remove(key)?;
+                    self.release(u.seq)?;
+                    self.update_uploaded(&u.target, &lane, &[], paths)?;
+                    let c = self.counters_mut(&u.target)?;
+                    c.delivered += 1;
+                    c.pending = c.pending.saturating_sub(1);
+                    c.consecutive_failures = 0;
+                    c.last_delivery = Some((event_id, u.at_unix_ms, None));
+                }
+                Outcome::Dropped { .. } => {
+                    self.pending.remove(key)?;
+                    self.release(u.seq)?;
+                    let c = self.counters_mut(&u.target)?;
+                    c.dropped += 1;
+                    c.pending = c.pending.saturating_sub(1);
                 }
                 Outcome::Retry {
                     next_attempt_unix_ms,
@@ -432,8 +468,124 @@ impl<'txn> Tables<'txn> {
             self.pending.remove((target, seq))?;
             self.release(seq)?;
         }
+        let mut lanes = Vec::new();
+        for row in self.uploaded.range::<(&str, &str)>((target, "")..)? {
+            let (k, _) = row?;
+            let (t, lane) = k.value();
+            if t != target {
+                break;
+            }
+            lanes.push(lane.to_owned());
+        }
+        for lane in &lanes {
+            self.uploaded.remove((target, lane.as_str()))?;
+        }
         self.counters.insert(target.to_owned(), None);
         Ok(seqs.len() as u64)
+    }
+
+    /// Adds `add` to and takes `remove` from the paths recorded for (target, lane).
+    fn update_uploaded(
+        &mut self,
+        target: &str,
+        lane: &str,
+        add: &[String],
+        remove: &[String],
+    ) -> Result<(), StoreError> {
+        if add.is_empty() && remove.is_empty() {
+            return Ok(());
+        }
+        let mut paths: BTreeSet<String> = match self.uploaded.get((target, lane))? {
+            Some(g) => serde_json::from_slice::<Vec<String>>(g.value()).unwrap_or_default(),
+            None => Vec::new(),
+        }
+        .into_iter()
+        .collect();
+        paths.extend(add.iter().cloned());
+        for p in remove {
+            paths.remove(p);
+        }
+        if paths.is_empty() {
+            self.uploaded.remove((target, lane))?;
+        } else {
+            let list: Vec<&String> = paths.iter().collect();
+            let bytes = serde_json::to_vec(&list).map_err(|source| StoreError::Counters {
+                target: target.to_owned(),
+                source,
+            })?;
+            self.uploaded.insert((target, lane), bytes.as_slice())?;
+        }
+        Ok(())
+    }
+
+    /// The last seq received before `cutoff_unix_ms`: receive times never decrease with seq,
+    /// so a binary search over seqs finds it in a few lookups, however many events are kept.
+    fn last_seq_before(&self, cutoff_unix_ms: u64) -> Result<Option<u64>, StoreError> {
+        let received_at = |seq: u64| -> Result<Option<(u64, u64)>, StoreError> {
+            match self.events.range(seq..)?.next() {
+                Some(row) => {
+                    let (k, v) = row?;
+                    Ok(Some((k.value(), v.value().2)))
+                }
+                None => Ok(None),
+            }
+        };
+        let Some((first, first_at)) = received_at(0)? else {
+            return Ok(None);
+        };
+        if first_at >= cutoff_unix_ms {
+            return Ok(None);
+        }
+        // Invariant: the event at `lo` is older than the cutoff; none at or after `hi` is.
+        let (mut lo, mut hi) = (first, self.next_seq);
+        while hi - lo > 1 {
+            let mid = lo + (hi - lo) / 2;
+            match received_at(mid)? {
+                Some((seq, at)) if at < cutoff_unix_ms => lo = seq,
+                _ => hi = mid,
+            }
+        }
+        Ok(Some(lo))
+    }
+
+    fn expire(
+        &mut self,
+        target: &str,
+        cutoff_unix_ms: u64,
+        limit: usize,
+    ) -> Result<u64, StoreError> {
+        let Some(last) = self.last_seq_before(cutoff_unix_ms)? else {
+            return Ok(0);
+        };
+        let mut victims = Vec::new();
+        for row in self
+            .pending
+            .range::<(&str, u64)>((target, 0)..=(target, last))?
+            .take(limit)
+        {
+            let (k, v) = row?;
+            victims.push((k.value().1, v.value().0.to_owned()));
+        }
+        for (seq, _) in &victims {
+            self.pending.remove((target, *seq))?;
+            self.release(*seq)?;
+        }
+        if let Some((_, event_id)) = victims.last() {
+            let n = victims.len() as u64;
+            let now = self.now;
+            let c = self.counters_mut(target)?;
+            c.failed += n;
+            c.pending = c.pending.saturating_sub(n);
+            c.consecutive_failures = c.consecutive_failures.saturating_add(1);
+            c.last_failure = Some((
+                event_id.clone(),
+                now,
+                format!(
+                    "Expired: {n} event(s) older than the retry policy's maxAgeSeconds were not delivered"
+                ),
+            ));
+        }
+        Ok(victims.len() as u64)
     }
 
     fn add_deliveries(&mut self, target: &str, seqs: &[u64]) -> Result<u64, StoreError> {
