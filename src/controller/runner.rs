@@ -25,6 +25,7 @@ use crate::tenancy::AllowedClients;
 /// for that, so an event accepted right after a restart reaches every target that exists,
 /// however long the reconciles (Secrets, FTP login probes) take.
 async fn register_existing<K>(
+    mut listed: tokio::sync::watch::Receiver<bool>,
     objects: reflector::Store<DeserializeGuard<K>>,
     namespaces: reflector::Store<Namespace>,
     registry: Arc<Registry>,
@@ -33,7 +34,13 @@ async fn register_existing<K>(
 ) where
     K: Resource<DynamicType = ()> + Clone + Send + Sync + 'static,
 {
-    if objects.wait_until_ready().await.is_err() || namespaces.wait_until_ready().await.is_err() {
+    if listed.wait_for(|l| *l).await.is_err() {
+        tracing::error!(kind = label, "watch ended before the first list");
+        return;
+    }
+    // Only this task waits on the namespace cache, so its wake-up cannot be taken.
+    if namespaces.wait_until_ready().await.is_err() {
+        tracing::error!(kind = label, "namespace cache dropped before it was ready");
         return;
     }
     let started = std::time::Instant::now();
@@ -79,11 +86,25 @@ pub async fn run<K, R, F>(
     F: Future<Output = Result<Action, Error>> + Send + 'static,
 {
     let client = ctx.client.clone();
-    let ctrl = Controller::new(
-        Api::<DeserializeGuard<K>>::all(client.clone()),
-        watcher::Config::default().any_semantic(),
-    );
-    let store = ctrl.store();
+    // Our own reflector, so that the end of the first list can be seen: a second waiter on
+    // the controller's store readiness would take its wake-up from the controller.
+    let (store, writer) = reflector::store::<DeserializeGuard<K>>();
+    let (listed_tx, listed) = tokio::sync::watch::channel(false);
+    let objects = reflector::reflector(
+        writer,
+        watcher(
+            Api::<DeserializeGuard<K>>::all(client.clone()),
+            watcher::Config::default().any_semantic(),
+        ),
+    )
+    .inspect(move |ev| {
+        if matches!(ev, Ok(watcher::Event::InitDone)) {
+            let _ = listed_tx.send(true);
+        }
+    })
+    .default_backoff()
+    .applied_objects();
+    let ctrl = Controller::for_stream(objects, store.clone());
     let (ns_reader, ns_writer) = reflector::store::<Namespace>();
     let namespaces = reflector::reflector(
         ns_writer,
@@ -106,6 +127,7 @@ pub async fn run<K, R, F>(
     .default_backoff()
     .touched_objects();
     tokio::spawn(register_existing(
+        listed,
         store.clone(),
         ns_reader.clone(),
         ctx.registry.clone(),

@@ -15,6 +15,8 @@ pub struct OperatorProcess {
     pub data_dir: PathBuf,
     pub log: PathBuf,
     token_file: PathBuf,
+    /// Extra `run` arguments, kept for restarts.
+    args: Vec<String>,
 }
 
 fn free_port() -> u16 {
@@ -28,12 +30,22 @@ fn free_port() -> u16 {
 impl OperatorProcess {
     /// Starts the operator and waits for `/readyz` (CRDs must be installed).
     pub async fn start(cp: &ControlPlane, data_dir: PathBuf) -> OperatorProcess {
+        Self::start_with(cp, data_dir, &[]).await
+    }
+
+    /// Starts the operator with extra `run` arguments (kept across restarts).
+    pub async fn start_with(
+        cp: &ControlPlane,
+        data_dir: PathBuf,
+        args: &[&str],
+    ) -> OperatorProcess {
         std::fs::create_dir_all(&data_dir).unwrap();
         let token_file = data_dir.with_extension("tokens");
         std::fs::write(&token_file, format!("# test tokens\n{TOKEN}\n")).unwrap();
         let port = free_port();
         let log = data_dir.with_extension(format!("{port}.log"));
-        Self::spawn(cp, data_dir, token_file, port, log).await
+        let args = args.iter().map(|a| a.to_string()).collect();
+        Self::spawn(cp, data_dir, token_file, port, log, args).await
     }
 
     async fn spawn(
@@ -42,6 +54,7 @@ impl OperatorProcess {
         token_file: PathBuf,
         port: u16,
         log: PathBuf,
+        args: Vec<String>,
     ) -> OperatorProcess {
         let out = std::fs::File::create(&log).unwrap();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_vehicle-connect"));
@@ -56,6 +69,7 @@ impl OperatorProcess {
         .arg(&data_dir)
         .arg("--ingest-token-file")
         .arg(&token_file)
+        .args(&args)
         .env("KUBECONFIG", &cp.kubeconfig)
         .env("RUST_LOG", "info,vehicle_connect=debug")
         .stdout(Stdio::from(out.try_clone().unwrap()))
@@ -68,6 +82,7 @@ impl OperatorProcess {
             data_dir,
             log,
             token_file,
+            args,
         };
         op.wait_ready().await;
         op
@@ -113,8 +128,14 @@ impl OperatorProcess {
             self.token_file.clone(),
             self.port,
             log,
+            self.args.clone(),
         )
         .await
+    }
+
+    /// Stops it (SIGKILL) without starting again; `restart` brings it back.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     pub fn log_text(&self) -> String {
