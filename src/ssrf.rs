@@ -62,12 +62,18 @@ impl TargetGuard {
         self.allow.iter().any(|n| n.contains(&ip))
     }
 
+    /// The class of `ip` if the guard refuses it; `None` if it may be connected to.
+    pub fn refused_class(&self, ip: IpAddr) -> Option<&'static str> {
+        if self.allowed(ip) {
+            None
+        } else {
+            blocked_class(ip)
+        }
+    }
+
     /// Checks one address (also used at connect time against DNS rebinding).
     pub fn check_ip(&self, host: &str, ip: IpAddr) -> Result<(), TargetError> {
-        if self.allowed(ip) {
-            return Ok(());
-        }
-        match blocked_class(ip) {
+        match self.refused_class(ip) {
             Some(class) => Err(TargetError::NotAllowed {
                 host: host.to_string(),
                 addr: ip,
