@@ -125,15 +125,16 @@ async fn main() -> anyhow::Result<()> {
         epsv: false,
         nat_workaround: true,
     };
+    let guard = vehicle_connect::ssrf::TargetGuard::new(vec!["127.0.0.0/8".parse()?]);
 
     // (a) the limit: SESSIONS sessions storing the same bytes, no download, no rename.
     let start = Instant::now();
     let per = vehicles.div_ceil(SESSIONS as usize);
     let mut tasks = Vec::new();
     for s in 0..SESSIONS as usize {
-        let (ep, image) = (ep.clone(), image.clone());
+        let (ep, image, guard) = (ep.clone(), image.clone(), guard.clone());
         tasks.push(tokio::spawn(async move {
-            let mut session = connect(&ep).await.expect("connect");
+            let mut session = connect(&ep, &guard).await.expect("connect");
             let dir = format!("/limit{s}");
             let _ = session.stream_mut().mkdir(&dir).await;
             for v in (s * per)..((s + 1) * per).min(vehicles) {
@@ -166,9 +167,9 @@ async fn main() -> anyhow::Result<()> {
     let start = Instant::now();
     let mut tasks = Vec::new();
     for s in 0..SESSIONS as usize {
-        let (ep, archive) = (ep.clone(), archive.clone());
+        let (ep, archive, guard) = (ep.clone(), archive.clone(), guard.clone());
         tasks.push(tokio::spawn(async move {
-            let mut session = connect(&ep).await.expect("connect");
+            let mut session = connect(&ep, &guard).await.expect("connect");
             let dir = format!("/limitzip{s}");
             let _ = session.stream_mut().mkdir(&dir).await;
             for v in (s * per)..((s + 1) * per).min(vehicles) {

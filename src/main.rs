@@ -108,15 +108,38 @@ fn main() -> anyhow::Result<()> {
 }
 
 fn init_tracing(format: &str) {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new("info,kube_runtime=warn,kube_client=warn"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    use tracing_subscriber::prelude::*;
+    let filter = log_filter(std::env::var("RUST_LOG").ok().as_deref());
+    let layer = tracing_subscriber::fmt::layer();
     if format == "json" {
-        builder.json().init();
+        tracing_subscriber::registry()
+            .with(layer.json().with_filter(filter))
+            .init();
     } else {
-        builder.init();
+        tracing_subscriber::registry()
+            .with(layer.with_filter(filter))
+            .init();
     }
+}
+
+/// `RUST_LOG` (our default when unset or invalid), and, whatever it says, nothing from suppaftp
+/// at trace level: there it logs every control command, `PASS <password>` included. A second
+/// filter every event must also pass, so no directive can lift it.
+fn log_filter<S>(rust_log: Option<&str>) -> impl tracing_subscriber::layer::Filter<S> + use<S>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+{
+    use tracing_subscriber::EnvFilter;
+    use tracing_subscriber::filter::{FilterExt as _, filter_fn};
+    let env = rust_log
+        .and_then(|directives| EnvFilter::try_new(directives).ok())
+        .unwrap_or_else(|| EnvFilter::new("info,kube_runtime=warn,kube_client=warn"));
+    let no_suppaftp_trace = filter_fn(|meta| {
+        !(meta.target().starts_with("suppaftp") && *meta.level() == tracing::Level::TRACE)
+    })
+    // Without a hint the pair would have none, and every `log` record would be bridged.
+    .with_max_level_hint(tracing::level_filters::LevelFilter::TRACE);
+    env.and(no_suppaftp_trace)
 }
 
 async fn run(args: RunArgs) -> anyhow::Result<()> {
@@ -234,4 +257,131 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     counters.flush().await;
     tracing::info!("vehicle-connect stopped");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{BufRead as _, BufReader, Write as _};
+    use std::sync::{Arc, Mutex};
+
+    use tracing_subscriber::prelude::*;
+
+    const PASSWORD: &str = "never-logged-pw";
+
+    /// Log output captured in memory.
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// An FTP server on 127.0.0.1 that logs anyone in, for one session.
+    fn one_session_server() -> u16 {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        std::thread::spawn(move || {
+            let (tcp, _) = listener.accept().unwrap();
+            let mut write = tcp.try_clone().unwrap();
+            write.write_all(b"220 ready\r\n").unwrap();
+            for line in BufReader::new(tcp).lines() {
+                let line = line.unwrap();
+                let reply: &[u8] = match line.split(' ').next().unwrap_or_default() {
+                    "USER" => b"331 password please\r\n",
+                    "PASS" => b"230 logged in\r\n",
+                    "QUIT" => b"221 bye\r\n",
+                    _ => b"200 OK\r\n",
+                };
+                write.write_all(reply).unwrap();
+            }
+        });
+        port
+    }
+
+    /// What a real suppaftp login logs through a subscriber filtered by `filter`.
+    fn login_log<F>(filter: F) -> String
+    where
+        F: tracing_subscriber::layer::Filter<tracing_subscriber::Registry> + Send + Sync + 'static,
+    {
+        // suppaftp logs through `log`: bridge it as `init_tracing` does (once per process; the
+        // bridge hands records to each thread's current subscriber).
+        let _ = tracing_subscriber::registry().try_init();
+        let out = Captured::default();
+        let writer = out.clone();
+        let subscriber = tracing_subscriber::registry().with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(move || writer.clone())
+                .with_ansi(false)
+                .with_filter(filter),
+        );
+        let port = one_session_server();
+        tracing::subscriber::with_default(subscriber, || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap()
+                .block_on(async {
+                    let mut ftp =
+                        vehicle_connect::delivery::ftp::FtpStream::connect(("127.0.0.1", port))
+                            .await
+                            .unwrap();
+                    ftp.login("bob", PASSWORD).await.unwrap();
+                    ftp.quit().await.unwrap();
+                })
+        });
+        String::from_utf8(out.0.lock().unwrap().clone()).unwrap()
+    }
+
+    #[test]
+    fn the_log_filter_keeps_rust_logs_level_hint() {
+        let hint = |rust_log| {
+            <_ as tracing_subscriber::layer::Filter<tracing_subscriber::Registry>>::max_level_hint(
+                &super::log_filter(Some(rust_log)),
+            )
+        };
+        assert_eq!(
+            hint("info"),
+            Some(tracing::level_filters::LevelFilter::INFO)
+        );
+        assert_eq!(
+            hint("trace"),
+            Some(tracing::level_filters::LevelFilter::TRACE)
+        );
+    }
+
+    #[test]
+    fn the_ftp_password_is_never_logged_whatever_rust_log_says() {
+        // Control: RUST_LOG alone lets suppaftp's trace output (and the password) through.
+        let leaked = login_log(tracing_subscriber::EnvFilter::new("trace"));
+        assert!(
+            leaked.contains(PASSWORD),
+            "the test no longer sees suppaftp's PASS line:\n{leaked}"
+        );
+
+        for rust_log in [
+            "trace",
+            "suppaftp=trace",
+            "suppaftp::async_ftp::tokio_ftp::control=trace",
+            "off,suppaftp[{}]=trace",
+        ] {
+            let log = login_log(super::log_filter(Some(rust_log)));
+            assert!(
+                !log.contains(PASSWORD),
+                "RUST_LOG={rust_log} logged the password:\n{log}"
+            );
+            if ["trace", "suppaftp=trace"].contains(&rust_log) {
+                // suppaftp's debug lines still come through: the filter only drops trace.
+                assert!(
+                    log.contains("Signin in with user 'bob'"),
+                    "RUST_LOG={rust_log}:\n{log}"
+                );
+            }
+        }
+    }
 }

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use support::ftp_server::FtpServer;
 use vehicle_connect::api::ftp::FtpProtocol;
 use vehicle_connect::delivery::ftp::{self, FtpEndpoint, ProbeError};
+use vehicle_connect::ssrf::{TargetGuard, parse_allow_list};
 
 const USER: &str = "bob";
 const PASSWORD: &str = "correct-horse-battery";
@@ -28,6 +29,19 @@ fn endpoint(host: &str, port: u16) -> FtpEndpoint {
     }
 }
 
+/// The guard the tests' loopback servers pass.
+fn loopback() -> TargetGuard {
+    TargetGuard::new(parse_allow_list("127.0.0.0/8,::1").unwrap())
+}
+
+async fn probe(ep: &FtpEndpoint) -> Result<(), ProbeError> {
+    ftp::probe(ep, &loopback()).await
+}
+
+async fn connect(ep: &FtpEndpoint) -> Result<ftp::Session, ProbeError> {
+    ftp::connect(ep, &loopback()).await
+}
+
 fn expect_err(result: Result<(), ProbeError>, reason: &str) -> ProbeError {
     match result {
         Ok(()) => panic!("probe succeeded, expected {reason}"),
@@ -41,9 +55,7 @@ fn expect_err(result: Result<(), ProbeError>, reason: &str) -> ProbeError {
 #[tokio::test]
 async fn probe_succeeds_with_right_credentials() {
     let server = FtpServer::start(USER, PASSWORD).await.unwrap();
-    ftp::probe(&endpoint("127.0.0.1", server.port()))
-        .await
-        .unwrap();
+    probe(&endpoint("127.0.0.1", server.port())).await.unwrap();
 }
 
 #[tokio::test]
@@ -51,7 +63,7 @@ async fn wrong_password_is_login_failed_and_never_shows_the_password() {
     let server = FtpServer::start(USER, PASSWORD).await.unwrap();
     let mut ep = endpoint("127.0.0.1", server.port());
     ep.password = "hunter2-wrong".to_string();
-    let err = expect_err(ftp::probe(&ep).await, "LoginFailed");
+    let err = expect_err(probe(&ep).await, "LoginFailed");
     let msg = err.to_string();
     let want = format!(
         "login refused for user 'bob' at 127.0.0.1:{}: 530",
@@ -67,7 +79,7 @@ async fn unknown_user_is_login_failed() {
     let server = FtpServer::start(USER, PASSWORD).await.unwrap();
     let mut ep = endpoint("127.0.0.1", server.port());
     ep.username = "mallory".to_string();
-    let err = expect_err(ftp::probe(&ep).await, "LoginFailed");
+    let err = expect_err(probe(&ep).await, "LoginFailed");
     assert!(err.to_string().contains("'mallory'"), "{err}");
 }
 
@@ -78,7 +90,7 @@ async fn closed_port_is_connection_refused() {
     let port = server.port();
     server.stop().await;
     let err = expect_err(
-        ftp::probe(&endpoint("127.0.0.1", port)).await,
+        probe(&endpoint("127.0.0.1", port)).await,
         "ConnectionRefused",
     );
     assert_eq!(
@@ -102,7 +114,7 @@ async fn silent_server_times_out_within_connect_timeout() {
     ep.connect_timeout = Duration::from_secs(1);
     ep.command_timeout = Duration::from_secs(30);
     let started = Instant::now();
-    let err = expect_err(ftp::probe(&ep).await, "Timeout");
+    let err = expect_err(probe(&ep).await, "Timeout");
     let took = started.elapsed();
     assert!(
         took >= Duration::from_millis(950),
@@ -127,7 +139,7 @@ async fn explicit_ftps_with_the_ca_succeeds() {
     let mut ep = endpoint("localhost", server.port());
     ep.protocol = FtpProtocol::Ftps;
     ep.ca_pem = Some(server.ca_pem().unwrap().as_bytes().to_vec());
-    ftp::probe(&ep).await.unwrap();
+    probe(&ep).await.unwrap();
 }
 
 #[tokio::test]
@@ -141,7 +153,7 @@ async fn explicit_ftps_to_an_ip_address_with_the_ca_succeeds() {
     let mut ep = endpoint("127.0.0.1", server.port());
     ep.protocol = FtpProtocol::Ftps;
     ep.ca_pem = Some(server.ca_pem().unwrap().as_bytes().to_vec());
-    ftp::probe(&ep).await.unwrap();
+    probe(&ep).await.unwrap();
 }
 
 #[tokio::test]
@@ -154,7 +166,7 @@ async fn explicit_ftps_without_the_ca_is_tls_failed() {
         .unwrap();
     let mut ep = endpoint("localhost", server.port());
     ep.protocol = FtpProtocol::Ftps;
-    let err = expect_err(ftp::probe(&ep).await, "TlsFailed");
+    let err = expect_err(probe(&ep).await, "TlsFailed");
     let msg = err.to_string();
     assert!(
         msg.starts_with(&format!("TLS with localhost:{} failed: ", server.port())),
@@ -170,7 +182,7 @@ async fn explicit_ftps_against_a_plain_server_is_tls_failed() {
     let server = FtpServer::start(USER, PASSWORD).await.unwrap();
     let mut ep = endpoint("127.0.0.1", server.port());
     ep.protocol = FtpProtocol::Ftps;
-    let err = expect_err(ftp::probe(&ep).await, "TlsFailed");
+    let err = expect_err(probe(&ep).await, "TlsFailed");
     assert!(err.to_string().contains("server refused TLS"), "{err}");
 }
 
@@ -180,7 +192,7 @@ async fn implicit_ftps_against_a_plain_server_is_tls_failed() {
     let mut ep = endpoint("127.0.0.1", server.port());
     ep.protocol = FtpProtocol::FtpsImplicit;
     ep.connect_timeout = Duration::from_secs(3);
-    let err = expect_err(ftp::probe(&ep).await, "TlsFailed");
+    let err = expect_err(probe(&ep).await, "TlsFailed");
     assert!(err.to_string().contains("ftps-implicit"), "{err}");
 }
 
@@ -190,14 +202,14 @@ async fn bad_ca_bundle_is_tls_failed_before_connecting() {
     ep.protocol = FtpProtocol::Ftps;
     ep.ca_pem =
         Some(b"-----BEGIN CERTIFICATE-----\nnot base64!\n-----END CERTIFICATE-----\n".to_vec());
-    let err = expect_err(ftp::probe(&ep).await, "TlsFailed");
+    let err = expect_err(probe(&ep).await, "TlsFailed");
     assert!(err.to_string().contains("CA bundle"), "{err}");
 }
 
 #[tokio::test]
 async fn unknown_host_is_dns_failed() {
     let err = expect_err(
-        ftp::probe(&endpoint("nonexistent.invalid", 21)).await,
+        probe(&endpoint("nonexistent.invalid", 21)).await,
         "DnsFailed",
     );
     assert!(
@@ -210,7 +222,7 @@ async fn unknown_host_is_dns_failed() {
 /// The session that `connect` returns is the one uploads will use: its passive/EPSV and TLS
 /// settings must carry a real data connection.
 async fn upload_through_session(ep: FtpEndpoint, server: &FtpServer, name: &str) {
-    let mut session = ftp::connect(&ep).await.unwrap();
+    let mut session = connect(&ep).await.unwrap();
     // Bytes an ASCII-mode transfer would alter (CR LF, NUL, high bit).
     const BODY: &[u8] = b"\x00\x01binary\r\n\xff";
     let remote = format!("/{name}");
@@ -234,6 +246,17 @@ async fn session_uploads_in_passive_mode() {
     let server = FtpServer::start(USER, PASSWORD).await.unwrap();
     let ep = endpoint("127.0.0.1", server.port());
     upload_through_session(ep, &server, "pasv.bin").await;
+}
+
+/// Without the NAT workaround the data connection goes where the PASV reply says; an honest
+/// server's own address passes the guard, for the probe (which checks it) and for uploads.
+#[tokio::test]
+async fn honest_pasv_address_passes_the_guard_without_the_nat_workaround() {
+    let server = FtpServer::start(USER, PASSWORD).await.unwrap();
+    let mut ep = endpoint("127.0.0.1", server.port());
+    ep.nat_workaround = false;
+    probe(&ep).await.unwrap();
+    upload_through_session(ep, &server, "pasv-no-nat.bin").await;
 }
 
 #[tokio::test]
@@ -280,11 +303,9 @@ async fn server_accepts_several_accounts() {
         .start()
         .await
         .unwrap();
-    ftp::probe(&endpoint("127.0.0.1", server.port()))
-        .await
-        .unwrap();
+    probe(&endpoint("127.0.0.1", server.port())).await.unwrap();
     let mut alice = endpoint("127.0.0.1", server.port());
     alice.username = "alice".to_string();
     alice.password = "other-password".to_string();
-    ftp::probe(&alice).await.unwrap();
+    probe(&alice).await.unwrap();
 }

@@ -1354,11 +1354,10 @@ async fn vsftpd_upload_throughput_figure() {
     let (mut plain, mut sequential, mut parallel) = (Duration::MAX, Duration::MAX, Duration::MAX);
     for round in 0..3 {
         // Plain loop: one session, STOR each image under its final name.
-        let mut session = vehicle_connect::delivery::ftp::connect(&endpoint(
-            server.port(),
-            FtpProtocol::Ftp,
-            None,
-        ))
+        let mut session = vehicle_connect::delivery::ftp::connect(
+            &endpoint(server.port(), FtpProtocol::Ftp, None),
+            &TargetGuard::new(parse_allow_list("127.0.0.0/8").unwrap()),
+        )
         .await
         .unwrap();
         let start = Instant::now();

@@ -8,6 +8,11 @@ use std::time::Duration;
 use support::vsftpd::{Vsftpd, VsftpdTls};
 use vehicle_connect::api::ftp::FtpProtocol;
 use vehicle_connect::delivery::ftp::{self, FtpEndpoint};
+use vehicle_connect::ssrf::{TargetGuard, parse_allow_list};
+
+fn loopback() -> TargetGuard {
+    TargetGuard::new(parse_allow_list("127.0.0.0/8,::1").unwrap())
+}
 
 const USER: &str = "dealer";
 const PASSWORD: &str = "vsftpd-s3cret";
@@ -33,14 +38,14 @@ fn endpoint(server: &Vsftpd, host: &str, protocol: FtpProtocol) -> FtpEndpoint {
 }
 
 async fn probe_ok(server: &Vsftpd, ep: &FtpEndpoint) {
-    if let Err(e) = ftp::probe(ep).await {
+    if let Err(e) = ftp::probe(ep, &loopback()).await {
         panic!("probe failed: {e}\nvsftpd log:\n{}", server.log());
     }
 }
 
 async fn upload(server: &Vsftpd, ep: &FtpEndpoint, name: &str) {
     const BODY: &[u8] = b"\x00\x01vsftpd\r\n\xff";
-    let mut session = ftp::connect(ep).await.unwrap();
+    let mut session = ftp::connect(ep, &loopback()).await.unwrap();
     let remote = format!("/{name}");
     let written = session
         .run("uploading", |s| {
@@ -73,7 +78,7 @@ async fn wrong_password_is_login_failed() {
     let server = start(VsftpdTls::None);
     let mut ep = endpoint(&server, "127.0.0.1", FtpProtocol::Ftp);
     ep.password = "not-the-password".to_string();
-    let err = ftp::probe(&ep).await.unwrap_err();
+    let err = ftp::probe(&ep, &loopback()).await.unwrap_err();
     assert_eq!(err.reason(), "LoginFailed", "{err}");
     assert_eq!(
         err.to_string(),
@@ -88,7 +93,7 @@ async fn wrong_password_is_login_failed() {
 async fn plain_login_to_a_server_that_requires_tls_is_login_failed() {
     let server = start(VsftpdTls::Explicit);
     let ep = endpoint(&server, "127.0.0.1", FtpProtocol::Ftp);
-    let err = ftp::probe(&ep).await.unwrap_err();
+    let err = ftp::probe(&ep, &loopback()).await.unwrap_err();
     assert_eq!(err.reason(), "LoginFailed", "{err}");
     assert!(err.to_string().contains("encryption"), "{err}");
 }
@@ -106,7 +111,7 @@ async fn explicit_ftps_without_the_ca_is_tls_failed() {
     let server = start(VsftpdTls::Explicit);
     let mut ep = endpoint(&server, "localhost", FtpProtocol::Ftps);
     ep.ca_pem = None;
-    let err = ftp::probe(&ep).await.unwrap_err();
+    let err = ftp::probe(&ep, &loopback()).await.unwrap_err();
     assert_eq!(err.reason(), "TlsFailed", "{err}");
     assert!(err.to_string().contains("UnknownIssuer"), "{err}");
 }
@@ -124,7 +129,7 @@ async fn explicit_ftps_client_against_implicit_server_is_an_error_not_a_hang() {
     let server = start(VsftpdTls::Implicit);
     let mut ep = endpoint(&server, "127.0.0.1", FtpProtocol::Ftps);
     ep.connect_timeout = Duration::from_secs(2);
-    let err = ftp::probe(&ep).await.unwrap_err();
+    let err = ftp::probe(&ep, &loopback()).await.unwrap_err();
     // The server waits for a TLS ClientHello while we wait for its greeting.
     assert_eq!(err.reason(), "Timeout", "{err}");
     assert!(err.to_string().contains("greeting"), "{err}");

@@ -241,7 +241,12 @@ async fn validate(
     let record = ctx
         .shared
         .probes
-        .check(&endpoint, s.probe_interval, &ctx.shared.probe_permits)
+        .check(
+            &endpoint,
+            s.probe_interval,
+            &ctx.shared.probe_permits,
+            &s.guard,
+        )
         .await;
     let target = Some(mk(None, Some(config)));
     let proto = match spec.protocol {
@@ -333,6 +338,7 @@ impl ProbeCache {
         ep: &FtpEndpoint,
         interval: Duration,
         permits: &tokio::sync::Semaphore,
+        target_guard: &crate::ssrf::TargetGuard,
     ) -> ProbeRecord {
         let slot = {
             let mut m = self.entries.lock().unwrap_or_else(|e| e.into_inner());
@@ -355,7 +361,7 @@ impl ProbeCache {
             let _permit = permits.acquire().await;
             // The probe bounds itself by connect_timeout; this outer bound is a safety net.
             let limit = ep.connect_timeout + ep.command_timeout;
-            match tokio::time::timeout(limit, probe(ep)).await {
+            match tokio::time::timeout(limit, probe(ep, target_guard)).await {
                 Ok(Ok(())) => Ok(()),
                 Ok(Err(e)) => Err((e.reason().to_string(), e.to_string())),
                 Err(_) => Err((

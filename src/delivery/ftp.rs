@@ -1,6 +1,13 @@
 //! FTP sessions: connect, TLS, login (and, later, uploads).
+//!
+//! Every connection a session opens goes to an address the [`TargetGuard`] approved: the
+//! control connection to exactly the addresses the guard resolved (no second lookup a DNS
+//! rebinding could answer differently), and each passive data connection to an address checked
+//! again, as the server names it (PASV without `natWorkaround`).
 
+use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -9,12 +16,14 @@ use rustls::RootCertStore;
 use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
 use suppaftp::tokio::{AsyncRustlsConnector, AsyncRustlsStream, ImplAsyncFtpStream};
+use suppaftp::types::ActivePeerCheck;
 use suppaftp::types::FileType;
 use suppaftp::{FtpError, FtpResult, Mode, Status};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, timeout_at};
 
 use crate::api::ftp::FtpProtocol;
+use crate::ssrf::{TargetError, TargetGuard};
 
 /// Everything needed to open a session to one FtpConnection's server.
 #[derive(Clone)]
@@ -87,6 +96,34 @@ pub enum ProbeError {
         during: &'static str,
         detail: String,
     },
+    /// The host resolves to an address the guard refuses.
+    #[error("{0}")]
+    TargetNotAllowed(TargetError),
+    /// The server named a data-connection address the guard refuses.
+    #[error("{0}")]
+    DataTargetNotAllowed(#[from] DataTargetRefused),
+}
+
+/// A passive data connection the guard refused before connecting: the server's PASV reply
+/// named an address the operator must not open connections to.
+#[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
+#[error(
+    "{target} asked for a data connection to {addr}, a {class} address; the operator refuses it \
+     unless --allow-targets covers it (natWorkaround: true connects data connections to the \
+     server's own address instead)"
+)]
+pub struct DataTargetRefused {
+    pub target: String,
+    pub addr: SocketAddr,
+    pub class: &'static str,
+}
+
+/// The guard's refusal inside an error from a data command, if that is what failed.
+pub fn data_target_refused(e: &FtpError) -> Option<&DataTargetRefused> {
+    match e {
+        FtpError::ConnectionError(io) => io.get_ref()?.downcast_ref(),
+        _ => None,
+    }
 }
 
 impl ProbeError {
@@ -100,6 +137,8 @@ impl ProbeError {
             ProbeError::TlsFailed { .. } => "TlsFailed",
             ProbeError::LoginFailed { .. } => "LoginFailed",
             ProbeError::ProtocolError { .. } => "ProtocolError",
+            ProbeError::TargetNotAllowed(e) => e.reason(),
+            ProbeError::DataTargetNotAllowed(_) => "TargetNotAllowed",
         }
     }
 }
@@ -170,10 +209,15 @@ impl Session {
     }
 }
 
-/// Connects, negotiates TLS as configured, logs in, and quits.
-pub async fn probe(endpoint: &FtpEndpoint) -> Result<(), ProbeError> {
-    let mut session = connect(endpoint).await?;
+/// Connects, negotiates TLS as configured, logs in, checks the passive data address the
+/// server announces (without connecting to it), and quits.
+pub async fn probe(endpoint: &FtpEndpoint, guard: &TargetGuard) -> Result<(), ProbeError> {
+    let mut session = open(endpoint, guard, DataChannel::CheckOnly).await?;
     session.noop().await?;
+    if endpoint.passive && !endpoint.epsv && !endpoint.nat_workaround {
+        // Only PASV without the NAT workaround lets the server choose the address.
+        check_passive_address(&mut session).await?;
+    }
     // The server has accepted login and a command; a QUIT that goes unanswered (some servers
     // just close) says nothing about whether uploads will work.
     if let Err(e) = session.quit().await {
@@ -182,27 +226,154 @@ pub async fn probe(endpoint: &FtpEndpoint) -> Result<(), ProbeError> {
     Ok(())
 }
 
+/// Asks for a passive data connection with a data connector that only checks the address:
+/// suppaftp parses the reply and applies `natWorkaround` exactly as for an upload, and the
+/// command that would use the connection is never sent.
+async fn check_passive_address(session: &mut Session) -> Result<(), ProbeError> {
+    const DURING: &str = "asking for a passive data address (PASV)";
+    let after = session.command_timeout;
+    let target = session.target.clone();
+    let result = timeout_at(Instant::now() + after, session.stream.nlst(None)).await;
+    match result {
+        Err(_) => Err(ProbeError::Timeout {
+            target,
+            during: DURING,
+            after,
+        }),
+        Ok(Err(e)) => match data_target_refused(&e) {
+            Some(refused) => Err(refused.clone().into()),
+            None if is_check_only(&e) => Ok(()),
+            None => Err(ProbeError::ProtocolError {
+                target,
+                during: DURING,
+                detail: describe(&e),
+            }),
+        },
+        // The check-only connector never returns a connection.
+        Ok(Ok(_)) => Ok(()),
+    }
+}
+
 /// Opens a logged-in session in binary mode. `connect_timeout` bounds everything up to and
 /// including login (DNS, TCP, greeting, TLS); later commands are bounded by `command_timeout`.
-pub async fn connect(ep: &FtpEndpoint) -> Result<Session, ProbeError> {
-    let target = ep.target();
+/// The control connection goes to the addresses `guard` approves, data connections only to
+/// addresses it approves.
+pub async fn connect(ep: &FtpEndpoint, guard: &TargetGuard) -> Result<Session, ProbeError> {
+    open(ep, guard, DataChannel::Connect).await
+}
+
+/// What a session's passive data connector does with an address the guard approved.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum DataChannel {
+    Connect,
+    /// Probes: report the approval (as [`DataCheckOnly`]) and never connect.
+    CheckOnly,
+}
+
+/// The "error" a check-only data connector returns for an approved address.
+#[derive(Debug, thiserror::Error)]
+#[error("data address approved; not connecting (probe)")]
+struct DataCheckOnly;
+
+fn is_check_only(e: &FtpError) -> bool {
+    matches!(e, FtpError::ConnectionError(io)
+        if io.get_ref().is_some_and(|inner| inner.is::<DataCheckOnly>()))
+}
+
+type DataStreamFuture = Pin<Box<dyn Future<Output = FtpResult<TcpStream>> + Send + Sync>>;
+
+/// suppaftp's passive stream builder, guarded: it receives the address suppaftp derived from
+/// the PASV/EPSV reply (after `natWorkaround`) and refuses it before any packet is sent unless
+/// the guard approves it, as it approved the control connection's.
+fn data_connector(
+    guard: TargetGuard,
+    target: String,
+    channel: DataChannel,
+) -> impl Fn(SocketAddr) -> DataStreamFuture + Send + Sync + 'static {
+    move |addr| {
+        let checked = match guard.refused_class(addr.ip()) {
+            None => Ok(()),
+            Some(class) => Err(DataTargetRefused {
+                target: target.clone(),
+                addr,
+                class,
+            }),
+        };
+        Box::pin(async move {
+            if let Err(refused) = checked {
+                tracing::warn!(server = %refused.target, data_addr = %addr, "refused an FTP data connection to a non-public address");
+                return Err(FtpError::ConnectionError(io::Error::new(
+                    io::ErrorKind::PermissionDenied,
+                    refused,
+                )));
+            }
+            if channel == DataChannel::CheckOnly {
+                return Err(FtpError::ConnectionError(io::Error::other(DataCheckOnly)));
+            }
+            TcpStream::connect(addr)
+                .await
+                .map_err(FtpError::ConnectionError)
+        })
+    }
+}
+
+async fn open(
+    ep: &FtpEndpoint,
+    guard: &TargetGuard,
+    channel: DataChannel,
+) -> Result<Session, ProbeError> {
     let deadline = Instant::now() + ep.connect_timeout;
+    // Fail on a bad CA bundle before touching the network.
+    let tls = match ep.protocol {
+        FtpProtocol::Ftp => None,
+        FtpProtocol::Ftps | FtpProtocol::FtpsImplicit => Some(tls_connector(ep, &ep.target())?),
+    };
+    let addrs = approve(ep, guard, deadline).await?;
+    open_approved(ep, guard, channel, tls, &addrs, deadline).await
+}
+
+/// Resolves and checks the host; the addresses returned are the only ones to connect to.
+async fn approve(
+    ep: &FtpEndpoint,
+    guard: &TargetGuard,
+    deadline: Instant,
+) -> Result<Vec<SocketAddr>, ProbeError> {
+    let fail = |detail: String| ProbeError::DnsFailed {
+        host: ep.host.clone(),
+        detail,
+    };
+    match timeout_at(
+        deadline,
+        guard.check_host(&ep.host, ep.port, ep.connect_timeout),
+    )
+    .await
+    {
+        Ok(Ok(addrs)) => Ok(addrs),
+        Ok(Err(TargetError::Unresolvable { message, .. })) => Err(fail(message)),
+        Ok(Err(e)) => Err(ProbeError::TargetNotAllowed(e)),
+        Err(_) => Err(fail(format!("no answer within {:?}", ep.connect_timeout))),
+    }
+}
+
+/// Connects to `addrs` (approved by `guard`; never resolved again), then greeting, TLS, login.
+async fn open_approved(
+    ep: &FtpEndpoint,
+    guard: &TargetGuard,
+    channel: DataChannel,
+    tls: Option<AsyncRustlsConnector>,
+    addrs: &[SocketAddr],
+    deadline: Instant,
+) -> Result<Session, ProbeError> {
+    let target = ep.target();
     let timeout = |during| ProbeError::Timeout {
         target: target.clone(),
         during,
         after: ep.connect_timeout,
     };
-    // Fail on a bad CA bundle before touching the network.
-    let tls = match ep.protocol {
-        FtpProtocol::Ftp => None,
-        FtpProtocol::Ftps | FtpProtocol::FtpsImplicit => Some(tls_connector(ep, &target)?),
-    };
-
-    let addrs = resolve(ep, deadline).await?;
 
     let mut stream = match (ep.protocol, tls) {
         (FtpProtocol::FtpsImplicit, Some(tls)) => {
-            let mut stream = implicit_tls(ep, &target, &addrs, tls, deadline).await?;
+            let mut stream = implicit_tls(ep, &target, addrs, tls, deadline).await?;
             // suppaftp's implicit connect leaves the data channel at PROT C (clear), which
             // servers that force TLS on data refuse (vsftpd: "522 Data connections must be
             // encrypted") while suppaftp would speak TLS on it anyway. Ask for PROT P, as
@@ -222,7 +393,7 @@ pub async fn connect(ep: &FtpEndpoint) -> Result<Session, ProbeError> {
             stream
         }
         (_, tls) => {
-            let tcp = connect_tcp(&target, &addrs, deadline, ep.connect_timeout).await?;
+            let tcp = connect_tcp(&target, addrs, deadline, ep.connect_timeout).await?;
             let plain = timeout_at(deadline, FtpStream::connect_with_stream(tcp))
                 .await
                 .map_err(|_| timeout("waiting for the server greeting"))?
@@ -258,6 +429,9 @@ pub async fn connect(ep: &FtpEndpoint) -> Result<Session, ProbeError> {
         stream.set_mode(Mode::Passive);
     }
     stream.set_passive_nat_workaround(ep.nat_workaround);
+    stream = stream.passive_stream_builder(data_connector(guard.clone(), target.clone(), channel));
+    // Active mode opens nothing: the server connects to us, and only it may.
+    stream.set_active_peer_check(ActivePeerCheck::ControlPeer);
 
     let mut session = Session {
         stream,
@@ -305,25 +479,6 @@ fn tls_connector(ep: &FtpEndpoint, target: &str) -> Result<AsyncRustlsConnector,
     Ok(AsyncRustlsConnector::from(
         suppaftp::tokio_rustls::TlsConnector::from(Arc::new(config)),
     ))
-}
-
-async fn resolve(ep: &FtpEndpoint, deadline: Instant) -> Result<Vec<SocketAddr>, ProbeError> {
-    let fail = |detail: String| ProbeError::DnsFailed {
-        host: ep.host.clone(),
-        detail,
-    };
-    let addrs = timeout_at(
-        deadline,
-        tokio::net::lookup_host((ep.host.as_str(), ep.port)),
-    )
-    .await
-    .map_err(|_| fail(format!("no answer within {:?}", ep.connect_timeout)))?
-    .map_err(|e| fail(e.to_string()))?
-    .collect::<Vec<_>>();
-    if addrs.is_empty() {
-        return Err(fail("the name has no addresses".to_string()));
-    }
-    Ok(addrs)
 }
 
 /// Tries each address in turn, as `TcpStream::connect` does, but within our deadline.
@@ -535,8 +690,74 @@ mod tests {
         // The controller spawns probes onto the multi-threaded runtime.
         fn assert_send<T: Send>(_: &T) {}
         let ep = endpoint();
-        let fut = probe(&ep);
+        let guard = TargetGuard::default();
+        let fut = probe(&ep, &guard);
         assert_send(&fut);
+    }
+
+    /// A minimal FTP server on 127.0.0.1 that logs anyone in; counts its connections.
+    async fn login_server() -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+        use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let hits = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = hits.clone();
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let (read, mut write) = tcp.into_split();
+                    let mut lines = BufReader::new(read).lines();
+                    write.write_all(b"220 ready\r\n").await.unwrap();
+                    while let Ok(Some(line)) = lines.next_line().await {
+                        let reply: &[u8] = match line.split(' ').next().unwrap_or_default() {
+                            "USER" => b"331 password please\r\n",
+                            "PASS" => b"230 logged in\r\n",
+                            "QUIT" => b"221 bye\r\n",
+                            _ => b"200 OK\r\n",
+                        };
+                        write.write_all(reply).await.unwrap();
+                    }
+                });
+            }
+        });
+        (addr, hits)
+    }
+
+    /// DNS rebinding: the session goes to the addresses the guard approved, and the host name
+    /// is not resolved again. `.invalid` never resolves, so any second lookup would fail.
+    #[tokio::test]
+    async fn connects_to_the_approved_addresses_without_resolving_again() {
+        let (addr, hits) = login_server().await;
+        let mut ep = endpoint();
+        ep.host = "rebinding.invalid".into();
+        ep.port = addr.port();
+        let guard = TargetGuard::new(crate::ssrf::parse_allow_list("127.0.0.1/32").unwrap());
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let session = open_approved(&ep, &guard, DataChannel::Connect, None, &[addr], deadline)
+            .await
+            .unwrap();
+        session.quit().await.unwrap();
+        assert_eq!(hits.load(std::sync::atomic::Ordering::SeqCst), 1);
+        // `connect` resolves once, through the guard; for this name that lookup fails.
+        let err = connect(&ep, &guard).await.unwrap_err();
+        assert_eq!(err.reason(), "DnsFailed", "{err}");
+    }
+
+    /// An address the guard refuses is never connected to, for the probe as for uploads.
+    #[tokio::test]
+    async fn refused_host_is_never_contacted() {
+        let (addr, hits) = login_server().await;
+        let mut ep = endpoint();
+        ep.host = "127.0.0.1".into();
+        ep.port = addr.port();
+        let guard = TargetGuard::default();
+        let err = connect(&ep, &guard).await.unwrap_err();
+        assert_eq!(err.reason(), "TargetNotAllowed", "{err}");
+        assert!(err.to_string().contains("a loopback address"), "{err}");
+        let err = probe(&ep, &guard).await.unwrap_err();
+        assert_eq!(err.reason(), "TargetNotAllowed", "{err}");
+        assert_eq!(hits.load(std::sync::atomic::Ordering::SeqCst), 0);
     }
 
     #[test]

@@ -753,18 +753,14 @@ impl Uploader {
                 }
             }
         }
-        // The controller checked the host; check again, as its addresses may have changed.
-        self.inner
-            .guard
-            .check_host(&ep.host, ep.port, ep.connect_timeout)
+        // Checks the host again (its addresses may have changed) and connects to exactly the
+        // addresses it approves; data connections are checked too.
+        let session = ftp::connect(ep, &self.inner.guard)
             .await
             .map_err(|e| match e {
-                crate::ssrf::TargetError::Unresolvable { .. } => {
-                    Failure::retry(e.reason(), e.to_string())
-                }
-                _ => Failure::permanent(e.reason(), e.to_string()),
+                ProbeError::TargetNotAllowed(_) => Failure::permanent(e.reason(), e.to_string()),
+                e => connect_failure(e),
             })?;
-        let session = ftp::connect(ep).await.map_err(connect_failure)?;
         self.inner.sessions_opened.fetch_add(1, Ordering::Relaxed);
         Ok(Lease::new(
             pool,

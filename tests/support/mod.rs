@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod ftp_server;
+pub mod lying_ftp;
 pub mod operator;
 pub mod process;
 pub mod receiver;
