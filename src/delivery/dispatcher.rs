@@ -325,7 +325,7 @@ impl Dispatcher {
         let result = {
             let _t = tl.permits.acquire().await;
             let _g = self.ftp_global.acquire().await;
-            self.uploader.deliver(ftp, &event).await
+            self.uploader.deliver(ftp, &event, &[]).await
         };
         job.attempts += 1;
         let outcome = match result {
@@ -334,6 +334,7 @@ impl Dispatcher {
                 files,
                 bytes,
                 elapsed,
+                ..
             } => {
                 self.count(KIND, "delivered");
                 self.observe_attempt(KIND, elapsed);
