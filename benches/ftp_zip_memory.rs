@@ -114,7 +114,7 @@ async fn main() -> anyhow::Result<()> {
         let result = uploader.deliver(&target, &ev, &[]).await;
         let took = start.elapsed();
         running.store(false, Ordering::Relaxed);
-        let peak = sample_peak_join(sampler);
+        let peak = sampler.join().unwrap_or(f64::NAN);
         match &result {
             UploadResult::Uploaded { files, bytes, .. } => println!(
                 "RESULT {layout:?} layout: {files} files, {:.0} MiB in {:.1}s; RSS before {before:.0} MiB, peak {peak:.0} MiB, growth {:.0} MiB",
@@ -127,8 +127,4 @@ async fn main() -> anyhow::Result<()> {
         let _ = std::fs::remove_dir_all(server.path(&format!("/mem-{layout:?}")));
     }
     Ok(())
-}
-
-fn sample_peak_join(h: std::thread::JoinHandle<f64>) -> f64 {
-    h.join().unwrap_or(f64::NAN)
 }

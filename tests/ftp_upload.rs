@@ -758,9 +758,15 @@ async fn on_existing_skip_fail_and_overwrite() {
 
     // Skip writes what is missing, and only that.
     std::fs::remove_file(dir.join(format!("{VIN}_02.jpg"))).unwrap();
+    let hits = images.hits();
     expect_uploaded(
         &up.deliver(&t, &processed("evt_ex-3", &second), &[]).await,
         1,
+    );
+    assert_eq!(
+        images.hits(),
+        hits + 1,
+        "only the missing image is downloaded"
     );
     assert_same_bytes(&dir.join(format!("{VIN}_01.jpg")), &first[0].data);
     assert_same_bytes(&dir.join(format!("{VIN}_02.jpg")), &second[1].data);

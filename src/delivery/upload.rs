@@ -487,7 +487,9 @@ impl Uploader {
                     copied
                 }
                 // Only its size and checksum, for the metadata file.
-                None => self.open_image(img).await?.drain().await?,
+                None if plan.metadata.is_some() => self.open_image(img).await?.drain().await?,
+                // Exists, and no metadata file lists it.
+                None => continue,
             };
             let (bytes, sha256) = copied;
             listed.push(json!({
@@ -594,6 +596,7 @@ impl Uploader {
         if !rules.directory.is_empty() {
             let base = parent(&path("baseDirectory", &rules.base_directory, "", "x")?).to_string();
             let mut dirs: Vec<&str> = paths.iter().map(|p| parent(p)).collect();
+            dirs.sort_unstable();
             dirs.dedup();
             for d in dirs {
                 if is_below(d, &base) {
