@@ -358,6 +358,10 @@ impl Template {
     /// (at least its padding width), `{ext}` letters and digits, `{date}` 8 digits, `{time}`
     /// 6, `{event}` an event type; every other placeholder must equal its value in `ctx`,
     /// which fails like [`Template::render`] when the context lacks it.
+    ///
+    /// Linear in the template and the name (names come from servers' listings, so no
+    /// backtracking), and a name longer than [`MAX_SEGMENT_BYTES`] never matches: no upload
+    /// is called that.
     pub fn matches(&self, ctx: &NamingContext<'_>, name: &str) -> Result<bool, RenderError> {
         // Values first, so that a missing one is an error whatever `name` is.
         let mut fixed = Vec::with_capacity(self.parts.len());
@@ -466,36 +470,81 @@ fn varies_per_upload(p: Placeholder) -> bool {
     )
 }
 
-/// Backtracking match of `name` against `parts`; `fixed[i]` is the value of part `i` when
-/// it is a placeholder with one value for the vehicle.
+/// Match of `name` against `parts`; `fixed[i]` is the value of part `i` when it is a
+/// placeholder with one value for the vehicle. Tracks the set of name positions the parts so
+/// far can end at, so each part costs O(name length) whatever the template: no backtracking.
 fn match_parts(parts: &[Part], fixed: &[Option<String>], name: &str) -> bool {
-    let (Some((part, parts)), Some((value, fixed))) = (parts.split_first(), fixed.split_first())
-    else {
-        return name.is_empty();
-    };
-    let rest_matches = |len: usize| match_parts(parts, fixed, &name[len..]);
-    let digits = name.bytes().take_while(u8::is_ascii_digit).count();
-    match part {
-        Part::Literal(l) => name.starts_with(l.as_str()) && rest_matches(l.len()),
-        Part::Placeholder(Placeholder::Index { width }) => {
-            let min = usize::from(width.unwrap_or(1)).max(1);
-            (min..=digits).rev().any(rest_matches)
-        }
-        Part::Placeholder(Placeholder::Ext) => {
-            let alnum = name.bytes().take_while(u8::is_ascii_alphanumeric).count();
-            (1..=alnum).rev().any(rest_matches)
-        }
-        Part::Placeholder(Placeholder::Date) => digits >= 8 && rest_matches(8),
-        Part::Placeholder(Placeholder::Time) => digits >= 6 && rest_matches(6),
-        Part::Placeholder(Placeholder::Event) => EventType::ALL.iter().any(|t| {
-            let t = sanitize(t.as_str());
-            name.starts_with(t.as_str()) && rest_matches(t.len())
-        }),
-        Part::Placeholder(_) => match value {
-            Some(v) => name.starts_with(v.as_str()) && rest_matches(v.len()),
-            None => false,
-        },
+    let name = name.as_bytes();
+    if name.len() > MAX_SEGMENT_BYTES {
+        return false;
     }
+    let n = name.len();
+    // Length of the run of digits (letters and digits) starting at each position.
+    let run = |class: fn(&u8) -> bool| {
+        let mut r = vec![0usize; n + 1];
+        for p in (0..n).rev() {
+            r[p] = if class(&name[p]) { r[p + 1] + 1 } else { 0 };
+        }
+        r
+    };
+    let (digits, alnum) = (run(u8::is_ascii_digit), run(u8::is_ascii_alphanumeric));
+    let events: Vec<String> = EventType::ALL
+        .iter()
+        .map(|t| sanitize(t.as_str()))
+        .collect();
+    let mut reach = vec![false; n + 1];
+    reach[0] = true;
+    for (part, value) in parts.iter().zip(fixed) {
+        let mut next = vec![false; n + 1];
+        // Ranges of end positions, added up after the loop: +1 at the start, -1 past the end.
+        let mut ranges = vec![0i32; n + 2];
+        let exact = |p: usize, s: &[u8], next: &mut Vec<bool>| {
+            if name[p..].starts_with(s) {
+                next[p + s.len()] = true;
+            }
+        };
+        for p in (0..=n).filter(|&p| reach[p]) {
+            match part {
+                Part::Literal(l) => exact(p, l.as_bytes(), &mut next),
+                Part::Placeholder(Placeholder::Index { width }) => {
+                    let min = usize::from(width.unwrap_or(1)).max(1);
+                    if digits[p] >= min {
+                        ranges[p + min] += 1;
+                        ranges[p + digits[p] + 1] -= 1;
+                    }
+                }
+                Part::Placeholder(Placeholder::Ext) => {
+                    if alnum[p] >= 1 {
+                        ranges[p + 1] += 1;
+                        ranges[p + alnum[p] + 1] -= 1;
+                    }
+                }
+                Part::Placeholder(Placeholder::Date) if digits[p] >= 8 => next[p + 8] = true,
+                Part::Placeholder(Placeholder::Time) if digits[p] >= 6 => next[p + 6] = true,
+                Part::Placeholder(Placeholder::Event) => {
+                    for e in &events {
+                        exact(p, e.as_bytes(), &mut next);
+                    }
+                }
+                Part::Placeholder(Placeholder::Date | Placeholder::Time) => {}
+                Part::Placeholder(_) => {
+                    if let Some(v) = value {
+                        exact(p, v.as_bytes(), &mut next);
+                    }
+                }
+            }
+        }
+        let mut open = 0;
+        for (q, reached) in next.iter_mut().enumerate() {
+            open += ranges[q];
+            *reached |= open > 0;
+        }
+        if !next.contains(&true) {
+            return false;
+        }
+        reach = next;
+    }
+    reach[n]
 }
 
 fn value(p: Placeholder, ctx: &NamingContext<'_>) -> Result<String, RenderError> {
@@ -1248,6 +1297,36 @@ mod tests {
                 .matches(&anon, "A1234.zip")
                 .is_err()
         );
+    }
+
+    #[test]
+    fn matching_is_linear_for_hostile_templates_and_names() {
+        // 16 {index} placeholders against a long run of digits: a backtracking matcher tries
+        // every split of the digits (exponential); this one must answer at once.
+        let t = Template::parse(&"{index}".repeat(16)).unwrap();
+        let ctx = NamingContext::sample().for_vehicle();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (t2, ctx2) = (t.clone(), ctx.clone());
+        std::thread::spawn(move || {
+            let (t, ctx) = (t2, ctx2);
+            let start = std::time::Instant::now();
+            let digits = "1".repeat(MAX_SEGMENT_BYTES - 1) + "x";
+            let no = t.matches(&ctx, &digits).unwrap();
+            let yes = t.matches(&ctx, &"7".repeat(200)).unwrap();
+            let too_long = t.matches(&ctx, &"7".repeat(MAX_SEGMENT_BYTES + 1)).unwrap();
+            let _ = tx.send((no, yes, too_long, start.elapsed()));
+        });
+        let (no, yes, too_long, took) = rx
+            .recv_timeout(std::time::Duration::from_secs(5))
+            .expect("matching a hostile name did not finish within 5 s");
+        assert!(!no && yes && !too_long);
+        assert!(took < std::time::Duration::from_millis(500), "{took:?}");
+        // Same for {ext} runs and alternating classes.
+        let t = Template::parse(&"{ext}{index}".repeat(8)).unwrap();
+        let name = "a1".repeat(120) + "-";
+        let start = std::time::Instant::now();
+        assert!(!t.matches(&ctx, &name).unwrap());
+        assert!(start.elapsed() < std::time::Duration::from_millis(500));
     }
 
     #[test]

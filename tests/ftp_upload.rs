@@ -485,7 +485,8 @@ async fn data(
         };
         let (mut client_r, mut client_w) = client.into_split();
         let (mut server_r, mut server_w) = server.into_split();
-        // Uploads flow client → server; count those bytes against the budget.
+        // Uploads flow client → server; count those bytes against the budget. Listings flow
+        // the other way, at the same time.
         let up = async {
             let mut buf = vec![0u8; 16 * KB];
             loop {
@@ -508,12 +509,12 @@ async fn data(
                 }
             }
             let _ = server_w.shutdown().await;
-            // Wait for the server to close its side, then close ours.
-            let mut rest = Vec::new();
-            let _ = server_r.read_to_end(&mut rest).await;
-            let _ = client_w.write_all(&rest).await;
         };
-        up.await;
+        let down = async {
+            let _ = tokio::io::copy(&mut server_r, &mut client_w).await;
+            let _ = client_w.shutdown().await;
+        };
+        tokio::join!(up, down);
     };
     tokio::select! {
         _ = transfer => {}
@@ -557,7 +558,7 @@ async fn files_layout_writes_default_names_same_bytes_and_metadata_last() {
     ];
     let t = target(server.port(), with_metadata(rules("/in")));
     let up = uploader();
-    let r = up.deliver(&t, &processed("evt_files-1", &srcs)).await;
+    let r = up.deliver(&t, &processed("evt_files-1", &srcs), &[]).await;
     let bytes = expect_uploaded(&r, 4);
 
     let dir = server.path("/in");
@@ -617,7 +618,9 @@ async fn zip_layout_holds_the_images_in_index_order_stored() {
     let mut r = with_metadata(rules("out"));
     r.layout = Layout::Zip;
     let t = target(server.port(), r);
-    let result = uploader().deliver(&t, &processed("evt_zip-1", &srcs)).await;
+    let result = uploader()
+        .deliver(&t, &processed("evt_zip-1", &srcs), &[])
+        .await;
     expect_uploaded(&result, 2);
 
     assert_eq!(
@@ -652,7 +655,10 @@ async fn directory_templates_create_nested_directories() {
     r.file_name = "{stock}-{index}.{ext}".to_string();
     let t = target(server.port(), r);
     let up = uploader();
-    expect_uploaded(&up.deliver(&t, &processed("evt_dirs-1", &srcs)).await, 2);
+    expect_uploaded(
+        &up.deliver(&t, &processed("evt_dirs-1", &srcs), &[]).await,
+        2,
+    );
     assert_eq!(
         files_under(server.root()),
         vec![
@@ -667,7 +673,7 @@ async fn directory_templates_create_nested_directories() {
         json!({"id": "veh-10", "vin": "VIN2", "stockNumber": "B7", "make": "Volkswagen", "year": 2021}),
         &srcs,
     );
-    expect_uploaded(&up.deliver(&t, &other).await, 2);
+    expect_uploaded(&up.deliver(&t, &other, &[]).await, 2);
     assert!(
         server
             .path("photos/in/Volkswagen/2021/VIN2/B7-2.jpg")
@@ -700,7 +706,7 @@ async fn hostile_vin_and_stock_stay_inside_the_base_directory() {
             json!({"id": "veh-x", "vin": vin, "stockNumber": stock}),
             &srcs,
         );
-        let r = up.deliver(&t, &ev).await;
+        let r = up.deliver(&t, &ev, &[]).await;
         expect_uploaded(&r, 3);
     }
     let all = files_under(server.root());
@@ -730,13 +736,16 @@ async fn on_existing_skip_fail_and_overwrite() {
     let up = uploader();
     let mut r = with_metadata(rules("/in"));
     let t = target(server.port(), r.clone());
-    expect_uploaded(&up.deliver(&t, &processed("evt_ex-1", &first)).await, 3);
+    expect_uploaded(
+        &up.deliver(&t, &processed("evt_ex-1", &first), &[]).await,
+        3,
+    );
     let dir = server.path("/in");
 
     r.on_existing = OnExisting::Skip;
     let t = target(server.port(), r.clone());
     let hits = images.hits();
-    match up.deliver(&t, &processed("evt_ex-2", &second)).await {
+    match up.deliver(&t, &processed("evt_ex-2", &second), &[]).await {
         UploadResult::Skipped { reason } => assert!(reason.contains("exist"), "{reason}"),
         other => panic!("expected Skipped, got {other:?}"),
     }
@@ -749,14 +758,23 @@ async fn on_existing_skip_fail_and_overwrite() {
 
     // Skip writes what is missing, and only that.
     std::fs::remove_file(dir.join(format!("{VIN}_02.jpg"))).unwrap();
-    expect_uploaded(&up.deliver(&t, &processed("evt_ex-3", &second)).await, 1);
+    let hits = images.hits();
+    expect_uploaded(
+        &up.deliver(&t, &processed("evt_ex-3", &second), &[]).await,
+        1,
+    );
+    assert_eq!(
+        images.hits(),
+        hits + 1,
+        "only the missing image is downloaded"
+    );
     assert_same_bytes(&dir.join(format!("{VIN}_01.jpg")), &first[0].data);
     assert_same_bytes(&dir.join(format!("{VIN}_02.jpg")), &second[1].data);
 
     r.on_existing = OnExisting::Fail;
     let t = target(server.port(), r.clone());
     let msg = expect_failure(
-        &up.deliver(&t, &processed("evt_ex-4", &second)).await,
+        &up.deliver(&t, &processed("evt_ex-4", &second), &[]).await,
         false,
         "FileExists",
     );
@@ -766,7 +784,10 @@ async fn on_existing_skip_fail_and_overwrite() {
 
     r.on_existing = OnExisting::Overwrite;
     let t = target(server.port(), r);
-    expect_uploaded(&up.deliver(&t, &processed("evt_ex-5", &second)).await, 3);
+    expect_uploaded(
+        &up.deliver(&t, &processed("evt_ex-5", &second), &[]).await,
+        3,
+    );
     check_files(&dir, &second, "jpg", true);
     let meta: Value =
         serde_json::from_slice(&std::fs::read(dir.join(format!("{VIN}.json"))).unwrap()).unwrap();
@@ -781,7 +802,9 @@ async fn checksum_mismatch_is_permanent_and_writes_nothing() {
     srcs[1].sha256 = Some(sha256(b"something else"));
     let t = target(server.port(), with_metadata(rules("/in")));
     let msg = expect_failure(
-        &uploader().deliver(&t, &processed("evt_sum-1", &srcs)).await,
+        &uploader()
+            .deliver(&t, &processed("evt_sum-1", &srcs), &[])
+            .await,
         false,
         "ChecksumMismatch",
     );
@@ -799,7 +822,7 @@ async fn image_server_errors_are_classified_and_write_nothing() {
 
     srcs[1].url = images.status_url(404, "gone.jpg");
     let msg = expect_failure(
-        &up.deliver(&t, &processed("evt_st-1", &srcs)).await,
+        &up.deliver(&t, &processed("evt_st-1", &srcs), &[]).await,
         false,
         "ImageNotFound",
     );
@@ -807,7 +830,7 @@ async fn image_server_errors_are_classified_and_write_nothing() {
 
     srcs[1].url = images.status_url(503, "busy.jpg");
     let msg = expect_failure(
-        &up.deliver(&t, &processed("evt_st-2", &srcs)).await,
+        &up.deliver(&t, &processed("evt_st-2", &srcs), &[]).await,
         true,
         "ImageServerError",
     );
@@ -818,7 +841,7 @@ async fn image_server_errors_are_classified_and_write_nothing() {
     srcs[0].data.truncate(5 * KB);
     srcs[0].sha256 = None;
     expect_failure(
-        &up.deliver(&t, &processed("evt_st-3", &srcs)).await,
+        &up.deliver(&t, &processed("evt_st-3", &srcs), &[]).await,
         false,
         "ImageSizeMismatch",
     );
@@ -831,7 +854,7 @@ async fn image_server_errors_are_classified_and_write_nothing() {
     .unwrap();
     let mut big = jpegs(&images, "big", 1, 64 * KB);
     expect_failure(
-        &small.deliver(&t, &processed("evt_st-4", &big)).await,
+        &small.deliver(&t, &processed("evt_st-4", &big), &[]).await,
         false,
         "ImageTooLarge",
     );
@@ -844,7 +867,7 @@ async fn image_server_errors_are_classified_and_write_nothing() {
             .remove("bytes");
         ev
     };
-    expect_failure(&small.deliver(&t, &ev).await, false, "ImageTooLarge");
+    expect_failure(&small.deliver(&t, &ev, &[]).await, false, "ImageTooLarge");
     // Images stored before the failure were temporaries, and are deleted.
     assert!(
         files_under(server.root()).is_empty(),
@@ -865,7 +888,7 @@ async fn image_urls_the_guard_refuses_are_permanent() {
 
     let srcs = jpegs(&forbidden, "guard", 1, KB);
     let msg = expect_failure(
-        &up.deliver(&t, &processed("evt_guard-1", &srcs)).await,
+        &up.deliver(&t, &processed("evt_guard-1", &srcs), &[]).await,
         false,
         "TargetNotAllowed",
     );
@@ -875,7 +898,7 @@ async fn image_urls_the_guard_refuses_are_permanent() {
     let mut srcs = jpegs(&forbidden, "hop", 1, KB);
     srcs[0].url = allowed.redirect_url("hop.jpg", &srcs[0].url);
     let msg = expect_failure(
-        &up.deliver(&t, &processed("evt_guard-2", &srcs)).await,
+        &up.deliver(&t, &processed("evt_guard-2", &srcs), &[]).await,
         false,
         "TargetNotAllowed",
     );
@@ -887,7 +910,10 @@ async fn image_urls_the_guard_refuses_are_permanent() {
     let mut srcs = jpegs(&allowed, "ok", 1, KB);
     let direct = srcs[0].url.clone();
     srcs[0].url = allowed.redirect_url("ok.jpg", &direct);
-    expect_uploaded(&up.deliver(&t, &processed("evt_guard-3", &srcs)).await, 1);
+    expect_uploaded(
+        &up.deliver(&t, &processed("evt_guard-3", &srcs), &[]).await,
+        1,
+    );
     assert!(
         files_under(server.root())
             .iter()
@@ -902,7 +928,7 @@ async fn single_image_events_upload_that_image_without_rewriting_the_vehicle() {
     let up = uploader();
     let t = target(server.port(), with_metadata(rules("/in")));
     let all = jpegs(&images, "all", 3, 20 * KB);
-    expect_uploaded(&up.deliver(&t, &processed("evt_one-1", &all)).await, 4);
+    expect_uploaded(&up.deliver(&t, &processed("evt_one-1", &all), &[]).await, 4);
     let meta_before = std::fs::read(server.path(&format!("/in/{VIN}.json"))).unwrap();
 
     let cropped = jpegs(&images, "crop", 2, 30 * KB);
@@ -912,7 +938,7 @@ async fn single_image_events_upload_that_image_without_rewriting_the_vehicle() {
         vehicle(VIN),
         &cropped[1..],
     );
-    expect_uploaded(&up.deliver(&t, &ev).await, 1);
+    expect_uploaded(&up.deliver(&t, &ev, &[]).await, 1);
     let dir = server.path("/in");
     assert_same_bytes(&dir.join(format!("{VIN}_01.jpg")), &all[0].data);
     assert_same_bytes(&dir.join(format!("{VIN}_02.jpg")), &cropped[1].data);
@@ -926,7 +952,7 @@ async fn single_image_events_upload_that_image_without_rewriting_the_vehicle() {
     // An archive is never rebuilt from one image.
     let mut z = rules("/zip");
     z.layout = Layout::Zip;
-    let r = up.deliver(&target(server.port(), z), &ev).await;
+    let r = up.deliver(&target(server.port(), z), &ev, &[]).await;
     assert!(matches!(r, UploadResult::Skipped { .. }), "{r:?}");
     assert!(!server.path("/zip").exists());
 }
@@ -945,7 +971,11 @@ async fn missing_template_value_is_permanent() {
         json!({"id": "veh-9", "vin": VIN}),
         &srcs,
     );
-    let msg = expect_failure(&uploader().deliver(&t, &ev).await, false, "TemplateError");
+    let msg = expect_failure(
+        &uploader().deliver(&t, &ev, &[]).await,
+        false,
+        "TemplateError",
+    );
     assert!(
         msg.contains("rules.fileName") && msg.contains("{stock}"),
         "{msg}"
@@ -962,9 +992,11 @@ async fn events_without_images_and_other_types_are_skipped() {
     let server = ftp_server().await;
     let t = target(server.port(), rules("/in"));
     let up = uploader();
-    let r = up.deliver(&t, &processed("evt_none-1", &[])).await;
+    let r = up.deliver(&t, &processed("evt_none-1", &[]), &[]).await;
     assert!(matches!(r, UploadResult::Skipped { .. }), "{r:?}");
-    let r = up.deliver(&t, &deleted("evt_none-2", vehicle(VIN))).await;
+    let r = up
+        .deliver(&t, &deleted("evt_none-2", vehicle(VIN)), &[])
+        .await;
     match r {
         UploadResult::Skipped { reason } => assert!(reason.contains("deleteOnVehicleDeleted")),
         other => panic!("{other:?}"),
@@ -981,7 +1013,11 @@ async fn closed_port_is_retryable() {
     let srcs = jpegs(&images, "closed", 1, KB);
     let msg = expect_failure(
         &uploader()
-            .deliver(&target(port, rules("/in")), &processed("evt_cl-1", &srcs))
+            .deliver(
+                &target(port, rules("/in")),
+                &processed("evt_cl-1", &srcs),
+                &[],
+            )
             .await,
         true,
         "ConnectionRefused",
@@ -999,27 +1035,27 @@ async fn connection_cut_mid_upload_is_retryable_and_leaves_no_partial_final_file
     let proxy = CutProxy::start(server.port(), Some(size + size / 2)).await;
     let t = target(proxy.port, with_metadata(rules("/in")));
     let up = uploader();
-    let r = up.deliver(&t, &processed("evt_cut-1", &srcs)).await;
+    let r = up.deliver(&t, &processed("evt_cut-1", &srcs), &[]).await;
     let msg = expect_failure(&r, true, "ConnectionLost");
-    assert!(msg.contains("/in/.vc-tmp-evt_cut-1-2"), "{msg}");
+    assert!(
+        msg.contains("/in/.vc-tmp-") && msg.contains("-2 on "),
+        "{msg}"
+    );
 
     let dir = server.path("/in");
     // Give the server a moment to finish writing what it received.
     tokio::time::sleep(Duration::from_millis(200)).await;
     let names: Vec<String> = files_under(&dir);
     // Renames come after every file is stored: this attempt left no final name at all.
-    assert!(
-        names.iter().all(|n| n.starts_with(".vc-tmp-evt_cut-1-")),
-        "{names:?}"
-    );
-    assert!(
-        names.contains(&".vc-tmp-evt_cut-1-1".to_string()),
-        "{names:?}"
-    );
+    assert!(names.iter().all(|n| n.starts_with(".vc-tmp-")), "{names:?}");
+    assert!(names.iter().any(|n| n.ends_with("-1")), "{names:?}");
 
-    // The retry (straight to the server) replaces the leftover temporary.
+    // The retry (straight to the server, a new session) deletes the dead attempt's
+    // temporaries before storing its own.
     let direct = target(server.port(), with_metadata(rules("/in")));
-    let r = up.deliver(&direct, &processed("evt_cut-1", &srcs)).await;
+    let r = up
+        .deliver(&direct, &processed("evt_cut-1", &srcs), &[])
+        .await;
     expect_uploaded(&r, 5);
     check_files(&dir, &srcs, "jpg", true);
 }
@@ -1039,7 +1075,7 @@ async fn sessions_are_reused_bounded_and_replaced_when_dead() {
             vehicle(&format!("VIN{i}")),
             &srcs,
         );
-        expect_uploaded(&up.deliver(&t, &ev).await, 2);
+        expect_uploaded(&up.deliver(&t, &ev, &[]).await, 2);
     }
     assert_eq!(up.sessions_opened(), 1, "one session for sequential events");
     assert_eq!(up.idle_sessions(), 1);
@@ -1048,7 +1084,7 @@ async fn sessions_are_reused_bounded_and_replaced_when_dead() {
     proxy.cut();
     tokio::time::sleep(Duration::from_millis(50)).await;
     let ev = vehicle_event("evt_pool-x", "vehicle.processed", vehicle("VINX"), &srcs);
-    expect_uploaded(&up.deliver(&t, &ev).await, 2);
+    expect_uploaded(&up.deliver(&t, &ev, &[]).await, 2);
     assert_eq!(up.sessions_opened(), 2);
 
     // Eight vehicles at once through at most two sessions.
@@ -1064,7 +1100,7 @@ async fn sessions_are_reused_bounded_and_replaced_when_dead() {
             )
         })
         .collect();
-    let results = futures::future::join_all(events.iter().map(|e| up.deliver(&t, e))).await;
+    let results = futures::future::join_all(events.iter().map(|e| up.deliver(&t, e, &[]))).await;
     for r in &results {
         expect_uploaded(r, 2);
     }
@@ -1086,7 +1122,10 @@ async fn idle_sessions_are_closed_after_the_idle_time() {
     let t = target(server.port(), rules("/in"));
     let up = uploader();
     up.set_session_idle(Duration::from_millis(300));
-    expect_uploaded(&up.deliver(&t, &processed("evt_idle-1", &srcs)).await, 1);
+    expect_uploaded(
+        &up.deliver(&t, &processed("evt_idle-1", &srcs), &[]).await,
+        1,
+    );
     assert_eq!(up.idle_sessions(), 1);
     let deadline = Instant::now() + Duration::from_secs(10);
     while up.idle_sessions() > 0 {
@@ -1096,37 +1135,86 @@ async fn idle_sessions_are_closed_after_the_idle_time() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    expect_uploaded(&up.deliver(&t, &processed("evt_idle-2", &srcs)).await, 1);
+    expect_uploaded(
+        &up.deliver(&t, &processed("evt_idle-2", &srcs), &[]).await,
+        1,
+    );
     assert_eq!(up.sessions_opened(), 2);
 }
 
+/// The final paths an upload reports, for the record a later deletion gets.
+#[track_caller]
+fn paths_of(r: &UploadResult) -> Vec<String> {
+    match r {
+        UploadResult::Uploaded { paths, files, .. } => {
+            assert_eq!(paths.len(), *files as usize, "{r:?}");
+            paths.clone()
+        }
+        other => panic!("expected Uploaded, got {other:?}"),
+    }
+}
+
 #[tokio::test]
-async fn vehicle_deleted_removes_the_files_of_that_vehicle_only() {
+async fn vehicle_deleted_removes_the_recorded_files_of_that_vehicle_only() {
     let server = ftp_server().await;
     let images = Images::start().await;
     let up = uploader();
     let mut r = with_metadata(rules("/in"));
     r.delete_on_vehicle_deleted = true;
     let t = target(server.port(), r.clone());
-    // Two uploads of different sizes: the deletion finds all, whatever their number.
-    expect_uploaded(
-        &up.deliver(&t, &processed("evt_del-1", &jpegs(&images, "d1", 3, KB)))
-            .await,
-        4,
+    // Two uploads of the vehicle: the record is what both wrote.
+    let first = up
+        .deliver(
+            &t,
+            &processed("evt_del-1", &jpegs(&images, "d1", 3, KB)),
+            &[],
+        )
+        .await;
+    expect_uploaded(&first, 4);
+    let mut record = paths_of(&first);
+    assert_eq!(
+        record,
+        vec![
+            format!("/in/{VIN}_01.jpg"),
+            format!("/in/{VIN}_02.jpg"),
+            format!("/in/{VIN}_03.jpg"),
+            format!("/in/{VIN}.json"),
+        ],
+        "every final path, metadata last"
     );
+    let second = up
+        .deliver(
+            &t,
+            &processed("evt_del-1b", &jpegs(&images, "d1b", 2, KB)),
+            &[],
+        )
+        .await;
+    record.extend(paths_of(&second));
     let other = vehicle_event(
         "evt_del-2",
         "vehicle.processed",
         vehicle("OTHERVIN"),
         &jpegs(&images, "d2", 2, KB),
     );
-    expect_uploaded(&up.deliver(&t, &other).await, 3);
+    expect_uploaded(&up.deliver(&t, &other, &[]).await, 3);
+    // Not recorded for the vehicle, so kept even though its name starts like the vehicle's.
     std::fs::write(server.path(&format!("/in/{VIN}_notes.txt")), b"keep").unwrap();
 
-    match up.deliver(&t, &deleted("evt_del-3", vehicle(VIN))).await {
-        UploadResult::Deleted { files, vin, .. } => {
+    match up
+        .deliver(&t, &deleted("evt_del-3", vehicle(VIN)), &record)
+        .await
+    {
+        UploadResult::Deleted {
+            files, vin, paths, ..
+        } => {
             assert_eq!(files, 4);
             assert_eq!(vin.as_deref(), Some(VIN));
+            let mut paths = paths.clone();
+            paths.sort();
+            let mut want: Vec<String> = record.clone();
+            want.sort();
+            want.dedup();
+            assert_eq!(paths, want);
         }
         other => panic!("expected Deleted, got {other:?}"),
     }
@@ -1139,44 +1227,174 @@ async fn vehicle_deleted_removes_the_files_of_that_vehicle_only() {
             format!("{VIN}_notes.txt"),
         ]
     );
-    // Nothing left to delete.
-    let res = up.deliver(&t, &deleted("evt_del-4", vehicle(VIN))).await;
+    // Nothing left to delete; without a record nothing is looked for.
+    let res = up
+        .deliver(&t, &deleted("evt_del-4", vehicle(VIN)), &record)
+        .await;
+    assert!(matches!(res, UploadResult::Skipped { .. }), "{res:?}");
+    let res = up
+        .deliver(&t, &deleted("evt_del-4b", vehicle(VIN)), &[])
+        .await;
     assert!(matches!(res, UploadResult::Skipped { .. }), "{res:?}");
 
     // Zip layout in a per-vehicle directory: archive, metadata and the directory go.
     r.layout = Layout::Zip;
     r.directory = "{vin}".to_string();
     let t = target(server.port(), r);
-    expect_uploaded(
-        &up.deliver(&t, &processed("evt_del-5", &jpegs(&images, "d3", 2, KB)))
-            .await,
-        2,
-    );
+    let zipped = up
+        .deliver(
+            &t,
+            &processed("evt_del-5", &jpegs(&images, "d3", 2, KB)),
+            &[],
+        )
+        .await;
+    expect_uploaded(&zipped, 2);
     assert!(server.path(&format!("/in/{VIN}/{VIN}.zip")).is_file());
-    match up.deliver(&t, &deleted("evt_del-6", vehicle(VIN))).await {
+    match up
+        .deliver(&t, &deleted("evt_del-6", vehicle(VIN)), &paths_of(&zipped))
+        .await
+    {
         UploadResult::Deleted { files: 2, .. } => {}
         other => panic!("expected Deleted of 2 files, got {other:?}"),
     }
     assert!(!server.path(&format!("/in/{VIN}")).exists());
+    // The base directory stays, even when empty.
+    assert!(server.path("/in").is_dir());
 }
 
+/// Names without separators: `{stock}{index}.{ext}` renders A11.jpg for stock A1 and
+/// A12011.jpg for stock A1201, which a pattern for A1 also matches (A1 + index 2011).
 #[tokio::test]
-async fn deletion_refuses_rules_that_would_match_other_vehicles() {
+async fn deleting_stock_a1_leaves_the_files_of_stock_a1201() {
     let server = ftp_server().await;
+    let images = Images::start().await;
+    let up = uploader();
     let mut r = rules("/in");
-    r.file_name = "{index}.{ext}".to_string();
+    r.file_name = "{stock}{index}.{ext}".to_string();
     r.delete_on_vehicle_deleted = true;
     let t = target(server.port(), r);
-    std::fs::create_dir_all(server.path("/in")).unwrap();
-    std::fs::write(server.path("/in/1.jpg"), b"someone else's").unwrap();
-    expect_failure(
-        &uploader()
-            .deliver(&t, &deleted("evt_dd-1", vehicle(VIN)))
-            .await,
-        false,
-        "CannotLocateFiles",
+    let stock =
+        |s: &str| json!({"id": format!("veh-{s}"), "vin": format!("VIN{s}"), "stockNumber": s});
+    let a1 = up
+        .deliver(
+            &t,
+            &vehicle_event(
+                "evt_a1",
+                "vehicle.processed",
+                stock("A1"),
+                &jpegs(&images, "a1", 2, KB),
+            ),
+            &[],
+        )
+        .await;
+    let a1201 = up
+        .deliver(
+            &t,
+            &vehicle_event(
+                "evt_a1201",
+                "vehicle.processed",
+                stock("A1201"),
+                &jpegs(&images, "a1201", 2, KB),
+            ),
+            &[],
+        )
+        .await;
+    expect_uploaded(&a1, 2);
+    expect_uploaded(&a1201, 2);
+    assert_eq!(
+        files_under(&server.path("/in")),
+        vec!["A11.jpg", "A12.jpg", "A12011.jpg", "A12012.jpg"]
     );
-    assert!(server.path("/in/1.jpg").is_file());
+    match up
+        .deliver(&t, &deleted("evt_a1-gone", stock("A1")), &paths_of(&a1))
+        .await
+    {
+        UploadResult::Deleted {
+            files: 2, paths, ..
+        } => {
+            assert_eq!(paths, vec!["/in/A12.jpg", "/in/A11.jpg"]);
+        }
+        other => panic!("expected Deleted of 2 files, got {other:?}"),
+    }
+    assert_eq!(
+        files_under(&server.path("/in")),
+        vec!["A12011.jpg", "A12012.jpg"]
+    );
+}
+
+/// Event ids that sanitise to the same text (`a:b`, `a_b`) uploaded at once into one
+/// directory: each vehicle gets its own bytes (shared temporary names would swap them).
+#[tokio::test]
+async fn temporaries_of_ids_that_sanitise_alike_do_not_collide() {
+    let server = ftp_server().await;
+    let images = Images::start().await;
+    let up = uploader();
+    let mut t = target(server.port(), rules("/in"));
+    t.max_connections = 2;
+    let (one, two) = (
+        jpegs(&images, "colon", 3, 256 * KB),
+        jpegs(&images, "under", 3, 256 * KB),
+    );
+    let ev1 = vehicle_event("a:b", "vehicle.processed", vehicle("VINCOLON"), &one);
+    let ev2 = vehicle_event("a_b", "vehicle.processed", vehicle("VINUNDER"), &two);
+    for round in 0..3 {
+        let (r1, r2) = tokio::join!(up.deliver(&t, &ev1, &[]), up.deliver(&t, &ev2, &[]));
+        expect_uploaded(&r1, 3);
+        expect_uploaded(&r2, 3);
+        for (vin, srcs) in [("VINCOLON", &one), ("VINUNDER", &two)] {
+            for s in srcs.iter() {
+                assert_same_bytes(
+                    &server.path(&format!("/in/{vin}_{:02}.jpg", s.index)),
+                    &s.data,
+                );
+            }
+        }
+        let names = files_under(&server.path("/in"));
+        assert_eq!(names.len(), 6, "round {round}: {names:?}");
+    }
+}
+
+/// A dead session's temporaries (older than the bound, with our prefix) are deleted by the
+/// next session that stores into that directory; fresh ones, legacy ones and other dot files
+/// stay.
+#[tokio::test]
+async fn stale_temporaries_are_deleted_by_the_next_session_to_the_directory() {
+    let server = ftp_server().await;
+    let images = Images::start().await;
+    let dir = server.path("/in/Volkswagen");
+    std::fs::create_dir_all(&dir).unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let old = now - 7 * 3600;
+    let stale = [
+        format!(".vc-tmp-{old}-0123456789abcdef-1a2b3c4d0-1"),
+        format!(".vc-tmp-{old}-fedcba9876543210-1a2b3c4d7-json"),
+    ];
+    let kept = [
+        format!(".vc-tmp-{}-0123456789abcdef-1a2b3c4d1-1", now - 60),
+        ".vc-tmp-evt_legacy-1".to_string(),
+        ".hidden".to_string(),
+        "other.jpg".to_string(),
+    ];
+    for name in stale.iter().chain(&kept) {
+        std::fs::write(dir.join(name), b"x").unwrap();
+    }
+    let mut r = rules("/in");
+    r.directory = "{make}".to_string();
+    let t = target(server.port(), r);
+    let srcs = jpegs(&images, "stale", 2, KB);
+    expect_uploaded(
+        &uploader()
+            .deliver(&t, &processed("evt_stale-1", &srcs), &[])
+            .await,
+        2,
+    );
+    let mut want: Vec<String> = kept.to_vec();
+    want.extend([format!("{VIN}_01.jpg"), format!("{VIN}_02.jpg")]);
+    want.sort();
+    assert_eq!(files_under(&dir), want);
 }
 
 #[tokio::test]
@@ -1187,9 +1405,11 @@ async fn server_refusals_are_classified_by_reply_code() {
     // A file where the directory should be: MKD fails, then STOR is refused with a 5xx.
     std::fs::write(server.path("/blocked"), b"file").unwrap();
     let t = target(server.port(), rules("/blocked/in"));
-    let r = uploader().deliver(&t, &processed("evt_ref-1", &srcs)).await;
+    let r = uploader()
+        .deliver(&t, &processed("evt_ref-1", &srcs), &[])
+        .await;
     let msg = expect_failure(&r, false, "FileUnavailable");
-    assert!(msg.contains("/blocked/in/.vc-tmp-evt_ref-1-1"), "{msg}");
+    assert!(msg.contains("/blocked/in/.vc-tmp-"), "{msg}");
     assert!(msg.contains(&server.addr().to_string()), "{msg}");
     assert!(msg.contains("550"), "{msg}");
 }
@@ -1232,30 +1452,29 @@ async fn vsftpd_files_zip_overwrite_and_delete() {
     r.delete_on_vehicle_deleted = true;
     let t = vsftpd_target(&server, FtpProtocol::Ftp, r.clone());
 
-    vs_expect_uploaded(
-        &server,
-        &up.deliver(&t, &processed("evt_vs-1", &first)).await,
-        4,
-    );
+    let r1 = up.deliver(&t, &processed("evt_vs-1", &first), &[]).await;
+    vs_expect_uploaded(&server, &r1, 4);
     let dir = server.path("/dms/in/Volkswagen");
     check_files(&dir, &first, "jpg", true);
     // vsftpd renames over an existing file: overwrite replaces them in place.
-    vs_expect_uploaded(
-        &server,
-        &up.deliver(&t, &processed("evt_vs-2", &second)).await,
-        4,
-    );
+    let r2 = up.deliver(&t, &processed("evt_vs-2", &second), &[]).await;
+    vs_expect_uploaded(&server, &r2, 4);
     check_files(&dir, &second, "jpg", true);
+    let mut record = paths_of(&r1);
+    record.extend(paths_of(&r2));
 
     r.on_existing = OnExisting::Fail;
     let tf = vsftpd_target(&server, FtpProtocol::Ftp, r.clone());
     expect_failure(
-        &up.deliver(&tf, &processed("evt_vs-3", &first)).await,
+        &up.deliver(&tf, &processed("evt_vs-3", &first), &[]).await,
         false,
         "FileExists",
     );
 
-    match up.deliver(&t, &deleted("evt_vs-4", vehicle(VIN))).await {
+    match up
+        .deliver(&t, &deleted("evt_vs-4", vehicle(VIN)), &record)
+        .await
+    {
         UploadResult::Deleted { files: 4, .. } => {}
         other => panic!("expected Deleted of 4, got {other:?}\n{}", server.log()),
     }
@@ -1266,7 +1485,7 @@ async fn vsftpd_files_zip_overwrite_and_delete() {
     let tz = vsftpd_target(&server, FtpProtocol::Ftp, z);
     vs_expect_uploaded(
         &server,
-        &up.deliver(&tz, &processed("evt_vs-5", &first)).await,
+        &up.deliver(&tz, &processed("evt_vs-5", &first), &[]).await,
         2,
     );
     let entries = read_zip(&server.path(&format!("archives/{VIN}.zip")));
@@ -1287,14 +1506,14 @@ async fn vsftpd_explicit_ftps_upload() {
     let up = uploader();
     vs_expect_uploaded(
         &server,
-        &up.deliver(&t, &processed("evt_tls-1", &srcs)).await,
+        &up.deliver(&t, &processed("evt_tls-1", &srcs), &[]).await,
         4,
     );
     check_files(&server.path("/in"), &srcs, "jpg", true);
     // Again over the pooled TLS session.
     vs_expect_uploaded(
         &server,
-        &up.deliver(&t, &processed("evt_tls-2", &srcs)).await,
+        &up.deliver(&t, &processed("evt_tls-2", &srcs), &[]).await,
         4,
     );
     assert_eq!(up.sessions_opened(), 1);
@@ -1311,7 +1530,7 @@ async fn vsftpd_implicit_ftps_upload() {
     vs_expect_uploaded(
         &server,
         &uploader()
-            .deliver(&t, &processed("evt_itls-1", &srcs))
+            .deliver(&t, &processed("evt_itls-1", &srcs), &[])
             .await,
         1,
     );
@@ -1381,13 +1600,14 @@ async fn vsftpd_upload_throughput_figure() {
         t1.rules.base_directory = format!("/seq{round}");
         let start = Instant::now();
         for e in &events {
-            vs_expect_uploaded(&server, &up1.deliver(&t1, e).await, PER_VEHICLE);
+            vs_expect_uploaded(&server, &up1.deliver(&t1, e, &[]).await, PER_VEHICLE);
         }
         sequential = sequential.min(start.elapsed());
 
         t4.rules.base_directory = format!("/par{round}");
         let start = Instant::now();
-        let results = futures::future::join_all(events.iter().map(|e| up4.deliver(&t4, e))).await;
+        let results =
+            futures::future::join_all(events.iter().map(|e| up4.deliver(&t4, e, &[]))).await;
         parallel = parallel.min(start.elapsed());
         for r in &results {
             vs_expect_uploaded(&server, r, PER_VEHICLE);

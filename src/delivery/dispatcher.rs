@@ -570,8 +570,7 @@ impl Dispatcher {
                 return Step::Again;
             }
         };
-        let _ = &uploaded;
-        let result = self.uploader.deliver(ftp, &event).await;
+        let result = self.uploader.deliver(ftp, &event, &uploaded).await;
         job.attempts += 1;
         let outcome = match result {
             UploadResult::Uploaded {
@@ -579,8 +578,8 @@ impl Dispatcher {
                 files,
                 bytes,
                 elapsed,
+                paths,
             } => {
-                let paths = Vec::new();
                 self.count(KIND, "delivered");
                 self.observe_attempt(KIND, elapsed);
                 self.observe_latency(KIND, job);
@@ -591,8 +590,9 @@ impl Dispatcher {
                     paths,
                 }
             }
-            UploadResult::Deleted { vin, files, .. } => {
-                let paths = Vec::new();
+            UploadResult::Deleted {
+                vin, files, paths, ..
+            } => {
                 self.count(KIND, "delivered");
                 tracing::info!(target = %ts.id, event = %job.event_id, ?vin, files, "vehicle files removed");
                 Outcome::Removed { paths }

@@ -1,38 +1,41 @@
 //! FTP uploads: one event for one FtpConnection puts the vehicle's images (one file each, or
 //! one zip archive) and an optional metadata JSON on the client's server, named by its rules;
-//! `vehicle.deleted` removes them again when the rules ask for it.
+//! `vehicle.deleted` removes exactly the files recorded for that vehicle when the rules ask
+//! for it (never files found by a name pattern, which can belong to another vehicle).
 //!
 //! Atomic to the receiver (SPEC "Delivery semantics"): every file is stored under a temporary
-//! name (`.vc-tmp-<event>-<n>`, a dot file that most pollers ignore) in its final directory and
-//! renamed once complete, so a final name only ever holds a whole file. Renames wait until
-//! every image of the event is downloaded, verified (size, SHA-256) and stored: a bad image, or
-//! a connection that breaks while storing, leaves only temporaries, never half a vehicle. The
-//! metadata file is renamed last and marks the vehicle complete. A temporary left by a broken
-//! connection is replaced by the next attempt, which stores under the same name.
+//! name (`.vc-tmp-<unix time>-<attempt key>-<unique>-<n>`, a dot file that most pollers
+//! ignore) in its final directory and renamed once complete, so a final name only ever holds a
+//! whole file. Renames wait until every image of the event is downloaded, verified (size,
+//! SHA-256) and stored: a bad image, or a connection that breaks while storing, leaves only
+//! temporaries, never half a vehicle. The metadata file is renamed last and marks the vehicle
+//! complete. Temporaries are unique per attempt; the first session that stores into a
+//! directory deletes the ones a dead session left there (older than [`STALE_TEMP_AFTER`], or
+//! of an earlier attempt of the same event and server).
 //!
-//! Downloads run on their own task while the session stores what has arrived, so a vehicle
-//! costs about max(download, upload) rather than their sum. Memory: a few images per delivery
-//! in the `files` layout; the whole archive in the `zip` layout, which is built in memory.
+//! Memory does not grow with the number or size of images: each image is streamed from its
+//! HTTP response to the FTP data connection (or, in the `zip` layout, through the archive
+//! writer into the data connection) a chunk at a time, hashed on the way.
 //!
 //! Sessions are pooled per endpoint (server, account and settings): at most
 //! `maxConnections` at once, reused after a NOOP, closed after [`SESSION_IDLE`] unused
 //! (adjustable with [`Uploader::set_session_idle`]).
 
 use std::collections::{HashMap, HashSet};
-use std::io::{Cursor, Write as _};
+use std::io::Write as _;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
-use futures::StreamExt as _;
 use k8s_openapi::jiff::Timestamp;
 use k8s_openapi::jiff::tz::Offset;
 use serde::Deserialize;
 use serde_json::{Value, json};
-use suppaftp::FtpError;
-use tokio::io::AsyncWriteExt as _;
+use suppaftp::tokio::{AsyncRustlsStream, TransferStream};
+use suppaftp::{FtpError, Status};
+use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tokio::time::{Instant, timeout};
+use tokio::time::{Instant, timeout, timeout_at};
 
 use crate::api::EventType;
 use crate::api::ftp::{FtpRules, Layout, OnExisting};
@@ -40,7 +43,7 @@ use crate::delivery::ftp::{self, FtpEndpoint, FtpStream, ProbeError, Session};
 use crate::delivery::http::{self, GuardedResolver};
 use crate::ingest::Envelope;
 use crate::ingest::envelope::Image;
-use crate::naming::{NamingContext, Placeholder, Template, join_path, sanitize};
+use crate::naming::{NamingContext, Template, join_path};
 use crate::routing::FtpTarget;
 use crate::ssrf::TargetGuard;
 
@@ -55,14 +58,20 @@ const NOOP_TIMEOUT: Duration = Duration::from_secs(5);
 const IMAGE_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest pause between two pieces of an image body.
 const IMAGE_READ_TIMEOUT: Duration = Duration::from_secs(30);
-/// Longest whole image request, body included.
+/// Longest image request until its headers, and longest image body after that.
 const IMAGE_TIMEOUT: Duration = Duration::from_secs(300);
 const MAX_REDIRECTS: usize = 5;
-/// Images of one event downloaded at once.
-const DOWNLOAD_CONCURRENCY: usize = 4;
 /// Size of each write to an FTP data connection; each is bounded by the command timeout.
 const WRITE_CHUNK: usize = 64 * 1024;
 const TEMP_PREFIX: &str = ".vc-tmp-";
+/// A temporary older than this is a dead session's leftover: no delivery runs this long.
+pub const STALE_TEMP_AFTER: Duration = Duration::from_secs(6 * 3600);
+/// Directory listings are foreign input: at most this many bytes and entries are read, and
+/// the whole listing within the command timeout.
+pub const MAX_LISTING_BYTES: usize = 8 << 20;
+pub const MAX_LISTING_ENTRIES: usize = 100_000;
+/// Longest listing line kept; longer ones name no file of ours (segments are <= 255 bytes).
+const MAX_LISTING_LINE: usize = 4096;
 
 /// What one delivery did.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -73,12 +82,17 @@ pub enum UploadResult {
         files: u32,
         bytes: u64,
         elapsed: Duration,
+        /// Every final remote path this delivery wrote, metadata file included: what a later
+        /// `vehicle.deleted` is to remove.
+        paths: Vec<String>,
     },
-    /// `vehicle.deleted`: the vehicle's files were removed.
+    /// `vehicle.deleted`: the vehicle's recorded files were removed.
     Deleted {
         vin: Option<String>,
         files: u32,
         elapsed: Duration,
+        /// The recorded paths that were removed (those already gone are not listed).
+        paths: Vec<String>,
     },
     /// Nothing to do: no images, every file exists with `onExisting: skip`, an event this
     /// connection does not act on.
@@ -216,12 +230,18 @@ impl Uploader {
     }
 
     /// Handles one event for one FtpConnection: image events upload the images by the rules;
-    /// `vehicle.deleted` removes the vehicle's files when `rules.deleteOnVehicleDeleted`.
-    pub async fn deliver(&self, target: &FtpTarget, event: &Envelope) -> UploadResult {
+    /// `vehicle.deleted` removes `uploaded`, the paths recorded for that vehicle at this
+    /// target (from earlier [`UploadResult::Uploaded`]), when `rules.deleteOnVehicleDeleted`.
+    pub async fn deliver(
+        &self,
+        target: &FtpTarget,
+        event: &Envelope,
+        uploaded: &[String],
+    ) -> UploadResult {
         let start = Instant::now();
         self.start_janitor();
         let outcome = match event.type_ {
-            EventType::VehicleDeleted => self.delete(target, event, start).await,
+            EventType::VehicleDeleted => self.delete(target, event, uploaded, start).await,
             t if EventType::FTP.contains(&t) => self.upload(target, event, start).await,
             t => Ok(UploadResult::Skipped {
                 reason: format!("FTP connections do not act on {t} events"),
@@ -281,7 +301,8 @@ impl Uploader {
         let templates = Templates::parse(rules)?;
         let base = rules.base_directory.as_str();
         let dir = render("directory", &templates.directory, &ctx)?;
-        let temp = |field, suffix: &str| path(field, base, &dir, &temp_name(&ev.id, suffix));
+        let temps = TempNames::new(&ev.id, &target.endpoint);
+        let temp = |field, suffix: &str| path(field, base, &dir, &temps.name(suffix));
         let mut names = Vec::with_capacity(images.len());
         for img in &images {
             let name = render(
@@ -320,11 +341,7 @@ impl Uploader {
         .chain(metadata.iter().map(|(p, _)| p.as_str()))
         .collect();
 
-        // Downloads run while the session is taken and checked; with `skip` they wait for
-        // the checks, as existing files need none.
         let on_existing = rules.on_existing;
-        let mut downloads =
-            (on_existing != OnExisting::Skip).then(|| self.spawn_downloads(images.clone()));
         let mut lease = self.checkout(target).await?;
         let mut existing = HashSet::new();
         if on_existing != OnExisting::Overwrite {
@@ -343,37 +360,22 @@ impl Uploader {
         let write_meta = metadata.as_ref().filter(|(p, _)| !existing.contains(p));
         let write_archive = archive.as_ref().filter(|(_, p, _)| !existing.contains(p));
         let write_image = |i: usize| archive.is_none() && !existing.contains(&names[i].1);
-        let downloads = match downloads.take() {
-            Some(d) => d,
-            None => {
-                // The metadata lists every image with its checksum: all are needed for it.
-                let needed: Vec<Image> = images
-                    .iter()
-                    .enumerate()
-                    .filter(|(i, _)| {
-                        write_meta.is_some() || write_archive.is_some() || write_image(*i)
-                    })
-                    .map(|(_, img)| img.clone())
-                    .collect();
-                if needed.is_empty() {
-                    return Ok(UploadResult::Skipped {
-                        reason: format!(
-                            "all {} files exist in {} on {} (onExisting: skip)",
-                            finals.len(),
-                            display_dir(finals[0]),
-                            lease.target()
-                        ),
-                    });
-                }
-                self.spawn_downloads(needed)
-            }
-        };
+        // The metadata lists every image with its checksum: all are needed for it.
+        if write_meta.is_none() && write_archive.is_none() && !(0..images.len()).any(write_image) {
+            return Ok(UploadResult::Skipped {
+                reason: format!(
+                    "all {} files exist in {} on {} (onExisting: skip)",
+                    finals.len(),
+                    display_dir(finals[0]),
+                    lease.target()
+                ),
+            });
+        }
 
         let mut staged = Vec::with_capacity(finals.len());
         let staging = self
             .stage(
                 &mut lease,
-                downloads,
                 StagePlan {
                     names: &names,
                     images: &images,
@@ -383,6 +385,7 @@ impl Uploader {
                     metadata: write_meta,
                     time: facts.time,
                     ev,
+                    temps: &temps,
                 },
                 &mut staged,
             )
@@ -410,67 +413,104 @@ impl Uploader {
             files: staged.len() as u32,
             bytes,
             elapsed: start.elapsed(),
+            paths: staged.into_iter().map(|s| s.path).collect(),
         })
     }
 
-    /// Stores, under their temporary names, the images as they arrive (or the archive once
-    /// all have), then the metadata file; `staged` lists what was stored, in rename order.
+    /// Stores, under their temporary names, the images one after the other as they download
+    /// (or the archive of them), then the metadata file; `staged` lists what was stored, in
+    /// rename order, including a temporary whose transfer failed (so it is discarded).
     async fn stage(
         &self,
         lease: &mut Lease,
-        mut downloads: Downloads,
         plan: StagePlan<'_>,
         staged: &mut Vec<Staged>,
     ) -> Result<(), Failure> {
         let dir = parent(&plan.names[0].1);
-        let cached = lease.ensure_dir(dir).await?;
-        let position: HashMap<u32, usize> = plan
-            .images
-            .iter()
-            .enumerate()
-            .map(|(i, img)| (img.index, i))
-            .collect();
+        let known = lease.ensure_dir(dir).await?;
+        lease.clean_temps(dir, known, plan.temps).await?;
+        let cached = known == DirState::Cached;
         let mut listed = Vec::with_capacity(plan.images.len());
-        let mut entries = Vec::new();
-        while let Some(blob) = downloads.rx.recv().await {
-            let blob = blob?;
-            let i = position.get(&blob.index).copied().unwrap_or_default();
-            let (name, final_path, temp) = &plan.names[i];
-            listed.push(json!({
-                "index": blob.index,
-                "fileName": name,
-                "bytes": blob.data.len(),
-                "sha256": blob.sha256,
-            }));
-            if plan.archive.is_some() {
-                entries.push((name.clone(), blob.data));
-            } else if (plan.write_image)(i) {
-                lease.stage_file(dir, cached, temp, &blob.data).await?;
+        let mut zip = match plan.archive {
+            Some((_, final_path, temp)) => {
+                let transfer = lease.open_store(dir, cached, temp).await;
                 staged.push(Staged {
                     temp: temp.clone(),
                     path: final_path.clone(),
-                    bytes: blob.data.len() as u64,
+                    bytes: 0,
                 });
+                Some((transfer?, ZipStream::new(plan.time)))
             }
+            None => None,
+        };
+        for (i, img) in plan.images.iter().enumerate() {
+            let (name, final_path, temp) = &plan.names[i];
+            let copied = match zip.as_mut() {
+                Some((transfer, archive)) => {
+                    let entry = async {
+                        let mut body = self.open_image(img).await?;
+                        let header = archive.start(name, body.limit)?;
+                        lease.write(transfer, &header).await?;
+                        body.copy(lease, transfer, Some(archive)).await
+                    };
+                    match entry.await {
+                        Ok(c) => c,
+                        Err(e) => {
+                            // Closed cleanly, so the session stays usable and the partial
+                            // archive can be deleted.
+                            if let Some((transfer, _)) = zip.take() {
+                                let _ = lease.close_store(transfer).await;
+                            }
+                            return Err(e);
+                        }
+                    }
+                }
+                None if (plan.write_image)(i) => {
+                    // The response first: an image that is not there creates no temporary.
+                    let mut body = self.open_image(img).await?;
+                    let transfer = lease.open_store(dir, cached, temp).await;
+                    staged.push(Staged {
+                        temp: temp.clone(),
+                        path: final_path.clone(),
+                        bytes: 0,
+                    });
+                    let mut transfer = transfer?;
+                    let copied = body.copy(lease, &mut transfer, None).await;
+                    // Closed cleanly also after a bad image, so the session stays usable and
+                    // the temporary can be deleted.
+                    let closed = lease.close_store(transfer).await;
+                    let copied = copied?;
+                    closed?;
+                    if let Some(s) = staged.last_mut() {
+                        s.bytes = copied.0;
+                    }
+                    copied
+                }
+                // Only its size and checksum, for the metadata file.
+                None if plan.metadata.is_some() => self.open_image(img).await?.drain().await?,
+                // Exists, and no metadata file lists it.
+                None => continue,
+            };
+            let (bytes, sha256) = copied;
+            listed.push(json!({
+                "index": img.index,
+                "fileName": name,
+                "bytes": bytes,
+                "sha256": sha256,
+            }));
         }
-        if listed.len() < downloads.expected {
-            // The channel closed early without an error: the download task died.
-            return Err(Failure::retry(
-                "DownloadFailed",
-                "the image download task ended early".to_string(),
-            ));
-        }
-        if let Some((_, final_path, temp)) = plan.archive {
-            let time = plan.time;
-            let data = tokio::task::spawn_blocking(move || build_zip(entries, time))
-                .await
-                .map_err(|e| Failure::retry("ZipFailed", format!("zip task: {e}")))??;
-            lease.stage_file(dir, cached, temp, &data).await?;
-            staged.push(Staged {
-                temp: temp.clone(),
-                path: final_path.clone(),
-                bytes: data.len() as u64,
-            });
+        if let Some((mut transfer, archive)) = zip {
+            let tail = archive.finish();
+            let written = match tail {
+                Ok((tail, total)) => lease.write(&mut transfer, &tail).await.map(|()| total),
+                Err(e) => Err(e),
+            };
+            let closed = lease.close_store(transfer).await;
+            let total = written?;
+            closed?;
+            if let Some(s) = staged.last_mut() {
+                s.bytes = total;
+            }
         }
         if let Some((final_path, temp)) = plan.metadata {
             let ev = plan.ev;
@@ -490,48 +530,29 @@ impl Uploader {
             doc["images"] = Value::Array(listed);
             let data = serde_json::to_vec_pretty(&doc)
                 .map_err(|e| Failure::permanent("InvalidEvent", format!("metadata JSON: {e}")))?;
-            lease.stage_file(dir, cached, temp, &data).await?;
+            let transfer = lease.open_store(dir, cached, temp).await;
             staged.push(Staged {
                 temp: temp.clone(),
                 path: final_path.clone(),
                 bytes: data.len() as u64,
             });
+            let mut transfer = transfer?;
+            let written = lease.write(&mut transfer, &data).await;
+            let closed = lease.close_store(transfer).await;
+            written?;
+            closed?;
         }
         Ok(())
     }
 
-    /// Downloads `images` in index order on a task of their own, so that downloading
-    /// overlaps storing; at most [`DOWNLOAD_CONCURRENCY`] run at once and a few wait done.
-    fn spawn_downloads(&self, images: Vec<Image>) -> Downloads {
-        let (tx, rx) = tokio::sync::mpsc::channel(1);
-        let expected = images.len();
-        let uploader = self.clone();
-        let task = tokio::spawn(async move {
-            let mut blobs = futures::stream::iter(images)
-                .map(|img| {
-                    let uploader = uploader.clone();
-                    async move { uploader.download(&img).await }
-                })
-                .buffered(DOWNLOAD_CONCURRENCY);
-            while let Some(blob) = blobs.next().await {
-                let failed = blob.is_err();
-                // A closed channel: the delivery gave up.
-                if tx.send(blob).await.is_err() || failed {
-                    break;
-                }
-            }
-        });
-        Downloads { rx, task, expected }
-    }
-
-    /// `vehicle.deleted`: lists the vehicle's directory and deletes every entry that the
-    /// rules' name templates render for this vehicle with any index, extension, date, time
-    /// or event ([`Template::matches`]): a listing finds the files of every earlier upload,
-    /// however many images they had, where rendering names for indexes 1..=N would need N.
+    /// `vehicle.deleted`: deletes exactly `recorded`, the paths uploads wrote for this vehicle
+    /// at this target, then the per-vehicle directories they leave empty. Never by pattern:
+    /// with names like `{stock}{index}.{ext}`, vehicle A1's pattern matches A12's files.
     async fn delete(
         &self,
         target: &FtpTarget,
         ev: &Envelope,
+        recorded: &[String],
         start: Instant,
     ) -> Result<UploadResult, Failure> {
         let rules = &target.rules;
@@ -541,85 +562,70 @@ impl Uploader {
             });
         }
         let facts = Facts::of(ev)?;
-        let ctx = facts.context(ev);
-        let templates = Templates::parse(rules)?;
-        if templates.directory.varies_per_upload() {
-            return Err(Failure::permanent(
-                "CannotLocateFiles",
-                format!(
-                    "rules.directory {:?} uses {{date}}, {{time}} or {{event}}, so the directory of earlier uploads is unknown",
-                    templates.directory.source()
+        let mut paths: Vec<&str> = Vec::with_capacity(recorded.len());
+        for p in recorded {
+            // Our own record, but checked like any path we act on.
+            if is_safe_recorded_path(p) {
+                if !paths.contains(&p.as_str()) {
+                    paths.push(p);
+                }
+            } else {
+                tracing::warn!(path = %p, "recorded FTP path is not a plain path; not deleted");
+            }
+        }
+        if paths.is_empty() {
+            return Ok(UploadResult::Skipped {
+                reason: format!(
+                    "no files of vehicle {} are recorded for {}",
+                    facts.vehicle_label(),
+                    target.endpoint.target()
                 ),
-            ));
+            });
         }
-        // Metadata first: the commit marker must not outlive the files it lists.
-        let mut kinds: Vec<(&'static str, &Template)> = Vec::new();
-        if let Some(t) = &templates.metadata {
-            kinds.push(("metadata.fileName", t));
-        }
-        kinds.push(match rules.layout {
-            Layout::Files => ("fileName", &templates.file),
-            Layout::Zip => ("archiveName", &templates.archive),
-        });
-        let identifies = |t: &Template| {
-            t.placeholders().any(|p| {
-                matches!(
-                    p,
-                    Placeholder::Vin | Placeholder::Stock | Placeholder::Vehicle
-                )
-            })
-        };
-        if !identifies(&templates.directory) && !kinds.iter().all(|(_, t)| identifies(t)) {
-            return Err(Failure::permanent(
-                "CannotLocateFiles",
-                "the rules name no vehicle ({vin}, {stock} or {vehicle} in the directory or every file name), so other vehicles' files could match".to_string(),
-            ));
-        }
-        // Fail on values the templates need and the event lacks before connecting.
-        for (field, t) in &kinds {
-            t.matches(&ctx, "")
-                .map_err(|e| Failure::permanent("TemplateError", format!("rules.{field}: {e}")))?;
-        }
-        let dir = render("directory", &templates.directory, &ctx)?;
-        let dir_path = parent(&path("directory", &rules.base_directory, &dir, "x")?).to_string();
-
+        // Metadata files were renamed last, so they come last in each record: delete in
+        // reverse, so the commit marker never outlives the files it lists.
+        paths.reverse();
         let mut lease = self.checkout(target).await?;
-        let listing = lease.list(&dir_path).await?;
-        let mut deleted = 0u32;
-        for (_, t) in &kinds {
-            for name in &listing {
-                // Checked above: matching cannot fail here.
-                if t.matches(&ctx, name).unwrap_or(false) {
-                    let file = child(&dir_path, name);
-                    if lease.remove(&file).await? {
-                        deleted += 1;
-                    }
+        let mut removed = Vec::new();
+        for p in &paths {
+            if lease.remove(p).await? {
+                removed.push(p.to_string());
+            }
+        }
+        // Per-vehicle directories only: never the base directory, nor anything above it.
+        if !rules.directory.is_empty() {
+            let base = parent(&path("baseDirectory", &rules.base_directory, "", "x")?).to_string();
+            let mut dirs: Vec<&str> = paths.iter().map(|p| parent(p)).collect();
+            dirs.sort_unstable();
+            dirs.dedup();
+            for d in dirs {
+                if is_below(d, &base) {
+                    lease.remove_dir(d).await?;
                 }
             }
         }
-        if !rules.directory.is_empty() && deleted > 0 {
-            lease.remove_dir(&dir_path).await?;
-        }
-        Ok(if deleted == 0 {
+        Ok(if removed.is_empty() {
             UploadResult::Skipped {
                 reason: format!(
-                    "no files of vehicle {} in {} on {}",
+                    "the {} recorded files of vehicle {} are already gone from {}",
+                    paths.len(),
                     facts.vehicle_label(),
-                    display_dir_path(&dir_path),
                     lease.target()
                 ),
             }
         } else {
             UploadResult::Deleted {
                 vin: facts.vin.clone(),
-                files: deleted,
+                files: removed.len() as u32,
                 elapsed: start.elapsed(),
+                paths: removed,
             }
         })
     }
 
-    /// Downloads one image within the size caps and checks its SHA-256 when given.
-    async fn download(&self, img: &Image) -> Result<Blob, Failure> {
+    /// Requests one image and checks what can be checked before its body: the URL, the
+    /// guard, the status and the announced length.
+    async fn open_image(&self, img: &Image) -> Result<ImageBody, Failure> {
         let url = url::Url::parse(&img.url).map_err(|e| {
             Failure::permanent("InvalidImageUrl", format!("image {}: {e}", img.index))
         })?;
@@ -640,26 +646,16 @@ impl Uploader {
                 format!("{label}: {d} bytes declared; the limit is {cap}"),
             ));
         }
-        let too_big = |got: u64| match declared {
-            Some(d) => Failure::permanent(
-                "ImageSizeMismatch",
-                format!("{label}: more than the {d} bytes the event declares ({got} so far)"),
-            ),
-            None => Failure::permanent(
-                "ImageTooLarge",
-                format!("{label}: larger than the limit of {cap} bytes ({got} so far)"),
-            ),
+        let request = self.inner.http.get(url.clone()).send();
+        let response = match timeout(IMAGE_TIMEOUT, request).await {
+            Ok(r) => r.map_err(|e| http_failure(&label, e))?,
+            Err(_) => {
+                return Err(Failure::retry(
+                    "ImageTimeout",
+                    format!("{label}: no response within {IMAGE_TIMEOUT:?}"),
+                ));
+            }
         };
-        let limit = declared.unwrap_or(cap);
-
-        let mut response = self
-            .inner
-            .http
-            .get(url.clone())
-            .timeout(IMAGE_TIMEOUT)
-            .send()
-            .await
-            .map_err(|e| http_failure(&label, e))?;
         let status = response.status();
         if !status.is_success() {
             let text = format!("{label}: HTTP {status}");
@@ -678,53 +674,21 @@ impl Uploader {
                 },
             );
         }
-        if let Some(len) = response.content_length().filter(|l| *l > limit) {
-            return Err(too_big(len));
+        let body = ImageBody {
+            response,
+            label,
+            declared,
+            cap,
+            limit: declared.unwrap_or(cap),
+            want: img.sha256.clone(),
+            digest: ring::digest::Context::new(&ring::digest::SHA256),
+            got: 0,
+            deadline: Instant::now() + IMAGE_TIMEOUT,
+        };
+        if let Some(len) = body.response.content_length().filter(|l| *l > body.limit) {
+            return Err(body.too_big(len));
         }
-        let mut data = Vec::with_capacity(
-            usize::try_from(
-                declared
-                    .or(response.content_length())
-                    .unwrap_or(0)
-                    .min(limit),
-            )
-            .unwrap_or(0),
-        );
-        let mut digest = ring::digest::Context::new(&ring::digest::SHA256);
-        while let Some(chunk) = response
-            .chunk()
-            .await
-            .map_err(|e| http_failure(&label, e))?
-        {
-            if (data.len() + chunk.len()) as u64 > limit {
-                return Err(too_big((data.len() + chunk.len()) as u64));
-            }
-            digest.update(&chunk);
-            data.extend_from_slice(&chunk);
-        }
-        if let Some(d) = declared.filter(|d| *d != data.len() as u64) {
-            return Err(Failure::permanent(
-                "ImageSizeMismatch",
-                format!("{label}: {} bytes, the event declares {d}", data.len()),
-            ));
-        }
-        let sha256 = hex(digest.finish().as_ref());
-        if let Some(want) = &img.sha256
-            && !want.eq_ignore_ascii_case(&sha256)
-        {
-            return Err(Failure::permanent(
-                "ChecksumMismatch",
-                format!(
-                    "{label}: SHA-256 is {sha256}, the event says {}",
-                    want.to_ascii_lowercase()
-                ),
-            ));
-        }
-        Ok(Blob {
-            index: img.index,
-            data,
-            sha256,
-        })
+        Ok(body)
     }
 
     /// A logged-in session for the target's endpoint: an idle pooled one that answers NOOP,
@@ -762,14 +726,7 @@ impl Uploader {
                 e => connect_failure(e),
             })?;
         self.inner.sessions_opened.fetch_add(1, Ordering::Relaxed);
-        Ok(Lease::new(
-            pool,
-            Conn {
-                session,
-                dirs: HashSet::new(),
-            },
-            permit,
-        ))
+        Ok(Lease::new(pool, Conn::new(session), permit))
     }
 
     fn start_janitor(&self) {
@@ -899,6 +856,18 @@ struct Idle {
 struct Conn {
     session: Session,
     dirs: HashSet<String>,
+    /// Directories whose stale temporaries this session has deleted.
+    cleaned: HashSet<String>,
+}
+
+impl Conn {
+    fn new(session: Session) -> Self {
+        Conn {
+            session,
+            dirs: HashSet::new(),
+            cleaned: HashSet::new(),
+        }
+    }
 }
 
 /// A checked-out session. Returned to the pool on drop unless a command failed in a way
@@ -942,6 +911,7 @@ struct StagePlan<'a> {
     metadata: Option<&'a (String, String)>,
     time: Timestamp,
     ev: &'a Envelope,
+    temps: &'a TempNames,
 }
 
 /// A file stored under its temporary name, waiting for its rename.
@@ -951,16 +921,271 @@ struct Staged {
     bytes: u64,
 }
 
-/// Images arriving from [`Uploader::spawn_downloads`]; dropping it stops the downloads.
-struct Downloads {
-    rx: tokio::sync::mpsc::Receiver<Result<Blob, Failure>>,
-    task: tokio::task::JoinHandle<()>,
-    expected: usize,
+/// An open STOR.
+struct Transfer {
+    stream: TransferStream<AsyncRustlsStream>,
+    path: String,
+    /// A write failed or timed out: the data connection is in an unknown state.
+    broken: bool,
 }
 
-impl Drop for Downloads {
-    fn drop(&mut self) {
-        self.task.abort();
+/// What [`Lease::ensure_dir`] knew of a directory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum DirState {
+    /// Known from this session's cache (it may have been removed since).
+    Cached,
+    /// Created just now: it is empty.
+    Created,
+    /// Existed before (MKD refused), or the login directory.
+    Existing,
+}
+
+/// The response of one image, read a chunk at a time within the size cap and the image
+/// timeout, hashed as it goes.
+struct ImageBody {
+    response: reqwest::Response,
+    label: String,
+    declared: Option<u64>,
+    cap: u64,
+    /// Most bytes accepted: the declared size, else the cap.
+    limit: u64,
+    want: Option<String>,
+    digest: ring::digest::Context,
+    got: u64,
+    deadline: Instant,
+}
+
+impl ImageBody {
+    fn too_big(&self, got: u64) -> Failure {
+        let label = &self.label;
+        match self.declared {
+            Some(d) => Failure::permanent(
+                "ImageSizeMismatch",
+                format!("{label}: more than the {d} bytes the event declares ({got} so far)"),
+            ),
+            None => Failure::permanent(
+                "ImageTooLarge",
+                format!(
+                    "{label}: larger than the limit of {} bytes ({got} so far)",
+                    self.cap
+                ),
+            ),
+        }
+    }
+
+    async fn next(&mut self) -> Result<Option<bytes::Bytes>, Failure> {
+        let chunk = match timeout_at(self.deadline, self.response.chunk()).await {
+            Ok(c) => c.map_err(|e| http_failure(&self.label, e))?,
+            Err(_) => {
+                return Err(Failure::retry(
+                    "ImageTimeout",
+                    format!("{}: body not complete within {IMAGE_TIMEOUT:?}", self.label),
+                ));
+            }
+        };
+        let Some(chunk) = chunk else { return Ok(None) };
+        let got = self.got + chunk.len() as u64;
+        if got > self.limit {
+            return Err(self.too_big(got));
+        }
+        self.got = got;
+        self.digest.update(&chunk);
+        Ok(Some(chunk))
+    }
+
+    /// Streams the body into `transfer` (through `archive` when given); returns its size
+    /// and SHA-256 once verified.
+    async fn copy(
+        &mut self,
+        lease: &mut Lease,
+        transfer: &mut Transfer,
+        mut archive: Option<&mut ZipStream>,
+    ) -> Result<(u64, String), Failure> {
+        while let Some(chunk) = self.next().await? {
+            match archive.as_deref_mut() {
+                Some(zip) => {
+                    let out = zip.write(&chunk)?;
+                    lease.write(transfer, &out).await?;
+                }
+                None => lease.write(transfer, &chunk).await?,
+            }
+        }
+        self.verify()
+    }
+
+    /// Reads the body for its size and checksum only.
+    async fn drain(mut self) -> Result<(u64, String), Failure> {
+        while self.next().await?.is_some() {}
+        self.verify()
+    }
+
+    fn verify(&mut self) -> Result<(u64, String), Failure> {
+        let label = &self.label;
+        if let Some(d) = self.declared.filter(|d| *d != self.got) {
+            return Err(Failure::permanent(
+                "ImageSizeMismatch",
+                format!("{label}: {} bytes, the event declares {d}", self.got),
+            ));
+        }
+        let digest = std::mem::replace(
+            &mut self.digest,
+            ring::digest::Context::new(&ring::digest::SHA256),
+        );
+        let sha256 = hex(digest.finish().as_ref());
+        if let Some(want) = &self.want
+            && !want.eq_ignore_ascii_case(&sha256)
+        {
+            return Err(Failure::permanent(
+                "ChecksumMismatch",
+                format!(
+                    "{label}: SHA-256 is {sha256}, the event says {}",
+                    want.to_ascii_lowercase()
+                ),
+            ));
+        }
+        Ok((self.got, sha256))
+    }
+}
+
+/// Output of the zip writer, taken after each step and sent on.
+#[derive(Clone, Default)]
+struct SharedBuf(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for SharedBuf {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        lock(&self.0).extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A STORED archive (the images are compressed already) written as a stream, entries in the
+/// order given and dated with the event time. A stream cannot go back to fill in an entry's
+/// CRC and size, so each entry ends with a data descriptor (APPNOTE 4.3.9), which readers
+/// take from the central directory.
+struct ZipStream {
+    zip: zip::ZipWriter<zip::write::StreamWriter<SharedBuf>>,
+    out: SharedBuf,
+    when: zip::DateTime,
+    total: u64,
+}
+
+impl ZipStream {
+    fn new(time: Timestamp) -> Self {
+        let t = Offset::UTC.to_datetime(time);
+        let when = zip::DateTime::from_date_and_time(
+            u16::try_from(t.year()).unwrap_or(1980),
+            t.month().unsigned_abs(),
+            t.day().unsigned_abs(),
+            t.hour().unsigned_abs(),
+            t.minute().unsigned_abs(),
+            t.second().unsigned_abs(),
+        )
+        .unwrap_or_default();
+        let out = SharedBuf::default();
+        ZipStream {
+            zip: zip::ZipWriter::new_stream(out.clone()),
+            out,
+            when,
+            total: 0,
+        }
+    }
+
+    fn take(&mut self) -> Vec<u8> {
+        let out = std::mem::take(&mut *lock(&self.out.0));
+        self.total += out.len() as u64;
+        out
+    }
+
+    /// Starts the entry `name` of at most `limit` bytes; returns the bytes to send.
+    fn start(&mut self, name: &str, limit: u64) -> Result<Vec<u8>, Failure> {
+        let options = zip::write::SimpleFileOptions::default()
+            .compression_method(zip::CompressionMethod::Stored)
+            .last_modified_time(self.when)
+            .unix_permissions(0o644)
+            .large_file(limit >= u64::from(u32::MAX));
+        self.zip.start_file(name, options).map_err(zip_failure)?;
+        Ok(self.take())
+    }
+
+    fn write(&mut self, chunk: &[u8]) -> Result<Vec<u8>, Failure> {
+        self.zip.write_all(chunk).map_err(zip_failure)?;
+        Ok(self.take())
+    }
+
+    /// The central directory to send, and the archive's size.
+    fn finish(self) -> Result<(Vec<u8>, u64), Failure> {
+        let ZipStream {
+            zip, out, total, ..
+        } = self;
+        zip.finish().map_err(zip_failure)?;
+        let tail = std::mem::take(&mut *lock(&out.0));
+        let total = total + tail.len() as u64;
+        Ok((tail, total))
+    }
+}
+
+fn zip_failure(e: impl std::fmt::Display) -> Failure {
+    Failure::permanent("ZipFailed", format!("building the archive: {e}"))
+}
+
+/// Temporary names of one attempt: `.vc-tmp-<unix seconds>-<attempt key>-<unique>-<suffix>`.
+/// The key is a hash of the raw event id and the FTP account (ids that sanitise alike,
+/// `a:b` and `a_b`, differ); the unique part is random per process and counted per attempt,
+/// so two attempts never share a name. The time lets a later session tell a dead session's
+/// leftovers from files in use.
+struct TempNames {
+    prefix: String,
+    key: String,
+}
+
+impl TempNames {
+    fn new(event_id: &str, ep: &FtpEndpoint) -> Self {
+        static COUNTER: AtomicU64 = AtomicU64::new(0);
+        static PROCESS: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+        let process = *PROCESS.get_or_init(rand::random::<u32>);
+        let mut d = ring::digest::Context::new(&ring::digest::SHA256);
+        // Not the host or port: the same server may be reached by another address.
+        for part in [event_id.as_bytes(), ep.username.as_bytes()] {
+            d.update(&(part.len() as u64).to_be_bytes());
+            d.update(part);
+        }
+        let key = hex(&d.finish().as_ref()[..8]);
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let now = Timestamp::now().as_second().max(0);
+        TempNames {
+            prefix: format!("{TEMP_PREFIX}{now}-{key}-{process:08x}{n:x}-"),
+            key,
+        }
+    }
+
+    fn name(&self, suffix: &str) -> String {
+        format!("{}{suffix}", self.prefix)
+    }
+
+    /// Whether `name` (a listing entry) is a temporary to delete: one of ours that is older
+    /// than [`STALE_TEMP_AFTER`], or from an earlier attempt of this event on this server
+    /// (only one attempt runs at a time, so that one is dead). Legacy names
+    /// (`.vc-tmp-<event>-<n>`) carry no time and are left alone.
+    fn is_leftover(&self, name: &str, now: i64) -> bool {
+        let Some(rest) = name.strip_prefix(TEMP_PREFIX) else {
+            return false;
+        };
+        if name.starts_with(&self.prefix) {
+            return false;
+        }
+        let mut parts = rest.splitn(3, '-');
+        let (Some(time), Some(key)) = (parts.next(), parts.next()) else {
+            return false;
+        };
+        let Ok(time) = time.parse::<i64>() else {
+            return false;
+        };
+        let stale = i64::try_from(STALE_TEMP_AFTER.as_secs()).unwrap_or(i64::MAX);
+        key.len() == self.key.len() && (key == self.key || now.saturating_sub(time) > stale)
     }
 }
 
@@ -1016,54 +1241,95 @@ impl Lease {
         }
     }
 
-    /// STOR of `data` to `path`, each step bounded by the command timeout.
-    async fn store(&mut self, path: &str, data: &[u8]) -> Result<(), FtpFailure> {
-        const WHAT: &str = "storing";
-        let t = self.command_timeout;
-        let target = self.target.clone();
-        let Some(conn) = self.conn.as_mut() else {
-            return Err(FtpFailure::Other(closed(&target)));
-        };
-        self.usable = false;
-        let stream = conn.session.stream_mut();
-        let fail = |e| ftp_failure(&target, WHAT, path, e);
-        let mut transfer = match timeout(t, stream.put_with_stream(path)).await {
-            Ok(Ok(transfer)) => transfer,
-            Ok(Err(e)) => {
-                let f = fail(e);
-                self.usable = f.session_usable();
-                return Err(f);
+    /// Opens a STOR of `path`. A directory known from this session's cache may have been
+    /// removed since: on a 55x reply it is created again and the STOR repeated once.
+    async fn open_store(
+        &mut self,
+        dir: &str,
+        cached: bool,
+        path: &str,
+    ) -> Result<Transfer, Failure> {
+        match self.open_store_once(path).await {
+            Ok(t) => Ok(t),
+            Err(FtpFailure::Reply { code, .. }) if cached && (550..=553).contains(&code) => {
+                self.conn()?.dirs.clear();
+                self.ensure_dir(dir).await?;
+                self.open_store_once(path).await.map_err(Failure::from)
             }
-            Err(_) => return Err(FtpFailure::Other(timed_out(&target, WHAT, path, t))),
-        };
-        for chunk in data.chunks(WRITE_CHUNK) {
-            match timeout(t, transfer.write_all(chunk)).await {
-                Ok(Ok(())) => {}
-                // The data connection is gone; what the server kept is a partial temporary.
-                Ok(Err(e)) => return Err(fail(FtpError::ConnectionError(e))),
-                Err(_) => return Err(FtpFailure::Other(timed_out(&target, WHAT, path, t))),
-            }
+            Err(e) => Err(e.into()),
         }
-        match timeout(t, transfer.finish()).await {
+    }
+
+    async fn open_store_once(&mut self, path: &str) -> Result<Transfer, FtpFailure> {
+        let stream = self
+            .cmd("storing", path, {
+                let p = path.to_owned();
+                move |s| Box::pin(s.put_with_stream(p))
+            })
+            .await?;
+        // In use until closed: a lease dropped half-way must not return it to the pool.
+        self.usable = false;
+        Ok(Transfer {
+            stream,
+            path: path.to_string(),
+            broken: false,
+        })
+    }
+
+    /// Writes `data` to an open STOR, each piece bounded by the command timeout.
+    async fn write(&mut self, t: &mut Transfer, data: &[u8]) -> Result<(), Failure> {
+        let limit = self.command_timeout;
+        for chunk in data.chunks(WRITE_CHUNK) {
+            let failure = match timeout(limit, t.stream.write_all(chunk)).await {
+                Ok(Ok(())) => continue,
+                // The data connection is gone; what the server kept is a partial temporary.
+                Ok(Err(e)) => ftp_failure(
+                    &self.target,
+                    "storing",
+                    &t.path,
+                    FtpError::ConnectionError(e),
+                )
+                .into(),
+                Err(_) => timed_out(&self.target, "storing", &t.path, limit),
+            };
+            t.broken = true;
+            return Err(failure);
+        }
+        Ok(())
+    }
+
+    /// Ends a STOR and reads the server's verdict. After a failed write the connection is
+    /// given up instead.
+    async fn close_store(&mut self, t: Transfer) -> Result<(), Failure> {
+        let limit = self.command_timeout;
+        if t.broken {
+            return Err(Failure::retry(
+                "ConnectionLost",
+                format!("storing {} on {}: transfer broken", t.path, self.target),
+            ));
+        }
+        match timeout(limit, t.stream.finish()).await {
             Ok(Ok(())) => {
                 self.usable = true;
                 Ok(())
             }
             Ok(Err(e)) => {
-                let f = fail(e);
+                let f = ftp_failure(&self.target, "storing", &t.path, e);
                 self.usable = f.session_usable();
-                Err(f)
+                Err(f.into())
             }
-            Err(_) => Err(FtpFailure::Other(timed_out(&target, WHAT, path, t))),
+            Err(_) => Err(timed_out(&self.target, "storing", &t.path, limit)),
         }
     }
 
     /// Creates `dir` and its parents unless known to exist. Replies to MKD are ignored: the
-    /// usual one is "exists", and any other problem shows in the STOR that follows. Returns
-    /// whether the directory was only known from the cache.
-    async fn ensure_dir(&mut self, dir: &str) -> Result<bool, Failure> {
-        if dir.is_empty() || dir == "/" || self.conn()?.dirs.contains(dir) {
-            return Ok(!dir.is_empty() && dir != "/");
+    /// usual one is "exists", and any other problem shows in the STOR that follows.
+    async fn ensure_dir(&mut self, dir: &str) -> Result<DirState, Failure> {
+        if dir.is_empty() || dir == "/" {
+            return Ok(DirState::Existing);
+        }
+        if self.conn()?.dirs.contains(dir) {
+            return Ok(DirState::Cached);
         }
         let mut prefixes = Vec::new();
         for (i, c) in dir.char_indices().skip(1) {
@@ -1072,23 +1338,66 @@ impl Lease {
             }
         }
         prefixes.push(dir);
+        let mut state = DirState::Existing;
         for prefix in prefixes {
             if self.conn()?.dirs.contains(prefix) {
                 continue;
             }
-            match self
+            state = match self
                 .cmd("creating directory", prefix, {
                     let p = prefix.to_owned();
                     move |s| Box::pin(s.mkdir(p))
                 })
                 .await
             {
-                Ok(()) | Err(FtpFailure::Reply { .. }) => {}
+                Ok(()) => DirState::Created,
+                Err(FtpFailure::Reply { .. }) => DirState::Existing,
                 Err(FtpFailure::Other(f)) => return Err(f),
-            }
+            };
             self.conn()?.dirs.insert(prefix.to_string());
         }
-        Ok(false)
+        Ok(state)
+    }
+
+    /// Deletes the temporaries in `dir` that dead sessions left ([`TempNames::is_leftover`]),
+    /// once per session and directory. Best effort: a listing or a DELE that the server
+    /// refuses does not stop the upload.
+    async fn clean_temps(
+        &mut self,
+        dir: &str,
+        known: DirState,
+        temps: &TempNames,
+    ) -> Result<(), Failure> {
+        if known == DirState::Created {
+            // Just created: nothing in it.
+            self.conn()?.cleaned.insert(dir.to_string());
+        }
+        if self.conn()?.cleaned.contains(dir) {
+            return Ok(());
+        }
+        let names = match self.list(dir).await {
+            Ok(names) => names,
+            Err(e) if self.usable => {
+                tracing::debug!(server = %self.target, dir, error = %e.message, "cannot list for stale temporaries");
+                Vec::new()
+            }
+            Err(e) => return Err(e),
+        };
+        let now = Timestamp::now().as_second();
+        for name in names.iter().filter(|n| temps.is_leftover(n, now)) {
+            let file = child(dir, name);
+            match self.remove(&file).await {
+                Ok(_) => {
+                    tracing::info!(server = %self.target, path = %file, "deleted a temporary left by an earlier session")
+                }
+                Err(e) if self.usable => {
+                    tracing::debug!(server = %self.target, path = %file, error = %e.message, "cannot delete a stale temporary")
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        self.conn()?.cleaned.insert(dir.to_string());
+        Ok(())
     }
 
     /// Whether a file exists: SIZE, or a listing of its directory where SIZE is not
@@ -1115,27 +1424,68 @@ impl Lease {
     }
 
     /// Names in `dir` (last path segments; servers differ in what NLST prints). A missing
-    /// or empty directory lists nothing.
+    /// or empty directory lists nothing. The listing is foreign input: at most
+    /// [`MAX_LISTING_BYTES`] and [`MAX_LISTING_ENTRIES`], all within the command timeout.
     async fn list(&mut self, dir: &str) -> Result<Vec<String>, Failure> {
-        let arg = (!dir.is_empty()).then_some(dir);
-        match self
-            .cmd("listing", dir, {
-                let arg = arg.map(str::to_owned);
-                move |s| Box::pin(async move { s.nlst(arg.as_deref()).await })
+        const WHAT: &str = "listing";
+        let limit = self.command_timeout;
+        let deadline = Instant::now() + limit;
+        let command = if dir.is_empty() {
+            "NLST".to_string()
+        } else {
+            format!("NLST {dir}")
+        };
+        let opened = self
+            .cmd(WHAT, dir, move |s| {
+                Box::pin(
+                    s.custom_data_command(command, &[Status::AboutToSend, Status::AlreadyOpen]),
+                )
             })
-            .await
-        {
-            Ok(lines) => Ok(lines
-                .iter()
-                .filter_map(|l| l.trim_end().rsplit('/').next())
-                .filter(|n| !n.is_empty() && *n != "." && *n != "..")
-                .map(str::to_string)
-                .collect()),
+            .await;
+        let transfer = match opened {
+            Ok((_, transfer)) => transfer,
             // "No files found" (450/550) is how several servers list an empty directory.
             Err(FtpFailure::Reply {
                 code: 450 | 550, ..
-            }) => Ok(Vec::new()),
-            Err(f) => Err(f.into()),
+            }) => return Ok(Vec::new()),
+            Err(f) => return Err(f.into()),
+        };
+        self.usable = false;
+        let mut reader = tokio::io::BufReader::new(transfer);
+        let mut names = Vec::new();
+        let read = timeout_at(deadline, read_listing(&mut reader, &mut names)).await;
+        let target = self.target.clone();
+        match read {
+            Ok(Ok(true)) => {}
+            Ok(Ok(false)) => {
+                // Dropping the data connection aborts the listing; suppaftp reads the
+                // transfer's reply before the next command.
+                drop(reader);
+                self.usable = true;
+                return Err(Failure::permanent(
+                    "ListingTooLarge",
+                    format!(
+                        "{WHAT} {} on {target}: more than {MAX_LISTING_BYTES} bytes or {MAX_LISTING_ENTRIES} entries",
+                        display_dir_path(dir)
+                    ),
+                ));
+            }
+            Ok(Err(e)) => {
+                return Err(ftp_failure(&target, WHAT, dir, FtpError::ConnectionError(e)).into());
+            }
+            Err(_) => return Err(timed_out(&target, WHAT, dir, limit)),
+        }
+        match timeout_at(deadline, reader.into_inner().finish()).await {
+            Ok(Ok(())) => {
+                self.usable = true;
+                Ok(names)
+            }
+            Ok(Err(e)) => {
+                let f = ftp_failure(&target, WHAT, dir, e);
+                self.usable = f.session_usable();
+                Err(f.into())
+            }
+            Err(_) => Err(timed_out(&target, WHAT, dir, limit)),
         }
     }
 
@@ -1177,31 +1527,6 @@ impl Lease {
         }
     }
 
-    /// STOR of a temporary. A directory known from this session's cache may have been
-    /// removed since: on a 55x reply it is created again and the STOR repeated once.
-    async fn stage_file(
-        &mut self,
-        dir: &str,
-        cached: bool,
-        temp: &str,
-        data: &[u8],
-    ) -> Result<(), Failure> {
-        match self.store(temp, data).await {
-            Ok(()) => Ok(()),
-            Err(FtpFailure::Reply { code, .. }) if cached && (550..=553).contains(&code) => {
-                self.conn()?.dirs.clear();
-                self.ensure_dir(dir).await?;
-                self.store(temp, data).await.map_err(Failure::from)
-            }
-            Err(e) => {
-                let e = Failure::from(e);
-                // A failed STOR may leave a partial temporary behind.
-                self.discard(temp).await;
-                Err(e)
-            }
-        }
-    }
-
     /// RNFR/RNTO. With `overwrite`, servers that refuse to rename over an existing file
     /// (Windows ones) get the file deleted first; POSIX servers (vsftpd, libunftp) replace
     /// it atomically on the first try.
@@ -1231,6 +1556,46 @@ impl Lease {
                 .map_err(Failure::from)
             }
             Err(e) => Err(e.into()),
+        }
+    }
+}
+
+/// Reads NLST lines into `names` (last path segments); false when the listing passed
+/// [`MAX_LISTING_BYTES`] or [`MAX_LISTING_ENTRIES`] (reading stops there).
+async fn read_listing<R>(reader: &mut R, names: &mut Vec<String>) -> std::io::Result<bool>
+where
+    R: tokio::io::AsyncBufRead + Unpin,
+{
+    use tokio::io::AsyncReadExt as _;
+    let (mut total, mut entries) = (0usize, 0usize);
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        let room = (MAX_LISTING_BYTES - total) as u64 + 1;
+        let n = (&mut *reader)
+            .take(room)
+            .read_until(b'\n', &mut line)
+            .await?;
+        if n == 0 {
+            return Ok(true);
+        }
+        total += n;
+        entries += 1;
+        if total > MAX_LISTING_BYTES || entries > MAX_LISTING_ENTRIES {
+            return Ok(false);
+        }
+        if line.len() > MAX_LISTING_LINE {
+            continue;
+        }
+        let Ok(text) = std::str::from_utf8(&line) else {
+            continue;
+        };
+        if let Some(name) = text.trim_end().rsplit('/').next()
+            && !name.is_empty()
+            && name != "."
+            && name != ".."
+        {
+            names.push(name.to_string());
         }
     }
 }
@@ -1369,13 +1734,6 @@ impl Failure {
     }
 }
 
-/// A downloaded, verified image.
-struct Blob {
-    index: u32,
-    data: Vec<u8>,
-    sha256: String,
-}
-
 /// `data.vehicle` fields that names are made of.
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -1502,10 +1860,24 @@ fn display_dir_path(dir: &str) -> &str {
     }
 }
 
-/// `.vc-tmp-<event id>-<suffix>`: per event and file, so a retry replaces its own leftover.
-fn temp_name(event_id: &str, suffix: &str) -> String {
-    // The id is sanitised like template values (no ':' for Windows servers).
-    format!("{TEMP_PREFIX}{}-{suffix}", sanitize(event_id))
+/// Whether a recorded path is one we could have written: no `..` or `.` segment, no empty
+/// name, no backslash or control character.
+fn is_safe_recorded_path(p: &str) -> bool {
+    !p.is_empty()
+        && !p.ends_with('/')
+        && !p.chars().any(|c| c == '\\' || c.is_control())
+        && p.split('/').all(|seg| seg != ".." && seg != ".")
+}
+
+/// Whether `dir` lies strictly inside `base` (both as [`join_path`] writes them).
+fn is_below(dir: &str, base: &str) -> bool {
+    match base {
+        "" => !dir.is_empty() && !dir.starts_with('/'),
+        "/" => dir.len() > 1 && dir.starts_with('/'),
+        b => dir
+            .strip_prefix(b)
+            .is_some_and(|rest| rest.len() > 1 && rest.starts_with('/')),
+    }
 }
 
 /// The image's file extension: from the URL path if it names an image type, else from
@@ -1558,40 +1930,6 @@ fn hex(bytes: &[u8]) -> String {
     s
 }
 
-/// One STORED (uncompressed: the images are compressed already) archive with the entries in
-/// the given order, dated with the event time.
-fn build_zip(entries: Vec<(String, Vec<u8>)>, time: Timestamp) -> Result<Vec<u8>, Failure> {
-    use zip::write::SimpleFileOptions;
-    let fail = |e: &dyn std::fmt::Display| {
-        Failure::permanent("ZipFailed", format!("building the archive: {e}"))
-    };
-    let t = Offset::UTC.to_datetime(time);
-    let when = zip::DateTime::from_date_and_time(
-        u16::try_from(t.year()).unwrap_or(1980),
-        t.month().unsigned_abs(),
-        t.day().unsigned_abs(),
-        t.hour().unsigned_abs(),
-        t.minute().unsigned_abs(),
-        t.second().unsigned_abs(),
-    )
-    .unwrap_or_default();
-    let size: usize = entries
-        .iter()
-        .map(|(n, d)| d.len() + 2 * n.len() + 128)
-        .sum();
-    let mut w = zip::ZipWriter::new(Cursor::new(Vec::with_capacity(size + 64)));
-    for (name, data) in entries {
-        let options = SimpleFileOptions::default()
-            .compression_method(zip::CompressionMethod::Stored)
-            .last_modified_time(when)
-            .unix_permissions(0o644)
-            .large_file(data.len() as u64 >= u64::from(u32::MAX));
-        w.start_file(name.as_str(), options).map_err(|e| fail(&e))?;
-        w.write_all(&data).map_err(|e| fail(&e))?;
-    }
-    Ok(w.finish().map_err(|e| fail(&e))?.into_inner())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1628,15 +1966,108 @@ mod tests {
         );
     }
 
+    fn endpoint() -> FtpEndpoint {
+        FtpEndpoint {
+            host: "ftp.example.com".into(),
+            port: 21,
+            protocol: crate::api::ftp::FtpProtocol::Ftp,
+            username: "u".into(),
+            password: "p".into(),
+            ca_pem: None,
+            connect_timeout: Duration::from_secs(1),
+            command_timeout: Duration::from_secs(1),
+            passive: true,
+            epsv: false,
+            nat_workaround: true,
+        }
+    }
+
     #[test]
     fn temp_names_are_hidden_single_segments() {
-        let t = temp_name("evt:01/../x", "3");
+        let t = TempNames::new("evt:01/../x", &endpoint()).name("3");
         assert!(t.starts_with(".vc-tmp-"), "{t}");
         assert!(
             !t.contains('/') && !t.contains(':') && !t.contains(".."),
             "{t}"
         );
         assert!(join_path("/in", "", &t).is_ok());
+    }
+
+    #[test]
+    fn temp_names_are_unique_per_event_and_attempt() {
+        let ep = endpoint();
+        // These ids sanitise to the same text; their temporaries must still differ.
+        let (a, b) = (TempNames::new("a:b", &ep), TempNames::new("a_b", &ep));
+        assert_ne!(a.name("1"), b.name("1"));
+        assert_ne!(a.key, b.key);
+        // Two attempts of one event: same key, different names.
+        let again = TempNames::new("a:b", &ep);
+        assert_eq!(a.key, again.key);
+        assert_ne!(a.name("1"), again.name("1"));
+    }
+
+    #[test]
+    fn leftovers_are_stale_or_earlier_attempts_of_the_same_event() {
+        let ep = endpoint();
+        let now = Timestamp::now().as_second();
+        let mine = TempNames::new("evt-1", &ep);
+        let other = TempNames::new("evt-2", &ep);
+        let earlier = TempNames::new("evt-1", &ep);
+        // Our own, and another event's fresh temporaries, stay.
+        assert!(!mine.is_leftover(&mine.name("1"), now));
+        assert!(!mine.is_leftover(&other.name("1"), now));
+        // An earlier attempt of this event is dead.
+        assert!(mine.is_leftover(&earlier.name("1"), now));
+        // Anyone's, once older than the bound.
+        let old = now - STALE_TEMP_AFTER.as_secs() as i64 - 1;
+        let stale = format!(".vc-tmp-{old}-{}-0000000000-2", other.key);
+        assert!(mine.is_leftover(&stale, now));
+        let fresh = format!(".vc-tmp-{}-{}-0000000000-2", now - 60, other.key);
+        assert!(!mine.is_leftover(&fresh, now));
+        // Not ours, or not in our format: never.
+        for name in [
+            "photo.jpg",
+            ".vc-tmpx",
+            ".vc-tmp-evt_cut-1-1",
+            &format!(".vc-tmp-{old}-short-1"),
+            &format!(".vc-tmp-{old}"),
+        ] {
+            assert!(!mine.is_leftover(name, now), "{name}");
+        }
+    }
+
+    #[tokio::test]
+    async fn listings_are_capped_in_bytes_and_entries() {
+        let mut names = Vec::new();
+        let ok = b"/in/a.jpg\r\nb.jpg\n.\n..\n\n".to_vec();
+        assert!(read_listing(&mut &ok[..], &mut names).await.unwrap());
+        assert_eq!(names, ["a.jpg", "b.jpg"]);
+        // One endless line: stops after the byte cap, does not buffer more.
+        let huge = vec![b'x'; MAX_LISTING_BYTES + 10];
+        let mut names = Vec::new();
+        assert!(!read_listing(&mut &huge[..], &mut names).await.unwrap());
+        assert!(names.is_empty());
+        let many = "a\n".repeat(MAX_LISTING_ENTRIES + 1).into_bytes();
+        let mut names = Vec::new();
+        assert!(!read_listing(&mut &many[..], &mut names).await.unwrap());
+        assert_eq!(names.len(), MAX_LISTING_ENTRIES);
+    }
+
+    #[test]
+    fn recorded_paths_and_directories() {
+        assert!(is_safe_recorded_path("/in/A1_1.jpg"));
+        assert!(is_safe_recorded_path("in/A1_1.jpg"));
+        for bad in ["", "/in/", "/in/../etc/passwd", "/in/./x", "a\\b", "a\nb"] {
+            assert!(!is_safe_recorded_path(bad), "{bad:?}");
+        }
+        assert!(is_below("/in/A1", "/in"));
+        assert!(!is_below("/in", "/in"));
+        assert!(!is_below("/inbox/A1", "/in"));
+        assert!(!is_below("/", "/in"));
+        assert!(is_below("/A1", "/"));
+        assert!(!is_below("/", "/"));
+        assert!(is_below("A1", ""));
+        assert!(!is_below("", ""));
     }
 
     #[test]
@@ -1682,12 +2113,16 @@ mod tests {
 
     #[test]
     fn zip_is_stored_in_order() {
-        let entries = vec![
-            ("b_01.jpg".to_string(), vec![1u8; 1000]),
-            ("a_02.jpg".to_string(), vec![2u8; 10]),
-        ];
-        let data = build_zip(entries, Timestamp::UNIX_EPOCH).unwrap();
-        let mut z = zip::ZipArchive::new(Cursor::new(data)).unwrap();
+        let mut z = ZipStream::new(Timestamp::UNIX_EPOCH);
+        let mut data = z.start("b_01.jpg", 1000).unwrap();
+        data.extend(z.write(&[1u8; 600]).unwrap());
+        data.extend(z.write(&[1u8; 400]).unwrap());
+        data.extend(z.start("a_02.jpg", 10).unwrap());
+        data.extend(z.write(&[2u8; 10]).unwrap());
+        let (tail, total) = z.finish().unwrap();
+        data.extend(tail);
+        assert_eq!(total, data.len() as u64);
+        let mut z = zip::ZipArchive::new(std::io::Cursor::new(data)).unwrap();
         assert_eq!(z.len(), 2);
         let first = z.by_index(0).unwrap();
         assert_eq!(first.name().unwrap(), "b_01.jpg");
@@ -1702,19 +2137,7 @@ mod tests {
             panic!("uploader")
         };
         let target = FtpTarget {
-            endpoint: FtpEndpoint {
-                host: "ftp.example.com".into(),
-                port: 21,
-                protocol: crate::api::ftp::FtpProtocol::Ftp,
-                username: "u".into(),
-                password: "p".into(),
-                ca_pem: None,
-                connect_timeout: Duration::from_secs(1),
-                command_timeout: Duration::from_secs(1),
-                passive: true,
-                epsv: false,
-                nat_workaround: true,
-            },
+            endpoint: endpoint(),
             rules: FtpRules::default(),
             retry: Default::default(),
             max_connections: 1,
@@ -1727,7 +2150,7 @@ mod tests {
             user_id: None,
             data: json!({}),
         };
-        let fut = uploader.deliver(&target, &ev);
+        let fut = uploader.deliver(&target, &ev, &[]);
         assert_send(&fut);
     }
 }
