@@ -50,13 +50,17 @@ struct RunArgs {
     /// Directory of the embedded durable store (a volume in Kubernetes).
     #[arg(long, env = "VC_DATA_DIR", default_value = "/var/lib/vehicle-connect")]
     data_dir: PathBuf,
-    /// File of accepted ingest bearer tokens, one a line (re-read when it changes).
-    /// Without it, every ingest request is refused with 401.
+    /// File of accepted ingest bearer tokens, one a line, each optionally followed by the
+    /// clientIds it may post for (`<token> dealer-1,dealer-2`; none or `*`: any client).
+    /// Re-read when it changes. Without it, every ingest request is refused with 401.
     #[arg(long, env = "VC_INGEST_TOKEN_FILE")]
     ingest_token_file: Option<PathBuf>,
     /// Largest accepted request body in bytes.
     #[arg(long, env = "VC_MAX_BODY_BYTES", default_value_t = vehicle_connect::ingest::DEFAULT_MAX_BODY)]
     max_body_bytes: usize,
+    /// Ingest requests handled at once; more are answered 503 with Retry-After.
+    #[arg(long, env = "VC_MAX_CONCURRENT_INGEST", default_value_t = vehicle_connect::ingest::DEFAULT_MAX_CONCURRENT)]
+    max_concurrent_ingest: usize,
     /// Largest image downloaded for an FTP upload, in bytes.
     #[arg(long, env = "VC_MAX_IMAGE_BYTES", default_value_t = 50 * 1024 * 1024)]
     max_image_bytes: u64,
@@ -154,6 +158,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         metrics: metrics.clone(),
         ready: ready.clone(),
         max_body: args.max_body_bytes,
+        ingest_limit: ingest::ConcurrencyLimit::new(args.max_concurrent_ingest.max(1)),
     };
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
