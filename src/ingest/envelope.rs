@@ -334,6 +334,29 @@ mod tests {
         use super::*;
         use proptest::prelude::*;
 
+        const KEYS: &[&str] = &[
+            "id",
+            "type",
+            "timestamp",
+            "clientId",
+            "userId",
+            "data",
+            "vehicle",
+            "images",
+            "index",
+            "url",
+            "sha256",
+            "year",
+            "vin",
+            "make",
+        ];
+        const VALUES: &[&str] = &[
+            "vehicle.processed",
+            "image.added",
+            "2026-11-27T10:15:30Z",
+            "https://h/1.jpg",
+        ];
+
         fn any_json() -> impl Strategy<Value = Value> {
             let leaf = prop_oneof![
                 Just(Value::Null),
@@ -342,48 +365,13 @@ mod tests {
                 any::<f64>().prop_map(|f| json!(f)),
                 ".{0,40}".prop_map(Value::String),
                 // Field names and values the validator looks at, so deep paths get hit.
-                prop::sample::select(vec![
-                    "id",
-                    "type",
-                    "timestamp",
-                    "clientId",
-                    "userId",
-                    "data",
-                    "vehicle",
-                    "images",
-                    "index",
-                    "url",
-                    "sha256",
-                    "year",
-                    "vehicle.processed",
-                    "image.added",
-                    "2026-11-27T10:15:30Z",
-                    "https://h/1.jpg",
-                ])
-                .prop_map(|s| Value::String(s.into())),
+                prop::sample::select([KEYS, VALUES].concat()).prop_map(|s| Value::String(s.into())),
             ];
             leaf.prop_recursive(5, 64, 8, |inner| {
                 prop_oneof![
                     prop::collection::vec(inner.clone(), 0..8).prop_map(Value::Array),
                     prop::collection::btree_map(
-                        prop::sample::select(vec![
-                            "id",
-                            "type",
-                            "timestamp",
-                            "clientId",
-                            "userId",
-                            "data",
-                            "vehicle",
-                            "images",
-                            "index",
-                            "url",
-                            "sha256",
-                            "year",
-                            "vin",
-                            "make",
-                            "x",
-                        ])
-                        .prop_map(String::from),
+                        prop::sample::select(KEYS).prop_map(String::from),
                         inner,
                         0..8,
                     )
