@@ -75,6 +75,10 @@ struct RunArgs {
     /// Seconds between login probes of a healthy FTP connection.
     #[arg(long, env = "VC_PROBE_INTERVAL_SECONDS", default_value_t = 300)]
     probe_interval_seconds: u64,
+    /// Label selector (e.g. `connect.vehicles.io/credential=true`): the operator then watches
+    /// and reads only Secrets carrying these labels; others are SecretNotAllowed.
+    #[arg(long, env = "VC_SECRET_SELECTOR")]
+    secret_selector: Option<String>,
     /// Log format: `text` or `json`.
     #[arg(long, env = "VC_LOG_FORMAT", default_value = "text")]
     log_format: String,
@@ -173,9 +177,22 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             .await
     });
 
+    if let Some(sel) = args
+        .secret_selector
+        .as_deref()
+        .filter(|s| !s.trim().is_empty())
+    {
+        controller::secrets::check_selector(&client, sel)
+            .await
+            .with_context(|| format!("--secret-selector {sel:?} is not a usable label selector"))?;
+    }
     let settings = Settings {
         guard,
         probe_interval: Duration::from_secs(args.probe_interval_seconds.max(5)),
+        secret_selector: args
+            .secret_selector
+            .clone()
+            .filter(|s| !s.trim().is_empty()),
         ..Settings::default()
     };
     let d = dispatcher.clone();
