@@ -199,7 +199,8 @@ where
         .unwrap_or(1);
     let delay =
         Duration::from_secs(1u64 << n.min(9).saturating_sub(1)).min(Duration::from_secs(300));
-    tracing::warn!(object = %key, error = %err, kind = err.label(), retry_in = ?delay, "reconcile failed");
+    // API errors may quote the object (its URL, say): redacted like every shown message.
+    tracing::warn!(object = %key, error = %crate::status::redact(&err.to_string()), kind = err.label(), retry_in = ?delay, "reconcile failed");
     Action::requeue(delay)
 }
 
@@ -302,7 +303,7 @@ where
 {
     let meta = &invalid.metadata;
     let kind = K::kind(&());
-    tracing::warn!(%kind, name = ?meta.name, namespace = ?meta.namespace, error = %invalid.error, "unreadable object skipped");
+    tracing::warn!(%kind, name = ?meta.name, namespace = ?meta.namespace, error = %crate::status::redact(&invalid.error), "unreadable object skipped");
     let index = meta
         .finalizers
         .iter()

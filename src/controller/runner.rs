@@ -96,7 +96,7 @@ pub async fn run<K, R, F>(
     .run(reconcile, error_policy, kctx)
     .for_each(|r| async move {
         if let Err(e) = r {
-            tracing::debug!(error = %e, kind = label, "reconcile");
+            tracing::debug!(error = %crate::status::redact(&e.to_string()), kind = label, "reconcile");
         }
     })
     .await;
