@@ -321,12 +321,15 @@ where
         .as_deref()
         .ok_or(Error::MissingField("metadata.name"))?;
     forget(&ctx.shared, key(ns, name)).await;
-    let path = format!("/metadata/finalizers/{i}");
-    let patch: json_patch::Patch = serde_json::from_value(serde_json::json!([
-        { "op": "test", "path": path, "value": crate::api::FINALIZER },
-        { "op": "remove", "path": path },
-    ]))
-    .map_err(|_| Error::MissingField("a valid finalizer patch"))?;
+    let path =
+        json_patch::jsonptr::PointerBuf::from_tokens(["metadata", "finalizers", &i.to_string()]);
+    let patch = json_patch::Patch(vec![
+        json_patch::PatchOperation::Test(json_patch::TestOperation {
+            path: path.clone(),
+            value: crate::api::FINALIZER.into(),
+        }),
+        json_patch::PatchOperation::Remove(json_patch::RemoveOperation { path }),
+    ]);
     // Through DeserializeGuard: the answer is the same unreadable object.
     let api: Api<kube::core::DeserializeGuard<K>> = Api::namespaced(ctx.shared.client.clone(), ns);
     match api
