@@ -77,6 +77,11 @@ has all 'value: /etc/vehicle-connect/ingest-tokens/tokens$'
 has all 'secretName: vehicle-connect-vc-ingest-tokens$'
 has all 'value: "10.20.0.0/16,192.168.1.10"'
 has all 'name: VC_MAX_BODY_BYTES'
+has all 'name: VC_MAX_CONCURRENT_INGEST'
+has all 'value: "connect.vehicles.io/credential=true"'
+# Tokens bound to clients render as `<token> <client>,<client>` lines.
+grep -oE '^  tokens: "[^"]+"' "$OUTDIR/all.yaml" | cut -d'"' -f2 | base64 -d \
+  | grep -qx 'check-chart-dealer-token-0123456789 dealer-1,dealer-2' || die "all: bound token line not rendered"
 has all 'value: "0.0.0.0:8080"'
 has all 'storageClassName: "fast-ssd"'
 has all 'ReadWriteOncePod'
@@ -109,6 +114,7 @@ refuse() { # description, helm args...
 refuse "an unknown top-level key" --set replicaCount=2
 refuse "a bad pullPolicy" --set image.pullPolicy=Sometimes
 refuse "a short ingest token" --set 'ingestTokens[0]=short'
+refuse "a client that is not a clientId" --set 'ingestTokens[0].token=long-enough-token-0123' --set 'ingestTokens[0].clients[0]=a b'
 refuse "a bad log format" --set operator.logFormat=xml
 refuse "a bad CIDR" --set 'operator.allowTargets[0]=not a cidr'
 refuse "a bad port" --set service.port=70000

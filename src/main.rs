@@ -50,13 +50,17 @@ struct RunArgs {
     /// Directory of the embedded durable store (a volume in Kubernetes).
     #[arg(long, env = "VC_DATA_DIR", default_value = "/var/lib/vehicle-connect")]
     data_dir: PathBuf,
-    /// File of accepted ingest bearer tokens, one a line (re-read when it changes).
-    /// Without it, every ingest request is refused with 401.
+    /// File of accepted ingest bearer tokens, one a line, each optionally followed by the
+    /// clientIds it may post for (`<token> dealer-1,dealer-2`; none or `*`: any client).
+    /// Re-read when it changes. Without it, every ingest request is refused with 401.
     #[arg(long, env = "VC_INGEST_TOKEN_FILE")]
     ingest_token_file: Option<PathBuf>,
     /// Largest accepted request body in bytes.
     #[arg(long, env = "VC_MAX_BODY_BYTES", default_value_t = vehicle_connect::ingest::DEFAULT_MAX_BODY)]
     max_body_bytes: usize,
+    /// Ingest requests handled at once; more are answered 503 with Retry-After.
+    #[arg(long, env = "VC_MAX_CONCURRENT_INGEST", default_value_t = vehicle_connect::ingest::DEFAULT_MAX_CONCURRENT)]
+    max_concurrent_ingest: usize,
     /// Largest image downloaded for an FTP upload, in bytes.
     #[arg(long, env = "VC_MAX_IMAGE_BYTES", default_value_t = 50 * 1024 * 1024)]
     max_image_bytes: u64,
@@ -78,6 +82,10 @@ struct RunArgs {
     /// Seconds between sweeps that expire backlogs older than their retry policy's maxAge.
     #[arg(long, env = "VC_SWEEP_INTERVAL_SECONDS", default_value_t = 30)]
     sweep_interval_seconds: u64,
+    /// Label selector (e.g. `connect.vehicles.io/credential=true`): the operator then watches
+    /// and reads only Secrets carrying these labels; others are SecretNotAllowed.
+    #[arg(long, env = "VC_SECRET_SELECTOR")]
+    secret_selector: Option<String>,
     /// Log format: `text` or `json`.
     #[arg(long, env = "VC_LOG_FORMAT", default_value = "text")]
     log_format: String,
@@ -189,6 +197,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         metrics: metrics.clone(),
         ready: ready.clone(),
         max_body: args.max_body_bytes,
+        ingest_limit: ingest::ConcurrencyLimit::new(args.max_concurrent_ingest.max(1)),
     };
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
@@ -203,9 +212,22 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             .await
     });
 
+    if let Some(sel) = args
+        .secret_selector
+        .as_deref()
+        .filter(|s| !s.trim().is_empty())
+    {
+        controller::secrets::check_selector(&client, sel)
+            .await
+            .with_context(|| format!("--secret-selector {sel:?} is not a usable label selector"))?;
+    }
     let settings = Settings {
         guard,
         probe_interval: Duration::from_secs(args.probe_interval_seconds.max(5)),
+        secret_selector: args
+            .secret_selector
+            .clone()
+            .filter(|s| !s.trim().is_empty()),
         ..Settings::default()
     };
     let d = dispatcher.clone();

@@ -38,27 +38,82 @@ impl Tri {
     }
 }
 
-impl Check {
-    pub fn ok(reason: impl Into<String>, message: impl Into<String>) -> Self {
-        Check {
-            status: Tri::True,
-            reason: reason.into(),
-            message: message.into(),
+/// Removes credentials from every URL in a user-visible text: userinfo (`user:pass@`),
+/// query and fragment become `***` (webhook tokens often live in the query). Conditions,
+/// Events and `lastFailure` are readable by anyone who may read the resource.
+pub fn redact(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find("://") {
+        // The scheme: letters, digits, `+ - .` right before `://`.
+        let scheme_start = rest[..at]
+            .rfind(|c: char| !(c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.')))
+            .map_or(0, |i| i + 1);
+        if scheme_start == at {
+            out.push_str(&rest[..at + 3]);
+            rest = &rest[at + 3..];
+            continue;
         }
+        let after = &rest[at + 3..];
+        let mut end = after
+            .find(|c: char| c.is_whitespace() || matches!(c, '"' | '\'' | '<' | '>' | '`'))
+            .unwrap_or(after.len());
+        // Trailing punctuation and the `)` of `(http://x/?q)` belong to the text.
+        loop {
+            let url = &after[..end];
+            if url.ends_with(['.', ',', ';', ':', '!'])
+                || (url.ends_with(')') && !url.contains('('))
+            {
+                end -= 1;
+            } else {
+                break;
+            }
+        }
+        out.push_str(&rest[..at + 3]);
+        out.push_str(&redact_after_scheme(&after[..end]));
+        rest = &after[end..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// `authority/path?query#fragment` with userinfo, query and fragment masked.
+fn redact_after_scheme(s: &str) -> String {
+    let auth_end = s.find(['/', '?', '#']).unwrap_or(s.len());
+    let (authority, tail) = s.split_at(auth_end);
+    let mut out = match authority.rfind('@') {
+        Some(i) => format!("***@{}", &authority[i + 1..]),
+        None => authority.to_string(),
+    };
+    let path_end = tail.find(['?', '#']).unwrap_or(tail.len());
+    out.push_str(&tail[..path_end]);
+    let extra = &tail[path_end..];
+    if extra.starts_with('?') {
+        out.push_str("?***");
+    }
+    if extra.contains('#') {
+        out.push_str("#***");
+    }
+    out
+}
+
+impl Check {
+    /// Every constructor redacts the message: a Check ends up in a condition or an Event.
+    fn new(status: Tri, reason: impl Into<String>, message: impl Into<String>) -> Self {
+        Check {
+            status,
+            reason: reason.into(),
+            message: redact(&message.into()),
+        }
+    }
+    pub fn ok(reason: impl Into<String>, message: impl Into<String>) -> Self {
+        Check::new(Tri::True, reason, message)
     }
     pub fn fail(reason: impl Into<String>, message: impl Into<String>) -> Self {
-        Check {
-            status: Tri::False,
-            reason: reason.into(),
-            message: message.into(),
-        }
+        Check::new(Tri::False, reason, message)
     }
     pub fn unknown(reason: impl Into<String>, message: impl Into<String>) -> Self {
-        Check {
-            status: Tri::Unknown,
-            reason: reason.into(),
-            message: message.into(),
-        }
+        Check::new(Tri::Unknown, reason, message)
     }
     pub fn is_ok(&self) -> bool {
         self.status == Tri::True
@@ -167,6 +222,43 @@ mod tests {
         assert_ne!(flipped.last_transition_time, Time(Timestamp::UNIX_EPOCH));
         assert!(transitioned(&old, &flipped));
         assert!(!transitioned(std::slice::from_ref(&flipped), &flipped));
+    }
+
+    #[test]
+    fn urls_lose_userinfo_query_and_fragment() {
+        for (raw, want) in [
+            (
+                "to https://h.example/hook?token=s3cret",
+                "to https://h.example/hook?***",
+            ),
+            (
+                "https://u:p@h.example:8443/x",
+                "https://***@h.example:8443/x",
+            ),
+            ("a http://h/?a=1#frag b", "a http://h/?***#*** b"),
+            (
+                "error for url (http://127.0.0.1:9/h?k=v): refused",
+                "error for url (http://127.0.0.1:9/h?***): refused",
+            ),
+            (
+                "\"https://h/p?x=1\" and ftp://me:pw@f/",
+                "\"https://h/p?***\" and ftp://***@f/",
+            ),
+            ("no url here: ://odd", "no url here: ://odd"),
+            (
+                "plain https://h.example/path",
+                "plain https://h.example/path",
+            ),
+            ("https://h?tok", "https://h?***"),
+        ] {
+            assert_eq!(redact(raw), want, "{raw}");
+        }
+        let c = Check::ok("Ready", "delivering to https://u:pw@h/x?token=abc");
+        assert!(
+            !c.message.contains("abc") && !c.message.contains("pw"),
+            "{}",
+            c.message
+        );
     }
 }
 
@@ -321,7 +413,7 @@ impl CounterWriter {
                     event_id: id,
                     time: time_of_ms(ms),
                     reason: short,
-                    message,
+                    message: redact(&message),
                 }
             }),
         };

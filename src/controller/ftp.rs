@@ -60,10 +60,7 @@ fn secret_names(spec: &FtpConnectionSpec) -> Vec<&str> {
 async fn reconcile(obj: Arc<Guarded>, ctx: Arc<KindContext>) -> Result<Action, Error> {
     let conn = match &obj.0 {
         Ok(c) => Arc::new(c.clone()),
-        Err(invalid) => {
-            tracing::warn!(name = ?invalid.metadata.name, namespace = ?invalid.metadata.namespace, error = %invalid.error, "unreadable FtpConnection");
-            return Ok(Action::await_change());
-        }
+        Err(invalid) => return super::unreadable::<FtpConnection>(&ctx, invalid, key).await,
     };
     let (_, ns) = name_ns(conn.as_ref())?;
     let api: Api<FtpConnection> = Api::namespaced(ctx.shared.client.clone(), &ns);

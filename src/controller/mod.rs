@@ -55,6 +55,8 @@ pub struct Settings {
     pub probe_interval: Duration,
     /// Resolution of webhook targets is re-checked this often (DNS may change).
     pub recheck_interval: Duration,
+    /// Label selector (`--secret-selector`): only Secrets matching it are watched and read.
+    pub secret_selector: Option<String>,
 }
 
 impl Default for Settings {
@@ -63,6 +65,7 @@ impl Default for Settings {
             guard: TargetGuard::default(),
             probe_interval: Duration::from_secs(300),
             recheck_interval: Duration::from_secs(300),
+            secret_selector: None,
         }
     }
 }
@@ -196,7 +199,8 @@ where
         .unwrap_or(1);
     let delay =
         Duration::from_secs(1u64 << n.min(9).saturating_sub(1)).min(Duration::from_secs(300));
-    tracing::warn!(object = %key, error = %err, kind = err.label(), retry_in = ?delay, "reconcile failed");
+    // API errors may quote the object (its URL, say): redacted like every shown message.
+    tracing::warn!(object = %key, error = %crate::status::redact(&err.to_string()), kind = err.label(), retry_in = ?delay, "reconcile failed");
     Action::requeue(delay)
 }
 
@@ -288,6 +292,70 @@ pub async fn forget(ctx: &Context, key: TargetKey) {
     if let Some(hook) = &ctx.on_delete {
         hook(key).await;
     }
+}
+
+/// An object the types cannot read (written under another schema, or with a value out of
+/// range for them) is skipped, but never blocks its own deletion: once it is being deleted,
+/// its target is forgotten and our finalizer removed (JSON patch on the raw object, tested
+/// at its index so a concurrent change to the list is not clobbered).
+pub(crate) async fn unreadable<K>(
+    ctx: &KindContext,
+    invalid: &kube::core::error_boundary::InvalidObject,
+    key: impl Fn(&str, &str) -> TargetKey,
+) -> Result<Action, Error>
+where
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+{
+    let meta = &invalid.metadata;
+    let kind = K::kind(&());
+    tracing::warn!(%kind, name = ?meta.name, namespace = ?meta.namespace, error = %crate::status::redact(&invalid.error), "unreadable object skipped");
+    let index = meta
+        .finalizers
+        .iter()
+        .flatten()
+        .position(|f| f == crate::api::FINALIZER);
+    let (Some(_), Some(i)) = (&meta.deletion_timestamp, index) else {
+        return Ok(Action::await_change());
+    };
+    let ns = meta
+        .namespace
+        .as_deref()
+        .ok_or(Error::MissingField("metadata.namespace"))?;
+    let name = meta
+        .name
+        .as_deref()
+        .ok_or(Error::MissingField("metadata.name"))?;
+    forget(&ctx.shared, key(ns, name)).await;
+    let path =
+        json_patch::jsonptr::PointerBuf::from_tokens(["metadata", "finalizers", &i.to_string()]);
+    let patch = json_patch::Patch(vec![
+        json_patch::PatchOperation::Test(json_patch::TestOperation {
+            path: path.clone(),
+            value: crate::api::FINALIZER.into(),
+        }),
+        json_patch::PatchOperation::Remove(json_patch::RemoveOperation { path }),
+    ]);
+    // Through DeserializeGuard: the answer is the same unreadable object.
+    let api: Api<kube::core::DeserializeGuard<K>> = Api::namespaced(ctx.shared.client.clone(), ns);
+    match api
+        .patch(
+            name,
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Json::<()>(patch),
+        )
+        .await
+    {
+        Ok(_) => {
+            tracing::info!(%kind, %name, namespace = %ns, "finalizer removed from an unreadable object being deleted");
+        }
+        // Already gone.
+        Err(kube::Error::Api(e)) if e.code == 404 => {}
+        Err(e) => return Err(e.into()),
+    }
+    Ok(Action::await_change())
 }
 
 /// Runs both controllers until SIGTERM or Ctrl-C.

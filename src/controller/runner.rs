@@ -116,13 +116,15 @@ pub async fn run<K, R, F>(
     .default_backoff()
     .touched_objects();
     // Only metadata: the operator never caches Secret values from a watch.
+    // With --secret-selector, only the selected Secrets are watched (and only they are read).
     let (secret_reader, secret_writer) = reflector::store::<PartialObjectMeta<Secret>>();
+    let mut secret_watch = watcher::Config::default();
+    if let Some(sel) = &ctx.settings.secret_selector {
+        secret_watch = secret_watch.labels(sel);
+    }
     let secrets = reflector::reflector(
         secret_writer,
-        watcher(
-            Api::<PartialObjectMeta<Secret>>::all(client),
-            watcher::Config::default(),
-        ),
+        watcher(Api::<PartialObjectMeta<Secret>>::all(client), secret_watch),
     )
     .default_backoff()
     .touched_objects();
@@ -165,7 +167,7 @@ pub async fn run<K, R, F>(
     .run(reconcile, error_policy, kctx)
     .for_each(|r| async move {
         if let Err(e) = r {
-            tracing::debug!(error = %e, kind = label, "reconcile");
+            tracing::debug!(error = %crate::status::redact(&e.to_string()), kind = label, "reconcile");
         }
     })
     .await;

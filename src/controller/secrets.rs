@@ -1,5 +1,7 @@
-//! Reading Secret values for a resource, only from its own namespace. Values are never
-//! logged; problems become `SecretNotFound` / `SecretInvalid` checks naming the field.
+//! Reading Secret values for a resource, only from its own namespace, only of the types a
+//! delivery credential has, and (with `--secret-selector`) only Secrets carrying the
+//! selected labels. Values are never logged; problems become `SecretNotFound`,
+//! `SecretNotAllowed` or `SecretInvalid` checks naming the field.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -7,6 +9,7 @@ use std::sync::{Arc, Mutex};
 use base64::Engine;
 use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
+use kube::api::ListParams;
 use kube::runtime::reflector::ObjectRef;
 
 use super::KindContext;
@@ -44,12 +47,39 @@ impl SecretCache {
     }
 }
 
+/// Secret types a resource may point at. Everything else (service-account tokens, Helm
+/// release records, registry and bootstrap credentials, ...) is never a delivery credential,
+/// and reading it would hand whoever may create a subscription a Secret they may not read.
+pub const ALLOWED_TYPES: [&str; 3] = ["Opaque", "kubernetes.io/basic-auth", "kubernetes.io/tls"];
+
+/// Whether a Secret of type `t` (None: unset, which Kubernetes treats as Opaque) may be used.
+pub fn type_allowed(t: Option<&str>) -> bool {
+    t.is_none_or(|t| t.is_empty() || ALLOWED_TYPES.contains(&t))
+}
+
+/// Checks `--secret-selector` with the API server (one metadata list of at most one
+/// item), so a typo stops the start instead of failing every watch.
+pub async fn check_selector(client: &kube::Client, selector: &str) -> Result<(), kube::Error> {
+    let api: Api<Secret> = Api::all(client.clone());
+    api.list_metadata(&ListParams::default().labels(selector).limit(1))
+        .await
+        .map(|_| ())
+}
+
+/// What a reconcile found under a Secret name.
+enum Fetched {
+    Found(Arc<Secret>),
+    /// Exists, but without the labels `--secret-selector` asks for (value never read).
+    NotSelected,
+    Missing,
+}
+
 /// Fetches Secrets of one namespace for one reconcile.
 pub struct SecretReader<'a> {
     api: Api<Secret>,
     ns: String,
     ctx: &'a KindContext,
-    cache: BTreeMap<String, Option<Arc<Secret>>>,
+    cache: BTreeMap<String, Fetched>,
 }
 
 impl<'a> SecretReader<'a> {
@@ -62,20 +92,40 @@ impl<'a> SecretReader<'a> {
         }
     }
 
-    async fn fetch(&self, name: &str) -> Result<Option<Arc<Secret>>, kube::Error> {
+    async fn fetch(&self, name: &str) -> Result<Fetched, kube::Error> {
         let meta = self.ctx.secrets.get(&ObjectRef::new(name).within(&self.ns));
         if let Some(rv) = meta
             .as_ref()
             .and_then(|m| m.metadata.resource_version.as_deref())
             && let Some(s) = self.ctx.shared.secret_values.get(&self.ns, name, rv)
         {
-            return Ok(Some(s));
+            return Ok(Fetched::Found(s));
         }
-        let s = self.api.get_opt(name).await?.map(Arc::new);
-        if let Some(s) = &s {
-            self.ctx.shared.secret_values.put(&self.ns, name, s.clone());
-        }
-        Ok(s)
+        let found = match &self.ctx.shared.settings.secret_selector {
+            None => self.api.get_opt(name).await?,
+            // The API server applies the selector: a Secret without the labels is never
+            // transferred, only its existence is asked (for a clear message).
+            Some(sel) => {
+                let lp = ListParams::default()
+                    .fields(&format!("metadata.name={name}"))
+                    .labels(sel);
+                match self.api.list(&lp).await?.items.into_iter().next() {
+                    Some(s) => Some(s),
+                    None if self.api.get_metadata_opt(name).await?.is_some() => {
+                        return Ok(Fetched::NotSelected);
+                    }
+                    None => None,
+                }
+            }
+        };
+        Ok(match found {
+            Some(s) => {
+                let s = Arc::new(s);
+                self.ctx.shared.secret_values.put(&self.ns, name, s.clone());
+                Fetched::Found(s)
+            }
+            None => Fetched::Missing,
+        })
     }
 
     /// The value of `key` in Secret `name`, as text with trailing line breaks removed (a
@@ -113,12 +163,42 @@ impl<'a> SecretReader<'a> {
             self.cache.insert(name.to_string(), s);
         }
         let ns = &self.ns;
-        let Some(secret) = self.cache.get(name).and_then(Option::as_ref) else {
-            return Ok(Err(Check::fail(
-                "SecretNotFound",
-                format!("Secret {name:?} ({field}) not found in namespace {ns:?}; create it there"),
-            )));
+        let secret = match self.cache.get(name) {
+            Some(Fetched::Found(s)) => s,
+            Some(Fetched::NotSelected) => {
+                let sel = self
+                    .ctx
+                    .shared
+                    .settings
+                    .secret_selector
+                    .as_deref()
+                    .unwrap_or_default();
+                return Ok(Err(Check::fail(
+                    "SecretNotAllowed",
+                    format!(
+                        "Secret {name:?} ({field}) lacks the labels this operator is limited to ({sel}); an administrator of the namespace labels Secrets meant for delivery"
+                    ),
+                )));
+            }
+            Some(Fetched::Missing) | None => {
+                return Ok(Err(Check::fail(
+                    "SecretNotFound",
+                    format!(
+                        "Secret {name:?} ({field}) not found in namespace {ns:?}; create it there"
+                    ),
+                )));
+            }
         };
+        if !type_allowed(secret.type_.as_deref()) {
+            return Ok(Err(Check::fail(
+                "SecretNotAllowed",
+                format!(
+                    "Secret {name:?} ({field}) is of type {:?}, which is never a delivery credential; use a Secret of type {}",
+                    secret.type_.as_deref().unwrap_or_default(),
+                    ALLOWED_TYPES.join(", ")
+                ),
+            )));
+        }
         let value = secret
             .data
             .as_ref()
@@ -179,5 +259,29 @@ mod tests {
         assert!(decode_whsec("MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").is_err());
         assert!(decode_whsec("whsec_!!!").is_err());
         assert!(decode_whsec("whsec_YWJj").is_err(), "too short");
+    }
+
+    #[test]
+    fn only_credential_types_are_allowed() {
+        for t in [
+            None,
+            Some(""),
+            Some("Opaque"),
+            Some("kubernetes.io/basic-auth"),
+            Some("kubernetes.io/tls"),
+        ] {
+            assert!(type_allowed(t), "{t:?}");
+        }
+        for t in [
+            "kubernetes.io/service-account-token",
+            "helm.sh/release.v1",
+            "kubernetes.io/dockercfg",
+            "kubernetes.io/dockerconfigjson",
+            "bootstrap.kubernetes.io/token",
+            "kubernetes.io/ssh-auth",
+            "example.com/anything",
+        ] {
+            assert!(!type_allowed(Some(t)), "{t}");
+        }
     }
 }

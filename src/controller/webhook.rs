@@ -65,12 +65,9 @@ fn secret_names(spec: &WebhookSubscriptionSpec) -> Vec<&str> {
 async fn reconcile(obj: Arc<Guarded>, ctx: Arc<KindContext>) -> Result<Action, Error> {
     let whs = match &obj.0 {
         Ok(w) => Arc::new(w.clone()),
-        Err(invalid) => {
-            // An object the types cannot read (e.g. written under an older CRD) must not
-            // stop the others; it is reported and skipped.
-            tracing::warn!(name = ?invalid.metadata.name, namespace = ?invalid.metadata.namespace, error = %invalid.error, "unreadable WebhookSubscription");
-            return Ok(Action::await_change());
-        }
+        // An object the types cannot read (e.g. written under an older CRD) must not stop
+        // the others, nor its own deletion.
+        Err(invalid) => return super::unreadable::<WebhookSubscription>(&ctx, invalid, key).await,
     };
     let (_, ns) = name_ns(whs.as_ref())?;
     let api: Api<WebhookSubscription> = Api::namespaced(ctx.shared.client.clone(), &ns);

@@ -329,4 +329,148 @@ mod tests {
         assert_eq!(parse_body(b"[]").unwrap_err().field, "$");
         assert_eq!(field_of(json!([1])), "[0]");
     }
+
+    mod props {
+        use super::*;
+        use proptest::prelude::*;
+
+        const KEYS: &[&str] = &[
+            "id",
+            "type",
+            "timestamp",
+            "clientId",
+            "userId",
+            "data",
+            "vehicle",
+            "images",
+            "index",
+            "url",
+            "sha256",
+            "year",
+            "vin",
+            "make",
+        ];
+        const VALUES: &[&str] = &[
+            "vehicle.processed",
+            "image.added",
+            "2026-11-27T10:15:30Z",
+            "https://h/1.jpg",
+        ];
+
+        fn any_json() -> impl Strategy<Value = Value> {
+            let leaf = prop_oneof![
+                Just(Value::Null),
+                any::<bool>().prop_map(Value::Bool),
+                any::<i64>().prop_map(|n| json!(n)),
+                any::<f64>().prop_map(|f| json!(f)),
+                ".{0,40}".prop_map(Value::String),
+                // Field names and values the validator looks at, so deep paths get hit.
+                prop::sample::select([KEYS, VALUES].concat()).prop_map(|s| Value::String(s.into())),
+            ];
+            leaf.prop_recursive(5, 64, 8, |inner| {
+                prop_oneof![
+                    prop::collection::vec(inner.clone(), 0..8).prop_map(Value::Array),
+                    prop::collection::btree_map(
+                        prop::sample::select(KEYS).prop_map(String::from),
+                        inner,
+                        0..8,
+                    )
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+                ]
+            })
+        }
+
+        fn ident() -> impl Strategy<Value = String> {
+            "[A-Za-z0-9_.:@-]{1,128}"
+        }
+
+        fn timestamp() -> impl Strategy<Value = String> {
+            (0i64..4_102_444_800, 0u32..1_000_000_000, any::<bool>()).prop_map(
+                |(secs, nanos, frac)| {
+                    let t = k8s_openapi::jiff::Timestamp::new(
+                        secs,
+                        if frac { nanos as i32 } else { 0 },
+                    )
+                    .unwrap();
+                    t.to_string()
+                },
+            )
+        }
+
+        fn image() -> impl Strategy<Value = Value> {
+            (1u32..=9999, "[a-z]{1,10}", prop::option::of("[0-9a-f]{64}")).prop_map(
+                |(index, path, sha)| {
+                    let mut i =
+                        json!({ "index": index, "url": format!("https://cdn.example/{path}.jpg") });
+                    if let Some(h) = sha {
+                        i["sha256"] = json!(h);
+                    }
+                    i
+                },
+            )
+        }
+
+        fn envelope() -> impl Strategy<Value = Envelope> {
+            (
+                ident(),
+                prop::sample::select(EventType::ALL.to_vec()),
+                timestamp(),
+                ident(),
+                prop::option::of(ident()),
+                ".{1,32}",
+                prop::option::of(1886u64..=2200),
+                prop::option::of(prop::collection::vec(image(), 0..4)),
+                any_json(),
+            )
+                .prop_map(
+                    |(id, type_, timestamp, client_id, user_id, vid, year, images, extra)| {
+                        let mut data = json!({ "extra": extra });
+                        if matches!(type_.as_str().split('.').next(), Some("vehicle" | "image")) {
+                            data["vehicle"] = json!({ "id": vid, "year": year });
+                        }
+                        if let Some(i) = images {
+                            data["images"] = Value::Array(i);
+                        }
+                        Envelope {
+                            id,
+                            type_,
+                            timestamp,
+                            client_id,
+                            user_id,
+                            data,
+                        }
+                    },
+                )
+        }
+
+        proptest! {
+            #[test]
+            fn arbitrary_bytes_never_panic(body in prop::collection::vec(any::<u8>(), 0..512)) {
+                let _ = parse_body(&body);
+            }
+
+            #[test]
+            fn arbitrary_json_never_panics(v in any_json()) {
+                let _ = parse_body(v.to_string().as_bytes());
+                let _ = parse_body(json!([v]).to_string().as_bytes());
+            }
+
+            #[test]
+            fn valid_envelopes_round_trip(batch in prop::collection::vec(envelope(), 1..5)) {
+                let one = serde_json::to_vec(&batch[0]).unwrap();
+                prop_assert_eq!(parse_body(&one).unwrap(), vec![batch[0].clone()]);
+                let many = serde_json::to_vec(&batch).unwrap();
+                prop_assert_eq!(parse_body(&many).unwrap(), batch);
+            }
+
+            #[test]
+            fn errors_point_into_the_batch(batch in prop::collection::vec(envelope(), 1..5), bad in 0usize..5) {
+                let bad = bad % batch.len();
+                let mut v = serde_json::to_value(&batch).unwrap();
+                v[bad]["clientId"] = json!("has space");
+                let e = parse_body(v.to_string().as_bytes()).unwrap_err();
+                prop_assert_eq!(e.field, format!("[{bad}].clientId"));
+            }
+        }
+    }
 }

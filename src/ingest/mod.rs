@@ -8,10 +8,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::Router;
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use futures::future::BoxFuture;
@@ -25,6 +23,11 @@ use crate::metrics::{Metrics, ResultLabel};
 
 /// Default request size limit.
 pub const DEFAULT_MAX_BODY: usize = 1024 * 1024;
+/// Default bound on ingest requests in flight (each may hold a body of up to the limit).
+pub const DEFAULT_MAX_CONCURRENT: usize = 64;
+/// A body slower than this is answered 408: an authorised but stalled client must not hold
+/// a slot of the concurrency bound forever.
+pub const BODY_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// What happened to one accepted event.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, ToSchema)]
@@ -48,7 +51,8 @@ pub struct AcceptResponse {
 /// Body of every error response.
 #[derive(Clone, Debug, Serialize, ToSchema)]
 pub struct ErrorBody {
-    /// Machine-readable: `invalid_event`, `unauthorized`, `too_large`, `unsupported_media_type`, `backlog_full`, `unavailable`.
+    /// Machine-readable: `invalid_event`, `unauthorized`, `forbidden_client`, `timeout`,
+    /// `too_large`, `unsupported_media_type`, `backlog_full`, `busy`, `unavailable`.
     pub error: &'static str,
     pub message: String,
     /// The bad field, for `invalid_event`.
@@ -68,6 +72,25 @@ pub struct ApiState {
     pub metrics: Arc<Metrics>,
     pub ready: Arc<AtomicBool>,
     pub max_body: usize,
+    /// Ingest requests in flight beyond its bound are answered 503 `busy` with `Retry-After`.
+    pub ingest_limit: ConcurrencyLimit,
+}
+
+/// At most `max` ingest requests in flight; more are refused at once, never queued (a queue
+/// would hold their connections and bodies, which the bound is there to avoid).
+#[derive(Clone)]
+pub struct ConcurrencyLimit {
+    max: usize,
+    permits: Arc<tokio::sync::Semaphore>,
+}
+
+impl ConcurrencyLimit {
+    pub fn new(max: usize) -> Self {
+        ConcurrencyLimit {
+            max,
+            permits: Arc::new(tokio::sync::Semaphore::new(max)),
+        }
+    }
 }
 
 pub fn router(state: ApiState) -> Router {
@@ -106,25 +129,27 @@ fn error(
     responses(
         (status = 202, description = "Stored durably; delivery follows (at least once)", body = AcceptResponse),
         (status = 400, description = "Invalid event; `field` names the bad field", body = ErrorBody),
-        (status = 401, description = "Missing or unknown bearer token", body = ErrorBody),
+        (status = 401, description = "Missing or unknown bearer token (answered before the body is read)", body = ErrorBody),
+        (status = 403, description = "`forbidden_client`: the token may not post for the `clientId` of an event (`field` names it); the whole batch is refused", body = ErrorBody),
+        (status = 408, description = "The body did not arrive within the read timeout", body = ErrorBody),
         (status = 413, description = "Body larger than the limit", body = ErrorBody),
         (status = 415, description = "Content-Type is not application/json", body = ErrorBody),
-        (status = 429, description = "The backlog of pending deliveries is at its limit; nothing was accepted, retry after `Retry-After` seconds", body = ErrorBody),
-        (status = 503, description = "Not ready or the store failed; retry", body = ErrorBody),
+        (status = 429, description = "`backlog_full`: the backlog of pending deliveries is at its limit; nothing was accepted, retry after `Retry-After` seconds", body = ErrorBody),
+        (status = 503, description = "Not ready, too many concurrent ingest requests (`busy`, with `Retry-After`), or the store failed; retry", body = ErrorBody),
     ),
     security(("bearer" = []))
 )]
-async fn post_events(
-    State(st): State<ApiState>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Response {
+async fn post_events(State(st): State<ApiState>, req: Request) -> Response {
     let rejected = || {
         st.metrics
             .events
             .get_or_create(&ResultLabel { result: "rejected" })
             .inc()
     };
+    // Everything that needs no body is decided before a byte of it is read: a bad token
+    // with a huge or slow body costs one header parse.
+    let (parts, body) = req.into_parts();
+    let headers = &parts.headers;
     let bearer = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -132,7 +157,7 @@ async fn post_events(
             v.strip_prefix("Bearer ")
                 .or_else(|| v.strip_prefix("bearer "))
         });
-    if !bearer.is_some_and(|t| st.tokens.accepts(t)) {
+    let Some(grant) = bearer.and_then(|t| st.tokens.grant(t)) else {
         rejected();
         return error(
             StatusCode::UNAUTHORIZED,
@@ -140,7 +165,7 @@ async fn post_events(
             "a valid bearer token is required (Authorization: Bearer <token>)",
             None,
         );
-    }
+    };
     let json = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -155,27 +180,6 @@ async fn post_events(
             None,
         );
     }
-    let body = match body {
-        Ok(b) => b,
-        Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-            rejected();
-            return error(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "too_large",
-                format!("body larger than {} bytes", st.max_body),
-                None,
-            );
-        }
-        Err(e) => {
-            rejected();
-            return error(
-                StatusCode::BAD_REQUEST,
-                "invalid_event",
-                e.body_text(),
-                Some("$".into()),
-            );
-        }
-    };
     if !st.ready.load(Ordering::Acquire) {
         return error(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -184,6 +188,63 @@ async fn post_events(
             None,
         );
     }
+    let too_large = || {
+        error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            format!("body larger than {} bytes", st.max_body),
+            None,
+        )
+    };
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > st.max_body as u64) {
+        rejected();
+        return too_large();
+    }
+    // Held until the answer is built: bodies in memory and store work stay bounded.
+    let Ok(_permit) = st.ingest_limit.permits.clone().try_acquire_owned() else {
+        let mut r = error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "busy",
+            format!(
+                "more than {} ingest requests in flight; retry shortly",
+                st.ingest_limit.max
+            ),
+            None,
+        );
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+        return r;
+    };
+    let read = http_body_util::BodyExt::collect(http_body_util::Limited::new(body, st.max_body));
+    let body = match tokio::time::timeout(BODY_READ_TIMEOUT, read).await {
+        Ok(Ok(b)) => b.to_bytes(),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
+            rejected();
+            return too_large();
+        }
+        Ok(Err(e)) => {
+            rejected();
+            return error(
+                StatusCode::BAD_REQUEST,
+                "invalid_event",
+                format!("could not read the body: {e}"),
+                Some("$".into()),
+            );
+        }
+        Err(_) => {
+            rejected();
+            return error(
+                StatusCode::REQUEST_TIMEOUT,
+                "timeout",
+                format!("the body did not arrive within {BODY_READ_TIMEOUT:?}"),
+                None,
+            );
+        }
+    };
     let events = match envelope::parse_body(&body) {
         Ok(e) => e,
         Err(fe) => {
@@ -196,6 +257,28 @@ async fn post_events(
             );
         }
     };
+    // A batch is accepted whole or not at all: one foreign client refuses it.
+    if let Some((i, e)) = events
+        .iter()
+        .enumerate()
+        .find(|(_, e)| !grant.allows(&e.client_id))
+    {
+        rejected();
+        let field = if events.len() == 1 && !body.trim_ascii_start().starts_with(b"[") {
+            "clientId".to_string()
+        } else {
+            format!("[{i}].clientId")
+        };
+        return error(
+            StatusCode::FORBIDDEN,
+            "forbidden_client",
+            format!(
+                "this token may not post events for client {:?}; nothing in this request was accepted",
+                e.client_id
+            ),
+            Some(field),
+        );
+    }
     match st.sink.accept(events).await {
         Ok(results) => {
             let dup = results.iter().filter(|r| r.status == "duplicate").count();

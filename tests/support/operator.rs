@@ -23,6 +23,11 @@ static OPERATOR: OnceLock<Operator> = OnceLock::new();
 
 /// The control plane with CRDs installed and the operator running (allow-list: loopback).
 pub fn operator() -> &'static Operator {
+    operator_with(|s| s)
+}
+
+/// [`operator`] with `adjust` applied to its settings (the first call in a test binary wins).
+pub fn operator_with(adjust: fn(Settings) -> Settings) -> &'static Operator {
     OPERATOR.get_or_init(|| {
         let cp = ControlPlane::shared();
         let registry = Arc::new(Registry::new());
@@ -37,13 +42,13 @@ pub fn operator() -> &'static Operator {
                     cp.install_crds(&crds).await.expect("install CRDs");
                     let client = cp.client().await.expect("client");
                     tx.send(()).expect("signal");
-                    let settings = Settings {
+                    let settings = adjust(Settings {
                         guard: TargetGuard::new(
                             parse_allow_list("127.0.0.0/8,::1").expect("allow list"),
                         ),
                         probe_interval: Duration::from_secs(30),
                         ..Settings::default()
-                    };
+                    });
                     controller::run(client, reg, settings, None).await;
                 })
             })
@@ -52,6 +57,37 @@ pub fn operator() -> &'static Operator {
             .expect("operator did not start");
         Operator { cp, registry }
     })
+}
+
+/// A fresh namespace (name starting with `prefix`) whose annotation allows `clients`, and a
+/// client of the control plane.
+pub async fn tenant(
+    op: &Operator,
+    prefix: &str,
+    clients: &str,
+) -> (vc_envtest::TestNamespace, Client) {
+    let ns = op
+        .cp
+        .namespace_with_annotations(prefix, &[("connect.vehicles.io/clients", clients)])
+        .await
+        .expect("namespace");
+    (ns, op.cp.client().await.expect("client"))
+}
+
+/// Applies a Secret `name` of `type_` (None: untyped) with `string_data` into `ns`.
+pub async fn put_secret(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    type_: Option<&str>,
+    string_data: serde_json::Value,
+) {
+    let mut v = serde_json::json!({ "apiVersion": "v1", "kind": "Secret",
+        "metadata": { "name": name }, "stringData": string_data });
+    if let Some(t) = type_ {
+        v["type"] = t.into();
+    }
+    apply_value(client, ns, v).await;
 }
 
 /// Server-side applies YAML (one or more documents) into `ns` (overriding their namespace).
