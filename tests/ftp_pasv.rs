@@ -93,7 +93,7 @@ async fn upload(uploader: &Uploader, port: u16, nat_workaround: bool) -> UploadR
     )
     .unwrap_or_else(|e| panic!("bad test event: {e:?}"));
     uploader
-        .deliver(&target(port, nat_workaround), &event)
+        .deliver(&target(port, nat_workaround), &event, &[])
         .await
 }
 

@@ -1640,6 +1640,10 @@ fn ftp_failure(target: &str, what: &str, path: &str, e: FtpError) -> FtpFailure 
             };
             FtpFailure::Reply { code, failure }
         }
+        // The server named a data address the guard refuses: retrying cannot help.
+        FtpError::ConnectionError(_) if ftp::data_target_refused(&e).is_some() => {
+            FtpFailure::Other(Failure::permanent("TargetNotAllowed", message))
+        }
         FtpError::ConnectionError(_) => {
             FtpFailure::Other(Failure::retry("ConnectionLost", message))
         }
