@@ -54,6 +54,8 @@ bench: control-plane
 	$(CARGO) bench --bench delivery
 	$(CARGO) bench --bench ftp
 	$(CARGO) bench --bench scale
+	$(CARGO) bench --bench ftp_zip_memory
+	$(CARGO) bench --bench backlog
 
 ## Regenerate docs/openapi.json from the Rust types.
 openapi:

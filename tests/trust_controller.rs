@@ -240,7 +240,12 @@ async fn unreadable_objects_can_still_be_deleted() {
             .is_some_and(|f| !f.is_empty())
     })
     .await;
-    assert!(op.registry.get(&ftp::key(&ns.name, "odd-ftp")).is_some());
+    // Registered by the reconcile after the one that added the finalizer.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while op.registry.get(&ftp::key(&ns.name, "odd-ftp")).is_none() {
+        assert!(std::time::Instant::now() < deadline, "odd-ftp never registered");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
 
     let raw_hooks = make_unreadable(&client, &ns.name, "WebhookSubscription", "odd-hook").await;
     let raw_conns = make_unreadable(&client, &ns.name, "FtpConnection", "odd-ftp").await;

@@ -1,0 +1,166 @@
+//! Memory with a large backlog: 1,000,000 pending deliveries for a held (suspended)
+//! subscription, posted through the real ingest API of the operator process, against the real
+//! control plane. Prints the operator's RSS while the backlog builds, once it is all pending,
+//! and after a restart that resumes it (memory must follow the deliveries in flight, not the
+//! backlog). Sizes: VC_BENCH_BACKLOG_EVENTS (1,000,000), VC_BENCH_BACKLOG_VEHICLES (10,000).
+
+mod support;
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use futures::{StreamExt, stream};
+use kube::api::{Api, Patch, PatchParams};
+use serde_json::json;
+use support::{env_usize, rss_mib};
+use vc_envtest::ControlPlane;
+
+const TOKEN: &str = "backlog-bench-token";
+
+fn start(cp: &ControlPlane, data: &std::path::Path, port: u16, log: &str) -> anyhow::Result<Child> {
+    let tokens = data.join("tokens");
+    std::fs::write(&tokens, format!("{TOKEN}\n"))?;
+    let log = std::fs::File::create(cp.dir.join(log))?;
+    Ok(Command::new(env!("CARGO_BIN_EXE_vehicle-connect"))
+        .args([
+            "run",
+            "--allow-targets",
+            "127.0.0.0/8",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--max-pending-deliveries",
+            "5000000",
+        ])
+        .arg("--data-dir")
+        .arg(data.join("store"))
+        .arg("--ingest-token-file")
+        .arg(&tokens)
+        .env("KUBECONFIG", &cp.kubeconfig)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::from(log.try_clone()?))
+        .stderr(Stdio::from(log))
+        .spawn()?)
+}
+
+async fn wait_ready(http: &reqwest::Client, port: u16) -> anyhow::Result<Duration> {
+    let started = Instant::now();
+    while !http
+        .get(format!("http://127.0.0.1:{port}/readyz"))
+        .send()
+        .await
+        .is_ok_and(|r| r.status().is_success())
+    {
+        anyhow::ensure!(started.elapsed() < Duration::from_secs(120), "operator not ready");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(started.elapsed())
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let events = env_usize("VC_BENCH_BACKLOG_EVENTS", 1_000_000);
+    let vehicles = env_usize("VC_BENCH_BACKLOG_VEHICLES", 10_000).max(1);
+    let cp = ControlPlane::shared();
+    cp.install_crds(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("crds"))
+        .await?;
+    let client = cp.client().await?;
+    let ns = cp
+        .namespace_with_annotations("backlog-bench", &[("connect.vehicles.io/clients", "*")])
+        .await?;
+    let whs: Api<vehicle_connect::api::WebhookSubscription> =
+        Api::namespaced(client.clone(), &ns.name);
+    whs.patch(
+        "held",
+        &PatchParams::apply("vc-bench").force(),
+        &Patch::Apply(json!({
+            "apiVersion": "connect.vehicles.io/v1alpha1", "kind": "WebhookSubscription",
+            "metadata": { "name": "held" },
+            "spec": { "url": "http://127.0.0.1:9/held", "clientId": "dealer-backlog",
+                      "events": ["vehicle.processed"], "suspend": true }
+        })),
+    )
+    .await?;
+    let data = tempfile::tempdir()?;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let http = reqwest::Client::new();
+    let mut op = start(cp, data.path(), port, "operator-backlog-bench.log")?;
+    wait_ready(&http, port).await?;
+    let pid = op.id();
+    println!(
+        "backlog benchmark: {events} events for one suspended subscription, {vehicles} vehicles, batches of 1,000; RSS at start {:.0} MiB",
+        rss_mib(pid, "VmRSS:")
+    );
+
+    let started = Instant::now();
+    let url = format!("http://127.0.0.1:{port}/v1/events");
+    let batches = events.div_ceil(1000);
+    let mut done = 0usize;
+    let mut peak_during = 0f64;
+    let mut posts = stream::iter(0..batches)
+        .map(|b| {
+            let (http, url) = (http.clone(), url.clone());
+            async move {
+                let batch: Vec<_> = (b * 1000..((b + 1) * 1000).min(events))
+                    .map(|i| {
+                        json!({
+                            "id": format!("bk-{i}"), "type": "vehicle.processed",
+                            "timestamp": "2026-11-27T10:15:30Z", "clientId": "dealer-backlog",
+                            "data": { "vehicle": { "id": format!("veh-{}", i % vehicles), "vin": "WVWZZZ1JZXW000001" } }
+                        })
+                    })
+                    .collect();
+                let r = http
+                    .post(&url)
+                    .bearer_auth(TOKEN)
+                    .header("content-type", "application/json")
+                    .body(serde_json::Value::Array(batch).to_string())
+                    .send()
+                    .await?;
+                anyhow::ensure!(r.status().as_u16() == 202, "ingest answered {}", r.status());
+                Ok::<_, anyhow::Error>(())
+            }
+        })
+        .buffer_unordered(4);
+    while let Some(r) = posts.next().await {
+        r?;
+        done += 1;
+        if done % 50 == 0 {
+            peak_during = peak_during.max(rss_mib(pid, "VmRSS:"));
+        }
+    }
+    let secs = started.elapsed().as_secs_f64();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    println!(
+        "(a) {events} deliveries pending after {secs:.1}s ({:.0} events/s): RSS {:.0} MiB now, {peak_during:.0} MiB highest sampled while posting, VmHWM {:.0} MiB",
+        events as f64 / secs,
+        rss_mib(pid, "VmRSS:"),
+        rss_mib(pid, "VmHWM:"),
+    );
+
+    // Restart: the backlog is resumed from the store.
+    let _ = op.kill();
+    let _ = op.wait();
+    let mut op = start(cp, data.path(), port, "operator-backlog-bench-restarted.log")?;
+    let ready = wait_ready(&http, port).await?;
+    let pid = op.id();
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let metrics = http
+        .get(format!("http://127.0.0.1:{port}/metrics"))
+        .send()
+        .await?
+        .text()
+        .await?;
+    let depth = metrics
+        .lines()
+        .find(|l| l.starts_with("vehicle_connect_queue_depth"))
+        .unwrap_or("vehicle_connect_queue_depth ?");
+    println!(
+        "(b) after a restart with the backlog pending: ready in {:.2}s; 10 s later RSS {:.0} MiB, VmHWM {:.0} MiB ({depth})",
+        ready.as_secs_f64(),
+        rss_mib(pid, "VmRSS:"),
+        rss_mib(pid, "VmHWM:"),
+    );
+    let _ = op.kill();
+    let _ = op.wait();
+    Ok(())
+}
