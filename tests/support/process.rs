@@ -15,6 +15,8 @@ pub struct OperatorProcess {
     pub data_dir: PathBuf,
     pub log: PathBuf,
     token_file: PathBuf,
+    /// More `run` arguments, kept for restarts.
+    extra_args: Vec<String>,
 }
 
 fn free_port() -> u16 {
@@ -28,12 +30,22 @@ fn free_port() -> u16 {
 impl OperatorProcess {
     /// Starts the operator and waits for `/readyz` (CRDs must be installed).
     pub async fn start(cp: &ControlPlane, data_dir: PathBuf) -> OperatorProcess {
+        Self::start_with(cp, data_dir, &[]).await
+    }
+
+    /// Like `start`, with more `run` arguments.
+    pub async fn start_with(
+        cp: &ControlPlane,
+        data_dir: PathBuf,
+        extra_args: &[&str],
+    ) -> OperatorProcess {
         std::fs::create_dir_all(&data_dir).unwrap();
         let token_file = data_dir.with_extension("tokens");
         std::fs::write(&token_file, format!("# test tokens\n{TOKEN}\n")).unwrap();
         let port = free_port();
         let log = data_dir.with_extension(format!("{port}.log"));
-        Self::spawn(cp, data_dir, token_file, port, log).await
+        let extra_args = extra_args.iter().map(|a| (*a).to_owned()).collect();
+        Self::spawn(cp, data_dir, token_file, port, log, extra_args).await
     }
 
     async fn spawn(
@@ -42,6 +54,7 @@ impl OperatorProcess {
         token_file: PathBuf,
         port: u16,
         log: PathBuf,
+        extra_args: Vec<String>,
     ) -> OperatorProcess {
         let out = std::fs::File::create(&log).unwrap();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_vehicle-connect"));
@@ -56,6 +69,7 @@ impl OperatorProcess {
         .arg(&data_dir)
         .arg("--ingest-token-file")
         .arg(&token_file)
+        .args(&extra_args)
         .env("KUBECONFIG", &cp.kubeconfig)
         .env("RUST_LOG", "info,vehicle_connect=debug")
         .stdout(Stdio::from(out.try_clone().unwrap()))
@@ -68,6 +82,7 @@ impl OperatorProcess {
             data_dir,
             log,
             token_file,
+            extra_args,
         };
         op.wait_ready().await;
         op
@@ -113,6 +128,7 @@ impl OperatorProcess {
             self.token_file.clone(),
             self.port,
             log,
+            self.extra_args.clone(),
         )
         .await
     }
