@@ -31,7 +31,8 @@ fn histogram() -> Histogram {
 
 pub struct Metrics {
     registry: Registry,
-    /// Events posted, by result: accepted, duplicate, rejected.
+    /// Events posted, by result: accepted, duplicate, rejected, unavailable (requests the
+    /// store could not take).
     pub events: Family<ResultLabel, Counter>,
     /// Delivery attempts by kind (webhook, ftp) and result (delivered, retry, failed, gone).
     pub deliveries: Family<KindResult, Counter>,

@@ -224,8 +224,19 @@ async fn post_events(
                 .into_response()
         }
         Err(e) => {
-            tracing::error!(error = %e, "could not store events");
             let store = e.downcast_ref::<StoreError>();
+            st.metrics
+                .events
+                .get_or_create(&ResultLabel {
+                    result: "unavailable",
+                })
+                .inc();
+            // The store logs its own I/O trouble once; one line per refused request is noise.
+            if store.is_some_and(StoreError::is_io) {
+                tracing::debug!(error = %e, "could not store events");
+            } else {
+                tracing::error!(error = %e, "could not store events");
+            }
             let (status, code, why) = match store {
                 Some(s) if s.is_storage_full() => (
                     StatusCode::INSUFFICIENT_STORAGE,

@@ -31,8 +31,13 @@ impl<T> Reply<T> {
         Reply { tx, value: None }
     }
 
-    fn set(&mut self, value: T) {
+    pub(super) fn set(&mut self, value: T) {
         self.value = Some(value);
+    }
+
+    #[cfg(test)]
+    pub(super) fn value(&self) -> Option<&T> {
+        self.value.as_ref()
     }
 
     fn send_committed(self) {
