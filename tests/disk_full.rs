@@ -237,6 +237,8 @@ async fn store_refuses_while_the_disk_is_full_and_recovers_by_itself() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(in_a_row, 10, "a full disk kept taking writes");
+    // Refused without trying: a failed write would cost another close and repairing reopen.
+    assert_eq!(store.stats().failed_commits, 1, "{:?}", store.stats());
     eprintln!(
         "full disk: {} acknowledged in all, {} refused",
         acked.len(),

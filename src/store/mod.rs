@@ -338,7 +338,10 @@ pub(crate) struct Shared {
 pub(crate) struct Broken {
     since: Option<Instant>,
     reason: String,
+    /// The last error was a full disk.
     storage_full: bool,
+    /// The last failed write was refused by a full disk.
+    write_full: bool,
     /// Since when every attempt to reopen the file has failed.
     reopen_failing_since: Option<Instant>,
     retry_after: Duration,
@@ -354,6 +357,13 @@ impl Shared {
             .create(&self.path)?;
         writer::init_schema(&db)?;
         Ok(db)
+    }
+
+    /// Bytes free for unprivileged writers on the disk of the file; `None` if unknown.
+    pub(super) fn free_bytes(&self) -> Option<u64> {
+        let dir = self.path.parent()?;
+        let s = rustix::fs::statvfs(dir).ok()?;
+        Some(s.f_bavail.saturating_mul(s.f_frsize))
     }
 
     /// The open database, or `Unavailable` while the writer reopens it.
@@ -393,12 +403,11 @@ impl Shared {
         let mut b = self.broken();
         b.since.get_or_insert_with(Instant::now);
         b.reason = err.to_string();
-        if !reopen {
-            // A reopen failure says nothing about space; keep what the last write said.
-            b.storage_full = err.is_storage_full();
-        }
+        b.storage_full = err.is_storage_full();
         if reopen {
             b.reopen_failing_since.get_or_insert_with(Instant::now);
+        } else {
+            b.write_full = b.storage_full;
         }
         // Whole seconds for the Retry-After header; a sooner retry would fail again anyway.
         b.retry_after = Duration::from_secs(retry_after.as_secs_f64().ceil().max(1.0) as u64);
@@ -413,9 +422,9 @@ impl Shared {
         *self.broken() = Broken::default();
     }
 
-    /// Whether the last failure was a full disk.
-    pub(super) fn storage_full(&self) -> bool {
-        self.broken().storage_full
+    /// Whether the last failed write was refused by a full disk.
+    pub(super) fn write_full(&self) -> bool {
+        self.broken().write_full
     }
 
     fn health(&self) -> StoreHealth {

@@ -151,6 +151,10 @@ const REOPEN_BACKOFF_FIRST: Duration = Duration::from_millis(250);
 const REOPEN_BACKOFF_LAST: Duration = Duration::from_secs(5);
 /// How often a closed store looks for requests to refuse while it waits to reopen.
 const CLOSED_POLL: Duration = Duration::from_millis(20);
+/// After a full disk refused a write, writes are tried again only once the disk has this much
+/// room: each failed write costs a close and a reopen that repairs the file (seconds for a large
+/// one), during which readers wait too. Until then requests are refused without touching the file.
+const ROOM_TO_RETRY: u64 = 1024 * 1024;
 /// Longest wait for readers to let go of a failed file before trying to reopen anyway.
 const READERS_GRACE: Duration = Duration::from_secs(30);
 
@@ -221,7 +225,7 @@ impl Writer {
             if now >= self.next_reopen && self.reopen() {
                 // Opening committed a write (the schema check): unless the disk was full, where
                 // that proves little, the file takes writes again.
-                if !self.shared.storage_full() {
+                if !self.shared.write_full() {
                     self.mark_recovered();
                 }
                 return true;
@@ -237,8 +241,9 @@ impl Writer {
     }
 
     fn process(&mut self, mut batch: Vec<Job>) {
-        if self.db.is_none() {
-            // Closed by an earlier request of a batch being retried one by one.
+        // Closed by an earlier request of a batch being retried one by one, or the disk is still
+        // full.
+        if self.db.is_none() || (self.broken && self.shared.write_full() && !self.room_to_retry()) {
             for job in batch {
                 job.send_err(self.shared.unavailable());
             }
@@ -374,6 +379,13 @@ impl Writer {
                 }
             }
         }
+    }
+
+    fn room_to_retry(&self) -> bool {
+        // Unknown: try.
+        self.shared
+            .free_bytes()
+            .is_none_or(|free| free >= ROOM_TO_RETRY)
     }
 
     fn until_reopen(&self) -> Duration {
