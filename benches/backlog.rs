@@ -50,7 +50,10 @@ async fn wait_ready(http: &reqwest::Client, port: u16) -> anyhow::Result<Duratio
         .await
         .is_ok_and(|r| r.status().is_success())
     {
-        anyhow::ensure!(started.elapsed() < Duration::from_secs(120), "operator not ready");
+        anyhow::ensure!(
+            started.elapsed() < Duration::from_secs(120),
+            "operator not ready"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     Ok(started.elapsed())
@@ -81,7 +84,9 @@ async fn main() -> anyhow::Result<()> {
     )
     .await?;
     let data = tempfile::tempdir()?;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
     let http = reqwest::Client::new();
     let mut op = start(cp, data.path(), port, "operator-backlog-bench.log")?;
     wait_ready(&http, port).await?;
@@ -140,7 +145,12 @@ async fn main() -> anyhow::Result<()> {
     // Restart: the backlog is resumed from the store.
     let _ = op.kill();
     let _ = op.wait();
-    let mut op = start(cp, data.path(), port, "operator-backlog-bench-restarted.log")?;
+    let mut op = start(
+        cp,
+        data.path(),
+        port,
+        "operator-backlog-bench-restarted.log",
+    )?;
     let ready = wait_ready(&http, port).await?;
     let pid = op.id();
     tokio::time::sleep(Duration::from_secs(10)).await;

@@ -86,6 +86,10 @@ struct RunArgs {
     /// and reads only Secrets carrying these labels; others are SecretNotAllowed.
     #[arg(long, env = "VC_SECRET_SELECTOR")]
     secret_selector: Option<String>,
+    /// Seconds the store may fail to reopen its file after an I/O error before /healthz fails
+    /// (a full disk alone never fails it: a restart would not free the disk).
+    #[arg(long, env = "VC_STORE_UNHEALTHY_AFTER_SECONDS", default_value_t = 60)]
+    store_unhealthy_after_seconds: u64,
     /// Log format: `text` or `json`.
     #[arg(long, env = "VC_LOG_FORMAT", default_value = "text")]
     log_format: String,
@@ -158,7 +162,11 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         .context("no Kubernetes configuration (KUBECONFIG, ~/.kube/config or in-cluster)")?;
     tracing::info!(allow_targets = ?allow, data_dir = %args.data_dir.display(), listen = %args.listen, "vehicle-connect starting");
 
-    let store = Store::open(&args.data_dir, StoreOptions::default())
+    let store_options = StoreOptions {
+        unhealthy_after: Duration::from_secs(args.store_unhealthy_after_seconds),
+        ..StoreOptions::default()
+    };
+    let store = Store::open(&args.data_dir, store_options)
         .with_context(|| format!("opening the store in {}", args.data_dir.display()))?;
     let registry = Arc::new(Registry::new());
     let metrics = Arc::new(Metrics::new());
@@ -198,6 +206,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         ready: ready.clone(),
         max_body: args.max_body_bytes,
         ingest_limit: ingest::ConcurrencyLimit::new(args.max_concurrent_ingest.max(1)),
+        store: store.clone(),
     };
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await

@@ -31,7 +31,8 @@ fn histogram() -> Histogram {
 
 pub struct Metrics {
     registry: Registry,
-    /// Events posted, by result: accepted, duplicate, rejected.
+    /// Events posted, by result: accepted, duplicate, rejected, unavailable (requests the
+    /// store could not take).
     pub events: Family<ResultLabel, Counter>,
     /// Delivery attempts by kind (webhook, ftp) and result (delivered, retry, failed, gone).
     pub deliveries: Family<KindResult, Counter>,
@@ -43,6 +44,8 @@ pub struct Metrics {
     pub queue_depth: Gauge,
     /// Reconciles by kind and result (ok, error).
     pub reconciles: Family<KindResult, Counter>,
+    /// 0 healthy, 1 degraded (writes fail, e.g. disk full), 2 failed (cannot reopen the file).
+    pub store_state: Gauge,
 }
 
 impl Default for Metrics {
@@ -62,6 +65,7 @@ impl Metrics {
             Family::<KindLabel, Histogram>::new_with_constructor(histogram as fn() -> Histogram);
         let queue_depth = Gauge::default();
         let reconciles = Family::<KindResult, Counter>::default();
+        let store_state = Gauge::default();
         registry.register(
             "events",
             "Events posted to the ingest API, by result",
@@ -92,6 +96,11 @@ impl Metrics {
             "Reconciles by kind and result",
             reconciles.clone(),
         );
+        registry.register(
+            "store_state",
+            "Store state: 0 healthy, 1 degraded (writes fail, e.g. disk full), 2 failed (cannot reopen its file)",
+            store_state.clone(),
+        );
         Metrics {
             registry,
             events,
@@ -100,6 +109,7 @@ impl Metrics {
             delivery_latency_seconds,
             queue_depth,
             reconciles,
+            store_state,
         }
     }
 

@@ -54,6 +54,11 @@ async fn serve(tokens: &str, max_concurrent: usize) -> Api {
         ready: Arc::new(AtomicBool::new(true)),
         max_body: ingest::DEFAULT_MAX_BODY,
         ingest_limit: ConcurrencyLimit::new(max_concurrent),
+        store: vehicle_connect::store::Store::open(
+            &dir.path().join("store"),
+            vehicle_connect::store::StoreOptions::default(),
+        )
+        .unwrap(),
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();

@@ -243,7 +243,10 @@ async fn unreadable_objects_can_still_be_deleted() {
     // Registered by the reconcile after the one that added the finalizer.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     while op.registry.get(&ftp::key(&ns.name, "odd-ftp")).is_none() {
-        assert!(std::time::Instant::now() < deadline, "odd-ftp never registered");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "odd-ftp never registered"
+        );
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
 

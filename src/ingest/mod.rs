@@ -20,6 +20,7 @@ pub use envelope::{Envelope, FieldError};
 use tokens::TokenSet;
 
 use crate::metrics::{Metrics, ResultLabel};
+use crate::store::{Store, StoreError, StoreHealth};
 
 /// Default request size limit.
 pub const DEFAULT_MAX_BODY: usize = 1024 * 1024;
@@ -52,7 +53,8 @@ pub struct AcceptResponse {
 #[derive(Clone, Debug, Serialize, ToSchema)]
 pub struct ErrorBody {
     /// Machine-readable: `invalid_event`, `unauthorized`, `forbidden_client`, `timeout`,
-    /// `too_large`, `unsupported_media_type`, `backlog_full`, `busy`, `unavailable`.
+    /// `too_large`, `unsupported_media_type`, `backlog_full`, `busy`, `unavailable`,
+    /// `storage_full`.
     pub error: &'static str,
     pub message: String,
     /// The bad field, for `invalid_event`.
@@ -74,6 +76,8 @@ pub struct ApiState {
     pub max_body: usize,
     /// Ingest requests in flight beyond its bound are answered 503 `busy` with `Retry-After`.
     pub ingest_limit: ConcurrencyLimit,
+    /// For liveness and the store state gauge.
+    pub store: Store,
 }
 
 /// At most `max` ingest requests in flight; more are refused at once, never queued (a queue
@@ -135,7 +139,8 @@ fn error(
         (status = 413, description = "Body larger than the limit", body = ErrorBody),
         (status = 415, description = "Content-Type is not application/json", body = ErrorBody),
         (status = 429, description = "`backlog_full`: the backlog of pending deliveries is at its limit; nothing was accepted, retry after `Retry-After` seconds", body = ErrorBody),
-        (status = 503, description = "Not ready, too many concurrent ingest requests (`busy`, with `Retry-After`), or the store failed; retry", body = ErrorBody),
+        (status = 503, description = "Not ready, too many concurrent ingest requests (`busy`), or the store cannot write; retry after `Retry-After` seconds", body = ErrorBody),
+        (status = 507, description = "`storage_full`: the operator's disk is full; nothing was accepted, retry after `Retry-After` seconds", body = ErrorBody),
     ),
     security(("bearer" = []))
 )]
@@ -317,21 +322,74 @@ async fn post_events(State(st): State<ApiState>, req: Request) -> Response {
             r
         }
         Err(e) => {
-            tracing::error!(error = %e, "could not store events");
-            error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "unavailable",
-                "events could not be stored; nothing was accepted, retry",
+            let store = e.downcast_ref::<StoreError>();
+            st.metrics
+                .events
+                .get_or_create(&ResultLabel {
+                    result: "unavailable",
+                })
+                .inc();
+            // The store logs its own I/O trouble once; one line per refused request is noise.
+            if store.is_some_and(StoreError::is_io) {
+                tracing::debug!(error = %e, "could not store events");
+            } else {
+                tracing::error!(error = %e, "could not store events");
+            }
+            let (status, code, why) = match store {
+                Some(s) if s.is_storage_full() => (
+                    StatusCode::INSUFFICIENT_STORAGE,
+                    "storage_full",
+                    "the operator's disk is full",
+                ),
+                Some(s) if s.is_io() => (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "unavailable",
+                    "the operator's store cannot write",
+                ),
+                _ => (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "unavailable",
+                    "events could not be stored",
+                ),
+            };
+            let retry_after = store
+                .and_then(StoreError::retry_after)
+                .map_or(5, |d| d.as_secs().max(1));
+            let mut response = error(
+                status,
+                code,
+                format!("{why}; nothing was accepted, retry in {retry_after}s"),
                 None,
-            )
+            );
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, retry_after.into());
+            response
         }
     }
 }
 
-/// Liveness.
-#[utoipa::path(get, path = "/healthz", responses((status = 200, description = "The process is alive")))]
-async fn healthz() -> &'static str {
-    "ok"
+/// Liveness: fails when the store could not reopen its file for longer than the bound (a
+/// restart is the remedy left). A store that cannot write because the disk is full stays live
+/// (a restart would not free the disk) and says so in the body.
+#[utoipa::path(get, path = "/healthz", responses((status = 200, description = "The process is alive (the body says if the store is degraded)"), (status = 503, description = "The store cannot recover; the body says why")))]
+async fn healthz(State(st): State<ApiState>) -> Response {
+    match st.store.health() {
+        StoreHealth::Healthy => "ok".into_response(),
+        StoreHealth::Degraded { reason, since, .. } => format!(
+            "ok; store degraded for {}s, writes refused and retried: {reason}",
+            since.elapsed().as_secs()
+        )
+        .into_response(),
+        StoreHealth::Failed { reason, since } => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "store failed for {}s and cannot reopen its file: {reason}",
+                since.elapsed().as_secs()
+            ),
+        )
+            .into_response(),
+    }
 }
 
 /// Readiness: the store is open and pending deliveries are loaded.
@@ -347,6 +405,7 @@ async fn readyz(State(st): State<ApiState>) -> Response {
 /// Prometheus metrics.
 #[utoipa::path(get, path = "/metrics", responses((status = 200, description = "Prometheus text format", content_type = "text/plain")))]
 async fn metrics(State(st): State<ApiState>) -> Response {
+    st.metrics.store_state.set(st.store.health().level());
     (
         [(
             header::CONTENT_TYPE,

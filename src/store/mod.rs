@@ -6,6 +6,10 @@
 //! answers each caller. A caller's `Ok` therefore means "on disk". Reads open their own redb read
 //! transaction and never wait for the writer.
 //!
+//! After an I/O error (a full disk, say) redb refuses every later transaction until the file is
+//! closed and opened again; the writer does that by itself (see [`Store::health`]) and the store
+//! answers [`StoreError::Unavailable`] meanwhile, so nothing is acknowledged that is not on disk.
+//!
 //! Table layout: see `tables.rs`.
 
 mod tables;
@@ -15,10 +19,10 @@ mod writer;
 mod tests;
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::thread::JoinHandle;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata};
 use serde::{Deserialize, Serialize};
@@ -160,6 +164,9 @@ pub struct StoreOptions {
     pub max_batch: usize,
     /// Requests that may wait for the writer before senders wait too (backpressure).
     pub queue: usize,
+    /// How long the store may fail to reopen its file after an I/O error before
+    /// [`Store::health`] says `Failed`.
+    pub unhealthy_after: Duration,
 }
 
 impl Default for StoreOptions {
@@ -168,6 +175,38 @@ impl Default for StoreOptions {
             max_batch: 4096,
             queue: 16_384,
             cache_bytes: 32 * 1024 * 1024,
+            unhealthy_after: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Whether the store can persist, for liveness, readiness and metrics.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreHealth {
+    Healthy,
+    /// Writes fail since `since` (e.g. the disk is full); the store reopens itself and is
+    /// healthy again at the first write that commits. A restart would not help: the file is
+    /// open, only the disk refuses.
+    Degraded {
+        reason: String,
+        storage_full: bool,
+        since: Instant,
+    },
+    /// The file could not be reopened for longer than [`StoreOptions::unhealthy_after`]:
+    /// restarting the process is the remedy left.
+    Failed {
+        reason: String,
+        since: Instant,
+    },
+}
+
+impl StoreHealth {
+    /// 0 healthy, 1 degraded, 2 failed: the value of the metrics gauge.
+    pub fn level(&self) -> i64 {
+        match self {
+            StoreHealth::Healthy => 0,
+            StoreHealth::Degraded { .. } => 1,
+            StoreHealth::Failed { .. } => 2,
         }
     }
 }
@@ -203,6 +242,16 @@ pub enum StoreError {
     Spawn(#[source] std::io::Error),
     #[error("store writer stopped")]
     WriterStopped,
+    /// The file failed an I/O operation and is being reopened; nothing of the request was
+    /// stored.
+    #[error("the store cannot write now ({reason}); nothing was stored, retry in {}s", retry_after.as_secs())]
+    Unavailable {
+        reason: String,
+        /// The disk (volume) is full.
+        storage_full: bool,
+        /// When a retry may succeed: the writer's next reopen attempt, at least a second.
+        retry_after: Duration,
+    },
     #[error("store file has schema version {found}, this build reads {expected}")]
     Schema { found: u64, expected: u64 },
     #[error("counters of target {target} cannot be encoded or decoded: {source}")]
@@ -211,6 +260,39 @@ pub enum StoreError {
         #[source]
         source: serde_json::Error,
     },
+}
+
+impl StoreError {
+    /// The request failed because the store could not read or write its file, not because of
+    /// the request: retrying later may succeed.
+    pub fn is_io(&self) -> bool {
+        match self {
+            StoreError::Unavailable { .. } => true,
+            StoreError::Db(e) => matches!(
+                e,
+                redb::Error::Io(_) | redb::Error::PreviousIo | redb::Error::DatabaseClosed
+            ),
+            _ => false,
+        }
+    }
+
+    /// The disk holding the store is full.
+    pub fn is_storage_full(&self) -> bool {
+        match self {
+            StoreError::Unavailable { storage_full, .. } => *storage_full,
+            StoreError::Db(redb::Error::Io(e)) => e.kind() == std::io::ErrorKind::StorageFull,
+            _ => false,
+        }
+    }
+
+    /// How long a caller should wait before retrying, for errors a retry may cure.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            StoreError::Unavailable { retry_after, .. } => Some(*retry_after),
+            e if e.is_io() => Some(Duration::from_secs(5)),
+            _ => None,
+        }
+    }
 }
 
 macro_rules! from_redb {
@@ -239,7 +321,7 @@ pub struct Store {
 }
 
 struct Inner {
-    db: Arc<Database>,
+    shared: Arc<Shared>,
     jobs: Option<mpsc::Sender<Job>>,
     writer: Option<JoinHandle<()>>,
     stats: Arc<Stats>,
@@ -252,6 +334,135 @@ impl Drop for Inner {
         self.jobs.take();
         if let Some(writer) = self.writer.take() {
             let _ = writer.join();
+        }
+    }
+}
+
+/// What the readers and the writer share: the open database, swapped whole when the writer
+/// reopens it, and the health it reports.
+pub(crate) struct Shared {
+    /// `None` while closed after an I/O error. Readers clone the `Arc` for the length of one
+    /// read; only the writer replaces it, after every clone of the old one is gone.
+    db: RwLock<Option<Arc<Database>>>,
+    path: PathBuf,
+    cache_bytes: usize,
+    unhealthy_after: Duration,
+    health: Mutex<Broken>,
+}
+
+/// Since when, and why, the store cannot write; `since: None` while it can.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct Broken {
+    since: Option<Instant>,
+    reason: String,
+    /// The last error was a full disk.
+    storage_full: bool,
+    /// The last failed write was refused by a full disk.
+    write_full: bool,
+    /// Since when every attempt to reopen the file has failed.
+    reopen_failing_since: Option<Instant>,
+    retry_after: Duration,
+}
+
+impl Shared {
+    /// Opens the file; a file left by a crash or a failed write is repaired by redb here.
+    pub(super) fn open_db(&self) -> Result<Database, StoreError> {
+        // redb's default page cache is 1 GiB; the operator must stay small, and recent
+        // events (the ones deliveries read) are few.
+        let db = redb::Builder::new()
+            .set_cache_size(self.cache_bytes)
+            .create(&self.path)?;
+        writer::init_schema(&db)?;
+        Ok(db)
+    }
+
+    /// Bytes free for unprivileged writers on the disk of the file; `None` if unknown.
+    pub(super) fn free_bytes(&self) -> Option<u64> {
+        let dir = self.path.parent()?;
+        let s = rustix::fs::statvfs(dir).ok()?;
+        Some(s.f_bavail.saturating_mul(s.f_frsize))
+    }
+
+    /// The open database, or `Unavailable` while the writer reopens it.
+    fn db(&self) -> Result<Arc<Database>, StoreError> {
+        let current = self.db.read().unwrap_or_else(PoisonError::into_inner);
+        match &*current {
+            Some(db) => Ok(db.clone()),
+            None => Err(self.unavailable()),
+        }
+    }
+
+    pub(super) fn install(&self, db: Option<Arc<Database>>) -> Option<Arc<Database>> {
+        let mut current = self.db.write().unwrap_or_else(PoisonError::into_inner);
+        std::mem::replace(&mut *current, db)
+    }
+
+    fn broken(&self) -> std::sync::MutexGuard<'_, Broken> {
+        self.health.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The error callers get while the store cannot write.
+    pub(super) fn unavailable(&self) -> StoreError {
+        let b = self.broken();
+        StoreError::Unavailable {
+            reason: if b.reason.is_empty() {
+                "the store file is being reopened".to_owned()
+            } else {
+                b.reason.clone()
+            },
+            storage_full: b.storage_full,
+            retry_after: b.retry_after,
+        }
+    }
+
+    /// A write failed with an I/O error, or reopening the file did.
+    pub(super) fn failed(&self, err: &StoreError, reopen: bool, retry_after: Duration) {
+        let mut b = self.broken();
+        b.since.get_or_insert_with(Instant::now);
+        b.reason = err.to_string();
+        b.storage_full = err.is_storage_full();
+        if reopen {
+            b.reopen_failing_since.get_or_insert_with(Instant::now);
+        } else {
+            b.write_full = b.storage_full;
+        }
+        // Whole seconds for the Retry-After header; a sooner retry would fail again anyway.
+        b.retry_after = Duration::from_secs(retry_after.as_secs_f64().ceil().max(1.0) as u64);
+    }
+
+    pub(super) fn reopened(&self) {
+        self.broken().reopen_failing_since = None;
+    }
+
+    /// A write committed: the store is healthy again.
+    pub(super) fn recovered(&self) {
+        *self.broken() = Broken::default();
+    }
+
+    /// Whether the last failed write was refused by a full disk.
+    pub(super) fn write_full(&self) -> bool {
+        self.broken().write_full
+    }
+
+    fn health(&self) -> StoreHealth {
+        let b = self.broken().clone();
+        let Some(since) = b.since else {
+            return StoreHealth::Healthy;
+        };
+        // Only a file that cannot be opened is worth a restart; a full disk stays full.
+        if b.reopen_failing_since
+            .is_some_and(|t| t.elapsed() >= self.unhealthy_after)
+        {
+            StoreHealth::Failed {
+                reason: b.reason,
+                since,
+            }
+        } else {
+            StoreHealth::Degraded {
+                reason: b.reason,
+                storage_full: b.storage_full,
+                since,
+            }
         }
     }
 }
@@ -274,14 +485,14 @@ impl Store {
             path: dir.to_owned(),
             source,
         })?;
-        // redb's default page cache is 1 GiB; the operator must stay small, and recent
-        // events (the ones deliveries read) are few.
-        let db = Arc::new(
-            redb::Builder::new()
-                .set_cache_size(options.cache_bytes)
-                .create(dir.join(DB_FILE))?,
-        );
-        writer::init_schema(&db)?;
+        let shared = Arc::new(Shared {
+            db: RwLock::new(None),
+            path: dir.join(DB_FILE),
+            cache_bytes: options.cache_bytes,
+            unhealthy_after: options.unhealthy_after,
+            health: Mutex::new(Broken::default()),
+        });
+        let db = Arc::new(shared.open_db()?);
 
         let stats = Arc::new(Stats::default());
         let last_received = {
@@ -293,10 +504,12 @@ impl Store {
                 .store(txn.open_table(PENDING)?.len()?, Ordering::Relaxed);
             events.last()?.map(|(_, v)| v.value().2).unwrap_or(0)
         };
+        shared.install(Some(db.clone()));
 
         let (tx, rx) = mpsc::channel(options.queue.max(1));
         let writer = writer::Writer::new(
-            db.clone(),
+            db,
+            shared.clone(),
             rx,
             stats.clone(),
             options.max_batch.max(1),
@@ -309,12 +522,17 @@ impl Store {
 
         Ok(Store {
             inner: Arc::new(Inner {
-                db,
+                shared,
                 jobs: Some(tx),
                 writer: Some(handle),
                 stats,
             }),
         })
+    }
+
+    /// Whether the store can persist now; see [`StoreHealth`].
+    pub fn health(&self) -> StoreHealth {
+        self.inner.shared.health()
     }
 
     async fn submit<T>(&self, make: impl FnOnce(Reply<T>) -> Job) -> Result<T, StoreError> {
@@ -411,7 +629,9 @@ impl Store {
 
     /// Every pending delivery, ordered by (target, seq): what to resume after a restart.
     pub fn pending(&self) -> Result<Vec<PendingDelivery>, StoreError> {
-        let txn = self.inner.db.begin_read()?;
+        // Held for the read, so the writer closes the file only after it.
+        let db = self.inner.shared.db()?;
+        let txn = db.begin_read()?;
         let table = txn.open_table(PENDING)?;
         collect_pending(table.iter()?)
     }
@@ -432,7 +652,8 @@ impl Store {
         if after == u64::MAX || limit == 0 {
             return Ok(Vec::new());
         }
-        let txn = self.inner.db.begin_read()?;
+        let db = self.inner.shared.db()?;
+        let txn = db.begin_read()?;
         let table = txn.open_table(PENDING)?;
         let rows = table.range::<(&str, u64)>((target, after + 1)..=(target, u64::MAX))?;
         collect_pending(rows.take(limit))
@@ -440,7 +661,8 @@ impl Store {
 
     /// Every target that has pending deliveries (without reading them all).
     pub fn pending_targets(&self) -> Result<Vec<String>, StoreError> {
-        let txn = self.inner.db.begin_read()?;
+        let db = self.inner.shared.db()?;
+        let txn = db.begin_read()?;
         let table = txn.open_table(PENDING)?;
         let mut out: Vec<String> = Vec::new();
         loop {
@@ -465,7 +687,8 @@ impl Store {
 
     /// Remote paths recorded as uploaded for `lane` (a vehicle) at `target`.
     pub fn uploaded_paths(&self, target: &str, lane: &str) -> Result<Vec<String>, StoreError> {
-        let txn = self.inner.db.begin_read()?;
+        let db = self.inner.shared.db()?;
+        let txn = db.begin_read()?;
         let table = txn.open_table(UPLOADED)?;
         match table.get((target, lane))? {
             Some(g) => Ok(serde_json::from_slice(g.value()).unwrap_or_default()),
@@ -474,13 +697,15 @@ impl Store {
     }
 
     pub fn event_body(&self, seq: u64) -> Result<Option<Vec<u8>>, StoreError> {
-        let txn = self.inner.db.begin_read()?;
+        let db = self.inner.shared.db()?;
+        let txn = db.begin_read()?;
         let table = txn.open_table(EVENTS)?;
         Ok(table.get(seq)?.map(|g| g.value().3.to_vec()))
     }
 
     pub fn event(&self, seq: u64) -> Result<Option<StoredEvent>, StoreError> {
-        let txn = self.inner.db.begin_read()?;
+        let db = self.inner.shared.db()?;
+        let txn = db.begin_read()?;
         let table = txn.open_table(EVENTS)?;
         Ok(table.get(seq)?.map(|g| {
             let (key, lane, received_unix_ms, body) = g.value();
@@ -496,7 +721,8 @@ impl Store {
 
     /// The seq of a client's accepted event id, while it is remembered.
     pub fn seq_of(&self, client: &str, event_id: &str) -> Result<Option<u64>, StoreError> {
-        let txn = self.inner.db.begin_read()?;
+        let db = self.inner.shared.db()?;
+        let txn = db.begin_read()?;
         let table = txn.open_table(EVENT_IDS)?;
         Ok(table
             .get(dedupe_key(client, event_id).as_str())?
@@ -505,7 +731,8 @@ impl Store {
 
     /// Persisted counters of a target; all zero for a target with no history.
     pub fn counters(&self, target: &str) -> Result<TargetCounters, StoreError> {
-        let txn = self.inner.db.begin_read()?;
+        let db = self.inner.shared.db()?;
+        let txn = db.begin_read()?;
         let table = txn.open_table(COUNTERS)?;
         match table.get(target)? {
             Some(g) => tables::decode_counters(target, g.value()),

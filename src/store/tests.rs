@@ -858,3 +858,69 @@ async fn dropped_deliveries_are_counted_apart_from_failures() {
     assert_eq!((c.dropped, c.failed, c.pending), (1, 0, 0));
     assert!(store.pending_for(A).unwrap().is_empty());
 }
+
+/// A commit that failed yet reached the disk, retried on the reopened file: its events come back
+/// as duplicates at or past the failed transaction's first seq, and their callers must hear
+/// `New` (once per seq) so that the events are delivered.
+#[test]
+fn a_retried_batch_claims_the_events_its_failed_commit_stored() {
+    use writer::{Job, Reply, claim_landed};
+    let accept = |outcomes: Vec<AcceptOutcome>| {
+        let (tx, _rx) = tokio::sync::oneshot::channel();
+        let mut reply = Reply::new(tx);
+        reply.set(outcomes);
+        Job::Accept {
+            events: Vec::new(),
+            reply,
+        }
+    };
+    let outcomes = |job: &Job| match job {
+        Job::Accept { reply, .. } => reply.value().cloned().unwrap(),
+        _ => unreachable!(),
+    };
+    use AcceptOutcome::{Duplicate, New};
+    let mut batch = vec![
+        // 7 was accepted long before the failure: stays a duplicate.
+        accept(vec![Duplicate { seq: 7 }, Duplicate { seq: 10 }]),
+        // The same id twice in the batch: the first caller gets New, the second Duplicate.
+        accept(vec![Duplicate { seq: 10 }, Duplicate { seq: 11 }]),
+        accept(vec![New { seq: 12 }, Duplicate { seq: 12 }]),
+    ];
+    claim_landed(&mut batch, 10);
+    assert_eq!(
+        outcomes(&batch[0]),
+        vec![Duplicate { seq: 7 }, New { seq: 10 }]
+    );
+    assert_eq!(
+        outcomes(&batch[1]),
+        vec![Duplicate { seq: 10 }, New { seq: 11 }]
+    );
+    assert_eq!(
+        outcomes(&batch[2]),
+        vec![New { seq: 12 }, Duplicate { seq: 12 }]
+    );
+}
+
+#[test]
+fn io_errors_say_retry_and_full_disks_say_so() {
+    let full = StoreError::Db(redb::Error::Io(std::io::Error::from(
+        std::io::ErrorKind::StorageFull,
+    )));
+    assert!(full.is_io() && full.is_storage_full());
+    assert_eq!(full.retry_after(), Some(Duration::from_secs(5)));
+    let previous = StoreError::Db(redb::Error::PreviousIo);
+    assert!(previous.is_io() && !previous.is_storage_full());
+    let unavailable = StoreError::Unavailable {
+        reason: "x".into(),
+        storage_full: true,
+        retry_after: Duration::from_secs(3),
+    };
+    assert!(unavailable.is_io() && unavailable.is_storage_full());
+    assert_eq!(unavailable.retry_after(), Some(Duration::from_secs(3)));
+    let schema = StoreError::Schema {
+        found: 2,
+        expected: 1,
+    };
+    assert!(!schema.is_io() && schema.retry_after().is_none());
+    assert!(!StoreError::WriterStopped.is_io());
+}

@@ -3,15 +3,22 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
 
-use redb::{Database, Durability, ReadableTable, Table, WriteTransaction};
+use redb::{
+    Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, Table,
+    WriteTransaction,
+};
+use tokio::sync::mpsc::error::TryRecvError;
 use tokio::sync::{mpsc, oneshot};
 
 use super::tables::{
     self, COUNTERS, EVENT_IDS, EVENT_REFS, EVENTS, META, META_NEXT_SEQ, META_SCHEMA, PENDING,
     SCHEMA_VERSION, UPLOADED,
 };
-use super::{AcceptOutcome, DeliveryUpdate, NewEvent, Outcome, Stats, StoreError, TargetCounters};
+use super::{
+    AcceptOutcome, DeliveryUpdate, NewEvent, Outcome, Shared, Stats, StoreError, TargetCounters,
+};
 
 /// Answer slot of one request: filled while the transaction is applied, sent after commit.
 pub(crate) struct Reply<T> {
@@ -24,8 +31,13 @@ impl<T> Reply<T> {
         Reply { tx, value: None }
     }
 
-    fn set(&mut self, value: T) {
+    pub(super) fn set(&mut self, value: T) {
         self.value = Some(value);
+    }
+
+    #[cfg(test)]
+    pub(super) fn value(&self) -> Option<&T> {
+        self.value.as_ref()
     }
 
     fn send_committed(self) {
@@ -148,36 +160,66 @@ pub(super) fn init_schema(db: &Database) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// Pauses between reopen attempts after an I/O error double from the first to the last; every
+/// reopen after a failed write makes redb repair the file, so a full disk must not spin.
+const REOPEN_BACKOFF_FIRST: Duration = Duration::from_millis(250);
+const REOPEN_BACKOFF_LAST: Duration = Duration::from_secs(5);
+/// How often a closed store looks for requests to refuse while it waits to reopen.
+const CLOSED_POLL: Duration = Duration::from_millis(20);
+/// After a full disk refused a write, writes are tried again only once the disk has this much
+/// room: each failed write costs a close and a reopen that repairs the file (seconds for a large
+/// one), during which readers wait too. Until then requests are refused without touching the file.
+const ROOM_TO_RETRY: u64 = 1024 * 1024;
+/// Longest wait for readers to let go of a failed file before trying to reopen anyway.
+const READERS_GRACE: Duration = Duration::from_secs(30);
+
 pub(super) struct Writer {
-    db: Arc<Database>,
+    /// `None` while closed after an I/O error.
+    db: Option<Arc<Database>>,
+    shared: Arc<Shared>,
     jobs: mpsc::Receiver<Job>,
     stats: Arc<Stats>,
     max_batch: usize,
     /// Receive times never go backwards even if the wall clock does, so gc can stop its scan
     /// (in seq order) at the first event younger than the cutoff.
     last_now: u64,
+    /// A write failed and none has committed since.
+    broken: bool,
+    backoff: Duration,
+    next_reopen: Instant,
 }
 
 impl Writer {
     pub(super) fn new(
         db: Arc<Database>,
+        shared: Arc<Shared>,
         jobs: mpsc::Receiver<Job>,
         stats: Arc<Stats>,
         max_batch: usize,
         last_received: u64,
     ) -> Self {
         Writer {
-            db,
+            db: Some(db),
+            shared,
             jobs,
             stats,
             max_batch,
             last_now: last_received,
+            broken: false,
+            backoff: REOPEN_BACKOFF_FIRST,
+            next_reopen: Instant::now(),
         }
     }
 
     pub(super) fn run(mut self) {
         let mut batch = Vec::with_capacity(self.max_batch.min(1024));
-        while let Some(first) = self.jobs.blocking_recv() {
+        loop {
+            if self.db.is_none() && !self.wait_reopened() {
+                return;
+            }
+            let Some(first) = self.jobs.blocking_recv() else {
+                return;
+            };
             batch.push(first);
             while batch.len() < self.max_batch {
                 match self.jobs.try_recv() {
@@ -190,8 +232,39 @@ impl Writer {
         }
     }
 
-    fn process(&self, mut batch: Vec<Job>) {
-        match self.commit(&mut batch) {
+    /// While the file is closed: refuses what arrives (callers answer "retry later" at once
+    /// rather than hang) and reopens when the backoff allows. False once the store is dropped.
+    fn wait_reopened(&mut self) -> bool {
+        loop {
+            let now = Instant::now();
+            if now >= self.next_reopen && self.reopen() {
+                // Opening committed a write (the schema check): unless the disk was full, where
+                // that proves little, the file takes writes again.
+                if !self.shared.write_full() {
+                    self.mark_recovered();
+                }
+                return true;
+            }
+            match self.jobs.try_recv() {
+                Ok(job) => job.send_err(self.shared.unavailable()),
+                Err(TryRecvError::Disconnected) => return false,
+                Err(TryRecvError::Empty) => std::thread::sleep(
+                    CLOSED_POLL.min(self.next_reopen.saturating_duration_since(now)),
+                ),
+            }
+        }
+    }
+
+    fn process(&mut self, mut batch: Vec<Job>) {
+        // Closed by an earlier request of a batch being retried one by one, or the disk is still
+        // full.
+        if self.db.is_none() || (self.broken && self.shared.write_full() && !self.room_to_retry()) {
+            for job in batch {
+                job.send_err(self.shared.unavailable());
+            }
+            return;
+        }
+        match self.commit_with_retry(&mut batch) {
             Ok(delta) => {
                 let s = &self.stats;
                 s.commits.fetch_add(1, Ordering::Relaxed);
@@ -200,12 +273,18 @@ impl Writer {
                     .fetch_max(batch.len() as u64, Ordering::Relaxed);
                 add_signed(&s.events, delta.events);
                 add_signed(&s.pending, delta.pending);
+                self.mark_recovered();
                 for job in batch {
                     job.send_committed();
                 }
             }
+            Err(err) if err.is_io() => {
+                // Nothing of the batch is known to be stored: every caller hears so.
+                for job in batch {
+                    job.send_err(self.shared.unavailable());
+                }
+            }
             Err(err) => {
-                self.stats.failed_commits.fetch_add(1, Ordering::Relaxed);
                 if batch.len() == 1 {
                     if let Some(job) = batch.pop() {
                         job.send_err(err);
@@ -221,9 +300,54 @@ impl Writer {
         }
     }
 
-    fn commit(&self, batch: &mut [Job]) -> Result<Delta, StoreError> {
-        let mut txn = self.db.begin_write()?;
+    /// Commits the batch. After an I/O error other than a full disk (which stays full for a
+    /// while) the file is reopened at once and the batch tried once more.
+    fn commit_with_retry(&mut self, batch: &mut [Job]) -> Result<Delta, StoreError> {
+        let mut floor = None;
+        match self.attempt(batch, &mut floor) {
+            Err(e) if e.is_io() && !e.is_storage_full() && self.reopen() => {
+                let delta = self.attempt(batch, &mut None)?;
+                if let Some(floor) = floor {
+                    claim_landed(batch, floor);
+                }
+                Ok(delta)
+            }
+            result => result,
+        }
+    }
+
+    /// One commit; an I/O error closes the file (redb refuses everything after one).
+    fn attempt(&mut self, batch: &mut [Job], floor: &mut Option<u64>) -> Result<Delta, StoreError> {
+        let Some(db) = self.db.clone() else {
+            return Err(self.shared.unavailable());
+        };
+        let result = self.commit(&db, batch, floor);
+        drop(db);
+        if let Err(err) = &result {
+            self.stats.failed_commits.fetch_add(1, Ordering::Relaxed);
+            if err.is_io() {
+                self.close(err);
+            }
+        }
+        result
+    }
+
+    fn commit(
+        &self,
+        db: &Database,
+        batch: &mut [Job],
+        floor: &mut Option<u64>,
+    ) -> Result<Delta, StoreError> {
+        let mut txn = db.begin_write()?;
         txn.set_durability(Durability::Immediate)?;
+        // The first seq this transaction hands out: if its commit fails but reaches the disk
+        // anyway, the retry recognises its events by it (`claim_landed`).
+        *floor = Some(
+            txn.open_table(META)?
+                .get(META_NEXT_SEQ)?
+                .map(|g| g.value())
+                .unwrap_or(1),
+        );
         let delta = {
             let mut t = Tables::open(&txn, self.last_now)?;
             for job in batch.iter_mut() {
@@ -233,6 +357,127 @@ impl Writer {
         };
         txn.commit()?;
         Ok(delta)
+    }
+
+    /// Closes the failed file so that it can be reopened: readers are cut off first and the
+    /// last handle is closed before anything opens the file again (redb refuses a second open).
+    fn close(&mut self, err: &StoreError) {
+        self.broken = true;
+        self.shared.failed(err, false, self.backoff);
+        self.schedule_reopen();
+        tracing::warn!(error = %err, retry_in = ?self.until_reopen(), "store write failed; closing the file to reopen it");
+        let Some(mut db) = self.db.take() else {
+            return;
+        };
+        self.shared.install(None);
+        let deadline = Instant::now() + READERS_GRACE;
+        loop {
+            match Arc::try_unwrap(db) {
+                Ok(db) => {
+                    // redb reports the error that failed it again here; the file is closed anyway.
+                    if let Err(e) = db.close() {
+                        tracing::debug!(error = %e, "closing the failed store file");
+                    }
+                    return;
+                }
+                Err(still_shared) if Instant::now() < deadline => {
+                    db = still_shared;
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                Err(_) => {
+                    // The last reader closes it when done; a reopen before that fails and
+                    // is retried.
+                    tracing::warn!(
+                        "a reader holds the failed store file; reopening may have to wait"
+                    );
+                    return;
+                }
+            }
+        }
+    }
+
+    fn room_to_retry(&self) -> bool {
+        // Unknown: try.
+        self.shared
+            .free_bytes()
+            .is_none_or(|free| free >= ROOM_TO_RETRY)
+    }
+
+    fn until_reopen(&self) -> Duration {
+        self.next_reopen.saturating_duration_since(Instant::now())
+    }
+
+    fn schedule_reopen(&mut self) {
+        self.next_reopen = Instant::now() + self.backoff;
+        self.backoff = (self.backoff * 2).min(REOPEN_BACKOFF_LAST);
+    }
+
+    /// Opens the file again (redb repairs it) and hands it to readers.
+    fn reopen(&mut self) -> bool {
+        match self.shared.open_db() {
+            Ok(db) => {
+                let db = Arc::new(db);
+                // The failed commit may have reached the disk after all: count again.
+                if let Err(e) = self.recount(&db) {
+                    tracing::warn!(error = %e, "could not recount the store after reopening");
+                }
+                self.shared.install(Some(db.clone()));
+                self.db = Some(db);
+                self.shared.reopened();
+                tracing::info!("store file reopened");
+                true
+            }
+            Err(err) => {
+                self.shared.failed(&err, true, self.backoff);
+                self.schedule_reopen();
+                tracing::warn!(error = %err, retry_in = ?self.until_reopen(), "could not reopen the store file");
+                false
+            }
+        }
+    }
+
+    fn recount(&self, db: &Database) -> Result<(), StoreError> {
+        let txn = db.begin_read()?;
+        self.stats
+            .events
+            .store(txn.open_table(EVENTS)?.len()?, Ordering::Relaxed);
+        self.stats
+            .pending
+            .store(txn.open_table(PENDING)?.len()?, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn mark_recovered(&mut self) {
+        if self.broken {
+            self.broken = false;
+            self.backoff = REOPEN_BACKOFF_FIRST;
+            self.shared.recovered();
+            tracing::info!("store writes commit again");
+        }
+    }
+}
+
+/// After a failed commit, the batch was retried on the reopened file. Events that the failed
+/// commit stored after all come back as duplicates of seqs at or past `floor`, the first seq it
+/// handed out: they are this batch's own, so their callers get `New` (once per seq), and the
+/// events are delivered, not mistaken for earlier ones.
+pub(super) fn claim_landed(batch: &mut [Job], floor: u64) {
+    let mut seen = BTreeSet::new();
+    for job in batch {
+        let Job::Accept { reply, .. } = job else {
+            continue;
+        };
+        for outcome in reply.value.iter_mut().flatten() {
+            match *outcome {
+                AcceptOutcome::New { seq } => {
+                    seen.insert(seq);
+                }
+                AcceptOutcome::Duplicate { seq } if seq >= floor && seen.insert(seq) => {
+                    *outcome = AcceptOutcome::New { seq };
+                }
+                AcceptOutcome::Duplicate { .. } => {}
+            }
+        }
     }
 }
 
