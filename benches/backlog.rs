@@ -6,7 +6,7 @@
 
 mod support;
 
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
 use futures::{StreamExt, stream};
@@ -20,26 +20,19 @@ const TOKEN: &str = "backlog-bench-token";
 fn start(cp: &ControlPlane, data: &std::path::Path, port: u16, log: &str) -> anyhow::Result<Child> {
     let tokens = data.join("tokens");
     std::fs::write(&tokens, format!("{TOKEN}\n"))?;
-    let log = std::fs::File::create(cp.dir.join(log))?;
-    Ok(Command::new(env!("CARGO_BIN_EXE_vehicle-connect"))
-        .args([
-            "run",
-            "--allow-targets",
-            "127.0.0.0/8",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
+    let tokens = tokens.to_string_lossy().into_owned();
+    support::spawn_operator(
+        &cp.kubeconfig,
+        &data.join("store"),
+        port,
+        &cp.dir.join(log),
+        &[
             "--max-pending-deliveries",
             "5000000",
-        ])
-        .arg("--data-dir")
-        .arg(data.join("store"))
-        .arg("--ingest-token-file")
-        .arg(&tokens)
-        .env("KUBECONFIG", &cp.kubeconfig)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::from(log.try_clone()?))
-        .stderr(Stdio::from(log))
-        .spawn()?)
+            "--ingest-token-file",
+            &tokens,
+        ],
+    )
 }
 
 async fn wait_ready(http: &reqwest::Client, port: u16) -> anyhow::Result<Duration> {
@@ -129,7 +122,7 @@ async fn main() -> anyhow::Result<()> {
     while let Some(r) = posts.next().await {
         r?;
         done += 1;
-        if done % 50 == 0 {
+        if done.is_multiple_of(50) {
             peak_during = peak_during.max(rss_mib(pid, "VmRSS:"));
         }
     }

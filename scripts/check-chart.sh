@@ -78,6 +78,7 @@ has all 'secretName: vehicle-connect-vc-ingest-tokens$'
 has all 'value: "10.20.0.0/16,192.168.1.10"'
 has all 'name: VC_MAX_BODY_BYTES'
 has all 'name: VC_MAX_CONCURRENT_INGEST'
+has all 'name: VC_MAX_PENDING_DELIVERIES'
 has all 'value: "connect.vehicles.io/credential=true"'
 # Tokens bound to clients render as `<token> <client>,<client>` lines.
 grep -oE '^  tokens: "[^"]+"' "$OUTDIR/all.yaml" | cut -d'"' -f2 | base64 -d \

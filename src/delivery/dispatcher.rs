@@ -298,7 +298,7 @@ impl Dispatcher {
             } else {
                 idle_rounds += 1;
                 // A held target's backlog may expire meanwhile: look now and then.
-                exhausted = idle_rounds % 10 == 0
+                exhausted = idle_rounds.is_multiple_of(10)
                     && self
                         .store
                         .pending_after(&ts.row, 0, 1)

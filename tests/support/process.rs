@@ -57,7 +57,12 @@ impl OperatorProcess {
         args: Vec<String>,
     ) -> OperatorProcess {
         let out = std::fs::File::create(&log).unwrap();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_vehicle-connect"));
+        // VC_TEST_OPERATOR_BIN runs these tests against another build (e.g. an older commit,
+        // to show a test fails without its fix); by default, this crate's binary.
+        let bin = std::env::var_os("VC_TEST_OPERATOR_BIN")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_vehicle-connect")));
+        let mut cmd = Command::new(bin);
         cmd.args([
             "run",
             "--listen",
