@@ -691,15 +691,15 @@ impl Dispatcher {
         );
         ts.recording.fetch_add(1, Ordering::AcqRel);
         tokio::spawn(async move {
-            // A failed write is retried so the counters do not drift.
-            for attempt in 0..5 {
-                match store.record(vec![update.clone()]).await {
-                    Ok(()) => break,
-                    Err(e) => {
-                        tracing::error!(error = %e, attempt, "could not record a delivery outcome");
-                        tokio::time::sleep(Duration::from_millis(200 << attempt)).await;
-                    }
+            // Retried until the store takes it (it reopens itself after I/O errors): a lost
+            // outcome would deliver the event again after a restart and skew the counters.
+            let mut attempt = 0u32;
+            while let Err(e) = store.record(vec![update.clone()]).await {
+                if attempt < 3 || attempt.is_multiple_of(20) {
+                    tracing::error!(error = %e, attempt, "could not record a delivery outcome; retrying");
                 }
+                attempt += 1;
+                tokio::time::sleep(Duration::from_millis(200 << attempt.min(5))).await;
             }
             ts.recording.fetch_sub(1, Ordering::AcqRel);
             counters.touch(&ts.id.key);

@@ -30,6 +30,59 @@ pub const DEFAULT_MAX_CONCURRENT: usize = 64;
 /// a slot of the concurrency bound forever.
 pub const BODY_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
+/// After refusing an authorised request's body as too large, this much more of it (and for
+/// this long) is read and thrown away, so the client gets to read its 413 instead of a
+/// connection reset while it is still writing.
+const DRAIN_BYTES: usize = 16 * 1024 * 1024;
+const DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Reads and discards the rest of a refused body, within [`DRAIN_BYTES`] and [`DRAIN_TIME`].
+async fn drain(mut body: axum::body::Body) {
+    use http_body_util::BodyExt;
+    let discard = async {
+        let mut seen = 0usize;
+        while let Some(Ok(frame)) = body.frame().await {
+            seen += frame.data_ref().map_or(0, |d| d.len());
+            if seen > DRAIN_BYTES {
+                return;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(DRAIN_TIME, discard).await;
+}
+
+/// How reading a body ended.
+enum BodyRead {
+    Complete(axum::body::Bytes),
+    TooLarge,
+    Failed(String),
+    TimedOut,
+}
+
+/// Reads at most `max` bytes of `body` within [`BODY_READ_TIMEOUT`]; past `max` the rest is
+/// drained, not kept.
+async fn read_body(mut body: axum::body::Body, max: usize) -> BodyRead {
+    use http_body_util::BodyExt;
+    let deadline = tokio::time::Instant::now() + BODY_READ_TIMEOUT;
+    let mut buf = Vec::new();
+    loop {
+        match tokio::time::timeout_at(deadline, body.frame()).await {
+            Err(_) => return BodyRead::TimedOut,
+            Ok(None) => return BodyRead::Complete(buf.into()),
+            Ok(Some(Err(e))) => return BodyRead::Failed(e.to_string()),
+            Ok(Some(Ok(frame))) => {
+                if let Some(d) = frame.data_ref() {
+                    if buf.len() + d.len() > max {
+                        drain(body).await;
+                        return BodyRead::TooLarge;
+                    }
+                    buf.extend_from_slice(d);
+                }
+            }
+        }
+    }
+}
+
 /// What happened to one accepted event.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
@@ -178,6 +231,7 @@ async fn post_events(State(st): State<ApiState>, req: Request) -> Response {
         .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/json"));
     if !json {
         rejected();
+        drain(body).await;
         return error(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "unsupported_media_type",
@@ -207,6 +261,7 @@ async fn post_events(State(st): State<ApiState>, req: Request) -> Response {
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > st.max_body as u64) {
         rejected();
+        drain(body).await;
         return too_large();
     }
     // Held until the answer is built: bodies in memory and store work stay bounded.
@@ -224,14 +279,13 @@ async fn post_events(State(st): State<ApiState>, req: Request) -> Response {
             .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
         return r;
     };
-    let read = http_body_util::BodyExt::collect(http_body_util::Limited::new(body, st.max_body));
-    let body = match tokio::time::timeout(BODY_READ_TIMEOUT, read).await {
-        Ok(Ok(b)) => b.to_bytes(),
-        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
+    let body = match read_body(body, st.max_body).await {
+        BodyRead::Complete(b) => b,
+        BodyRead::TooLarge => {
             rejected();
             return too_large();
         }
-        Ok(Err(e)) => {
+        BodyRead::Failed(e) => {
             rejected();
             return error(
                 StatusCode::BAD_REQUEST,
@@ -240,7 +294,7 @@ async fn post_events(State(st): State<ApiState>, req: Request) -> Response {
                 Some("$".into()),
             );
         }
-        Err(_) => {
+        BodyRead::TimedOut => {
             rejected();
             return error(
                 StatusCode::REQUEST_TIMEOUT,
