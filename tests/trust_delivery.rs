@@ -566,3 +566,68 @@ async fn a_hanging_receiver_does_not_slow_another_tenant() {
         .collect();
     assert!(distinct.len() <= 256, "more than maxConcurrency in flight");
 }
+
+/// Rows are kept per object (uid): a subscription deleted and recreated under the same name
+/// while the operator was down (its finalizer removed by hand) never receives what was
+/// queued for the old object; those rows are dropped.
+#[tokio::test]
+async fn a_recreated_subscription_never_gets_the_old_objects_queue() {
+    let cp = control_plane().await;
+    let client_id = "dealer-recreate";
+    let ns = namespace(cp, "recreate", client_id).await;
+    let kube = cp.client().await.unwrap();
+    let receiver = Receiver::start(Some(WHSEC)).await;
+    receiver.script("old", vec![Reply::Status(503)]);
+    apply_value(
+        &kube,
+        &ns,
+        subscription("same", client_id, &receiver.url("old"), json!({})),
+    )
+    .await;
+    let mut op = operator(cp, "recreate", &[]).await;
+    let api: Api<WebhookSubscription> = Api::namespaced(kube.clone(), &ns);
+    ready(&api, "same").await;
+    let batch: Vec<Value> = (0..10)
+        .map(|k| event(client_id, &format!("old-{k}"), &format!("veh-{k}")))
+        .collect();
+    assert_eq!(post(&op, &Value::Array(batch)).await.0, 202);
+    receiver.wait_for("old", 10).await;
+
+    // While the operator is down: finalizer removed by hand, deleted, recreated.
+    op.kill();
+    api.patch(
+        "same",
+        &PatchParams::default(),
+        &Patch::Merge(json!({ "metadata": { "finalizers": null } })),
+    )
+    .await
+    .unwrap();
+    api.delete("same", &Default::default()).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while api.get_opt("same").await.unwrap().is_some() {
+        assert!(Instant::now() < deadline, "old object not gone");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    apply_value(
+        &kube,
+        &ns,
+        subscription("same", client_id, &receiver.url("new"), json!({})),
+    )
+    .await;
+    let op = op.restart(cp).await;
+    ready(&api, "same").await;
+    let (code, body) = post(&op, &event(client_id, "new-1", "veh-new")).await;
+    assert_eq!(code, 202, "{body}");
+    receiver.wait_for("new", 1).await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let on_new: Vec<String> = receiver
+        .received_on("new")
+        .iter()
+        .map(|r| r.body["id"].as_str().unwrap_or_default().to_string())
+        .collect();
+    assert_eq!(
+        on_new,
+        ["new-1"],
+        "the old object's queue reached the new one"
+    );
+}
