@@ -297,20 +297,30 @@ async fn queued_events_never_follow_a_subscription_to_another_client() {
             })
     })
     .await;
-    let (code, body) = post(&op, &event("dealer-b", "b-1", "veh-b")).await;
-    assert_eq!(code, 202, "{body}");
-    receiver.wait_for("new", 1).await;
-    // Give queued retries (1 s backoff) time to go wrong.
-    tokio::time::sleep(Duration::from_secs(4)).await;
-    let on_new: Vec<String> = receiver
-        .received_on("new")
-        .iter()
-        .map(|r| r.body["id"].as_str().unwrap_or_default().to_string())
-        .collect();
+    let on_new = only_the_new_event(&op, &receiver, "dealer-b", "b-1").await;
     assert_eq!(on_new, ["b-1"], "client A's events reached client B's URL");
     let w = api.get("moving").await.unwrap();
     let st = serde_json::to_value(w.status.unwrap()).unwrap();
     assert_eq!(st["pending"], 0, "{st}");
+}
+
+/// Posts `id` for `client`, waits for it on the receiver's `new` path, gives queued retries
+/// (1 s backoff) time to go wrong, and returns every id that reached `new`.
+async fn only_the_new_event(
+    op: &OperatorProcess,
+    receiver: &Receiver,
+    client: &str,
+    id: &str,
+) -> Vec<String> {
+    let (code, body) = post(op, &event(client, id, "veh-new")).await;
+    assert_eq!(code, 202, "{body}");
+    receiver.wait_for("new", 1).await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    receiver
+        .received_on("new")
+        .iter()
+        .map(|r| r.body["id"].as_str().unwrap_or_default().to_string())
+        .collect()
 }
 
 /// maxAgeSeconds applies to held (suspended) subscriptions too: their backlog expires, is
@@ -616,15 +626,7 @@ async fn a_recreated_subscription_never_gets_the_old_objects_queue() {
     .await;
     let op = op.restart(cp).await;
     ready(&api, "same").await;
-    let (code, body) = post(&op, &event(client_id, "new-1", "veh-new")).await;
-    assert_eq!(code, 202, "{body}");
-    receiver.wait_for("new", 1).await;
-    tokio::time::sleep(Duration::from_secs(4)).await;
-    let on_new: Vec<String> = receiver
-        .received_on("new")
-        .iter()
-        .map(|r| r.body["id"].as_str().unwrap_or_default().to_string())
-        .collect();
+    let on_new = only_the_new_event(&op, &receiver, client_id, "new-1").await;
     assert_eq!(
         on_new,
         ["new-1"],
