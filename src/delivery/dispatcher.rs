@@ -22,8 +22,9 @@ use tokio::sync::{Notify, Semaphore};
 
 use crate::api::{EventType, RetryPolicy};
 use crate::delivery::fair::FairPool;
+use crate::delivery::retry::{backoff, should_give_up};
 use crate::delivery::upload::{UploadResult, Uploader};
-use crate::delivery::webhook::{AttemptResult, WebhookSender, backoff, should_give_up};
+use crate::delivery::webhook::{AttemptResult, WebhookSender};
 use crate::ingest::{Envelope, EventResult, EventSink};
 use crate::metrics::{KindLabel, KindResult, Metrics};
 use crate::routing::{FtpTarget, Kind, Registry, Target, TargetConfig, TargetId, TargetKey};

@@ -4,5 +4,7 @@ pub mod dispatcher;
 pub mod fair;
 pub mod ftp;
 pub(crate) mod http;
+pub mod retry;
+pub mod signing;
 pub mod upload;
 pub mod webhook;
