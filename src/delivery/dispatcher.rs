@@ -434,7 +434,7 @@ impl Dispatcher {
                 }
             };
             job.received_ms = event.received_unix_ms;
-            let step = self.attempt(ts, lane, &target, &mut job, &event).await;
+            let step = Box::pin(self.attempt(ts, lane, &target, &mut job, &event)).await;
             match step {
                 Step::Done => return true,
                 Step::Again => {}
@@ -489,12 +489,16 @@ impl Dispatcher {
             self.record(ts, job, Outcome::Dropped { reason });
             return Step::Done;
         }
+        // Boxed: a lane waiting for its turn keeps only a small future, not the state of a
+        // request or an upload (thousands of lanes wait at once).
         match &target.config {
             Some(TargetConfig::Webhook(cfg)) => {
-                let result = self.sender.send(cfg, &job.event_id, &event.body).await;
+                let result = Box::pin(self.sender.send(cfg, &job.event_id, &event.body)).await;
                 self.webhook_outcome(ts, job, &target.retry, result)
             }
-            Some(TargetConfig::Ftp(ftp)) => self.upload(ts, lane, job, ftp, &event.body).await,
+            Some(TargetConfig::Ftp(ftp)) => {
+                Box::pin(self.upload(ts, lane, job, ftp, &event.body)).await
+            }
             None => Step::Again,
         }
     }
