@@ -275,7 +275,7 @@ pub struct CounterWriter {
     registry: std::sync::Arc<crate::routing::Registry>,
     recorder: kube::runtime::events::Recorder,
     dirty: std::sync::Mutex<std::collections::BTreeSet<crate::routing::TargetKey>>,
-    failures: std::sync::Mutex<Vec<(crate::routing::TargetKey, String, String)>>,
+    failures: std::sync::Mutex<Vec<(crate::routing::TargetKey, String, crate::store::Why)>>,
     gone: std::sync::Mutex<std::collections::BTreeSet<crate::routing::TargetKey>>,
 }
 
@@ -325,11 +325,16 @@ impl CounterWriter {
     }
 
     /// A delivery was given up: also a Warning Event on the resource.
-    pub fn failure(&self, key: &crate::routing::TargetKey, event_id: &str, why: &str) {
+    pub fn failure(
+        &self,
+        key: &crate::routing::TargetKey,
+        event_id: &str,
+        why: &crate::store::Why,
+    ) {
         if let Ok(mut f) = self.failures.lock() {
             // Bounded: under a storm of failures the Events aggregate anyway.
             if f.len() < 100 {
-                f.push((key.clone(), event_id.to_string(), why.to_string()));
+                f.push((key.clone(), event_id.to_string(), why.clone()));
             }
         }
         self.touch(key);
@@ -368,6 +373,7 @@ impl CounterWriter {
             .map(|mut f| std::mem::take(&mut *f))
             .unwrap_or_default();
         for (key, event_id, why) in failures {
+            // One stable reason for Events (what alerts filter on); the cause is in the note.
             let check = Check::fail("DeliveryFailed", format!("event {event_id}: {why}"));
             self.publish(&key, &check).await;
         }
@@ -404,17 +410,11 @@ impl CounterWriter {
                     vin: None,
                     files: None,
                 }),
-            last_failure: c.last_failure.map(|(id, ms, reason)| {
-                let (short, message) = match reason.split_once(": ") {
-                    Some((s, m)) if !s.contains(' ') => (s.to_string(), m.to_string()),
-                    _ => ("DeliveryFailed".to_string(), reason.clone()),
-                };
-                crate::api::FailureRecord {
-                    event_id: id,
-                    time: time_of_ms(ms),
-                    reason: short,
-                    message: redact(&message),
-                }
+            last_failure: c.last_failure.map(|f| crate::api::FailureRecord {
+                event_id: f.event_id,
+                time: time_of_ms(f.at_unix_ms),
+                reason: f.why.reason,
+                message: redact(&f.why.message),
             }),
         };
         let pp = PatchParams::apply(DELIVERY_MANAGER).force();

@@ -29,7 +29,7 @@ use crate::ingest::{Envelope, EventResult, EventSink};
 use crate::metrics::{KindLabel, KindResult, Metrics};
 use crate::routing::{FtpTarget, Kind, Registry, Target, TargetConfig, TargetId, TargetKey};
 use crate::status::CounterWriter;
-use crate::store::{AcceptOutcome, DeliveryUpdate, NewEvent, Outcome, Store, StoredEvent};
+use crate::store::{AcceptOutcome, DeliveryUpdate, NewEvent, Outcome, Store, StoredEvent, Why};
 
 /// FTP deliveries in flight at once, across all connections (memory bound).
 pub const FTP_IN_FLIGHT: usize = 32;
@@ -422,7 +422,7 @@ impl Dispatcher {
                 Ok(None) => {
                     tracing::error!(target = %ts.id, seq = job.seq, "event missing from the store; dropping the delivery");
                     let outcome = Outcome::GaveUp {
-                        reason: "EventMissing: the event is no longer in the store".into(),
+                        why: Why::new("EventMissing", "the event is no longer in the store"),
                     };
                     self.record(ts, &job, outcome);
                     return true;
@@ -458,10 +458,13 @@ impl Dispatcher {
         let age = Duration::from_millis(now_ms().saturating_sub(event.received_unix_ms));
         let max_age = Duration::from_secs(target.retry.max_age_seconds.into());
         if age >= max_age {
-            let why = format!(
-                "Expired: the event is {}s old, older than maxAgeSeconds {} of the retry policy",
-                age.as_secs(),
-                max_age.as_secs()
+            let why = Why::new(
+                "Expired",
+                format!(
+                    "the event is {}s old, older than maxAgeSeconds {} of the retry policy",
+                    age.as_secs(),
+                    max_age.as_secs()
+                ),
             );
             self.give_up(ts, job, kind, why);
             return Step::Done;
@@ -469,7 +472,7 @@ impl Dispatcher {
         let head: Head = match serde_json::from_slice(&event.body) {
             Ok(h) => h,
             Err(e) => {
-                let why = format!("BadEvent: the stored event cannot be read: {e}");
+                let why = Why::new("BadEvent", format!("the stored event cannot be read: {e}"));
                 self.give_up(ts, job, kind, why);
                 return Step::Done;
             }
@@ -482,11 +485,14 @@ impl Dispatcher {
         {
             self.count(kind, "dropped");
             tracing::info!(target = %ts.id, event = %job.event_id, client = %head.client_id, "queued event no longer selected by its target; dropped");
-            let reason = format!(
-                "NotSelected: the target no longer takes {} events of client {:?}",
-                head.type_, head.client_id
+            let why = Why::new(
+                "NotSelected",
+                format!(
+                    "the target no longer takes {} events of client {:?}",
+                    head.type_, head.client_id
+                ),
             );
-            self.record(ts, job, Outcome::Dropped { reason });
+            self.record(ts, job, Outcome::Dropped { why });
             return Step::Done;
         }
         // Boxed: a lane waiting for its turn keeps only a small future, not the state of a
@@ -529,13 +535,13 @@ impl Dispatcher {
                 retry_after,
                 ..
             } => {
-                let why = format!("{reason}: {message}");
+                let why = Why::new(reason, message);
                 self.retry_or_give_up(ts, job, KIND, policy, why, retry_after)
             }
             AttemptResult::Permanent {
                 reason, message, ..
             } => {
-                self.give_up(ts, job, KIND, format!("{reason}: {message}"));
+                self.give_up(ts, job, KIND, Why::new(reason, message));
                 Step::Done
             }
             AttemptResult::Gone { .. } => {
@@ -562,7 +568,7 @@ impl Dispatcher {
         let event: Envelope = match serde_json::from_slice(body) {
             Ok(e) => e,
             Err(e) => {
-                let why = format!("BadEvent: stored event cannot be read: {e}");
+                let why = Why::new("BadEvent", format!("stored event cannot be read: {e}"));
                 self.give_up(ts, job, KIND, why);
                 return Step::Done;
             }
@@ -608,11 +614,11 @@ impl Dispatcher {
                 Outcome::Delivered { status: None }
             }
             UploadResult::Retryable { reason, message } => {
-                let why = format!("{reason}: {message}");
+                let why = Why::new(reason, message);
                 return self.retry_or_give_up(ts, job, KIND, &ftp.retry, why, None);
             }
             UploadResult::Permanent { reason, message } => {
-                self.give_up(ts, job, KIND, format!("{reason}: {message}"));
+                self.give_up(ts, job, KIND, Why::new(reason, message));
                 return Step::Done;
             }
         };
@@ -644,10 +650,10 @@ impl Dispatcher {
     }
 
     /// The delivery failed for good: counted, an Event on the resource, recorded.
-    fn give_up(&self, ts: &Arc<TargetState>, job: &Job, kind: &'static str, why: String) {
+    fn give_up(&self, ts: &Arc<TargetState>, job: &Job, kind: &'static str, why: Why) {
         self.count(kind, "failed");
         self.counters.failure(&ts.id.key, &job.event_id, &why);
-        self.record(ts, job, Outcome::GaveUp { reason: why });
+        self.record(ts, job, Outcome::GaveUp { why });
     }
 
     /// After a retryable failure: schedules the next attempt by the policy, or gives up when
@@ -658,12 +664,12 @@ impl Dispatcher {
         job: &mut Job,
         kind: &'static str,
         policy: &RetryPolicy,
-        why: String,
+        why: Why,
         retry_after: Option<Duration>,
     ) -> Step {
         if should_give_up(policy, job.attempts, Duration::ZERO) {
-            let why = format!("{why} (gave up after {} attempts)", job.attempts);
-            self.give_up(ts, job, kind, why);
+            let message = format!("{} (gave up after {} attempts)", why.message, job.attempts);
+            self.give_up(ts, job, kind, Why::new(why.reason, message));
             return Step::Done;
         }
         self.count(kind, "retry");
@@ -671,7 +677,7 @@ impl Dispatcher {
             now_ms() + backoff(policy, job.attempts, retry_after).as_millis() as u64;
         let outcome = Outcome::Retry {
             next_attempt_unix_ms: job.next_attempt_ms,
-            reason: why,
+            why,
         };
         self.record(ts, job, outcome);
         Step::Again
@@ -833,9 +839,12 @@ impl Dispatcher {
                         result: "expired",
                     })
                     .inc_by(n);
-                let why = format!(
-                    "Expired: {n} event(s) older than maxAgeSeconds {} were not delivered",
-                    policy.max_age_seconds
+                let why = Why::new(
+                    "Expired",
+                    format!(
+                        "{n} event(s) older than maxAgeSeconds {} were not delivered",
+                        policy.max_age_seconds
+                    ),
                 );
                 self.counters.failure(&id.key, "-", &why);
                 tracing::warn!(target = %id, expired = n, "pending deliveries expired");

@@ -102,15 +102,82 @@ pub enum Outcome {
     /// Not delivered, on purpose: the target no longer takes this event (another client,
     /// user or type), or its object was replaced. Counted apart from failures.
     Dropped {
-        reason: String,
+        why: Why,
     },
     Retry {
         next_attempt_unix_ms: u64,
-        reason: String,
+        why: Why,
     },
     GaveUp {
-        reason: String,
+        why: Why,
     },
+}
+
+/// Why an attempt failed or a delivery was dropped: a CamelCase reason for machines and
+/// a message for people, kept apart from the attempt to the status.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Why {
+    pub reason: String,
+    pub message: String,
+}
+
+impl Why {
+    pub fn new(reason: impl Into<String>, message: impl Into<String>) -> Self {
+        Why {
+            reason: reason.into(),
+            message: message.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for Why {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.reason, self.message)
+    }
+}
+
+/// The last failed attempt of a target.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LastFailure {
+    pub event_id: String,
+    pub at_unix_ms: u64,
+    pub why: Why,
+}
+
+impl<'de> Deserialize<'de> for LastFailure {
+    /// Also reads the `(event id, unix ms, "Reason: message")` rows of earlier versions.
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        struct Now {
+            event_id: String,
+            at_unix_ms: u64,
+            why: Why,
+        }
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Stored {
+            Now(Now),
+            Joined((String, u64, String)),
+        }
+        Ok(match Stored::deserialize(d)? {
+            Stored::Now(n) => LastFailure {
+                event_id: n.event_id,
+                at_unix_ms: n.at_unix_ms,
+                why: n.why,
+            },
+            Stored::Joined((event_id, at_unix_ms, joined)) => {
+                let why = match joined.split_once(": ") {
+                    Some((r, m)) if !r.contains(' ') => Why::new(r, m),
+                    _ => Why::new("DeliveryFailed", joined.clone()),
+                };
+                LastFailure {
+                    event_id,
+                    at_unix_ms,
+                    why,
+                }
+            }
+        })
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -136,8 +203,8 @@ pub struct TargetCounters {
     pub consecutive_failures: u32,
     /// (event id, unix ms, HTTP status if any) of the last `Delivered`.
     pub last_delivery: Option<(String, u64, Option<u16>)>,
-    /// (event id, unix ms, reason) of the last failed attempt, `Retry` or `GaveUp`.
-    pub last_failure: Option<(String, u64, String)>,
+    /// The last failed attempt, `Retry` or `GaveUp`.
+    pub last_failure: Option<LastFailure>,
     /// Files and bytes written by `Uploaded` outcomes (FTP).
     pub files: u64,
     pub bytes: u64,

@@ -218,7 +218,7 @@ async fn record_transitions_and_counters() {
             100,
             Outcome::Retry {
                 next_attempt_unix_ms: 500,
-                reason: "HTTP 503".into(),
+                why: Why::new("HttpStatus", "HTTP 503"),
             },
         )])
         .await
@@ -231,7 +231,11 @@ async fn record_transitions_and_counters() {
         TargetCounters {
             pending: 2,
             consecutive_failures: 1,
-            last_failure: Some(("e1".into(), 100, "HTTP 503".into())),
+            last_failure: Some(LastFailure {
+                event_id: "e1".into(),
+                at_unix_ms: 100,
+                why: Why::new("HttpStatus", "HTTP 503")
+            }),
             ..TargetCounters::default()
         }
     );
@@ -244,7 +248,7 @@ async fn record_transitions_and_counters() {
                 200,
                 Outcome::Retry {
                     next_attempt_unix_ms: 900,
-                    reason: "timeout".into(),
+                    why: Why::new("Timeout", "no answer in 2s"),
                 },
             ),
             update(A, e1, 300, Outcome::Delivered { status: Some(200) }),
@@ -257,7 +261,14 @@ async fn record_transitions_and_counters() {
         (1, 0, 1, 0)
     );
     assert_eq!(c.last_delivery, Some(("e1".into(), 300, Some(200))));
-    assert_eq!(c.last_failure, Some(("e1".into(), 200, "timeout".into())));
+    assert_eq!(
+        c.last_failure,
+        Some(LastFailure {
+            event_id: "e1".into(),
+            at_unix_ms: 200,
+            why: Why::new("Timeout", "no answer in 2s")
+        })
+    );
 
     store
         .record(vec![update(
@@ -265,7 +276,7 @@ async fn record_transitions_and_counters() {
             e2,
             400,
             Outcome::GaveUp {
-                reason: "HTTP 400".into(),
+                why: Why::new("HttpStatus", "HTTP 400"),
             },
         )])
         .await
@@ -290,7 +301,11 @@ async fn record_transitions_and_counters() {
         pending: 0,
         consecutive_failures: 1,
         last_delivery: Some(("e1".into(), 300, Some(200))),
-        last_failure: Some(("e2".into(), 400, "HTTP 400".into())),
+        last_failure: Some(LastFailure {
+            event_id: "e2".into(),
+            at_unix_ms: 400,
+            why: Why::new("HttpStatus", "HTTP 400"),
+        }),
         ..TargetCounters::default()
     };
     assert_eq!(store.counters(A).unwrap(), expected_a);
@@ -408,7 +423,7 @@ async fn gc_forgets_only_old_events_without_pending_deliveries() {
                 waiting,
                 1,
                 Outcome::GaveUp {
-                    reason: "no".into(),
+                    why: Why::new("HttpStatus", "no"),
                 },
             ),
         ])
@@ -835,7 +850,7 @@ async fn expiry_gives_up_only_events_older_than_the_cutoff() {
     assert_eq!(store.pending_for(B).unwrap().len(), old.len());
     let c = store.counters(A).unwrap();
     assert_eq!((c.failed, c.pending), (5, 3));
-    assert!(c.last_failure.unwrap().2.starts_with("Expired"));
+    assert_eq!(c.last_failure.unwrap().why.reason, "Expired");
 }
 
 #[tokio::test]
@@ -849,7 +864,7 @@ async fn dropped_deliveries_are_counted_apart_from_failures() {
             seq,
             1,
             Outcome::Dropped {
-                reason: "NotSelected".into(),
+                why: Why::new("NotSelected", "another client"),
             },
         )])
         .await
@@ -923,4 +938,36 @@ fn io_errors_say_retry_and_full_disks_say_so() {
     };
     assert!(!schema.is_io() && schema.retry_after().is_none());
     assert!(!StoreError::WriterStopped.is_io());
+}
+
+#[test]
+fn last_failures_of_earlier_versions_are_read_with_reason_and_message_apart() {
+    let old =
+        br#"{"delivered":1,"last_failure":["e9",5,"HttpStatus: HTTP 503 from the receiver"]}"#;
+    let c: TargetCounters = serde_json::from_slice(old).unwrap();
+    assert_eq!(
+        c.last_failure,
+        Some(LastFailure {
+            event_id: "e9".into(),
+            at_unix_ms: 5,
+            why: Why::new("HttpStatus", "HTTP 503 from the receiver"),
+        })
+    );
+    let unsplittable = br#"{"last_failure":["e9",5,"something went wrong"]}"#;
+    let c: TargetCounters = serde_json::from_slice(unsplittable).unwrap();
+    assert_eq!(
+        c.last_failure.unwrap().why,
+        Why::new("DeliveryFailed", "something went wrong")
+    );
+    // What this version writes reads back the same.
+    let now = TargetCounters {
+        last_failure: Some(LastFailure {
+            event_id: "e1".into(),
+            at_unix_ms: 7,
+            why: Why::new("Timeout", "a: b: c"),
+        }),
+        ..TargetCounters::default()
+    };
+    let back: TargetCounters = serde_json::from_slice(&serde_json::to_vec(&now).unwrap()).unwrap();
+    assert_eq!(back, now);
 }

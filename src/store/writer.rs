@@ -17,7 +17,8 @@ use super::tables::{
     SCHEMA_VERSION, UPLOADED,
 };
 use super::{
-    AcceptOutcome, DeliveryUpdate, NewEvent, Outcome, Shared, Stats, StoreError, TargetCounters,
+    AcceptOutcome, DeliveryUpdate, LastFailure, NewEvent, Outcome, Shared, Stats, StoreError,
+    TargetCounters, Why,
 };
 
 /// Answer slot of one request: filled while the transaction is applied, sent after commit.
@@ -672,7 +673,7 @@ impl<'txn> Tables<'txn> {
                 }
                 Outcome::Retry {
                     next_attempt_unix_ms,
-                    reason,
+                    why,
                 } => {
                     self.pending.insert(
                         key,
@@ -685,16 +686,24 @@ impl<'txn> Tables<'txn> {
                     )?;
                     let c = self.counters_mut(&u.target)?;
                     c.consecutive_failures = c.consecutive_failures.saturating_add(1);
-                    c.last_failure = Some((event_id, u.at_unix_ms, reason.clone()));
+                    c.last_failure = Some(LastFailure {
+                        event_id,
+                        at_unix_ms: u.at_unix_ms,
+                        why: why.clone(),
+                    });
                 }
-                Outcome::GaveUp { reason } => {
+                Outcome::GaveUp { why } => {
                     self.pending.remove(key)?;
                     self.release(u.seq)?;
                     let c = self.counters_mut(&u.target)?;
                     c.failed += 1;
                     c.pending = c.pending.saturating_sub(1);
                     c.consecutive_failures = c.consecutive_failures.saturating_add(1);
-                    c.last_failure = Some((event_id, u.at_unix_ms, reason.clone()));
+                    c.last_failure = Some(LastFailure {
+                        event_id,
+                        at_unix_ms: u.at_unix_ms,
+                        why: why.clone(),
+                    });
                 }
             }
         }
@@ -822,13 +831,16 @@ impl<'txn> Tables<'txn> {
             c.failed += n;
             c.pending = c.pending.saturating_sub(n);
             c.consecutive_failures = c.consecutive_failures.saturating_add(1);
-            c.last_failure = Some((
-                event_id.clone(),
-                now,
-                format!(
-                    "Expired: {n} event(s) older than the retry policy's maxAgeSeconds were not delivered"
+            c.last_failure = Some(LastFailure {
+                event_id: event_id.clone(),
+                at_unix_ms: now,
+                why: Why::new(
+                    "Expired",
+                    format!(
+                        "{n} event(s) older than the retry policy's maxAgeSeconds were not delivered"
+                    ),
                 ),
-            ));
+            });
         }
         Ok(victims.len() as u64)
     }
