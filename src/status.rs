@@ -279,9 +279,10 @@ pub struct CounterWriter {
     gone: std::sync::Mutex<std::collections::BTreeSet<crate::routing::TargetKey>>,
 }
 
+/// The delivery part of a WebhookSubscription's status.
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
-struct DeliveryStatus {
+struct WebhookDelivery {
     delivered: u64,
     failed: u64,
     pending: u64,
@@ -290,6 +291,88 @@ struct DeliveryStatus {
     last_delivery: Option<crate::api::DeliveryRecord>,
     #[serde(skip_serializing_if = "Option::is_none")]
     last_failure: Option<crate::api::FailureRecord>,
+}
+
+/// The delivery part of an FtpConnection's status.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct FtpDelivery {
+    uploaded: u64,
+    files: u64,
+    bytes: u64,
+    failed: u64,
+    pending: u64,
+    consecutive_failures: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    last_upload: Option<crate::api::DeliveryRecord>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    last_failure: Option<crate::api::FailureRecord>,
+}
+
+/// A kind whose status carries delivery counters, written by the [`CounterWriter`] (its own
+/// field manager, beside the reconciler's conditions).
+pub trait Delivers:
+    Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+    + Clone
+    + DeserializeOwned
+    + std::fmt::Debug
+{
+    /// The typed delivery part of the status, from the store's counters.
+    fn delivery(c: &crate::store::TargetCounters) -> impl Serialize;
+}
+
+fn last_delivery(c: &crate::store::TargetCounters) -> Option<crate::api::DeliveryRecord> {
+    c.last_delivery
+        .clone()
+        .map(|(id, ms, code)| crate::api::DeliveryRecord {
+            event_id: id,
+            event_type: None,
+            time: time_of_ms(ms),
+            status_code: code,
+            vin: None,
+            files: None,
+        })
+}
+
+fn last_failure(c: &crate::store::TargetCounters) -> Option<crate::api::FailureRecord> {
+    c.last_failure.clone().map(|f| crate::api::FailureRecord {
+        event_id: f.event_id,
+        time: time_of_ms(f.at_unix_ms),
+        reason: f.why.reason,
+        message: redact(&f.why.message),
+    })
+}
+
+impl Delivers for crate::api::WebhookSubscription {
+    fn delivery(c: &crate::store::TargetCounters) -> impl Serialize {
+        WebhookDelivery {
+            delivered: c.delivered,
+            failed: c.failed,
+            pending: c.pending,
+            consecutive_failures: c.consecutive_failures,
+            last_delivery: last_delivery(c),
+            last_failure: last_failure(c),
+        }
+    }
+}
+
+impl Delivers for crate::api::FtpConnection {
+    fn delivery(c: &crate::store::TargetCounters) -> impl Serialize {
+        FtpDelivery {
+            uploaded: c.delivered,
+            files: c.files,
+            bytes: c.bytes,
+            failed: c.failed,
+            pending: c.pending,
+            consecutive_failures: c.consecutive_failures,
+            last_upload: last_delivery(c).map(|d| crate::api::DeliveryRecord {
+                vin: c.last_upload.as_ref().and_then(|(vin, _)| vin.clone()),
+                files: c.last_upload.as_ref().map(|(_, f)| *f),
+                ..d
+            }),
+            last_failure: last_failure(c),
+        }
+    }
 }
 
 fn time_of_ms(ms: u64) -> Time {
@@ -395,76 +478,14 @@ impl CounterWriter {
             return Ok(());
         };
         let c = self.store.counters(&id)?;
-        let status = DeliveryStatus {
-            delivered: c.delivered,
-            failed: c.failed,
-            pending: c.pending,
-            consecutive_failures: c.consecutive_failures,
-            last_delivery: c
-                .last_delivery
-                .map(|(id, ms, code)| crate::api::DeliveryRecord {
-                    event_id: id,
-                    event_type: None,
-                    time: time_of_ms(ms),
-                    status_code: code,
-                    vin: None,
-                    files: None,
-                }),
-            last_failure: c.last_failure.map(|f| crate::api::FailureRecord {
-                event_id: f.event_id,
-                time: time_of_ms(f.at_unix_ms),
-                reason: f.why.reason,
-                message: redact(&f.why.message),
-            }),
-        };
-        let pp = PatchParams::apply(DELIVERY_MANAGER).force();
         let res = match key.kind {
             crate::routing::Kind::Webhook => {
-                let api: Api<crate::api::WebhookSubscription> =
-                    Api::namespaced(self.client.clone(), &key.namespace);
-                let body = serde_json::json!({
-                    "apiVersion": crate::api::WebhookSubscription::api_version(&()),
-                    "kind": crate::api::WebhookSubscription::kind(&()),
-                    "status": status,
-                });
-                api.patch_status(&key.name, &pp, &Patch::Apply(&body))
+                self.patch_delivery::<crate::api::WebhookSubscription>(key, &c)
                     .await
-                    .map(|_| ())
             }
             crate::routing::Kind::Ftp => {
-                let api: Api<crate::api::FtpConnection> =
-                    Api::namespaced(self.client.clone(), &key.namespace);
-                let last_upload =
-                    status
-                        .last_delivery
-                        .as_ref()
-                        .map(|d| crate::api::DeliveryRecord {
-                            vin: c.last_upload.as_ref().and_then(|(vin, _)| vin.clone()),
-                            files: c.last_upload.as_ref().map(|(_, f)| *f),
-                            ..d.clone()
-                        });
-                let mut st = serde_json::json!({
-                    "uploaded": status.delivered,
-                    "files": c.files,
-                    "bytes": c.bytes,
-                    "failed": status.failed,
-                    "pending": status.pending,
-                    "consecutiveFailures": status.consecutive_failures,
-                });
-                if let Some(u) = last_upload {
-                    st["lastUpload"] = serde_json::to_value(u)?;
-                }
-                if let Some(f) = &status.last_failure {
-                    st["lastFailure"] = serde_json::to_value(f)?;
-                }
-                let body = serde_json::json!({
-                    "apiVersion": crate::api::FtpConnection::api_version(&()),
-                    "kind": crate::api::FtpConnection::kind(&()),
-                    "status": st,
-                });
-                api.patch_status(&key.name, &pp, &Patch::Apply(&body))
+                self.patch_delivery::<crate::api::FtpConnection>(key, &c)
                     .await
-                    .map(|_| ())
             }
         };
         match res {
@@ -472,6 +493,24 @@ impl CounterWriter {
             Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
             other => Ok(other?),
         }
+    }
+
+    /// Server-side applies the delivery part of `K`'s status.
+    async fn patch_delivery<K: Delivers>(
+        &self,
+        key: &crate::routing::TargetKey,
+        c: &crate::store::TargetCounters,
+    ) -> kube::Result<()> {
+        let api: Api<K> = Api::namespaced(self.client.clone(), &key.namespace);
+        let body = serde_json::json!({
+            "apiVersion": K::api_version(&()),
+            "kind": K::kind(&()),
+            "status": K::delivery(c),
+        });
+        let pp = PatchParams::apply(DELIVERY_MANAGER).force();
+        api.patch_status(&key.name, &pp, &Patch::Apply(&body))
+            .await
+            .map(|_| ())
     }
 
     async fn mark_gone(&self, key: &crate::routing::TargetKey) {
