@@ -26,6 +26,14 @@ pub struct TargetKey {
 }
 
 impl Kind {
+    /// The `kind` label of metrics.
+    pub fn label(self) -> &'static str {
+        match self {
+            Kind::Webhook => "webhook",
+            Kind::Ftp => "ftp",
+        }
+    }
+
     fn as_str(self) -> &'static str {
         match self {
             Kind::Webhook => "webhooksubscription",

@@ -21,13 +21,14 @@ use serde::Deserialize;
 use tokio::sync::{Notify, Semaphore};
 
 use crate::api::{EventType, RetryPolicy};
+use crate::delivery::attempt::{Attempt, Delivery, Senders};
 use crate::delivery::fair::FairPool;
 use crate::delivery::retry::{backoff, should_give_up};
-use crate::delivery::upload::{UploadResult, Uploader};
-use crate::delivery::webhook::{AttemptResult, WebhookSender};
+use crate::delivery::upload::Uploader;
+use crate::delivery::webhook::WebhookSender;
 use crate::ingest::{Envelope, EventResult, EventSink};
 use crate::metrics::{KindLabel, KindResult, Metrics};
-use crate::routing::{FtpTarget, Kind, Registry, Target, TargetConfig, TargetId, TargetKey};
+use crate::routing::{Kind, Registry, Target, TargetId, TargetKey};
 use crate::status::CounterWriter;
 use crate::store::{AcceptOutcome, DeliveryUpdate, NewEvent, Outcome, Store, StoredEvent, Why};
 
@@ -144,8 +145,7 @@ struct Head {
 pub struct Dispatcher {
     store: Store,
     registry: Arc<Registry>,
-    sender: WebhookSender,
-    uploader: Uploader,
+    senders: Senders,
     metrics: Arc<Metrics>,
     counters: Arc<CounterWriter>,
     limits: Limits,
@@ -198,8 +198,10 @@ impl Dispatcher {
         Arc::new(Dispatcher {
             store,
             registry,
-            sender,
-            uploader,
+            senders: Senders {
+                webhook: sender,
+                files: uploader,
+            },
             metrics,
             counters,
             limits,
@@ -451,10 +453,7 @@ impl Dispatcher {
         job: &mut Job,
         event: &StoredEvent,
     ) -> Step {
-        let kind = match ts.id.key.kind {
-            Kind::Webhook => "webhook",
-            Kind::Ftp => "ftp",
-        };
+        let kind = ts.id.key.kind.label();
         let age = Duration::from_millis(now_ms().saturating_sub(event.received_unix_ms));
         let max_age = Duration::from_secs(target.retry.max_age_seconds.into());
         if age >= max_age {
@@ -495,135 +494,74 @@ impl Dispatcher {
             self.record(ts, job, Outcome::Dropped { why });
             return Step::Done;
         }
+        let Some(config) = &target.config else {
+            return Step::Again;
+        };
+        let uploaded = if Senders::needs_upload_record(config) {
+            match self.store.uploaded_paths(&ts.row, lane) {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::error!(error = %e, "store read failed; retrying");
+                    job.next_attempt_ms = now_ms() + 1000;
+                    return Step::Again;
+                }
+            }
+        } else {
+            Vec::new()
+        };
+        let delivery = Delivery {
+            event_id: &job.event_id,
+            body: &event.body,
+            uploaded: &uploaded,
+        };
         // Boxed: a lane waiting for its turn keeps only a small future, not the state of a
         // request or an upload (thousands of lanes wait at once).
-        match &target.config {
-            Some(TargetConfig::Webhook(cfg)) => {
-                let result = Box::pin(self.sender.send(cfg, &job.event_id, &event.body)).await;
-                self.webhook_outcome(ts, job, &target.retry, result)
-            }
-            Some(TargetConfig::Ftp(ftp)) => {
-                Box::pin(self.upload(ts, lane, job, ftp, &event.body)).await
-            }
-            None => Step::Again,
-        }
+        let attempt = Box::pin(self.senders.attempt(config, delivery)).await;
+        self.conclude(ts, job, kind, &target.retry, attempt)
     }
 
-    fn webhook_outcome(
+    /// Schedules, retries, records and counts one attempt's end, the same for every kind.
+    fn conclude(
         &self,
         ts: &Arc<TargetState>,
         job: &mut Job,
+        kind: &'static str,
         policy: &RetryPolicy,
-        result: AttemptResult,
+        attempt: Attempt,
     ) -> Step {
-        const KIND: &str = "webhook";
         job.attempts += 1;
-        self.observe_attempt(KIND, result.elapsed());
-        match result {
-            AttemptResult::Delivered { status, .. } => {
-                self.count(KIND, "delivered");
-                self.observe_latency(KIND, job);
-                let outcome = Outcome::Delivered {
-                    status: Some(status),
-                };
+        if let Some(elapsed) = attempt.elapsed() {
+            self.observe_attempt(kind, elapsed);
+        }
+        match attempt {
+            Attempt::Done {
+                outcome, skipped, ..
+            } => {
+                if skipped {
+                    self.count(kind, "skipped");
+                } else {
+                    self.count(kind, "delivered");
+                    self.observe_latency(kind, job);
+                }
                 self.record(ts, job, outcome);
                 Step::Done
             }
-            AttemptResult::Retryable {
-                reason,
-                message,
-                retry_after,
-                ..
-            } => {
-                let why = Why::new(reason, message);
-                self.retry_or_give_up(ts, job, KIND, policy, why, retry_after)
-            }
-            AttemptResult::Permanent {
-                reason, message, ..
-            } => {
-                self.give_up(ts, job, KIND, Why::new(reason, message));
+            Attempt::Retry {
+                why, retry_after, ..
+            } => self.retry_or_give_up(ts, job, kind, policy, why, retry_after),
+            Attempt::Fail { why, .. } => {
+                self.give_up(ts, job, kind, why);
                 Step::Done
             }
-            AttemptResult::Gone { .. } => {
-                self.count(KIND, "gone");
-                // The receiver says this endpoint is gone: suspend the subscription (an
-                // annotation the reconciler turns into a held target) and keep the event.
+            Attempt::Gone { .. } => {
+                self.count(kind, "gone");
+                // The receiver says this endpoint is gone: suspend the target (an annotation
+                // the reconciler turns into a held target) and keep the event.
                 self.counters.receiver_gone(&ts.id.key);
                 job.attempts -= 1;
                 Step::Again
             }
         }
-    }
-
-    /// One FTP attempt.
-    async fn upload(
-        &self,
-        ts: &Arc<TargetState>,
-        lane: &str,
-        job: &mut Job,
-        ftp: &FtpTarget,
-        body: &[u8],
-    ) -> Step {
-        const KIND: &str = "ftp";
-        let event: Envelope = match serde_json::from_slice(body) {
-            Ok(e) => e,
-            Err(e) => {
-                let why = Why::new("BadEvent", format!("stored event cannot be read: {e}"));
-                self.give_up(ts, job, KIND, why);
-                return Step::Done;
-            }
-        };
-        let uploaded = match self.store.uploaded_paths(&ts.row, lane) {
-            Ok(p) => p,
-            Err(e) => {
-                tracing::error!(error = %e, "store read failed; retrying");
-                job.next_attempt_ms = now_ms() + 1000;
-                return Step::Again;
-            }
-        };
-        let result = self.uploader.deliver(ftp, &event, &uploaded).await;
-        job.attempts += 1;
-        let outcome = match result {
-            UploadResult::Uploaded {
-                vin,
-                files,
-                bytes,
-                elapsed,
-                paths,
-            } => {
-                self.count(KIND, "delivered");
-                self.observe_attempt(KIND, elapsed);
-                self.observe_latency(KIND, job);
-                Outcome::Uploaded {
-                    files,
-                    bytes,
-                    vin,
-                    paths,
-                }
-            }
-            UploadResult::Deleted {
-                vin, files, paths, ..
-            } => {
-                self.count(KIND, "delivered");
-                tracing::info!(target = %ts.id, event = %job.event_id, ?vin, files, "vehicle files removed");
-                Outcome::Removed { paths }
-            }
-            UploadResult::Skipped { reason } => {
-                self.count(KIND, "skipped");
-                tracing::debug!(target = %ts.id, event = %job.event_id, %reason, "nothing to upload");
-                Outcome::Delivered { status: None }
-            }
-            UploadResult::Retryable { reason, message } => {
-                let why = Why::new(reason, message);
-                return self.retry_or_give_up(ts, job, KIND, &ftp.retry, why, None);
-            }
-            UploadResult::Permanent { reason, message } => {
-                self.give_up(ts, job, KIND, Why::new(reason, message));
-                return Step::Done;
-            }
-        };
-        self.record(ts, job, outcome);
-        Step::Done
     }
 
     fn count(&self, kind: &'static str, result: &'static str) {
@@ -729,10 +667,7 @@ impl Dispatcher {
         }
         match self.store.drop_target(&ts.row).await {
             Ok(n) if n > 0 => {
-                let kind = match ts.id.key.kind {
-                    Kind::Webhook => "webhook",
-                    Kind::Ftp => "ftp",
-                };
+                let kind = ts.id.key.kind.label();
                 self.metrics
                     .deliveries
                     .get_or_create(&KindResult {
@@ -828,10 +763,7 @@ impl Dispatcher {
                 }
             }
             if n > 0 {
-                let kind = match id.key.kind {
-                    Kind::Webhook => "webhook",
-                    Kind::Ftp => "ftp",
-                };
+                let kind = id.key.kind.label();
                 self.metrics
                     .deliveries
                     .get_or_create(&KindResult {

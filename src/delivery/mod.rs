@@ -1,5 +1,6 @@
 //! Delivery to clients' systems: scheduling (`dispatcher`), webhooks, FTP.
 
+pub mod attempt;
 pub mod dispatcher;
 pub mod fair;
 pub mod ftp;

@@ -1,0 +1,159 @@
+//! One attempt, whatever the kind: every sender's result becomes an [`Attempt`], and the
+//! dispatcher schedules, retries, records and counts from that alone.
+
+use std::time::Duration;
+
+use crate::delivery::upload::{UploadResult, Uploader};
+use crate::delivery::webhook::{AttemptResult, WebhookSender};
+use crate::ingest::Envelope;
+use crate::routing::TargetConfig;
+use crate::store::{Outcome, Why};
+
+/// How one attempt ended.
+#[derive(Debug)]
+pub enum Attempt {
+    /// Finished: `outcome` is what the store records; `skipped` when there was nothing to do.
+    Done {
+        outcome: Outcome,
+        skipped: bool,
+        elapsed: Option<Duration>,
+    },
+    /// Worth trying again, not before `retry_after` if the peer said so.
+    Retry {
+        why: Why,
+        retry_after: Option<Duration>,
+        elapsed: Option<Duration>,
+    },
+    /// Retrying cannot help.
+    Fail { why: Why, elapsed: Option<Duration> },
+    /// The receiver says the endpoint is gone: hold the target, keep the event.
+    Gone { elapsed: Option<Duration> },
+}
+
+impl Attempt {
+    pub fn elapsed(&self) -> Option<Duration> {
+        match self {
+            Attempt::Done { elapsed, .. }
+            | Attempt::Retry { elapsed, .. }
+            | Attempt::Fail { elapsed, .. }
+            | Attempt::Gone { elapsed } => *elapsed,
+        }
+    }
+}
+
+impl From<AttemptResult> for Attempt {
+    fn from(r: AttemptResult) -> Self {
+        match r {
+            AttemptResult::Delivered { status, elapsed } => Attempt::Done {
+                outcome: Outcome::Delivered {
+                    status: Some(status),
+                },
+                skipped: false,
+                elapsed: Some(elapsed),
+            },
+            AttemptResult::Retryable {
+                reason,
+                message,
+                retry_after,
+                elapsed,
+                ..
+            } => Attempt::Retry {
+                why: Why::new(reason, message),
+                retry_after,
+                elapsed: Some(elapsed),
+            },
+            AttemptResult::Permanent {
+                reason,
+                message,
+                elapsed,
+                ..
+            } => Attempt::Fail {
+                why: Why::new(reason, message),
+                elapsed: Some(elapsed),
+            },
+            AttemptResult::Gone { elapsed } => Attempt::Gone {
+                elapsed: Some(elapsed),
+            },
+        }
+    }
+}
+
+impl From<UploadResult> for Attempt {
+    fn from(r: UploadResult) -> Self {
+        match r {
+            UploadResult::Uploaded {
+                vin,
+                files,
+                bytes,
+                elapsed,
+                paths,
+            } => Attempt::Done {
+                outcome: Outcome::Uploaded {
+                    files,
+                    bytes,
+                    vin,
+                    paths,
+                },
+                skipped: false,
+                elapsed: Some(elapsed),
+            },
+            UploadResult::Deleted { paths, elapsed, .. } => Attempt::Done {
+                outcome: Outcome::Removed { paths },
+                skipped: false,
+                elapsed: Some(elapsed),
+            },
+            UploadResult::Skipped { reason } => {
+                tracing::debug!(%reason, "nothing to upload");
+                Attempt::Done {
+                    outcome: Outcome::Delivered { status: None },
+                    skipped: true,
+                    elapsed: None,
+                }
+            }
+            UploadResult::Retryable { reason, message } => Attempt::Retry {
+                why: Why::new(reason, message),
+                retry_after: None,
+                elapsed: None,
+            },
+            UploadResult::Permanent { reason, message } => Attempt::Fail {
+                why: Why::new(reason, message),
+                elapsed: None,
+            },
+        }
+    }
+}
+
+/// The senders of every kind behind one call.
+pub struct Senders {
+    pub webhook: WebhookSender,
+    pub files: Uploader,
+}
+
+/// What an attempt gets: the event as stored and, for file targets, the paths recorded as
+/// uploaded for its vehicle.
+pub struct Delivery<'a> {
+    pub event_id: &'a str,
+    pub body: &'a [u8],
+    pub uploaded: &'a [String],
+}
+
+impl Senders {
+    /// Whether attempts of this target need the vehicle's upload record.
+    pub fn needs_upload_record(config: &TargetConfig) -> bool {
+        matches!(config, TargetConfig::Ftp(_))
+    }
+
+    /// One attempt of `d` to the target `config` describes.
+    pub async fn attempt(&self, config: &TargetConfig, d: Delivery<'_>) -> Attempt {
+        match config {
+            TargetConfig::Webhook(w) => self.webhook.send(w, d.event_id, d.body).await.into(),
+            TargetConfig::Ftp(f) => match serde_json::from_slice::<Envelope>(d.body) {
+                Ok(event) => self.files.deliver(f, &event, d.uploaded).await.into(),
+                Err(e) => Attempt::Fail {
+                    why: Why::new("BadEvent", format!("stored event cannot be read: {e}")),
+                    elapsed: None,
+                },
+            },
+        }
+    }
+}
