@@ -103,6 +103,8 @@ struct TargetState {
     /// `id` as the store keys it.
     row: String,
     wake: Notify,
+    /// Wakes lanes parked while the target was held once the pump sees it active.
+    resumed: Notify,
     /// Set (under the dispatcher's target map lock) when new rows may be in the store.
     woken: AtomicBool,
     /// Set when the target was deleted or may no longer take its client's events.
@@ -243,6 +245,7 @@ impl Dispatcher {
             id,
             row: row.to_string(),
             wake: Notify::new(),
+            resumed: Notify::new(),
             woken: AtomicBool::new(false),
             dropped: AtomicBool::new(false),
             recording: AtomicUsize::new(0),
@@ -280,6 +283,7 @@ impl Dispatcher {
             }
             let mut exhausted = false;
             if self.active(&ts).is_some() {
+                ts.resumed.notify_waiters();
                 let room = {
                     let lanes = ts.lanes();
                     let global = self
@@ -395,9 +399,14 @@ impl Dispatcher {
             if ts.dropped.load(Ordering::Acquire) {
                 return false;
             }
-            // Held, suspended, not registered (yet) or replaced: keep the event, look again.
+            // Held, suspended, not registered (yet) or replaced: keep the event and wait for
+            // the pump to see the target active again (a held target's lanes stay parked,
+            // not polling).
             let Some(target) = self.active(ts) else {
-                tokio::time::sleep(Duration::from_millis(500)).await;
+                tokio::select! {
+                    _ = ts.resumed.notified() => {}
+                    _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+                }
                 continue;
             };
             let wait = job.next_attempt_ms.saturating_sub(now_ms());
@@ -714,6 +723,7 @@ impl Dispatcher {
                     id,
                     row,
                     wake: Notify::new(),
+                    resumed: Notify::new(),
                     woken: AtomicBool::new(false),
                     dropped: AtomicBool::new(false),
                     recording: AtomicUsize::new(0),
