@@ -6,7 +6,6 @@
 
 mod support;
 
-use std::process::Child;
 use std::time::{Duration, Instant};
 
 use futures::{StreamExt, stream};
@@ -14,43 +13,7 @@ use kube::api::{Api, Patch, PatchParams};
 use serde_json::json;
 use support::{env_usize, rss_mib};
 use vc_envtest::ControlPlane;
-
-const TOKEN: &str = "backlog-bench-token";
-
-fn start(cp: &ControlPlane, data: &std::path::Path, port: u16, log: &str) -> anyhow::Result<Child> {
-    let tokens = data.join("tokens");
-    std::fs::write(&tokens, format!("{TOKEN}\n"))?;
-    let tokens = tokens.to_string_lossy().into_owned();
-    support::spawn_operator(
-        &cp.kubeconfig,
-        &data.join("store"),
-        port,
-        &cp.dir.join(log),
-        &[
-            "--max-pending-deliveries",
-            "5000000",
-            "--ingest-token-file",
-            &tokens,
-        ],
-    )
-}
-
-async fn wait_ready(http: &reqwest::Client, port: u16) -> anyhow::Result<Duration> {
-    let started = Instant::now();
-    while !http
-        .get(format!("http://127.0.0.1:{port}/readyz"))
-        .send()
-        .await
-        .is_ok_and(|r| r.status().is_success())
-    {
-        anyhow::ensure!(
-            started.elapsed() < Duration::from_secs(120),
-            "operator not ready"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    Ok(started.elapsed())
-}
+use vc_envtest::operator::{Launch, OperatorProcess, TOKEN};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -77,20 +40,19 @@ async fn main() -> anyhow::Result<()> {
     )
     .await?;
     let data = tempfile::tempdir()?;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
     let http = reqwest::Client::new();
-    let mut op = start(cp, data.path(), port, "operator-backlog-bench.log")?;
-    wait_ready(&http, port).await?;
-    let pid = op.id();
+    let launch = Launch::new(env!("CARGO_BIN_EXE_vehicle-connect"))
+        .args(&["--max-pending-deliveries", "5000000"])
+        .rust_log("warn");
+    let op = OperatorProcess::start(cp, data.path().join("store"), launch).await?;
+    let pid = op.pid();
     println!(
         "backlog benchmark: {events} events for one suspended subscription, {vehicles} vehicles, batches of 1,000; RSS at start {:.0} MiB",
         rss_mib(pid, "VmRSS:")
     );
 
     let started = Instant::now();
-    let url = format!("http://127.0.0.1:{port}/v1/events");
+    let url = op.url("/v1/events");
     let batches = events.div_ceil(1000);
     let mut done = 0usize;
     let mut peak_during = 0f64;
@@ -136,23 +98,12 @@ async fn main() -> anyhow::Result<()> {
     );
 
     // Restart: the backlog is resumed from the store.
-    let _ = op.kill();
-    let _ = op.wait();
-    let mut op = start(
-        cp,
-        data.path(),
-        port,
-        "operator-backlog-bench-restarted.log",
-    )?;
-    let ready = wait_ready(&http, port).await?;
-    let pid = op.id();
+    let restarted = Instant::now();
+    let op = op.restart(cp).await?;
+    let ready = restarted.elapsed();
+    let pid = op.pid();
     tokio::time::sleep(Duration::from_secs(10)).await;
-    let metrics = http
-        .get(format!("http://127.0.0.1:{port}/metrics"))
-        .send()
-        .await?
-        .text()
-        .await?;
+    let metrics = http.get(op.url("/metrics")).send().await?.text().await?;
     let depth = metrics
         .lines()
         .find(|l| l.starts_with("vehicle_connect_queue_depth"))
@@ -163,7 +114,6 @@ async fn main() -> anyhow::Result<()> {
         rss_mib(pid, "VmRSS:"),
         rss_mib(pid, "VmHWM:"),
     );
-    let _ = op.kill();
-    let _ = op.wait();
+    drop(op);
     Ok(())
 }

@@ -11,7 +11,6 @@ mod support;
 use support::{env_usize, rss_mib};
 
 use std::collections::HashMap;
-use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -28,9 +27,8 @@ use hyper_util::rt::TokioExecutor;
 use kube::api::{Api, Patch, PatchParams};
 use serde_json::json;
 use vc_envtest::ControlPlane;
+use vc_envtest::operator::{Launch, OperatorProcess, TOKEN};
 use vehicle_connect::api::WebhookSubscription;
-
-const TOKEN: &str = "bench-token";
 
 #[derive(Default)]
 struct Sink {
@@ -152,42 +150,15 @@ async fn main() -> anyhow::Result<()> {
         )
         .await?;
     let data = tempfile::tempdir()?;
-    let tokens = data.path().join("tokens");
-    std::fs::write(&tokens, format!("{TOKEN}\n"))?;
-    let api_port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
-    let log = std::fs::File::create(cp.dir.join("operator-delivery-bench.log"))?;
-    let mut op = Command::new(env!("CARGO_BIN_EXE_vehicle-connect"))
-        .args([
-            "run",
-            "--allow-targets",
-            "127.0.0.0/8",
-            "--listen",
-            &format!("127.0.0.1:{api_port}"),
-        ])
-        .arg("--data-dir")
-        .arg(data.path().join("store"))
-        .arg("--ingest-token-file")
-        .arg(&tokens)
-        .env("KUBECONFIG", &cp.kubeconfig)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::from(log.try_clone()?))
-        .stderr(Stdio::from(log))
-        .spawn()?;
-    let pid = op.id();
+    let op = OperatorProcess::start(
+        cp,
+        data.path().join("store"),
+        Launch::new(env!("CARGO_BIN_EXE_vehicle-connect")).rust_log("warn"),
+    )
+    .await?;
+    let pid = op.pid();
     let http = reqwest::Client::new();
-    let ingest = format!("http://127.0.0.1:{api_port}/v1/events");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !http
-        .get(format!("http://127.0.0.1:{api_port}/readyz"))
-        .send()
-        .await
-        .is_ok_and(|r| r.status().is_success())
-    {
-        anyhow::ensure!(Instant::now() < deadline, "operator not ready");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let ingest = op.url("/v1/events");
 
     let whs: Api<WebhookSubscription> = Api::namespaced(client.clone(), &ns.name);
     let make_subs = |client_id: String, count: usize| {
@@ -363,7 +334,6 @@ async fn main() -> anyhow::Result<()> {
         rss_mib(pid, "VmRSS:"),
         rss_mib(pid, "VmHWM:")
     );
-    let _ = Command::new("kill").arg(pid.to_string()).status();
-    let _ = op.wait();
+    drop(op);
     Ok(())
 }

@@ -13,7 +13,6 @@ use support::{env_usize, rss_mib};
 mod ftp_server;
 
 use std::collections::HashSet;
-use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -27,6 +26,7 @@ use kube::{Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 use vc_envtest::ControlPlane;
+use vc_envtest::operator::{Launch, OperatorProcess};
 use vehicle_connect::api::{FtpConnection, WebhookSubscription};
 
 fn ready(conds: Option<&Vec<Condition>>) -> bool {
@@ -205,18 +205,12 @@ async fn main() -> anyhow::Result<()> {
 
     // The operator as its own process, so its RSS is its own.
     let data = tempfile::tempdir()?;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
-    let spawn = |log: &str| {
-        support::spawn_operator(&cp.kubeconfig, data.path(), port, &cp.dir.join(log), &[])
-    };
-    let http = reqwest::Client::new();
-    let readyz = format!("http://127.0.0.1:{port}/readyz");
-    let mut op = spawn("operator-bench.log")?;
-    let pid = op.id();
     let started = Instant::now();
-    let mut t_ready = None;
+    let launch = Launch::new(env!("CARGO_BIN_EXE_vehicle-connect")).rust_log("warn");
+    let op = OperatorProcess::start(cp, data.path().join("store"), launch).await?;
+    // `start` returns once /readyz says 200: every existing resource registered for routing.
+    let t_ready = Some(started.elapsed());
+    let pid = op.pid();
     let deadline = Duration::from_secs(600);
     let mut last = Instant::now();
     let (mut t_whs, mut t_ftp) = (None, None);
@@ -230,15 +224,6 @@ async fn main() -> anyhow::Result<()> {
         }
         if t_ftp.is_none() && f >= ftps {
             t_ftp = Some(started.elapsed());
-        }
-        if t_ready.is_none()
-            && http
-                .get(&readyz)
-                .send()
-                .await
-                .is_ok_and(|r| r.status().is_success())
-        {
-            t_ready = Some(started.elapsed());
         }
         if t_whs.is_some() && t_ftp.is_some() {
             break;
@@ -257,27 +242,12 @@ async fn main() -> anyhow::Result<()> {
     tokio::time::sleep(Duration::from_secs(3)).await;
     let settled = rss_mib(pid, "VmRSS:");
     let peak = rss_mib(pid, "VmHWM:");
-    let _ = Command::new("kill").arg(pid.to_string()).status();
-    let _ = op.wait();
     // A restart with everything in place: /readyz waits until every existing resource is
     // registered for routing (not for the reconciles), so this is the ingest outage.
-    let mut op = spawn("operator-bench-restarted.log")?;
     let restarted = Instant::now();
-    let mut t_ready_again = None;
-    while restarted.elapsed() < Duration::from_secs(120) {
-        if http
-            .get(&readyz)
-            .send()
-            .await
-            .is_ok_and(|r| r.status().is_success())
-        {
-            t_ready_again = Some(restarted.elapsed());
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let _ = op.kill();
-    let _ = op.wait();
+    let op = op.restart(cp).await?;
+    let t_ready_again = Some(restarted.elapsed());
+    drop(op);
     let total = webhooks + ftps;
     let fmt = |t: Option<Duration>| {
         t.map(|t| format!("{:.1}s", t.as_secs_f64()))

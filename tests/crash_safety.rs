@@ -10,7 +10,7 @@ use std::time::Duration;
 use kube::api::Api;
 use serde_json::json;
 use support::operator::{apply_value, condition, wait_for};
-use support::process::{OperatorProcess, TOKEN};
+use support::process::TOKEN;
 use support::receiver::Receiver;
 use tokio::sync::Mutex;
 use vc_envtest::ControlPlane;
@@ -31,7 +31,7 @@ async fn every_accepted_event_survives_sigkill() {
     // The receiver is down while events stream in, so most deliveries are still pending
     // (in the store, retrying) when the operator is killed.
     receiver.script("sink", vec![support::receiver::Reply::Status(503)]);
-    let op = OperatorProcess::start(cp, cp.dir.join("crash-operator")).await;
+    let op = support::process::start(cp, cp.dir.join("crash-operator")).await;
     apply_value(&client, &ns.name, json!({
         "apiVersion": "connect.vehicles.io/v1alpha1", "kind": "WebhookSubscription",
         "metadata": { "name": "sink" },
@@ -96,7 +96,7 @@ async fn every_accepted_event_survives_sigkill() {
         attempted.len()
     );
 
-    let op = op.restart(cp).await;
+    let op = op.restart(cp).await.expect("operator restarted");
     receiver.script("sink", vec![support::receiver::Reply::Status(200)]);
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     loop {

@@ -30,7 +30,7 @@ async fn operator_url() -> String {
             .await
             .unwrap();
         let dir = cp.dir.join(format!("operator-{}", std::process::id()));
-        *g = Some(OperatorProcess::start(cp, dir).await);
+        *g = Some(support::process::start(cp, dir).await);
     }
     g.as_ref().unwrap().url("")
 }

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use kube::api::Api;
 use serde_json::{Value, json};
 use support::operator::{apply_value, condition, wait_for};
-use support::process::{OperatorProcess, TOKEN};
+use support::process::TOKEN;
 use support::receiver::Receiver;
 use vc_envtest::ControlPlane;
 use vehicle_connect::api::WebhookSubscription;
@@ -375,7 +375,7 @@ async fn operator_answers_507_while_the_disk_is_full_and_delivers_every_202() {
     let data = parent.join("data");
     std::os::unix::fs::symlink(&fs.dir, &data).unwrap();
     let op =
-        OperatorProcess::start_with(cp, data.clone(), &["--store-unhealthy-after-seconds", "3"])
+        support::process::start_with(cp, data.clone(), &["--store-unhealthy-after-seconds", "3"])
             .await;
     let base = op.url("");
 

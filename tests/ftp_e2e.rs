@@ -13,7 +13,7 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 use support::ftp_server::FtpServer;
 use support::operator::{apply_value, condition, wait_for};
-use support::process::{OperatorProcess, TOKEN};
+use support::process::TOKEN;
 use vc_envtest::ControlPlane;
 use vehicle_connect::api::FtpConnection;
 
@@ -63,7 +63,7 @@ async fn processed_vehicles_land_on_the_ftp_server_by_the_rules() {
     tokio::spawn(async move { axum::serve(listener, app).await });
 
     let server = FtpServer::start("dealer", "ftp-s3cret").await.unwrap();
-    let op = OperatorProcess::start(cp, cp.dir.join("ftp-e2e-operator")).await;
+    let op = support::process::start(cp, cp.dir.join("ftp-e2e-operator")).await;
     apply_value(
         &client,
         &ns.name,

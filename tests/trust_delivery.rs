@@ -28,7 +28,7 @@ async fn control_plane() -> &'static ControlPlane {
 
 async fn operator(cp: &ControlPlane, name: &str, args: &[&str]) -> OperatorProcess {
     let dir = cp.dir.join(format!("trust-{name}-{}", std::process::id()));
-    OperatorProcess::start_with(cp, dir, args).await
+    support::process::start_with(cp, dir, args).await
 }
 
 fn event(client: &str, id: &str, vehicle: &str) -> Value {
@@ -123,7 +123,7 @@ async fn events_posted_the_moment_readyz_says_ok_after_a_restart_all_arrive() {
         ready(&api, &format!("s{i}")).await;
     }
     for round in 0..3 {
-        op = op.restart(cp).await;
+        op = op.restart(cp).await.expect("operator restarted");
         // At once: the first events after readiness are the ones that used to be lost.
         let batch: Vec<Value> = (0..5)
             .map(|k| event(client_id, &format!("r{round}-e{k}"), &format!("veh-{k}")))
@@ -483,7 +483,7 @@ async fn max_concurrency_holds_for_deliveries_resumed_after_a_restart() {
         subscription("one", client_id, &receiver.url("one"), spec(false)),
     )
     .await;
-    let _op = op.restart(cp).await;
+    let _op = op.restart(cp).await.expect("operator restarted");
     let got = receiver.wait_for("one", 8).await;
     let mut at: Vec<Instant> = got.iter().map(|r| r.at).collect();
     at.sort();
@@ -624,7 +624,7 @@ async fn a_recreated_subscription_never_gets_the_old_objects_queue() {
         subscription("same", client_id, &receiver.url("new"), json!({})),
     )
     .await;
-    let op = op.restart(cp).await;
+    let op = op.restart(cp).await.expect("operator restarted");
     ready(&api, "same").await;
     let on_new = only_the_new_event(&op, &receiver, client_id, "new-1").await;
     assert_eq!(

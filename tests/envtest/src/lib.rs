@@ -9,6 +9,8 @@
 //! - [`ControlPlane::start_detached`]: survives the caller (used by `make cluster`), stopped
 //!   by [`stop_detached`].
 
+pub mod operator;
+
 use std::fs;
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom};
 use std::net::TcpListener;
