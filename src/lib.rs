@@ -2,8 +2,11 @@
 //! systems as signed webhooks and FTP uploads.
 //!
 //! Data flow: `api` (CRD types) → `controller` (one reconciler per kind: validate, resolve,
-//! register) → `routing` (pure in-memory index of delivery targets) → `delivery`;
-//! `status` builds conditions and is the one writer of resource status.
+//! register) → `routing` (pure in-memory index of delivery targets, keyed by object uid).
+//! `ingest` routes each event and stores it with its pending deliveries in `store` (the
+//! durable queue); `delivery::dispatcher` pages them per target into per-vehicle lanes and
+//! runs each attempt through `delivery::attempt` (webhook or FTP), with `delivery::retry`
+//! deciding when to try again; `status` builds conditions and writes resource status.
 
 pub mod api;
 pub mod controller;

@@ -1,4 +1,6 @@
-//! Delivery to clients' systems: scheduling (`dispatcher`), webhooks, FTP.
+//! Delivery to clients' systems: scheduling (`dispatcher`, `fair`), one attempt for every
+//! kind (`attempt`), retry rules (`retry`), webhooks (`webhook`, `signing`), FTP (`ftp`,
+//! `upload`).
 
 pub mod attempt;
 pub mod dispatcher;
