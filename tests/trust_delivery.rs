@@ -84,6 +84,18 @@ async fn namespace(cp: &ControlPlane, prefix: &str, clients: &str) -> String {
     ns.name.clone()
 }
 
+/// The control plane, a namespace allowing `client` (with the signing Secret), a client and
+/// a receiver: what every test here starts from.
+async fn tenant(
+    prefix: &str,
+    client: &str,
+) -> (&'static ControlPlane, String, kube::Client, Receiver) {
+    let cp = control_plane().await;
+    let ns = namespace(cp, prefix, client).await;
+    let kube = cp.client().await.unwrap();
+    (cp, ns, kube, Receiver::start(Some(WHSEC)).await)
+}
+
 async fn ready(api: &Api<WebhookSubscription>, name: &str) {
     wait_for(api, name, "Ready", |w| {
         w.status
@@ -98,11 +110,8 @@ async fn ready(api: &Api<WebhookSubscription>, name: &str) {
 /// posted right after a restart were accepted with 0 deliveries and never delivered.
 #[tokio::test]
 async fn events_posted_the_moment_readyz_says_ok_after_a_restart_all_arrive() {
-    let cp = control_plane().await;
     let client_id = "dealer-restart";
-    let ns = namespace(cp, "restart", client_id).await;
-    let kube = cp.client().await.unwrap();
-    let receiver = Receiver::start(Some(WHSEC)).await;
+    let (cp, ns, kube, receiver) = tenant("restart", client_id).await;
     const SUBS: usize = 60;
     for i in 0..SUBS {
         apply_value(
@@ -147,11 +156,8 @@ async fn events_posted_the_moment_readyz_says_ok_after_a_restart_all_arrive() {
 /// the store holds is delivered without a restart.
 #[tokio::test]
 async fn clients_hanging_up_mid_request_strand_nothing() {
-    let cp = control_plane().await;
     let client_id = "dealer-hangup";
-    let ns = namespace(cp, "hangup", client_id).await;
-    let kube = cp.client().await.unwrap();
-    let receiver = Receiver::start(Some(WHSEC)).await;
+    let (cp, ns, kube, receiver) = tenant("hangup", client_id).await;
     apply_value(
         &kube,
         &ns,
@@ -251,10 +257,7 @@ async fn clients_hanging_up_mid_request_strand_nothing() {
 /// sent to the URL the subscription gets after it moves to client B.
 #[tokio::test]
 async fn queued_events_never_follow_a_subscription_to_another_client() {
-    let cp = control_plane().await;
-    let ns = namespace(cp, "tenant", "dealer-a").await;
-    let kube = cp.client().await.unwrap();
-    let receiver = Receiver::start(Some(WHSEC)).await;
+    let (cp, ns, kube, receiver) = tenant("tenant", "dealer-a").await;
     receiver.script("down", vec![Reply::Status(503)]);
     apply_value(
         &kube,
@@ -327,11 +330,8 @@ async fn only_the_new_event(
 /// counted as failed and is never delivered after resuming.
 #[tokio::test]
 async fn a_held_subscriptions_backlog_expires_by_max_age() {
-    let cp = control_plane().await;
     let client_id = "dealer-expiry";
-    let ns = namespace(cp, "expiry", client_id).await;
-    let kube = cp.client().await.unwrap();
-    let receiver = Receiver::start(Some(WHSEC)).await;
+    let (cp, ns, kube, receiver) = tenant("expiry", client_id).await;
     let held = json!({ "suspend": true, "retry": { "maxAgeSeconds": 10, "maxAttempts": 5, "initialBackoffSeconds": 1, "maxBackoffSeconds": 1 } });
     apply_value(
         &kube,
@@ -379,11 +379,8 @@ async fn a_held_subscriptions_backlog_expires_by_max_age() {
 /// accepting what it could not keep.
 #[tokio::test]
 async fn a_full_backlog_is_refused_with_429_and_retry_after() {
-    let cp = control_plane().await;
     let client_id = "dealer-backlog";
-    let ns = namespace(cp, "backlog", client_id).await;
-    let kube = cp.client().await.unwrap();
-    let receiver = Receiver::start(Some(WHSEC)).await;
+    let (cp, ns, kube, receiver) = tenant("backlog", client_id).await;
     apply_value(
         &kube,
         &ns,
@@ -450,11 +447,8 @@ async fn a_full_backlog_is_refused_with_429_and_retry_after() {
 /// restart: a receiver that allows one request at a time got eight.
 #[tokio::test]
 async fn max_concurrency_holds_for_deliveries_resumed_after_a_restart() {
-    let cp = control_plane().await;
     let client_id = "dealer-conc";
-    let ns = namespace(cp, "conc", client_id).await;
-    let kube = cp.client().await.unwrap();
-    let receiver = Receiver::start(Some(WHSEC)).await;
+    let (cp, ns, kube, receiver) = tenant("conc", client_id).await;
     receiver.script("one", vec![Reply::Hang(Duration::from_millis(300))]);
     let spec = |suspend: bool| json!({ "suspend": suspend, "maxConcurrency": 1 });
     apply_value(
@@ -582,11 +576,8 @@ async fn a_hanging_receiver_does_not_slow_another_tenant() {
 /// queued for the old object; those rows are dropped.
 #[tokio::test]
 async fn a_recreated_subscription_never_gets_the_old_objects_queue() {
-    let cp = control_plane().await;
     let client_id = "dealer-recreate";
-    let ns = namespace(cp, "recreate", client_id).await;
-    let kube = cp.client().await.unwrap();
-    let receiver = Receiver::start(Some(WHSEC)).await;
+    let (cp, ns, kube, receiver) = tenant("recreate", client_id).await;
     receiver.script("old", vec![Reply::Status(503)]);
     apply_value(
         &kube,

@@ -16,7 +16,7 @@ use super::{Context, Error, KindContext, name_ns};
 use crate::api::FINALIZER;
 use crate::api::ftp::{FtpConnection, FtpConnectionSpec, FtpProtocol};
 use crate::delivery::ftp::{FtpEndpoint, probe};
-use crate::routing::{FtpTarget, Kind, Selector, Target, TargetConfig, TargetKey};
+use crate::routing::{FtpTarget, Kind, Target, TargetConfig, TargetKey};
 use crate::status::{CONNECTED, Check, READY};
 
 type Guarded = DeserializeGuard<FtpConnection>;
@@ -388,17 +388,14 @@ impl ProbeCache {
 /// what start-up registers from the watch cache so that no event misses it meanwhile.
 pub fn provisional(c: &FtpConnection, ns: &str, name: &str) -> Target {
     let spec = &c.spec;
-    Target {
-        key: key(ns, name),
-        uid: c.uid().unwrap_or_default(),
-        generation: c.metadata.generation.unwrap_or_default(),
-        selector: Selector {
-            client_id: spec.client_id.clone(),
-            user_ids: spec.user_ids.as_ref().map(|u| u.iter().cloned().collect()),
-            events: spec.events.iter().copied().collect(),
+    super::provisional_target(
+        key(ns, name),
+        c,
+        super::Selects {
+            client_id: &spec.client_id,
+            user_ids: spec.user_ids.as_deref(),
+            events: &spec.events,
         },
-        retry: spec.retry_policy(),
-        held: Some("Pending".into()),
-        config: None,
-    }
+        spec.retry_policy(),
+    )
 }

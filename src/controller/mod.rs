@@ -276,6 +276,36 @@ pub fn reconciled<K: Resource<DynamicType = ()>>(ctx: &KindContext, obj: &K) {
     ctx.shared.reset_failures(&object_key(obj));
 }
 
+/// The fields of a spec that select events, the same in every kind.
+pub struct Selects<'a> {
+    pub client_id: &'a str,
+    pub user_ids: Option<&'a [String]>,
+    pub events: &'a [crate::api::EventType],
+}
+
+/// An object's target as its spec alone describes it, held until its reconciler has
+/// resolved it: what start-up registers from the watch cache so that no event misses it.
+pub fn provisional_target<K: Resource<DynamicType = ()>>(
+    key: TargetKey,
+    obj: &K,
+    selects: Selects<'_>,
+    retry: crate::api::RetryPolicy,
+) -> crate::routing::Target {
+    crate::routing::Target {
+        key,
+        uid: obj.meta().uid.clone().unwrap_or_default(),
+        generation: obj.meta().generation.unwrap_or_default(),
+        selector: crate::routing::Selector {
+            client_id: selects.client_id.to_string(),
+            user_ids: selects.user_ids.map(|u| u.iter().cloned().collect()),
+            events: selects.events.iter().copied().collect(),
+        },
+        retry,
+        held: Some("Pending".into()),
+        config: None,
+    }
+}
+
 /// Name and namespace of an object, or an error naming the missing part.
 pub fn name_ns<K: ResourceExt>(obj: &K) -> Result<(String, String), Error> {
     let ns = obj

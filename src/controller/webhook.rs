@@ -13,7 +13,7 @@ use super::secrets::{SecretReader, decode_whsec};
 use super::{Context, Error, KindContext, name_ns};
 use crate::api::FINALIZER;
 use crate::api::webhook::{WebhookSubscription, WebhookSubscriptionSpec};
-use crate::routing::{Kind, Selector, Target, TargetConfig, TargetKey, WebhookAuth, WebhookTarget};
+use crate::routing::{Kind, Target, TargetConfig, TargetKey, WebhookAuth, WebhookTarget};
 use crate::status::{Check, READY, RECEIVER_GONE_ANNOTATION};
 
 type Guarded = DeserializeGuard<WebhookSubscription>;
@@ -306,17 +306,14 @@ async fn cleanup(w: Arc<WebhookSubscription>, ctx: &KindContext) -> Result<Actio
 /// what start-up registers from the watch cache so that no event misses it meanwhile.
 pub fn provisional(w: &WebhookSubscription, ns: &str, name: &str) -> Target {
     let spec = &w.spec;
-    Target {
-        key: key(ns, name),
-        uid: w.uid().unwrap_or_default(),
-        generation: w.metadata.generation.unwrap_or_default(),
-        selector: Selector {
-            client_id: spec.client_id.clone(),
-            user_ids: spec.user_ids.as_ref().map(|u| u.iter().cloned().collect()),
-            events: spec.events.iter().copied().collect(),
+    super::provisional_target(
+        key(ns, name),
+        w,
+        super::Selects {
+            client_id: &spec.client_id,
+            user_ids: spec.user_ids.as_deref(),
+            events: &spec.events,
         },
-        retry: spec.retry_policy(),
-        held: Some("Pending".into()),
-        config: None,
-    }
+        spec.retry_policy(),
+    )
 }

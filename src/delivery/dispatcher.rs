@@ -117,6 +117,21 @@ struct TargetState {
 }
 
 impl TargetState {
+    fn new(id: TargetId, row: String) -> Self {
+        TargetState {
+            id,
+            row,
+            wake: Notify::new(),
+            resumed: Notify::new(),
+            woken: AtomicBool::new(false),
+            dropped: AtomicBool::new(false),
+            recording: AtomicUsize::new(0),
+            // Resized to the target's concurrency before its first attempt.
+            permits: Mutex::new((1, Arc::new(Semaphore::new(1)))),
+            lanes: Mutex::new(Lanes::default()),
+        }
+    }
+
     /// The target's concurrency bound, resized when its spec changed.
     fn permits(&self, target: &Target) -> Arc<Semaphore> {
         let want = target.concurrency();
@@ -241,17 +256,7 @@ impl Dispatcher {
             tracing::warn!(target = %row, "pending deliveries for an unknown target kind");
             return;
         };
-        let ts = Arc::new(TargetState {
-            id,
-            row: row.to_string(),
-            wake: Notify::new(),
-            resumed: Notify::new(),
-            woken: AtomicBool::new(false),
-            dropped: AtomicBool::new(false),
-            recording: AtomicUsize::new(0),
-            permits: Mutex::new((1, Arc::new(Semaphore::new(1)))),
-            lanes: Mutex::new(Lanes::default()),
-        });
+        let ts = Arc::new(TargetState::new(id, row.to_string()));
         map.insert(row.to_string(), ts.clone());
         let me = self.clone();
         tokio::spawn(async move { me.pump(ts).await });
@@ -719,17 +724,7 @@ impl Dispatcher {
             if !known.iter().any(|t| t.row == row)
                 && let Ok(id) = row.parse::<TargetId>()
             {
-                known.push(Arc::new(TargetState {
-                    id,
-                    row,
-                    wake: Notify::new(),
-                    resumed: Notify::new(),
-                    woken: AtomicBool::new(false),
-                    dropped: AtomicBool::new(false),
-                    recording: AtomicUsize::new(0),
-                    permits: Mutex::new((1, Arc::new(Semaphore::new(1)))),
-                    lanes: Mutex::new(Lanes::default()),
-                }));
+                known.push(Arc::new(TargetState::new(id, row)));
             }
         }
         for ts in known {
@@ -763,13 +758,24 @@ impl Dispatcher {
                 .unwrap_or_default();
             let cutoff =
                 now_ms().saturating_sub(u64::from(policy.max_age_seconds).saturating_mul(1000));
+            // A read first: most sweeps find nothing old, and need no write transaction.
+            let oldest = self.store.pending_after(&row, 0, 1)?.first().map(|p| p.seq);
+            let due = match oldest {
+                Some(seq) => self
+                    .store
+                    .event(seq)?
+                    .is_none_or(|e| e.received_unix_ms < cutoff),
+                None => false,
+            };
             const CHUNK: usize = 10_000;
             let mut n = 0;
-            loop {
-                let k = self.store.expire(&row, cutoff, CHUNK).await?;
-                n += k;
-                if k < CHUNK as u64 {
-                    break;
+            if due {
+                loop {
+                    let k = self.store.expire(&row, cutoff, CHUNK).await?;
+                    n += k;
+                    if k < CHUNK as u64 {
+                        break;
+                    }
                 }
             }
             if n > 0 {
