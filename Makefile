@@ -34,7 +34,7 @@ test: control-plane
 ## Every benchmark in a debug build with small counts: checks that they run and print their
 ## figures (speed is never asserted; `make bench` measures).
 bench-smoke: control-plane
-	VC_BENCH_EVENTS=400 VC_BENCH_BACKLOG_EVENTS=5000 VC_BENCH_BACKLOG_VEHICLES=100 \
+	VC_BENCH_EVENTS=400 VC_BENCH_REPS=2 VC_BENCH_LATENCY_SECONDS=1 VC_BENCH_BACKLOG_EVENTS=5000 VC_BENCH_BACKLOG_VEHICLES=100 \
 	VC_BENCH_VEHICLES=10 VC_BENCH_IMAGE_KIB=16 VC_BENCH_FTP_CONNECTIONS=10 \
 	VC_BENCH_ZIP_IMAGES=4 VC_BENCH_ZIP_IMAGE_MIB=1 VC_BENCH_WEBHOOKS=50 VC_BENCH_FTP=10 \
 	$(CARGO) test --bench '*'

@@ -46,9 +46,9 @@ async fn main() -> anyhow::Result<()> {
         .rust_log("warn");
     let op = OperatorProcess::start(cp, data.path().join("store"), launch).await?;
     let pid = op.pid();
+    let rss_start = rss_mib(pid, "VmRSS:");
     println!(
-        "backlog benchmark: {events} events for one suspended subscription, {vehicles} vehicles, batches of 1,000; RSS at start {:.0} MiB",
-        rss_mib(pid, "VmRSS:")
+        "backlog benchmark: {events} events for one suspended subscription, {vehicles} vehicles, batches of 1,000; RSS at start {rss_start:.0} MiB"
     );
 
     let started = Instant::now();
@@ -90,10 +90,11 @@ async fn main() -> anyhow::Result<()> {
     }
     let secs = started.elapsed().as_secs_f64();
     tokio::time::sleep(Duration::from_secs(3)).await;
+    let rss_now = rss_mib(pid, "VmRSS:");
     println!(
-        "(a) {events} deliveries pending after {secs:.1}s ({:.0} events/s): RSS {:.0} MiB now, {peak_during:.0} MiB highest sampled while posting, VmHWM {:.0} MiB",
+        "(a) {events} deliveries pending after {secs:.1}s ({:.0} events/s): RSS {rss_now:.0} MiB now ({:.0} bytes per pending delivery above the start), {peak_during:.0} MiB highest sampled while posting, VmHWM {:.0} MiB",
         events as f64 / secs,
-        rss_mib(pid, "VmRSS:"),
+        (rss_now - rss_start) * 1024.0 * 1024.0 / events as f64,
         rss_mib(pid, "VmHWM:"),
     );
 
