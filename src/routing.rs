@@ -26,6 +26,17 @@ pub struct TargetKey {
 }
 
 impl Kind {
+    /// Every kind, in [`Kind::index`] order.
+    pub const ALL: [Kind; 2] = [Kind::Webhook, Kind::Ftp];
+
+    /// Position in [`Kind::ALL`], for tables kept per kind.
+    pub fn index(self) -> usize {
+        match self {
+            Kind::Webhook => 0,
+            Kind::Ftp => 1,
+        }
+    }
+
     /// The `kind` label of metrics.
     pub fn label(self) -> &'static str {
         match self {

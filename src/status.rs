@@ -1,6 +1,7 @@
 //! Conditions (built by small helpers, merged with what is on the object) and the status
 //! writer: server-side apply of `.status` under one field manager.
 
+use futures::StreamExt;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, Patch, PatchParams};
@@ -210,6 +211,26 @@ mod tests {
     use super::*;
 
     #[test]
+    fn busy_resources_take_turns_for_status_writes() {
+        let key = |i: usize| crate::routing::TargetKey {
+            kind: crate::routing::Kind::Webhook,
+            namespace: "ns".into(),
+            name: format!("w{i}"),
+        };
+        let mut d = Dirty::default();
+        for i in 0..5 {
+            d.push(&key(i));
+        }
+        // Touched again while waiting: keeps its turn, written once.
+        d.push(&key(0));
+        assert_eq!(d.take(2), vec![key(0), key(1)]);
+        // Written and touched again: behind everyone still waiting.
+        d.push(&key(0));
+        assert_eq!(d.take(10), vec![key(2), key(3), key(4), key(0)]);
+        assert!(d.take(10).is_empty());
+    }
+
+    #[test]
     fn transition_time_is_kept_while_status_holds() {
         let first = Check::fail("SecretNotFound", "no secret").to_condition(READY, Some(1), &[]);
         let mut old = vec![first.clone()];
@@ -267,14 +288,49 @@ pub const DELIVERY_MANAGER: &str = "vehicle-connect-delivery";
 /// Set by the operator when a receiver answers 410 Gone; remove it to resume delivery.
 pub const RECEIVER_GONE_ANNOTATION: &str = "connect.vehicles.io/receiver-gone";
 
+/// Status writes of delivery counters per second, over all resources. Each write costs the
+/// API server a patch and a watch event to every watcher; with 1,000 busy subscriptions an
+/// unbounded writer made the API server the busiest process on the node. Resources take
+/// turns (least recently written first), so each is current within `dirty / budget` seconds.
+pub const STATUS_WRITES_PER_SECOND: usize = 25;
+/// Status writes in flight at once.
+const STATUS_WRITE_CONCURRENCY: usize = 8;
+
+/// Resources whose counters changed, in the order they are due to be written.
+#[derive(Default)]
+struct Dirty {
+    order: std::collections::VecDeque<crate::routing::TargetKey>,
+    queued: std::collections::HashSet<crate::routing::TargetKey>,
+}
+
+impl Dirty {
+    /// A key already waiting keeps its turn; one written since goes to the back.
+    fn push(&mut self, key: &crate::routing::TargetKey) {
+        if self.queued.insert(key.clone()) {
+            self.order.push_back(key.clone());
+        }
+    }
+
+    /// The next `n` keys due.
+    fn take(&mut self, n: usize) -> Vec<crate::routing::TargetKey> {
+        let n = n.min(self.order.len());
+        let due: Vec<_> = self.order.drain(..n).collect();
+        for k in &due {
+            self.queued.remove(k);
+        }
+        due
+    }
+}
+
 /// Publishes delivery counters on the resources' status, at most about once a second per
-/// resource however high the delivery rate, plus Events for failures and suspension.
+/// resource and [`STATUS_WRITES_PER_SECOND`] in all however high the delivery rate, plus
+/// Events for failures and suspension.
 pub struct CounterWriter {
     client: kube::Client,
     store: crate::store::Store,
     registry: std::sync::Arc<crate::routing::Registry>,
     recorder: kube::runtime::events::Recorder,
-    dirty: std::sync::Mutex<std::collections::BTreeSet<crate::routing::TargetKey>>,
+    dirty: std::sync::Mutex<Dirty>,
     failures: std::sync::Mutex<Vec<(crate::routing::TargetKey, String, crate::store::Why)>>,
     gone: std::sync::Mutex<std::collections::BTreeSet<crate::routing::TargetKey>>,
 }
@@ -403,7 +459,7 @@ impl CounterWriter {
     /// The target's counters changed.
     pub fn touch(&self, key: &crate::routing::TargetKey) {
         if let Ok(mut d) = self.dirty.lock() {
-            d.insert(key.clone());
+            d.push(key);
         }
     }
 
@@ -460,16 +516,18 @@ impl CounterWriter {
             let check = Check::fail("DeliveryFailed", format!("event {event_id}: {why}"));
             self.publish(&key, &check).await;
         }
-        let dirty: Vec<_> = self
+        let due: Vec<_> = self
             .dirty
             .lock()
-            .map(|mut d| std::mem::take(&mut *d).into_iter().collect())
+            .map(|mut d| d.take(STATUS_WRITES_PER_SECOND))
             .unwrap_or_default();
-        for key in dirty {
-            if let Err(e) = self.write(&key).await {
-                tracing::warn!(target = %key, error = %e, "could not write delivery status");
-            }
-        }
+        futures::stream::iter(due)
+            .for_each_concurrent(STATUS_WRITE_CONCURRENCY, |key| async move {
+                if let Err(e) = self.write(&key).await {
+                    tracing::warn!(target = %key, error = %e, "could not write delivery status");
+                }
+            })
+            .await;
     }
 
     async fn write(&self, key: &crate::routing::TargetKey) -> anyhow::Result<()> {

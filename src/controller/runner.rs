@@ -65,6 +65,21 @@ async fn register_existing<K>(
     tracing::info!(kind = label, registered, elapsed = ?started.elapsed(), "existing objects registered for routing");
 }
 
+/// A hash of what a reconcile reads from the object itself: the spec (by its generation,
+/// which deletion also bumps), labels, annotations (receiver gone, resume), finalizers and the
+/// deletion mark. Never `None`, so every other change (status) is filtered out.
+fn reconcile_inputs<K: Resource>(obj: &K) -> Option<u64> {
+    use std::hash::{Hash, Hasher};
+    let m = obj.meta();
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    m.generation.hash(&mut h);
+    m.labels.hash(&mut h);
+    m.annotations.hash(&mut h);
+    m.finalizers.hash(&mut h);
+    m.deletion_timestamp.as_ref().map(|t| t.0).hash(&mut h);
+    Some(h.finish())
+}
+
 /// Runs the controller of kind `K` until SIGTERM or Ctrl-C. `secret_names` lists the
 /// Secrets an object reads (a change to one re-reconciles it); `provisional` describes an
 /// object's target from its spec alone, registered at start-up before any reconcile.
@@ -103,7 +118,10 @@ pub async fn run<K, R, F>(
         }
     })
     .default_backoff()
-    .applied_objects();
+    .applied_objects()
+    // Status writes (the delivery counters, many a second under load) would each trigger a
+    // reconcile that changes nothing; only what a reconcile reads passes.
+    .predicate_filter(reconcile_inputs, Default::default());
     let ctrl = Controller::for_stream(objects, store.clone());
     let (ns_reader, ns_writer) = reflector::store::<Namespace>();
     let namespaces = reflector::reflector(

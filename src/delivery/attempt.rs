@@ -6,7 +6,7 @@ use std::time::Duration;
 use crate::delivery::upload::{UploadResult, Uploader};
 use crate::delivery::webhook::{AttemptResult, WebhookSender};
 use crate::ingest::Envelope;
-use crate::routing::TargetConfig;
+use crate::routing::{Kind, TargetConfig};
 use crate::store::{Outcome, Why};
 
 /// How one attempt ended.
@@ -138,6 +138,16 @@ pub struct Delivery<'a> {
 }
 
 impl Senders {
+    /// Attempts of a kind in flight at once over all its targets: webhook attempts are cheap;
+    /// an FTP delivery holds its vehicle's files while uploading, so 400 connections
+    /// uploading at once must not mean 400 vehicles in memory.
+    pub fn in_flight(kind: Kind) -> usize {
+        match kind {
+            Kind::Webhook => 1024,
+            Kind::Ftp => 32,
+        }
+    }
+
     /// Whether attempts of this target need the vehicle's upload record.
     pub fn needs_upload_record(config: &TargetConfig) -> bool {
         matches!(config, TargetConfig::Ftp(_))

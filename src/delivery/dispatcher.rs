@@ -32,11 +32,6 @@ use crate::routing::{Kind, Registry, Target, TargetId, TargetKey};
 use crate::status::CounterWriter;
 use crate::store::{AcceptOutcome, DeliveryUpdate, NewEvent, Outcome, Store, StoredEvent, Why};
 
-/// FTP deliveries in flight at once, across all connections (memory bound).
-pub const FTP_IN_FLIGHT: usize = 32;
-/// Webhook attempts in flight at once, across all subscriptions.
-pub const WEBHOOK_IN_FLIGHT: usize = 1024;
-
 pub fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -169,10 +164,8 @@ pub struct Dispatcher {
     targets: Mutex<HashMap<String, Arc<TargetState>>>,
     /// Jobs in memory over all targets.
     loaded: AtomicUsize,
-    webhook_pool: FairPool,
-    /// FTP deliveries each hold their vehicle's files while uploading, so 400 connections
-    /// uploading at once must not mean 400 vehicles at once.
-    ftp_pool: FairPool,
+    /// Shared capacity per kind ([`Kind::index`]), see [`Senders::in_flight`].
+    pools: [FairPool; Kind::ALL.len()],
 }
 
 /// How one attempt ended, for the lane.
@@ -226,8 +219,10 @@ impl Dispatcher {
             loaded: AtomicUsize::new(0),
             // No namespace takes more than half of a pool: one tenant's hanging receivers
             // leave the other half to everyone else.
-            webhook_pool: FairPool::new(WEBHOOK_IN_FLIGHT, WEBHOOK_IN_FLIGHT / 2),
-            ftp_pool: FairPool::new(FTP_IN_FLIGHT, FTP_IN_FLIGHT / 2),
+            pools: Kind::ALL.map(|k| {
+                let n = Senders::in_flight(k);
+                FairPool::new(n, n / 2)
+            }),
         })
     }
 
@@ -424,11 +419,9 @@ impl Dispatcher {
             let Ok(_own) = permits.acquire_owned().await else {
                 continue;
             };
-            let pool = match ts.id.key.kind {
-                Kind::Webhook => &self.webhook_pool,
-                Kind::Ftp => &self.ftp_pool,
-            };
-            let _shared = pool.acquire(&ts.id.key.namespace).await;
+            let _shared = self.pools[ts.id.key.kind.index()]
+                .acquire(&ts.id.key.namespace)
+                .await;
             // The target may have changed while this waited for capacity.
             let Some(target) = self.active(ts) else {
                 continue;

@@ -3,8 +3,12 @@
 //!
 //! Writes go through one writer thread that group-commits: it drains every queued request (up to
 //! [`StoreOptions::max_batch`]), applies them all in one write transaction, fsyncs once, then
-//! answers each caller. A caller's `Ok` therefore means "on disk". Reads open their own redb read
-//! transaction and never wait for the writer.
+//! answers each caller. A caller's `Ok` therefore means "on disk" — except for delivery outcomes
+//! ([`Store::record`]): a batch of only those commits without an fsync (after waiting a moment
+//! for company), and becomes durable with the next accept or within 200 ms. A crash can undo
+//! such an outcome; the delivery is then made again, which at-least-once allows, and the fsync
+//! stays off the delivery path. Reads open their own redb read transaction, see every commit,
+//! and never wait for the writer.
 //!
 //! After an I/O error (a full disk, say) redb refuses every later transaction until the file is
 //! closed and opened again; the writer does that by itself (see [`Store::health`]) and the store
@@ -621,7 +625,8 @@ impl Store {
         self.submit(|reply| Job::Accept { events, reply }).await
     }
 
-    /// Records delivery outcomes. Durable when it returns `Ok`. Updates for a (target, seq)
+    /// Records delivery outcomes. Visible to readers when it returns `Ok`, durable within
+    /// 200 ms (or with the next accept, or when the store closes). Updates for a (target, seq)
     /// that is not pending (delivered already, target dropped) are ignored.
     pub async fn record(&self, updates: Vec<DeliveryUpdate>) -> Result<(), StoreError> {
         if updates.is_empty() {

@@ -83,6 +83,13 @@ pub(crate) enum Job {
 }
 
 impl Job {
+    /// Only delivery outcomes may commit without an fsync: losing one in a crash repeats a
+    /// delivery, which at-least-once allows. Everything else (an accepted event above all)
+    /// is durable when answered.
+    fn deferrable(&self) -> bool {
+        matches!(self, Job::Record { .. })
+    }
+
     fn send_committed(self) {
         match self {
             Job::Accept { reply, .. } => reply.send_committed(),
@@ -171,6 +178,13 @@ const CLOSED_POLL: Duration = Duration::from_millis(20);
 /// room: each failed write costs a close and a reopen that repairs the file (seconds for a large
 /// one), during which readers wait too. Until then requests are refused without touching the file.
 const ROOM_TO_RETRY: u64 = 1024 * 1024;
+/// Outcome-only commits skip the fsync; the next durable commit (an accept, or this timer)
+/// makes them durable. A crash loses at most this much of outcomes, which are delivered again.
+pub(super) const SYNC_EVERY: Duration = Duration::from_millis(200);
+/// An outcome-only batch waits this long for more requests, so a busy dispatcher's outcomes
+/// share commits instead of each paying one.
+const LINGER: Duration = Duration::from_millis(2);
+
 /// Longest wait for readers to let go of a failed file before trying to reopen anyway.
 const READERS_GRACE: Duration = Duration::from_secs(30);
 
@@ -188,6 +202,8 @@ pub(super) struct Writer {
     broken: bool,
     backoff: Duration,
     next_reopen: Instant,
+    /// Since when commits without an fsync wait for a durable one.
+    unsynced_since: Option<Instant>,
 }
 
 impl Writer {
@@ -209,10 +225,74 @@ impl Writer {
             broken: false,
             backoff: REOPEN_BACKOFF_FIRST,
             next_reopen: Instant::now(),
+            unsynced_since: None,
         }
     }
 
     pub(super) fn run(mut self) {
+        // Only for timed waits on the request channel; the thread itself blocks on the file.
+        let rt = match tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+        {
+            Ok(rt) => rt,
+            Err(e) => {
+                tracing::error!(error = %e, "the store writer cannot wait with a timeout; every commit is durable");
+                self.unsynced_since = None;
+                return self.run_untimed();
+            }
+        };
+        let mut batch = Vec::with_capacity(self.max_batch.min(1024));
+        loop {
+            if self.db.is_none() && !self.wait_reopened() {
+                return;
+            }
+            let first = match self.unsynced_since {
+                Some(since) => {
+                    let until = tokio::time::Instant::from_std(since + SYNC_EVERY);
+                    match rt
+                        .block_on(async { tokio::time::timeout_at(until, self.jobs.recv()).await })
+                    {
+                        Ok(Some(job)) => job,
+                        Ok(None) => return self.sync(),
+                        Err(_) => {
+                            self.sync();
+                            continue;
+                        }
+                    }
+                }
+                None => match self.jobs.blocking_recv() {
+                    Some(job) => job,
+                    None => return,
+                },
+            };
+            batch.push(first);
+            self.drain(&mut batch);
+            if batch.iter().all(Job::deferrable) {
+                let until = tokio::time::Instant::now() + LINGER;
+                while batch.len() < self.max_batch {
+                    match rt
+                        .block_on(async { tokio::time::timeout_at(until, self.jobs.recv()).await })
+                    {
+                        Ok(Some(job)) => {
+                            let durable = !job.deferrable();
+                            batch.push(job);
+                            self.drain(&mut batch);
+                            if durable {
+                                break;
+                            }
+                        }
+                        _ => break,
+                    }
+                }
+            }
+            self.last_now = self.last_now.max(super::now_unix_ms());
+            self.process(std::mem::take(&mut batch));
+        }
+    }
+
+    /// Every commit durable, without timers.
+    fn run_untimed(mut self) {
         let mut batch = Vec::with_capacity(self.max_batch.min(1024));
         loop {
             if self.db.is_none() && !self.wait_reopened() {
@@ -222,14 +302,47 @@ impl Writer {
                 return;
             };
             batch.push(first);
-            while batch.len() < self.max_batch {
-                match self.jobs.try_recv() {
-                    Ok(job) => batch.push(job),
-                    Err(_) => break,
-                }
-            }
+            self.drain(&mut batch);
             self.last_now = self.last_now.max(super::now_unix_ms());
             self.process(std::mem::take(&mut batch));
+        }
+    }
+
+    /// Adds what is queued now to `batch`, up to the batch limit.
+    fn drain(&mut self, batch: &mut Vec<Job>) {
+        while batch.len() < self.max_batch {
+            match self.jobs.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+    }
+
+    /// Makes commits made without an fsync durable (an empty durable commit).
+    fn sync(&mut self) {
+        if self.unsynced_since.is_none() {
+            return;
+        }
+        let Some(db) = self.db.clone() else {
+            return;
+        };
+        let result = db
+            .begin_write()
+            .map_err(StoreError::from)
+            .and_then(|mut txn| {
+                txn.set_durability(Durability::Immediate)?;
+                txn.commit()?;
+                Ok(())
+            });
+        match result {
+            Ok(()) => self.unsynced_since = None,
+            Err(err) => {
+                tracing::warn!(error = %err, "could not make delivery outcomes durable");
+                self.stats.failed_commits.fetch_add(1, Ordering::Relaxed);
+                if err.is_io() {
+                    self.close(&err);
+                }
+            }
         }
     }
 
@@ -334,13 +447,21 @@ impl Writer {
     }
 
     fn commit(
-        &self,
+        &mut self,
         db: &Database,
         batch: &mut [Job],
         floor: &mut Option<u64>,
     ) -> Result<Delta, StoreError> {
         let mut txn = db.begin_write()?;
-        txn.set_durability(Durability::Immediate)?;
+        let deferred = batch.iter().all(Job::deferrable)
+            && self
+                .unsynced_since
+                .is_none_or(|since| since.elapsed() < SYNC_EVERY);
+        txn.set_durability(if deferred {
+            Durability::None
+        } else {
+            Durability::Immediate
+        })?;
         // The first seq this transaction hands out: if its commit fails but reaches the disk
         // anyway, the retry recognises its events by it (`claim_landed`).
         *floor = Some(
@@ -357,6 +478,10 @@ impl Writer {
             t.finish()?
         };
         txn.commit()?;
+        self.unsynced_since = match (deferred, self.unsynced_since) {
+            (false, _) => None,
+            (true, since) => Some(since.unwrap_or_else(Instant::now)),
+        };
         Ok(delta)
     }
 
@@ -364,6 +489,8 @@ impl Writer {
     /// last handle is closed before anything opens the file again (redb refuses a second open).
     fn close(&mut self, err: &StoreError) {
         self.broken = true;
+        // Commits not yet made durable are lost with the file; their deliveries repeat.
+        self.unsynced_since = None;
         self.shared.failed(err, false, self.backoff);
         self.schedule_reopen();
         tracing::warn!(error = %err, retry_in = ?self.until_reopen(), "store write failed; closing the file to reopen it");
@@ -574,6 +701,7 @@ impl<'txn> Tables<'txn> {
         Ok(())
     }
 
+    /// A pending delivery of `seq` to `target`; the caller counts the event's references.
     fn add_pending(
         &mut self,
         target: &str,
@@ -583,8 +711,6 @@ impl<'txn> Tables<'txn> {
     ) -> Result<(), StoreError> {
         self.pending
             .insert((target, seq), (id, lane, 0u32, self.now))?;
-        let refs = self.refs.get(seq)?.map(|g| g.value()).unwrap_or(0);
-        self.refs.insert(seq, refs.saturating_add(1))?;
         self.counters_mut(target)?.pending += 1;
         self.delta.pending += 1;
         Ok(())
@@ -609,8 +735,12 @@ impl<'txn> Tables<'txn> {
             self.ids.insert(key.as_str(), seq)?;
             self.delta.events += 1;
             let targets: BTreeSet<&str> = ev.targets.iter().map(String::as_str).collect();
-            for target in targets {
+            for &target in &targets {
                 self.add_pending(target, seq, &ev.id, &ev.lane)?;
+            }
+            // One reference count per event, not a read and a write per target.
+            if !targets.is_empty() {
+                self.refs.insert(seq, targets.len() as u32)?;
             }
             out.push(AcceptOutcome::New { seq });
         }
@@ -858,6 +988,8 @@ impl<'txn> Tables<'txn> {
                 continue;
             };
             self.add_pending(target, seq, &id, &lane)?;
+            let refs = self.refs.get(seq)?.map(|g| g.value()).unwrap_or(0);
+            self.refs.insert(seq, refs.saturating_add(1))?;
             added += 1;
         }
         Ok(added)
