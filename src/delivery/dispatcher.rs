@@ -30,7 +30,7 @@ use crate::ingest::{Envelope, EventResult, EventSink};
 use crate::metrics::{KindLabel, KindResult, Metrics};
 use crate::routing::{Kind, Registry, Target, TargetId, TargetKey};
 use crate::status::CounterWriter;
-use crate::store::{AcceptOutcome, DeliveryUpdate, NewEvent, Outcome, Store, StoredEvent, Why};
+use crate::store::{AcceptOutcome, DeliveryUpdate, NewEvent, Outcome, Store, Why};
 
 pub fn now_ms() -> u64 {
     SystemTime::now()
@@ -143,6 +143,19 @@ impl TargetState {
     }
 }
 
+/// Recently accepted events kept in memory for their attempts (oldest dropped first): a
+/// fresh event is attempted right away, by every target it was routed to, and reading and
+/// parsing it from the store for each of them was a tenth of the engine's CPU.
+const RECENT_EVENTS: usize = 4096;
+
+/// An event as its attempts need it: the body as accepted, and what the target re-check
+/// reads, parsed once.
+struct Loaded {
+    body: Vec<u8>,
+    received_ms: u64,
+    head: Head,
+}
+
 /// What an attempt needs to know of an event to re-check the target still takes it.
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -164,6 +177,8 @@ pub struct Dispatcher {
     targets: Mutex<HashMap<String, Arc<TargetState>>>,
     /// Jobs in memory over all targets.
     loaded: AtomicUsize,
+    /// Seq → recently accepted event, at most [`RECENT_EVENTS`].
+    recent: Mutex<std::collections::BTreeMap<u64, Arc<Loaded>>>,
     /// Shared capacity per kind ([`Kind::index`]), see [`Senders::in_flight`].
     pools: [FairPool; Kind::ALL.len()],
 }
@@ -217,6 +232,7 @@ impl Dispatcher {
             limits,
             targets: Mutex::new(HashMap::new()),
             loaded: AtomicUsize::new(0),
+            recent: Mutex::new(std::collections::BTreeMap::new()),
             // No namespace takes more than half of a pool: one tenant's hanging receivers
             // leave the other half to everyone else.
             pools: Kind::ALL.map(|k| {
@@ -426,8 +442,13 @@ impl Dispatcher {
             let Some(target) = self.active(ts) else {
                 continue;
             };
-            let event = match self.store.event(job.seq) {
-                Ok(Some(e)) => e,
+            let event = match self.event(job.seq) {
+                Ok(Some(Ok(e))) => e,
+                Ok(Some(Err(e))) => {
+                    let why = Why::new("BadEvent", format!("the stored event cannot be read: {e}"));
+                    self.give_up(ts, &job, ts.id.key.kind.label(), why);
+                    return true;
+                }
                 Ok(None) => {
                     tracing::error!(target = %ts.id, seq = job.seq, "event missing from the store; dropping the delivery");
                     let outcome = Outcome::GaveUp {
@@ -442,12 +463,50 @@ impl Dispatcher {
                     continue;
                 }
             };
-            job.received_ms = event.received_unix_ms;
+            job.received_ms = event.received_ms;
             let step = Box::pin(self.attempt(ts, lane, &target, &mut job, &event)).await;
             match step {
                 Step::Done => return true,
                 Step::Again => {}
             }
+        }
+    }
+
+    /// The event of `seq`: from memory if it was accepted recently, else from the store
+    /// (`Some(Err)` if its stored body cannot be read).
+    fn event(
+        &self,
+        seq: u64,
+    ) -> Result<Option<Result<Arc<Loaded>, serde_json::Error>>, crate::store::StoreError> {
+        let recent = self
+            .recent
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&seq)
+            .cloned();
+        if let Some(e) = recent {
+            return Ok(Some(Ok(e)));
+        }
+        let Some(stored) = self.store.event(seq)? else {
+            return Ok(None);
+        };
+        Ok(Some(serde_json::from_slice(&stored.body).map(|head| {
+            let e = Arc::new(Loaded {
+                body: stored.body,
+                received_ms: stored.received_unix_ms,
+                head,
+            });
+            // A backlog's event is often due at many targets at once too.
+            self.remember(seq, e.clone());
+            e
+        })))
+    }
+
+    fn remember(&self, seq: u64, e: Arc<Loaded>) {
+        let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+        recent.insert(seq, e);
+        while recent.len() > RECENT_EVENTS {
+            recent.pop_first();
         }
     }
 
@@ -458,10 +517,10 @@ impl Dispatcher {
         lane: &str,
         target: &Target,
         job: &mut Job,
-        event: &StoredEvent,
+        event: &Loaded,
     ) -> Step {
         let kind = ts.id.key.kind.label();
-        let age = Duration::from_millis(now_ms().saturating_sub(event.received_unix_ms));
+        let age = Duration::from_millis(now_ms().saturating_sub(event.received_ms));
         let max_age = Duration::from_secs(target.retry.max_age_seconds.into());
         if age >= max_age {
             let why = Why::new(
@@ -475,14 +534,7 @@ impl Dispatcher {
             self.give_up(ts, job, kind, why);
             return Step::Done;
         }
-        let head: Head = match serde_json::from_slice(&event.body) {
-            Ok(h) => h,
-            Err(e) => {
-                let why = Why::new("BadEvent", format!("the stored event cannot be read: {e}"));
-                self.give_up(ts, job, kind, why);
-                return Step::Done;
-            }
-        };
+        let head = &event.head;
         // The target's selector as it is now, not when the event was routed: a subscription
         // moved to another client (or user, or event type) never gets the old one's events.
         if !target
@@ -805,6 +857,7 @@ impl Dispatcher {
     ) -> anyhow::Result<Vec<EventResult>> {
         let mut routed = Vec::with_capacity(events.len());
         let mut batch = Vec::with_capacity(events.len());
+        let mut bodies = Vec::with_capacity(events.len());
         for e in &events {
             let targets: Vec<String> = self
                 .registry
@@ -812,21 +865,43 @@ impl Dispatcher {
                 .into_iter()
                 .map(|t| t.id().to_string())
                 .collect();
+            let body = serde_json::to_vec(e)?;
+            // Kept for the attempts only if there will be any.
+            bodies.push((!targets.is_empty()).then(|| body.clone()));
             batch.push(NewEvent {
                 client: e.client_id.clone(),
                 id: e.id.clone(),
-                body: serde_json::to_vec(e)?,
+                body,
                 lane: e.lane(),
                 targets: targets.clone(),
             });
             routed.push(targets);
         }
+        // The store stamps its own receive time a moment later; an attempt working from this
+        // one counts the event as older by the commit's duration, never younger.
+        let accepted_at = now_ms();
         let outcomes = self.store.accept(batch).await?;
         let mut results = Vec::with_capacity(events.len());
         let mut touched = std::collections::BTreeSet::new();
-        for ((e, targets), outcome) in events.iter().zip(routed).zip(outcomes) {
+        for (((e, targets), outcome), body) in events.iter().zip(routed).zip(outcomes).zip(bodies) {
             match outcome {
-                AcceptOutcome::New { .. } => {
+                AcceptOutcome::New { seq } => {
+                    if let Some(body) = body {
+                        let head = Head {
+                            client_id: e.client_id.clone(),
+                            user_id: e.user_id.clone(),
+                            type_: e.type_,
+                        };
+                        let received_ms = accepted_at;
+                        self.remember(
+                            seq,
+                            Arc::new(Loaded {
+                                body,
+                                received_ms,
+                                head,
+                            }),
+                        );
+                    }
                     results.push(EventResult {
                         id: e.id.clone(),
                         status: "accepted",
