@@ -79,8 +79,8 @@ async fn wait_count(sink: &Sink, target: u64, limit: Duration) -> Option<Duratio
     Some(start.elapsed())
 }
 
-/// When an event was posted and, if it was accepted, when the 202 came.
-type Sent = (Instant, Option<Instant>);
+/// When an event was posted, when the answer came, and its status (0: no answer).
+type Sent = (Instant, Instant, u16);
 
 /// CPU seconds of the processes a case involves.
 #[derive(Clone, Copy)]
@@ -340,7 +340,7 @@ async fn main() -> anyhow::Result<()> {
     let mut ingest_ms: Vec<f64> = Vec::new();
     let mut after_ms: Vec<f64> = Vec::new();
     let mut rep_p99 = Vec::new();
-    let mut refused = 0usize;
+    let mut refused = std::collections::BTreeMap::new();
     let metrics0 = metrics_text(&http, &op).await;
     for rep in 0..reps {
         sink.arrivals.lock().unwrap().clear();
@@ -365,8 +365,8 @@ async fn main() -> anyhow::Result<()> {
                         .body(serde_json::to_vec(&ev).expect("json"))
                         .send()
                         .await;
-                    let answered = r.ok().filter(|r| r.status() == 202).map(|_| Instant::now());
-                    times.lock().unwrap().insert(id, (sent, answered));
+                    let status = r.map_or(0, |r| r.status().as_u16());
+                    times.lock().unwrap().insert(id, (sent, Instant::now(), status));
                 }));
             }
         }
@@ -377,14 +377,16 @@ async fn main() -> anyhow::Result<()> {
         let arrivals = sink.arrivals.lock().unwrap().clone();
         let times = times.lock().unwrap().clone();
         let mut lat = Vec::new();
-        refused += times.values().filter(|(_, a)| a.is_none()).count();
-        for (id, (sent, answered)) in &times {
+        for (_, _, status) in times.values().filter(|(_, _, s)| *s != 202) {
+            *refused.entry(*status).or_insert(0usize) += 1;
+        }
+        for (id, (sent, answered, status)) in &times {
             let Some(arrived) = arrivals.get(id) else {
                 continue;
             };
             let ms = |a: &Instant, b: &Instant| a.duration_since(*b).as_secs_f64() * 1000.0;
             lat.push(ms(arrived, sent));
-            if let Some(answered) = answered {
+            if *status == 202 {
                 ingest_ms.push(ms(answered, sent));
                 // A delivery can arrive before the client reads its 202.
                 after_ms.push(arrived.saturating_duration_since(*answered).as_secs_f64() * 1000.0);
@@ -408,7 +410,7 @@ async fn main() -> anyhow::Result<()> {
         f64::NAN
     };
     println!(
-        "(c) latency, POST → receiver, {} events at {rate} events/s over {reps} × {latency_secs} s ({refused} not answered 202): p50 {:.1} ms, p99 {:.1} ms, p999 {:.1} ms, max {:.1} ms; p99 per repetition: {}\n    where the time goes: POST→202 (parse, route, durable commit) p50 {:.1} ms, p99 {:.1} ms; 202→arrival (queueing + attempt) p50 {:.1} ms, p99 {:.1} ms; the operator's attempts took {attempt_ms:.2} ms on average",
+        "(c) latency, POST → receiver, {} events at {rate} events/s over {reps} × {latency_secs} s (answers other than 202: {refused:?}, 503 = ingest busy, 0 = none): p50 {:.1} ms, p99 {:.1} ms, p999 {:.1} ms, max {:.1} ms; p99 per repetition: {}\n    where the time goes: POST→202 (parse, route, durable commit) p50 {:.1} ms, p99 {:.1} ms; 202→arrival (queueing + attempt) p50 {:.1} ms, p99 {:.1} ms; the operator's attempts took {attempt_ms:.2} ms on average",
         all.len(),
         quantile(&all, 0.5),
         quantile(&all, 0.99),
