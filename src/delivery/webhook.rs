@@ -725,4 +725,272 @@ mod tests {
             MAX_MESSAGE_BODY + 1
         );
     }
+
+    fn sender(allow: &str) -> WebhookSender {
+        let allow = crate::ssrf::parse_allow_list(allow).unwrap();
+        WebhookSender::new(TargetGuard::new(allow), "vc-test/1").unwrap()
+    }
+
+    fn target(url: &str) -> WebhookTarget {
+        WebhookTarget {
+            url: url.parse().unwrap(),
+            auth: WebhookAuth::None,
+            signing_keys: vec![b"0123456789abcdef".to_vec()],
+            headers: vec![],
+            timeout: Duration::from_secs(5),
+            retry: crate::api::RetryPolicy::default(),
+            max_concurrency: 1,
+        }
+    }
+
+    /// The request's headers as sent, in order, with the per-attempt values masked.
+    fn header_lines(r: &Request<Full<Bytes>>) -> Vec<String> {
+        r.headers()
+            .iter()
+            .map(|(n, v)| match n.as_str() {
+                "webhook-timestamp" | "webhook-signature" => format!("{n}: *"),
+                _ => format!("{n}: {}", String::from_utf8_lossy(v.as_bytes())),
+            })
+            .collect()
+    }
+
+    fn failure(r: Result<Request<Full<Bytes>>, Failure>) -> (&'static str, String) {
+        match r {
+            Ok(_) => panic!("built"),
+            Err(f) => (f.reason, f.message),
+        }
+    }
+
+    #[test]
+    fn requests_carry_the_headers_in_reqwests_order() {
+        let s = sender("127.0.0.0/8");
+        let mut t = target("http://127.0.0.1:9/hook?x=1#frag");
+        t.headers = vec![
+            ("X-A".into(), "1".into()),
+            ("x-a".into(), "2".into()),
+            ("Content-Type".into(), "text/plain".into()),
+            ("Accept".into(), "text/plain".into()),
+        ];
+        t.auth = WebhookAuth::Bearer("tok".into());
+        let r = s.build(&t, "evt_1", b"{}").unwrap();
+        assert_eq!(r.method(), Method::POST);
+        assert_eq!(r.uri(), "http://127.0.0.1:9/hook?x=1");
+        assert_eq!(
+            header_lines(&r),
+            [
+                "x-a: 1",
+                "x-a: 2",
+                "content-type: application/json",
+                "accept: text/plain",
+                "webhook-id: evt_1",
+                "webhook-timestamp: *",
+                "webhook-signature: *",
+                "authorization: Bearer tok",
+                "user-agent: vc-test/1",
+            ]
+        );
+        assert!(r.headers()[header::AUTHORIZATION].is_sensitive());
+
+        // Unsigned: a static webhook-id stays.
+        t.signing_keys.clear();
+        t.headers = vec![("webhook-id".into(), "static".into())];
+        t.auth = WebhookAuth::None;
+        let r = s.build(&t, "evt_1", b"{}").unwrap();
+        assert_eq!(
+            header_lines(&r),
+            [
+                "webhook-id: static",
+                "content-type: application/json",
+                "accept: */*",
+                "user-agent: vc-test/1",
+            ]
+        );
+    }
+
+    #[test]
+    fn url_credentials_become_basic_auth_and_leave_the_url() {
+        let s = sender("127.0.0.0/8");
+        let mut t = target("http://us%20er:p%40ss@127.0.0.1:9/h");
+        t.signing_keys.clear();
+        let r = s.build(&t, "evt_1", b"{}").unwrap();
+        assert_eq!(r.uri(), "http://127.0.0.1:9/h");
+        // base64("us er:p@ss")
+        assert_eq!(r.headers()[header::AUTHORIZATION], "Basic dXMgZXI6cEBzcw==");
+        assert!(r.headers()[header::AUTHORIZATION].is_sensitive());
+
+        // The configured auth comes on top; a static Authorization header replaces the URL's.
+        t.auth = WebhookAuth::Basic {
+            username: "u".into(),
+            password: "".into(),
+        };
+        t.headers = vec![("Authorization".into(), "Static x".into())];
+        let r = s.build(&t, "evt_1", b"{}").unwrap();
+        let auth: Vec<_> = r.headers().get_all(header::AUTHORIZATION).iter().collect();
+        assert_eq!(auth, ["Static x", "Basic dTo="]);
+    }
+
+    #[test]
+    fn failures_before_sending_are_reported_in_a_fixed_order() {
+        let strict = sender("");
+        let open = sender("127.0.0.0/8");
+        let mut t = target("ftp://127.0.0.1/h");
+        t.headers = vec![("bad name".into(), "v".into())];
+        t.auth = WebhookAuth::Bearer("secret\npart".into());
+        assert_eq!(failure(strict.build(&t, "evt\n1", b"{}")).0, "InvalidUrl");
+
+        t.url = "http://127.0.0.1:9/h".parse().unwrap();
+        assert_eq!(
+            failure(strict.build(&t, "evt\n1", b"{}")).0,
+            "TargetNotAllowed"
+        );
+        assert_eq!(
+            failure(open.build(&t, "evt\n1", b"{}")),
+            (
+                "InvalidHeader",
+                "\"bad name\" is not a valid header name".into()
+            )
+        );
+
+        t.headers = vec![("x-secret".into(), "sec\nret".into())];
+        assert_eq!(
+            failure(open.build(&t, "evt\n1", b"{}")),
+            (
+                "InvalidHeader",
+                "the value of header x-secret is not a valid header value".into()
+            )
+        );
+
+        t.headers.clear();
+        assert_eq!(failure(open.build(&t, "evt\n1", b"{}")).0, "InvalidEventId");
+        // The token is never printed.
+        assert_eq!(
+            failure(open.build(&t, "evt_1", b"{}")),
+            (
+                "InvalidRequest",
+                "builder error: failed to parse header value".into()
+            )
+        );
+        // Unsigned, the event id is no header.
+        t.signing_keys.clear();
+        t.auth = WebhookAuth::None;
+        assert!(open.build(&t, "evt\n1", b"{}").is_ok());
+    }
+
+    #[test]
+    fn prepared_parts_follow_the_target() {
+        let s = sender("127.0.0.0/8");
+        let ua = s.user_agent.clone();
+        let mut t = target("http://127.0.0.1:9/h");
+        let first = s.prepared.get(&t, &ua);
+        assert!(Arc::ptr_eq(&first, &s.prepared.get(&t, &ua)));
+        // The same address with other contents (a target dropped, another allocated there).
+        t.headers = vec![("x-new".into(), "1".into())];
+        let second = s.prepared.get(&t, &ua);
+        assert!(!Arc::ptr_eq(&first, &second));
+        let r = s.build(&t, "evt_1", b"{}").unwrap();
+        assert_eq!(r.headers()["x-new"], "1");
+    }
+
+    #[test]
+    fn prepared_parts_of_targets_no_longer_used_are_dropped() {
+        let cache = PreparedCache::default();
+        let ua = HeaderValue::from_static("ua");
+        let make = |set: &str| -> Vec<WebhookTarget> {
+            (0..PREPARED_SWEEP_MIN)
+                .map(|i| target(&format!("http://{set}.example/{i}")))
+                .collect()
+        };
+        let (old, new) = (make("old"), make("new"));
+        for t in old.iter().chain(&new) {
+            cache.get(t, &ua);
+        }
+        // The first sweep (at the old ones' count) kept them all: they had just been added.
+        assert_eq!(cache.map.read().unwrap().len(), 2 * PREPARED_SWEEP_MIN);
+        for t in &new {
+            cache.get(t, &ua);
+        }
+        cache.get(&target("http://another.example/"), &ua);
+        assert_eq!(cache.map.read().unwrap().len(), PREPARED_SWEEP_MIN + 1);
+        assert!(new.iter().all(|t| {
+            let key = std::ptr::from_ref(t) as usize;
+            cache.map.read().unwrap().contains_key(&key)
+        }));
+    }
+
+    /// A server on 127.0.0.1 that reads one request (or a first packet) and then does `then`.
+    async fn server<F, Fut>(then: F) -> std::net::SocketAddr
+    where
+        F: Fn(tokio::net::TcpStream) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = ()> + Send,
+    {
+        use tokio::io::AsyncReadExt as _;
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = l.accept().await {
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf).await;
+                then(s).await;
+            }
+        });
+        addr
+    }
+
+    fn retryable(r: AttemptResult) -> (String, String) {
+        match r {
+            AttemptResult::Retryable {
+                reason, message, ..
+            } => (reason, message),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn errors_keep_their_reasons_and_messages() {
+        use tokio::io::AsyncWriteExt as _;
+        let s = sender("127.0.0.0/8");
+        let send = |url: String| {
+            let s = s.clone();
+            async move { retryable(s.send(&target(&url), "evt_1", b"{}").await) }
+        };
+
+        let closes = server(|s| async move { drop(s) }).await;
+        assert_eq!(
+            send(format!("http://{closes}/")).await,
+            (
+                "RequestFailed".into(),
+                "error sending request: client error (SendRequest): connection closed before message completed".into()
+            )
+        );
+        let resets = server(|s| async move {
+            let _ = s.set_zero_linger();
+        })
+        .await;
+        let (reason, message) = send(format!("http://{resets}/")).await;
+        assert_eq!(reason, "ConnectionReset", "{message}");
+        assert!(
+            message.starts_with(
+                "error sending request: client error (SendRequest): connection error: "
+            ),
+            "{message}"
+        );
+        // TLS to a plain HTTP server, which answers the handshake with an HTTP error.
+        let plain = server(|mut s| async move {
+            let _ = s.write_all(b"HTTP/1.1 400 Bad Request\r\n\r\n").await;
+        })
+        .await;
+        assert_eq!(
+            send(format!("https://{plain}/")).await,
+            (
+                "ConnectionFailed".into(),
+                "error sending request: client error (Connect): received corrupt message of type InvalidContentType".into()
+            )
+        );
+        let (reason, message) = send("http://no-such-host.invalid/".into()).await;
+        assert_eq!(reason, "TargetUnresolvable", "{message}");
+        assert!(
+            message.starts_with("cannot resolve no-such-host.invalid: "),
+            "{message}"
+        );
+    }
 }
