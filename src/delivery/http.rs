@@ -1,12 +1,16 @@
-//! Pieces of an HTTP client that honours the SSRF guard, for clients that fetch from URLs
-//! that events or resources name (image downloads). The guard runs at connect time through
-//! a DNS resolver, so a name that re-resolves to a forbidden address (DNS rebinding) is still
-//! refused; IP literals never reach a resolver and are checked with [`check_literal`].
+//! Pieces of an HTTP client that honours the SSRF guard, for the clients that reach URLs that
+//! events or resources name (webhooks, image downloads). The guard runs at connect time
+//! through a DNS resolver, so a name that re-resolves to a forbidden address (DNS rebinding)
+//! is still refused; IP literals never reach a resolver and are checked before each request.
 
-use std::net::IpAddr;
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
+use hyper_util::client::legacy::connect::dns::Name as HyperName;
 use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 
 use crate::ssrf::{TargetError, TargetGuard};
@@ -39,23 +43,48 @@ pub(crate) fn check_literal(guard: &TargetGuard, url: &url::Url) -> Result<(), T
     guard.check_ip(url.host_str().unwrap_or_default(), ip)
 }
 
-/// Resolves with tokio and refuses addresses the guard blocks, at connect time.
+/// Resolves with tokio and refuses addresses the guard blocks, at connect time: reqwest's
+/// resolver (image downloads) and hyper-util's, a `tower::Service<Name>` (webhooks).
+#[derive(Clone)]
 pub(crate) struct GuardedResolver {
     pub(crate) guard: Arc<TargetGuard>,
 }
 
+impl GuardedResolver {
+    fn lookup(
+        &self,
+        host: &str,
+    ) -> impl Future<Output = Result<Vec<SocketAddr>, TargetError>> + Send + 'static {
+        let guard = self.guard.clone();
+        let host = host.to_string();
+        // Port 0: the connector puts the URL's port on each address.
+        async move { guard.check_host(&host, 0, DNS_TIMEOUT).await }
+    }
+}
+
 impl Resolve for GuardedResolver {
     fn resolve(&self, name: Name) -> Resolving {
-        let guard = self.guard.clone();
-        let host = name.as_str().to_string();
+        let lookup = self.lookup(name.as_str());
         Box::pin(async move {
-            // Port 0: the connector puts the URL's port on each address.
-            let addrs = guard
-                .check_host(&host, 0, DNS_TIMEOUT)
-                .await
-                .map_err(|e| Box::new(e) as BoxError)?;
+            let addrs = lookup.await.map_err(|e| Box::new(e) as BoxError)?;
             Ok(Box::new(addrs.into_iter()) as Addrs)
         })
+    }
+}
+
+impl tower_service::Service<HyperName> for GuardedResolver {
+    type Response = std::vec::IntoIter<SocketAddr>;
+    // The guard's own error (not boxed again), so that it is found in the source chain.
+    type Error = TargetError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, TargetError>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), TargetError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, name: HyperName) -> Self::Future {
+        let lookup = self.lookup(name.as_str());
+        Box::pin(async move { lookup.await.map(Vec::into_iter) })
     }
 }
 

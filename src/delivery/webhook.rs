@@ -1,18 +1,32 @@
 //! Webhook delivery: one signed HTTP POST per attempt, its classification, and the retry
 //! schedule (backoff, when to give up).
 //!
-//! One [`WebhookSender`] (one connection-pooling HTTP/1.1 client) serves every target. The
-//! SSRF guard runs at connect time through a custom DNS resolver, so a name that re-resolves
-//! to a forbidden address after the reconciler checked it (DNS rebinding) is still refused;
-//! IP literals, which bypass the resolver, are checked before each request.
+//! One [`WebhookSender`] (one connection-pooling HTTP/1.1 client, hyper's) serves every
+//! target; what does not change between a target's requests (URI, static headers, auth) is
+//! built on its first attempt and reused. The SSRF guard runs at connect time through a
+//! custom DNS resolver, so a name that re-resolves to a forbidden address after the
+//! reconciler checked it (DNS rebinding) is still refused; IP literals, which bypass the
+//! resolver, are checked before each request.
 
+use std::borrow::Cow;
+use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use reqwest::header::{self, HeaderMap, HeaderName, HeaderValue};
-use reqwest::{Response, StatusCode};
+use base64::Engine as _;
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Uri};
+use http_body_util::{BodyExt as _, Full};
+use hyper::body::Incoming;
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 
+use super::http::GuardedResolver;
 use super::retry::parse_retry_after;
 use super::signing::sign;
 use crate::routing::{WebhookAuth, WebhookTarget};
@@ -96,41 +110,66 @@ pub enum SenderError {
     InvalidUserAgent(String),
     #[error("TLS configuration: {0}")]
     Tls(#[from] rustls::Error),
-    #[error("cannot build the HTTP client: {0}")]
-    Client(#[source] reqwest::Error),
 }
 
-/// Sends webhook attempts. Cheap to share (`Arc`); one client, one connection pool.
-#[derive(Clone, Debug)]
+type Connector = HttpsConnector<HttpConnector<GuardedResolver>>;
+
+const WEBHOOK_ID: HeaderName = HeaderName::from_static("webhook-id");
+const WEBHOOK_TIMESTAMP: HeaderName = HeaderName::from_static("webhook-timestamp");
+const WEBHOOK_SIGNATURE: HeaderName = HeaderName::from_static("webhook-signature");
+
+/// Sends webhook attempts. Cheap to clone; clones share one client, one connection pool.
+#[derive(Clone)]
 pub struct WebhookSender {
-    client: reqwest::Client,
+    client: Client<Connector, Full<Bytes>>,
     guard: Arc<TargetGuard>,
+    user_agent: HeaderValue,
+    prepared: Arc<PreparedCache>,
+}
+
+impl std::fmt::Debug for WebhookSender {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WebhookSender")
+            .field("user_agent", &self.user_agent)
+            .finish_non_exhaustive()
+    }
 }
 
 impl WebhookSender {
     pub fn new(guard: TargetGuard, user_agent: &str) -> Result<Self, SenderError> {
-        let ua = HeaderValue::from_str(user_agent)
+        let user_agent = HeaderValue::from_str(user_agent)
             .map_err(|_| SenderError::InvalidUserAgent(user_agent.to_string()))?;
         let guard = Arc::new(guard);
 
-        let tls = super::http::tls_config()?;
-
-        let client = reqwest::Client::builder()
-            .user_agent(ua)
-            .tls_backend_preconfigured(tls)
-            // A redirect could lead anywhere, past the guard's view of the URL.
-            .redirect(reqwest::redirect::Policy::none())
-            // A proxy would resolve the target itself, bypassing the guarded resolver.
-            .no_proxy()
-            .dns_resolver(super::http::GuardedResolver {
-                guard: guard.clone(),
-            })
-            .referer(false)
-            .tcp_nodelay(true)
+        // No proxy: one would resolve the target itself, bypassing the guarded resolver.
+        let mut http = HttpConnector::new_with_resolver(GuardedResolver {
+            guard: guard.clone(),
+        });
+        // https URLs are passed on to the TLS layer.
+        http.enforce_http(false);
+        http.set_nodelay(true);
+        // The TCP keepalive and user timeout reqwest set, which notice a dead peer on a
+        // pooled connection.
+        http.set_keepalive(Some(Duration::from_secs(15)));
+        http.set_keepalive_interval(Some(Duration::from_secs(15)));
+        http.set_keepalive_retries(Some(3));
+        #[cfg(any(target_os = "android", target_os = "fuchsia", target_os = "linux"))]
+        http.set_tcp_user_timeout(Some(Duration::from_secs(30)));
+        // Not hyper-rustls's builder: it requires an empty ALPN list, and ours offers
+        // `http/1.1` (as the reqwest client did).
+        let https = HttpsConnector::from((http, Arc::new(super::http::tls_config()?)));
+        // Redirects are never followed (a redirect could lead anywhere, past the guard's
+        // view of the URL): hyper's client does not follow them.
+        let client = Client::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
             .pool_idle_timeout(POOL_IDLE_TIMEOUT)
-            .build()
-            .map_err(SenderError::Client)?;
-        Ok(WebhookSender { client, guard })
+            .build(https);
+        Ok(WebhookSender {
+            client,
+            guard,
+            user_agent,
+            prepared: Arc::default(),
+        })
     }
 
     /// One attempt: POST `body` (the event JSON, bytes as given) to the target.
@@ -142,9 +181,9 @@ impl WebhookSender {
             Err(fail) => return fail.permanent(start.elapsed()),
         };
 
-        let response = match tokio::time::timeout_at(deadline, request.send()).await {
+        let response = match tokio::time::timeout_at(deadline, self.client.request(request)).await {
             Ok(Ok(r)) => r,
-            Ok(Err(e)) => return classify_error(e, start),
+            Ok(Err(e)) => return classify_error(&e, start),
             Err(_) => {
                 return AttemptResult::Retryable {
                     reason: "Timeout".into(),
@@ -158,54 +197,24 @@ impl WebhookSender {
         classify_response(response, deadline, start).await
     }
 
+    /// The request, or why it cannot be sent; failures are checked in a fixed order, so
+    /// that a target with several problems always reports the same one.
     fn build(
         &self,
         target: &WebhookTarget,
         event_id: &str,
         body: &[u8],
-    ) -> Result<reqwest::RequestBuilder, Failure> {
-        let url = &target.url;
-        if !matches!(url.scheme(), "http" | "https") {
-            return Err(Failure::new(
-                "InvalidUrl",
-                format!("scheme {:?} is not http or https", url.scheme()),
-            ));
-        }
+    ) -> Result<Request<Full<Bytes>>, Failure> {
+        let prepared = self.prepared.get(target, &self.user_agent);
         // IP literals never reach the resolver, so the guard sees them here.
-        let literal: Option<IpAddr> = match url.host() {
-            Some(url::Host::Ipv4(ip)) => Some(ip.into()),
-            Some(url::Host::Ipv6(ip)) => Some(ip.into()),
-            Some(url::Host::Domain(_)) => None,
-            None => return Err(Failure::new("InvalidUrl", "the URL has no host")),
-        };
-        if let Some(ip) = literal {
+        if let Some(ip) = prepared.literal.clone()? {
             self.guard
-                .check_ip(url.host_str().unwrap_or_default(), ip)
+                .check_ip(target.url.host_str().unwrap_or_default(), ip)
                 .map_err(|e| Failure::new(e.reason(), e.to_string()))?;
         }
+        let parts = prepared.parts.as_ref().map_err(Failure::clone)?;
 
-        let mut headers = HeaderMap::with_capacity(target.headers.len() + 4);
-        for (name, value) in &target.headers {
-            // The value may be a credential: name the header, never print the value.
-            let n = HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
-                Failure::new(
-                    "InvalidHeader",
-                    format!("{name:?} is not a valid header name"),
-                )
-            })?;
-            let v = HeaderValue::from_str(value).map_err(|_| {
-                Failure::new(
-                    "InvalidHeader",
-                    format!("the value of header {name} is not a valid header value"),
-                )
-            })?;
-            headers.append(n, v);
-        }
-        // Set after the static headers so that those can never replace them.
-        headers.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        );
+        let mut headers = parts.headers.clone();
         if !target.signing_keys.is_empty() {
             let ts = SystemTime::now()
                 .duration_since(UNIX_EPOCH)
@@ -214,28 +223,265 @@ impl WebhookSender {
                 Failure::new("InvalidEventId", "the event id is not a valid header value")
             })?;
             let sig = sign(&target.signing_keys, event_id, ts, body);
-            let sig = HeaderValue::from_str(&sig)
+            let sig = HeaderValue::try_from(sig)
                 .map_err(|_| Failure::new("InvalidSignature", "signature is not ASCII"))?;
-            headers.insert("webhook-id", id);
-            headers.insert("webhook-timestamp", HeaderValue::from(ts));
-            headers.insert("webhook-signature", sig);
+            // Inserted after the static headers so that those can never replace them.
+            headers.insert(WEBHOOK_ID, id);
+            headers.insert(WEBHOOK_TIMESTAMP, HeaderValue::from(ts));
+            headers.insert(WEBHOOK_SIGNATURE, sig);
+        }
+        let fixed = parts.fixed.as_ref().map_err(Failure::clone)?;
+        for (name, value) in &fixed.tail {
+            headers.append(name.clone(), value.clone());
         }
 
-        let mut req = self
-            .client
-            .post(url.clone())
-            .headers(headers)
-            .body(body.to_vec());
-        req = match &target.auth {
-            WebhookAuth::None => req,
-            WebhookAuth::Basic { username, password } => req.basic_auth(username, Some(password)),
-            WebhookAuth::Bearer(token) => req.bearer_auth(token),
-        };
-        Ok(req)
+        let mut request = Request::new(Full::new(Bytes::copy_from_slice(body)));
+        *request.method_mut() = Method::POST;
+        *request.uri_mut() = fixed.uri.clone();
+        *request.headers_mut() = headers;
+        Ok(request)
     }
 }
 
+/// What does not change between the attempts of one target, built on its first attempt:
+/// parsing the URL and validating header names and values on every request was a large
+/// share of delivery's CPU.
+#[derive(Default)]
+struct PreparedCache {
+    /// Keyed by the target's address: a target is immutable in the registry (a change is
+    /// a new object). [`Prepared::describes`] covers an address reused by another target.
+    map: RwLock<HashMap<usize, Arc<Prepared>>>,
+    /// Size at which entries unused since the last sweep (targets replaced or removed) are
+    /// dropped; grows with the number of targets in use.
+    sweep_at: AtomicUsize,
+}
+
+/// Entries kept before the first sweep.
+const PREPARED_SWEEP_MIN: usize = 1024;
+
+impl PreparedCache {
+    fn get(&self, target: &WebhookTarget, user_agent: &HeaderValue) -> Arc<Prepared> {
+        let key = std::ptr::from_ref(target) as usize;
+        {
+            let map = self.map.read().unwrap_or_else(|e| e.into_inner());
+            if let Some(p) = map.get(&key)
+                && p.describes(target)
+            {
+                // Checked first: a store to a shared flag on every request would bounce
+                // its cache line between the workers.
+                if !p.used.load(Ordering::Relaxed) {
+                    p.used.store(true, Ordering::Relaxed);
+                }
+                return p.clone();
+            }
+        }
+        let prepared = Arc::new(Prepared::new(target, user_agent));
+        let mut map = self.map.write().unwrap_or_else(|e| e.into_inner());
+        let sweep_at = self
+            .sweep_at
+            .load(Ordering::Relaxed)
+            .max(PREPARED_SWEEP_MIN);
+        if map.len() >= sweep_at {
+            map.retain(|_, p| p.used.swap(false, Ordering::Relaxed));
+            self.sweep_at.store(2 * map.len(), Ordering::Relaxed);
+        }
+        map.insert(key, prepared.clone());
+        prepared
+    }
+}
+
+struct Prepared {
+    // What it was built from, to tell whether it describes a target.
+    url: url::Url,
+    auth: WebhookAuth,
+    static_headers: Vec<(String, String)>,
+    /// Used since the last sweep.
+    used: AtomicBool,
+    /// The host as an IP literal, to check before each request; or why the URL is unusable.
+    literal: Result<Option<IpAddr>, Failure>,
+    parts: Result<Parts, Failure>,
+}
+
+/// The request without its per-attempt headers.
+struct Parts {
+    /// The static headers and `content-type` (and the URL's credentials).
+    headers: HeaderMap,
+    /// What follows the signature headers; or why the request cannot be built (a failure
+    /// reported after an invalid event id).
+    fixed: Result<Fixed, Failure>,
+}
+
+struct Fixed {
+    uri: Uri,
+    /// Appended after the signature headers: authorization, then accept and user-agent
+    /// unless a static header set them.
+    tail: Vec<(HeaderName, HeaderValue)>,
+}
+
+impl Prepared {
+    fn new(target: &WebhookTarget, user_agent: &HeaderValue) -> Self {
+        let url = &target.url;
+        let (url_auth, bare_url) = split_credentials(url);
+        let parts = base_headers(&target.headers, url_auth).map(|headers| {
+            let fixed = fixed_parts(&target.auth, &headers, &bare_url, user_agent);
+            Parts { headers, fixed }
+        });
+        Prepared {
+            url: url.clone(),
+            auth: target.auth.clone(),
+            static_headers: target.headers.clone(),
+            used: AtomicBool::new(true),
+            literal: literal_host(url),
+            parts,
+        }
+    }
+
+    fn describes(&self, target: &WebhookTarget) -> bool {
+        self.url == target.url && self.auth == target.auth && self.static_headers == target.headers
+    }
+}
+
+fn literal_host(url: &url::Url) -> Result<Option<IpAddr>, Failure> {
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(Failure::new(
+            "InvalidUrl",
+            format!("scheme {:?} is not http or https", url.scheme()),
+        ));
+    }
+    match url.host() {
+        Some(url::Host::Ipv4(ip)) => Ok(Some(ip.into())),
+        Some(url::Host::Ipv6(ip)) => Ok(Some(ip.into())),
+        Some(url::Host::Domain(_)) => Ok(None),
+        None => Err(Failure::new("InvalidUrl", "the URL has no host")),
+    }
+}
+
+/// Credentials in the URL become Basic auth, and the URL is sent without them (what
+/// reqwest did, kept).
+fn split_credentials(url: &url::Url) -> (Option<HeaderValue>, Cow<'_, url::Url>) {
+    let decode = |s: &str| {
+        percent_encoding::percent_decode(s.as_bytes())
+            .decode_utf8()
+            .map(Cow::into_owned)
+    };
+    if !url.has_authority() {
+        return (None, Cow::Borrowed(url));
+    }
+    let Ok(username) = decode(url.username()) else {
+        return (None, Cow::Borrowed(url));
+    };
+    let password = url.password().and_then(|p| decode(p).ok());
+    if username.is_empty() && password.is_none() {
+        return (None, Cow::Borrowed(url));
+    }
+    let mut bare = url.clone();
+    // Cannot fail: the URL has an authority.
+    let _ = bare.set_username("");
+    let _ = bare.set_password(None);
+    (basic_auth(&username, password.as_deref()), Cow::Owned(bare))
+}
+
+fn basic_auth(username: &str, password: Option<&str>) -> Option<HeaderValue> {
+    let mut value = String::from("Basic ");
+    base64::engine::general_purpose::STANDARD.encode_string(
+        format!("{username}:{}", password.unwrap_or_default()),
+        &mut value,
+    );
+    sensitive(HeaderValue::try_from(value).ok()?)
+}
+
+fn sensitive(mut value: HeaderValue) -> Option<HeaderValue> {
+    value.set_sensitive(true);
+    Some(value)
+}
+
+/// The static headers, then `content-type`; after the URL's credentials, which a static
+/// `Authorization` header replaces.
+fn base_headers(
+    headers: &[(String, String)],
+    url_auth: Option<HeaderValue>,
+) -> Result<HeaderMap, Failure> {
+    let mut ours = HeaderMap::with_capacity(headers.len() + 1);
+    for (name, value) in headers {
+        // The value may be a credential: name the header, never print the value.
+        let n = HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
+            Failure::new(
+                "InvalidHeader",
+                format!("{name:?} is not a valid header name"),
+            )
+        })?;
+        let v = HeaderValue::from_str(value).map_err(|_| {
+            Failure::new(
+                "InvalidHeader",
+                format!("the value of header {name} is not a valid header value"),
+            )
+        })?;
+        ours.append(n, v);
+    }
+    // Set after the static headers so that those can never replace it.
+    ours.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    let Some(url_auth) = url_auth else {
+        return Ok(ours);
+    };
+    let mut all = HeaderMap::with_capacity(ours.len() + 1);
+    all.insert(header::AUTHORIZATION, url_auth);
+    for name in ours.keys() {
+        let mut values = ours.get_all(name).iter();
+        if let Some(first) = values.next() {
+            all.insert(name.clone(), first.clone());
+        }
+        for v in values {
+            all.append(name.clone(), v.clone());
+        }
+    }
+    Ok(all)
+}
+
+/// The parts after the signature headers. Failures keep reqwest's messages, which the
+/// statuses and Events of existing subscriptions carry.
+fn fixed_parts(
+    auth: &WebhookAuth,
+    headers: &HeaderMap,
+    url: &url::Url,
+    user_agent: &HeaderValue,
+) -> Result<Fixed, Failure> {
+    let invalid = |what: &str| Failure::new("InvalidRequest", format!("builder error: {what}"));
+    let mut tail = Vec::with_capacity(3);
+    let auth = match auth {
+        WebhookAuth::None => None,
+        WebhookAuth::Basic { username, password } => Some(
+            basic_auth(username, Some(password))
+                .ok_or_else(|| invalid("failed to parse header value"))?,
+        ),
+        // Never printed: a token that is no header value is only reported as such.
+        WebhookAuth::Bearer(token) => Some(
+            HeaderValue::try_from(format!("Bearer {token}"))
+                .ok()
+                .and_then(sensitive)
+                .ok_or_else(|| invalid("failed to parse header value"))?,
+        ),
+    };
+    if let Some(value) = auth {
+        tail.push((header::AUTHORIZATION, value));
+    }
+    if !headers.contains_key(header::ACCEPT) {
+        tail.push((header::ACCEPT, HeaderValue::from_static("*/*")));
+    }
+    if !headers.contains_key(header::USER_AGENT) {
+        tail.push((header::USER_AGENT, user_agent.clone()));
+    }
+    let uri = url
+        .as_str()
+        .parse::<Uri>()
+        .map_err(|_| invalid("Parsed Url is not a valid Uri"))?;
+    Ok(Fixed { uri, tail })
+}
+
 /// A failure found before anything was sent.
+#[derive(Clone, Debug)]
 struct Failure {
     reason: &'static str,
     message: String,
@@ -260,7 +506,7 @@ impl Failure {
 }
 
 async fn classify_response(
-    mut response: Response,
+    response: Response<Incoming>,
     deadline: tokio::time::Instant,
     start: Instant,
 ) -> AttemptResult {
@@ -279,9 +525,11 @@ async fn classify_response(
     // Read (a bounded part of) the body: for the failure message, and so that a fully read
     // response hands its keep-alive connection back to the pool. The receiver has already
     // answered, so a slow or broken body changes nothing about the outcome.
+    let mut incoming = response.into_body();
     let mut body = Vec::new();
-    let _ = tokio::time::timeout_at(deadline, read_capped(&mut response, &mut body)).await;
-    drop(response);
+    let keep = !status.is_success();
+    let _ = tokio::time::timeout_at(deadline, read_capped(&mut incoming, &mut body, keep)).await;
+    drop(incoming);
     let elapsed = start.elapsed();
 
     if status.is_success() {
@@ -342,16 +590,24 @@ fn status_text(status: StatusCode) -> String {
     }
 }
 
-/// Reads at most [`MAX_RESPONSE_BODY`] bytes of the body into `buf`, which keeps what
-/// arrived when the read fails or is cancelled by the deadline.
-async fn read_capped(response: &mut Response, buf: &mut Vec<u8>) {
-    while buf.len() < MAX_RESPONSE_BODY {
-        match response.chunk().await {
-            Ok(Some(chunk)) => {
-                let room = MAX_RESPONSE_BODY - buf.len();
-                buf.extend_from_slice(&chunk[..chunk.len().min(room)]);
+/// Reads at most [`MAX_RESPONSE_BODY`] bytes of the body, into `buf` if `keep` (else they
+/// are discarded); `buf` keeps what arrived when the read fails or is cancelled by the
+/// deadline.
+async fn read_capped(body: &mut Incoming, buf: &mut Vec<u8>, keep: bool) {
+    let mut read = 0;
+    while read < MAX_RESPONSE_BODY {
+        match body.frame().await {
+            Some(Ok(frame)) => {
+                let Some(chunk) = frame.data_ref() else {
+                    continue;
+                };
+                let take = chunk.len().min(MAX_RESPONSE_BODY - read);
+                if keep {
+                    buf.extend_from_slice(&chunk[..take]);
+                }
+                read += take;
             }
-            Ok(None) | Err(_) => break,
+            Some(Err(_)) | None => break,
         }
     }
 }
@@ -379,15 +635,16 @@ fn snippet(body: &[u8]) -> String {
 }
 
 /// Classifies an error before a response arrived (connect, TLS, write, read of headers).
-fn classify_error(err: reqwest::Error, start: Instant) -> AttemptResult {
-    // The URL may carry a token in its query: keep it out of messages.
-    let err = err.without_url();
+fn classify_error(err: &hyper_util::client::legacy::Error, start: Instant) -> AttemptResult {
     let elapsed = start.elapsed();
-    let mut message = err.to_string();
+    // reqwest's opening words, which messages in statuses and Events began with: kept.
+    // hyper's errors never carry the URL (whose query may hold a token).
+    let mut message = String::from("error sending request");
     let mut target_error = None;
     let mut io_kind = None;
     let mut tls = false;
-    let mut source = std::error::Error::source(&err);
+    let mut timeout = false;
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);
     while let Some(e) = source {
         message.push_str(": ");
         message.push_str(&e.to_string());
@@ -399,6 +656,11 @@ fn classify_error(err: reqwest::Error, start: Instant) -> AttemptResult {
         }
         if e.downcast_ref::<rustls::Error>().is_some() {
             tls = true;
+        }
+        if e.downcast_ref::<hyper::Error>()
+            .is_some_and(hyper::Error::is_timeout)
+        {
+            timeout = true;
         }
         source = e.source();
     }
@@ -424,18 +686,8 @@ fn classify_error(err: reqwest::Error, start: Instant) -> AttemptResult {
         };
     }
 
-    // An auth value that is no valid header: retrying the same request cannot help.
-    if err.is_builder() {
-        return AttemptResult::Permanent {
-            reason: "InvalidRequest".into(),
-            message,
-            status: None,
-            elapsed,
-        };
-    }
-
     use std::io::ErrorKind as K;
-    let reason = if err.is_timeout() || matches!(io_kind, Some(K::TimedOut)) {
+    let reason = if timeout || matches!(io_kind, Some(K::TimedOut)) {
         "Timeout"
     } else if tls {
         "TlsError"
@@ -471,6 +723,274 @@ mod tests {
         assert_eq!(
             snippet("é".repeat(400).as_bytes()).chars().count(),
             MAX_MESSAGE_BODY + 1
+        );
+    }
+
+    fn sender(allow: &str) -> WebhookSender {
+        let allow = crate::ssrf::parse_allow_list(allow).unwrap();
+        WebhookSender::new(TargetGuard::new(allow), "vc-test/1").unwrap()
+    }
+
+    fn target(url: &str) -> WebhookTarget {
+        WebhookTarget {
+            url: url.parse().unwrap(),
+            auth: WebhookAuth::None,
+            signing_keys: vec![b"0123456789abcdef".to_vec()],
+            headers: vec![],
+            timeout: Duration::from_secs(5),
+            retry: crate::api::RetryPolicy::default(),
+            max_concurrency: 1,
+        }
+    }
+
+    /// The request's headers as sent, in order, with the per-attempt values masked.
+    fn header_lines(r: &Request<Full<Bytes>>) -> Vec<String> {
+        r.headers()
+            .iter()
+            .map(|(n, v)| match n.as_str() {
+                "webhook-timestamp" | "webhook-signature" => format!("{n}: *"),
+                _ => format!("{n}: {}", String::from_utf8_lossy(v.as_bytes())),
+            })
+            .collect()
+    }
+
+    fn failure(r: Result<Request<Full<Bytes>>, Failure>) -> (&'static str, String) {
+        match r {
+            Ok(_) => panic!("built"),
+            Err(f) => (f.reason, f.message),
+        }
+    }
+
+    #[test]
+    fn requests_carry_the_headers_in_reqwests_order() {
+        let s = sender("127.0.0.0/8");
+        let mut t = target("http://127.0.0.1:9/hook?x=1#frag");
+        t.headers = vec![
+            ("X-A".into(), "1".into()),
+            ("x-a".into(), "2".into()),
+            ("Content-Type".into(), "text/plain".into()),
+            ("Accept".into(), "text/plain".into()),
+        ];
+        t.auth = WebhookAuth::Bearer("tok".into());
+        let r = s.build(&t, "evt_1", b"{}").unwrap();
+        assert_eq!(r.method(), Method::POST);
+        assert_eq!(r.uri(), "http://127.0.0.1:9/hook?x=1");
+        assert_eq!(
+            header_lines(&r),
+            [
+                "x-a: 1",
+                "x-a: 2",
+                "content-type: application/json",
+                "accept: text/plain",
+                "webhook-id: evt_1",
+                "webhook-timestamp: *",
+                "webhook-signature: *",
+                "authorization: Bearer tok",
+                "user-agent: vc-test/1",
+            ]
+        );
+        assert!(r.headers()[header::AUTHORIZATION].is_sensitive());
+
+        // Unsigned: a static webhook-id stays.
+        t.signing_keys.clear();
+        t.headers = vec![("webhook-id".into(), "static".into())];
+        t.auth = WebhookAuth::None;
+        let r = s.build(&t, "evt_1", b"{}").unwrap();
+        assert_eq!(
+            header_lines(&r),
+            [
+                "webhook-id: static",
+                "content-type: application/json",
+                "accept: */*",
+                "user-agent: vc-test/1",
+            ]
+        );
+    }
+
+    #[test]
+    fn url_credentials_become_basic_auth_and_leave_the_url() {
+        let s = sender("127.0.0.0/8");
+        let mut t = target("http://us%20er:p%40ss@127.0.0.1:9/h");
+        t.signing_keys.clear();
+        let r = s.build(&t, "evt_1", b"{}").unwrap();
+        assert_eq!(r.uri(), "http://127.0.0.1:9/h");
+        // base64("us er:p@ss")
+        assert_eq!(r.headers()[header::AUTHORIZATION], "Basic dXMgZXI6cEBzcw==");
+        assert!(r.headers()[header::AUTHORIZATION].is_sensitive());
+
+        // The configured auth comes on top; a static Authorization header replaces the URL's.
+        t.auth = WebhookAuth::Basic {
+            username: "u".into(),
+            password: "".into(),
+        };
+        t.headers = vec![("Authorization".into(), "Static x".into())];
+        let r = s.build(&t, "evt_1", b"{}").unwrap();
+        let auth: Vec<_> = r.headers().get_all(header::AUTHORIZATION).iter().collect();
+        assert_eq!(auth, ["Static x", "Basic dTo="]);
+    }
+
+    #[test]
+    fn failures_before_sending_are_reported_in_a_fixed_order() {
+        let strict = sender("");
+        let open = sender("127.0.0.0/8");
+        let mut t = target("ftp://127.0.0.1/h");
+        t.headers = vec![("bad name".into(), "v".into())];
+        t.auth = WebhookAuth::Bearer("secret\npart".into());
+        assert_eq!(failure(strict.build(&t, "evt\n1", b"{}")).0, "InvalidUrl");
+
+        t.url = "http://127.0.0.1:9/h".parse().unwrap();
+        assert_eq!(
+            failure(strict.build(&t, "evt\n1", b"{}")).0,
+            "TargetNotAllowed"
+        );
+        assert_eq!(
+            failure(open.build(&t, "evt\n1", b"{}")),
+            (
+                "InvalidHeader",
+                "\"bad name\" is not a valid header name".into()
+            )
+        );
+
+        t.headers = vec![("x-secret".into(), "sec\nret".into())];
+        assert_eq!(
+            failure(open.build(&t, "evt\n1", b"{}")),
+            (
+                "InvalidHeader",
+                "the value of header x-secret is not a valid header value".into()
+            )
+        );
+
+        t.headers.clear();
+        assert_eq!(failure(open.build(&t, "evt\n1", b"{}")).0, "InvalidEventId");
+        // The token is never printed.
+        assert_eq!(
+            failure(open.build(&t, "evt_1", b"{}")),
+            (
+                "InvalidRequest",
+                "builder error: failed to parse header value".into()
+            )
+        );
+        // Unsigned, the event id is no header.
+        t.signing_keys.clear();
+        t.auth = WebhookAuth::None;
+        assert!(open.build(&t, "evt\n1", b"{}").is_ok());
+    }
+
+    #[test]
+    fn prepared_parts_follow_the_target() {
+        let s = sender("127.0.0.0/8");
+        let ua = s.user_agent.clone();
+        let mut t = target("http://127.0.0.1:9/h");
+        let first = s.prepared.get(&t, &ua);
+        assert!(Arc::ptr_eq(&first, &s.prepared.get(&t, &ua)));
+        // The same address with other contents (a target dropped, another allocated there).
+        t.headers = vec![("x-new".into(), "1".into())];
+        let second = s.prepared.get(&t, &ua);
+        assert!(!Arc::ptr_eq(&first, &second));
+        let r = s.build(&t, "evt_1", b"{}").unwrap();
+        assert_eq!(r.headers()["x-new"], "1");
+    }
+
+    #[test]
+    fn prepared_parts_of_targets_no_longer_used_are_dropped() {
+        let cache = PreparedCache::default();
+        let ua = HeaderValue::from_static("ua");
+        let make = |set: &str| -> Vec<WebhookTarget> {
+            (0..PREPARED_SWEEP_MIN)
+                .map(|i| target(&format!("http://{set}.example/{i}")))
+                .collect()
+        };
+        let (old, new) = (make("old"), make("new"));
+        for t in old.iter().chain(&new) {
+            cache.get(t, &ua);
+        }
+        // The first sweep (at the old ones' count) kept them all: they had just been added.
+        assert_eq!(cache.map.read().unwrap().len(), 2 * PREPARED_SWEEP_MIN);
+        for t in &new {
+            cache.get(t, &ua);
+        }
+        cache.get(&target("http://another.example/"), &ua);
+        assert_eq!(cache.map.read().unwrap().len(), PREPARED_SWEEP_MIN + 1);
+        assert!(new.iter().all(|t| {
+            let key = std::ptr::from_ref(t) as usize;
+            cache.map.read().unwrap().contains_key(&key)
+        }));
+    }
+
+    /// A server on 127.0.0.1 that reads one request (or a first packet) and then does `then`.
+    async fn server<F, Fut>(then: F) -> std::net::SocketAddr
+    where
+        F: Fn(tokio::net::TcpStream) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = ()> + Send,
+    {
+        use tokio::io::AsyncReadExt as _;
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = l.accept().await {
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf).await;
+                then(s).await;
+            }
+        });
+        addr
+    }
+
+    fn retryable(r: AttemptResult) -> (String, String) {
+        match r {
+            AttemptResult::Retryable {
+                reason, message, ..
+            } => (reason, message),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn errors_keep_their_reasons_and_messages() {
+        use tokio::io::AsyncWriteExt as _;
+        let s = sender("127.0.0.0/8");
+        let send = |url: String| {
+            let s = s.clone();
+            async move { retryable(s.send(&target(&url), "evt_1", b"{}").await) }
+        };
+
+        let closes = server(|s| async move { drop(s) }).await;
+        assert_eq!(
+            send(format!("http://{closes}/")).await,
+            (
+                "RequestFailed".into(),
+                "error sending request: client error (SendRequest): connection closed before message completed".into()
+            )
+        );
+        let resets = server(|s| async move {
+            let _ = s.set_zero_linger();
+        })
+        .await;
+        let (reason, message) = send(format!("http://{resets}/")).await;
+        assert_eq!(reason, "ConnectionReset", "{message}");
+        assert!(
+            message.starts_with(
+                "error sending request: client error (SendRequest): connection error: "
+            ),
+            "{message}"
+        );
+        // TLS to a plain HTTP server, which answers the handshake with an HTTP error.
+        let plain = server(|mut s| async move {
+            let _ = s.write_all(b"HTTP/1.1 400 Bad Request\r\n\r\n").await;
+        })
+        .await;
+        assert_eq!(
+            send(format!("https://{plain}/")).await,
+            (
+                "ConnectionFailed".into(),
+                "error sending request: client error (Connect): received corrupt message of type InvalidContentType".into()
+            )
+        );
+        let (reason, message) = send("http://no-such-host.invalid/".into()).await;
+        assert_eq!(reason, "TargetUnresolvable", "{message}");
+        assert!(
+            message.starts_with("cannot resolve no-such-host.invalid: "),
+            "{message}"
         );
     }
 }
