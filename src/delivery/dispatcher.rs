@@ -284,11 +284,16 @@ impl Dispatcher {
     /// left for it in memory or in the store.
     async fn pump(self: Arc<Self>, ts: Arc<TargetState>) {
         let mut idle_rounds = 0u32;
+        // Rows may be on disk past the cursor: until a read comes back short, and again after
+        // every wake-up by ingest (new rows) or the timer. Lanes freeing room wake the pump
+        // after each delivery; without this it would read the store for each one.
+        let mut more = true;
         loop {
             if ts.dropped.load(Ordering::Acquire) {
                 return;
             }
-            ts.woken.store(false, Ordering::Release);
+            let woken = ts.woken.swap(false, Ordering::AcqRel);
+            more |= woken;
             let registered = self.registry.get(&ts.id.key);
             if let Some(t) = &registered
                 && !ts.id.is(t)
@@ -308,11 +313,14 @@ impl Dispatcher {
                         .saturating_sub(self.loaded.load(Ordering::Acquire));
                     self.limits.window.saturating_sub(lanes.loaded).min(global)
                 };
-                if room > 0 {
+                if !more {
+                    exhausted = true;
+                } else if room > 0 {
                     let cursor = ts.lanes().cursor;
                     match self.store.pending_after(&ts.row, cursor, room) {
                         Ok(rows) => {
                             exhausted = rows.len() < room;
+                            more = !exhausted;
                             self.load(&ts, rows);
                         }
                         Err(e) => tracing::error!(error = %e, "store read failed"),
@@ -339,7 +347,7 @@ impl Dispatcher {
             }
             tokio::select! {
                 _ = ts.wake.notified() => {}
-                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                _ = tokio::time::sleep(Duration::from_secs(1)) => more = true,
             }
         }
     }
