@@ -245,7 +245,7 @@ impl Default for StoreOptions {
         StoreOptions {
             max_batch: 4096,
             queue: 16_384,
-            cache_bytes: 32 * 1024 * 1024,
+            cache_bytes: 16 * 1024 * 1024,
             unhealthy_after: Duration::from_secs(60),
         }
     }
