@@ -366,7 +366,10 @@ async fn main() -> anyhow::Result<()> {
                         .send()
                         .await;
                     let status = r.map_or(0, |r| r.status().as_u16());
-                    times.lock().unwrap().insert(id, (sent, Instant::now(), status));
+                    times
+                        .lock()
+                        .unwrap()
+                        .insert(id, (sent, Instant::now(), status));
                 }));
             }
         }
