@@ -371,7 +371,7 @@ impl Dispatcher {
                     next_attempt_ms: p.next_attempt_unix_ms,
                     received_ms: 0,
                 });
-                // A lane with one job was empty: nobody runs it yet.
+                // A new entry: no task runs this lane (see `run_lane`).
                 if q.len() == 1 {
                     start.push(p.lane);
                 }
@@ -383,21 +383,25 @@ impl Dispatcher {
         }
     }
 
-    /// Delivers one lane's jobs in order; exits when the lane is empty.
+    /// Delivers one lane's jobs in order; exits when the lane is empty. A lane's entry exists
+    /// exactly while one task runs it: the task removes it in the same critical section that
+    /// finds it empty, so `load` starting a task for a new entry never starts a second one
+    /// beside it (two tasks once delivered the same job).
     async fn run_lane(self: Arc<Self>, ts: Arc<TargetState>, lane: String) {
+        let first = {
+            let mut lanes = ts.lanes();
+            let next = lanes.queues.get(&lane).and_then(|q| q.front().cloned());
+            if next.is_none() {
+                lanes.queues.remove(&lane);
+            }
+            next
+        };
+        let Some(mut job) = first else {
+            return;
+        };
         loop {
-            let job = {
-                let mut lanes = ts.lanes();
-                match lanes.queues.get(&lane).and_then(|q| q.front().cloned()) {
-                    Some(j) => j,
-                    None => {
-                        lanes.queues.remove(&lane);
-                        return;
-                    }
-                }
-            };
             let finished = self.deliver(&ts, &lane, job).await;
-            let freed = {
+            let (freed, next) = {
                 let mut lanes = ts.lanes();
                 let Some(q) = lanes.queues.get_mut(&lane) else {
                     return;
@@ -408,12 +412,20 @@ impl Dispatcher {
                     // The target is gone: the rest of this lane goes with it.
                     std::mem::take(q).len()
                 };
+                let next = q.front().cloned();
+                if next.is_none() {
+                    lanes.queues.remove(&lane);
+                }
                 lanes.loaded -= n;
-                n
+                (n, next)
             };
             self.loaded.fetch_sub(freed, Ordering::AcqRel);
             // Room in the window: the pump may load more.
             ts.wake.notify_one();
+            match next {
+                Some(j) => job = j,
+                None => return,
+            }
         }
     }
 
