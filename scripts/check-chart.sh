@@ -80,6 +80,9 @@ has all 'name: VC_MAX_BODY_BYTES'
 has all 'name: VC_MAX_CONCURRENT_INGEST'
 has all 'name: VC_MAX_PENDING_DELIVERIES'
 has all 'value: "connect.vehicles.io/credential=true"'
+has all 'name: VC_WATCH_LABEL_SELECTOR'
+has all 'value: "connect.vehicles.io/shard=a"'
+hasnt default 'VC_WATCH_LABEL_SELECTOR'
 # Tokens bound to clients render as `<token> <client>,<client>` lines.
 grep -oE '^  tokens: "[^"]+"' "$OUTDIR/all.yaml" | cut -d'"' -f2 | base64 -d \
   | grep -qx 'check-chart-dealer-token-0123456789 dealer-1,dealer-2' || die "all: bound token line not rendered"
