@@ -12,6 +12,7 @@ use serde_json::json;
 use support::operator::{apply_value, condition, wait_for};
 use support::process::TOKEN;
 use support::receiver::Receiver;
+use support::scope::Scope;
 use tokio::sync::Mutex;
 use vc_envtest::ControlPlane;
 use vehicle_connect::api::WebhookSubscription;
@@ -22,16 +23,14 @@ async fn every_accepted_event_survives_sigkill() {
     cp.install_crds(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("crds"))
         .await
         .unwrap();
-    let ns = cp
-        .namespace_with_annotations("crash", &[("connect.vehicles.io/clients", "dealer-1")])
-        .await
-        .unwrap();
+    let scope = Scope::new("crash");
+    let ns = scope.namespace(cp, "crash", "dealer-1").await;
     let client = cp.client().await.unwrap();
     let receiver = Receiver::start(None).await;
     // The receiver is down while events stream in, so most deliveries are still pending
     // (in the store, retrying) when the operator is killed.
     receiver.script("sink", vec![support::receiver::Reply::Status(503)]);
-    let op = support::process::start(cp, cp.dir.join("crash-operator")).await;
+    let op = support::process::start(cp, cp.dir.join("crash-operator"), &scope).await;
     apply_value(&client, &ns.name, json!({
         "apiVersion": "connect.vehicles.io/v1alpha1", "kind": "WebhookSubscription",
         "metadata": { "name": "sink" },

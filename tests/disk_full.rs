@@ -13,6 +13,7 @@ use serde_json::{Value, json};
 use support::operator::{apply_value, condition, wait_for};
 use support::process::TOKEN;
 use support::receiver::Receiver;
+use support::scope::Scope;
 use vc_envtest::ControlPlane;
 use vehicle_connect::api::WebhookSubscription;
 use vehicle_connect::store::{
@@ -361,10 +362,8 @@ async fn operator_answers_507_while_the_disk_is_full_and_delivers_every_202() {
         .await
         .unwrap();
     let client_id = "dealer-diskfull";
-    let ns = cp
-        .namespace_with_annotations("diskfull", &[("connect.vehicles.io/clients", client_id)])
-        .await
-        .unwrap();
+    let scope = Scope::new("diskfull");
+    let ns = scope.namespace(cp, "diskfull", client_id).await;
     let kube = cp.client().await.unwrap();
     let receiver = Receiver::start(None).await;
 
@@ -374,9 +373,13 @@ async fn operator_answers_507_while_the_disk_is_full_and_delivers_every_202() {
     let fs = Tmpfs::mount("8m");
     let data = parent.join("data");
     std::os::unix::fs::symlink(&fs.dir, &data).unwrap();
-    let op =
-        support::process::start_with(cp, data.clone(), &["--store-unhealthy-after-seconds", "3"])
-            .await;
+    let op = support::process::start_with(
+        cp,
+        data.clone(),
+        &scope,
+        &["--store-unhealthy-after-seconds", "3"],
+    )
+    .await;
     let base = op.url("");
 
     apply_value(

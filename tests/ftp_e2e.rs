@@ -14,6 +14,7 @@ use sha2::{Digest, Sha256};
 use support::ftp_server::FtpServer;
 use support::operator::{apply_value, condition, wait_for};
 use support::process::TOKEN;
+use support::scope::Scope;
 use vc_envtest::ControlPlane;
 use vehicle_connect::api::FtpConnection;
 
@@ -44,10 +45,8 @@ async fn processed_vehicles_land_on_the_ftp_server_by_the_rules() {
     cp.install_crds(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("crds"))
         .await
         .unwrap();
-    let ns = cp
-        .namespace_with_annotations("ftp-e2e", &[("connect.vehicles.io/clients", "dealer-ftp")])
-        .await
-        .unwrap();
+    let scope = Scope::new("ftp-e2e");
+    let ns = scope.namespace(cp, "ftp-e2e", "dealer-ftp").await;
     let client = cp.client().await.unwrap();
 
     // Images over HTTP.
@@ -63,7 +62,7 @@ async fn processed_vehicles_land_on_the_ftp_server_by_the_rules() {
     tokio::spawn(async move { axum::serve(listener, app).await });
 
     let server = FtpServer::start("dealer", "ftp-s3cret").await.unwrap();
-    let op = support::process::start(cp, cp.dir.join("ftp-e2e-operator")).await;
+    let op = support::process::start(cp, cp.dir.join("ftp-e2e-operator"), &scope).await;
     apply_value(
         &client,
         &ns.name,

@@ -1,5 +1,5 @@
 //! `--secret-selector` against the real control plane: with it, the operator watches and
-//! reads only Secrets carrying the selected labels (its own operator, so its own binary).
+//! reads only Secrets carrying the selected labels (an operator of its own).
 
 mod support;
 
@@ -20,7 +20,7 @@ fn ready_is(w: &WebhookSubscription, status: &str, reason: &str) -> bool {
 
 #[tokio::test]
 async fn only_selected_secrets_are_used() {
-    let op = operator_with(|s| Settings {
+    let op = operator_with("secret-selector", |s| Settings {
         secret_selector: Some(SELECTOR.into()),
         ..s
     });

@@ -38,8 +38,9 @@ fn routed(op: &support::operator::Operator) -> Vec<String> {
 
 #[tokio::test]
 async fn only_resources_matching_the_selector_are_served() {
-    let op = operator_with(|s| Settings {
-        watch_selector: Some(format!("{SHARD}=a")),
+    // Its scope and shard a: the scope keeps it off other tests' resources.
+    let op = operator_with("watch-selector", |s| Settings {
+        watch_selector: s.watch_selector.map(|scope| format!("{scope},{SHARD}=a")),
         ..s
     });
     let (ns, client) = tenant(op, "shard", "c").await;

@@ -8,4 +8,5 @@ pub mod lying_ftp;
 pub mod operator;
 pub mod process;
 pub mod receiver;
+pub mod scope;
 pub mod vsftpd;
