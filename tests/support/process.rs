@@ -6,8 +6,6 @@ use std::path::PathBuf;
 use vc_envtest::ControlPlane;
 
 use super::scope::Scope;
-// Each test binary uses only some of these.
-#[allow(unused_imports)]
 pub use vc_envtest::operator::{Launch, OperatorProcess, TOKEN};
 
 /// The binary under test: this crate's, or `VC_TEST_OPERATOR_BIN` (another build, e.g. of an

@@ -1,18 +1,16 @@
 //! Events in, webhooks out: the operator process, the real control plane, real receivers.
 //! Every delivery's signature is checked by the `standardwebhooks` crate.
 
-mod support;
-
 use std::sync::{LazyLock, OnceLock};
 use std::time::Duration;
 
+use crate::support::operator::{apply_value, condition, wait_for};
+use crate::support::process::{OperatorProcess, TOKEN};
+use crate::support::receiver::{Receiver, Reply};
+use crate::support::scope::Scope;
 use base64::Engine;
 use kube::api::Api;
 use serde_json::{Value, json};
-use support::operator::{apply_value, condition, wait_for};
-use support::process::{OperatorProcess, TOKEN};
-use support::receiver::{Receiver, Reply};
-use support::scope::Scope;
 use tokio::sync::Mutex;
 use vc_envtest::ControlPlane;
 use vehicle_connect::api::WebhookSubscription;
@@ -32,7 +30,7 @@ async fn operator_url() -> String {
             .await
             .unwrap();
         let dir = cp.dir.join(format!("operator-{}", std::process::id()));
-        *g = Some(support::process::start(cp, dir, &SCOPE).await);
+        *g = Some(crate::support::process::start(cp, dir, &SCOPE).await);
     }
     g.as_ref().unwrap().url("")
 }

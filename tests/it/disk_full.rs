@@ -2,18 +2,16 @@
 //! tests fail, never skip, without it). The store must refuse writes clearly while the disk is
 //! full, reopen its file by itself once space is back, and lose nothing it acknowledged.
 
-mod support;
-
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use crate::support::operator::{apply_value, condition, wait_for};
+use crate::support::process::TOKEN;
+use crate::support::receiver::Receiver;
+use crate::support::scope::Scope;
 use kube::api::Api;
 use serde_json::{Value, json};
-use support::operator::{apply_value, condition, wait_for};
-use support::process::TOKEN;
-use support::receiver::Receiver;
-use support::scope::Scope;
 use vc_envtest::ControlPlane;
 use vehicle_connect::api::WebhookSubscription;
 use vehicle_connect::store::{
@@ -373,7 +371,7 @@ async fn operator_answers_507_while_the_disk_is_full_and_delivers_every_202() {
     let fs = Tmpfs::mount("8m");
     let data = parent.join("data");
     std::os::unix::fs::symlink(&fs.dir, &data).unwrap();
-    let op = support::process::start_with(
+    let op = crate::support::process::start_with(
         cp,
         data.clone(),
         &scope,

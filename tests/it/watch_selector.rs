@@ -1,13 +1,11 @@
 //! `--watch-label-selector` against the real control plane: the operator serves only the
 //! resources carrying its labels, and stops routing to one relabelled away.
 
-mod support;
-
 use std::time::{Duration, Instant};
 
+use crate::support::operator::{apply_value, condition, operator_with, tenant, wait_for};
 use kube::api::{Api, Patch, PatchParams};
 use serde_json::json;
-use support::operator::{apply_value, condition, operator_with, tenant, wait_for};
 use vehicle_connect::api::{EventType, WebhookSubscription};
 use vehicle_connect::controller::{Settings, check_selector, webhook::key};
 
@@ -28,7 +26,7 @@ fn is_ready(w: &WebhookSubscription) -> bool {
 }
 
 /// Keys of the targets an event of client `c` is routed to.
-fn routed(op: &support::operator::Operator) -> Vec<String> {
+fn routed(op: &crate::support::operator::Operator) -> Vec<String> {
     op.registry
         .route("c", None, EventType::DataNew)
         .iter()

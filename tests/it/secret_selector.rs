@@ -1,11 +1,11 @@
 //! `--secret-selector` against the real control plane: with it, the operator watches and
 //! reads only Secrets carrying the selected labels (an operator of its own).
 
-mod support;
-
+use crate::support::operator::{
+    apply_value, condition, operator_with, put_secret, tenant, wait_for,
+};
 use kube::api::{Api, Patch, PatchParams};
 use serde_json::json;
-use support::operator::{apply_value, condition, operator_with, put_secret, tenant, wait_for};
 use vehicle_connect::api::WebhookSubscription;
 use vehicle_connect::controller::{Settings, secrets::check_selector, webhook::key};
 

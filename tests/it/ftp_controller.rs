@@ -1,14 +1,12 @@
 //! FtpConnection reconciler against the real control plane and real FTP servers: templates,
 //! Secrets and the `Connected` login probe.
 
-mod support;
-
 use std::time::{Duration, Instant};
 
+use crate::support::ftp_server::FtpServer;
+use crate::support::operator::{apply_value, condition, operator, tenant, wait_for};
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use serde_json::json;
-use support::ftp_server::FtpServer;
-use support::operator::{apply_value, condition, operator, tenant, wait_for};
 use vehicle_connect::api::FtpConnection;
 use vehicle_connect::controller::ftp::key;
 
@@ -44,7 +42,7 @@ async fn examples_and_a_real_login_make_it_ready() {
         .unwrap();
     let (ns, client) = tenant(op, "ftp-examples", "dealer-123").await;
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
-    support::operator::apply_yaml(
+    crate::support::operator::apply_yaml(
         &client,
         &ns.name,
         &std::fs::read_to_string(dir.join("10-secrets.yaml")).unwrap(),
@@ -54,7 +52,7 @@ async fn examples_and_a_real_login_make_it_ready() {
     let yaml = std::fs::read_to_string(dir.join("30-ftpconnections.yaml"))
         .unwrap()
         .replace("port: 2121", &format!("port: {}", server.port()));
-    support::operator::apply_yaml(&client, &ns.name, &yaml).await;
+    crate::support::operator::apply_yaml(&client, &ns.name, &yaml).await;
     let api: Api<FtpConnection> = Api::namespaced(client.clone(), &ns.name);
     for name in ["dms-files", "ana-zip"] {
         let c = wait_for(&api, name, "Ready and Connected", |c| {
@@ -70,7 +68,7 @@ async fn examples_and_a_real_login_make_it_ready() {
     }
     // The FTPS example is valid for the API server; with its placeholder CA it says what to fix.
     let ftps = std::fs::read_to_string(dir.join("ftps/ftpconnection-ftps.yaml")).unwrap();
-    support::operator::apply_yaml(&client, &ns.name, &ftps).await;
+    crate::support::operator::apply_yaml(&client, &ns.name, &ftps).await;
     let c = wait_for(
         &api,
         "dms-ftps",

@@ -1,12 +1,10 @@
 //! WebhookSubscription reconciler against the real control plane.
 
-mod support;
-
+use crate::support::operator::{apply_value, apply_yaml, condition, operator, tenant, wait_for};
 use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::api::events::v1::Event;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use serde_json::json;
-use support::operator::{apply_value, apply_yaml, condition, operator, tenant, wait_for};
 use vehicle_connect::api::WebhookSubscription;
 use vehicle_connect::controller::webhook::key;
 

@@ -4,17 +4,15 @@
 //! Each test has its own operator (serving its own scope), namespace(s) and client, so they
 //! never see each other.
 
-mod support;
-
 use std::collections::{BTreeSet, HashSet};
 use std::time::{Duration, Instant};
 
+use crate::support::operator::{apply_value, condition, wait_for};
+use crate::support::process::{OperatorProcess, TOKEN};
+use crate::support::receiver::{Receiver, Reply};
+use crate::support::scope::Scope;
 use kube::api::{Api, Patch, PatchParams};
 use serde_json::{Value, json};
-use support::operator::{apply_value, condition, wait_for};
-use support::process::{OperatorProcess, TOKEN};
-use support::receiver::{Receiver, Reply};
-use support::scope::Scope;
 use vc_envtest::ControlPlane;
 use vehicle_connect::api::WebhookSubscription;
 
@@ -30,7 +28,7 @@ async fn control_plane() -> &'static ControlPlane {
 
 async fn operator(cp: &ControlPlane, scope: &Scope, args: &[&str]) -> OperatorProcess {
     let dir = cp.dir.join(format!("trust-{scope}"));
-    support::process::start_with(cp, dir, scope, args).await
+    crate::support::process::start_with(cp, dir, scope, args).await
 }
 
 fn event(client: &str, id: &str, vehicle: &str) -> Value {
