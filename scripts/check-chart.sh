@@ -80,6 +80,9 @@ has all 'name: VC_MAX_BODY_BYTES'
 has all 'name: VC_MAX_CONCURRENT_INGEST'
 has all 'name: VC_MAX_PENDING_DELIVERIES'
 has all 'value: "connect.vehicles.io/credential=true"'
+has all 'name: VC_WATCH_LABEL_SELECTOR'
+has all 'value: "connect.vehicles.io/shard=a"'
+hasnt default 'VC_WATCH_LABEL_SELECTOR'
 # Tokens bound to clients render as `<token> <client>,<client>` lines.
 grep -oE '^  tokens: "[^"]+"' "$OUTDIR/all.yaml" | cut -d'"' -f2 | base64 -d \
   | grep -qx 'check-chart-dealer-token-0123456789 dealer-1,dealer-2' || die "all: bound token line not rendered"
@@ -181,7 +184,9 @@ done
 # ClusterRole and ClusterRoleBinding are created for real, and the operator runs on this
 # machine with that ServiceAccount's token: it must reconcile a WebhookSubscription to
 # Ready, accept an event, publish Events and remove its finalizer, with no "forbidden".
-# Only against a throwaway control plane (the operator watches the whole cluster).
+# It serves only the resources labelled for this run (VC_WATCH_LABEL_SELECTOR), so other
+# operators and resources on the cluster neither see nor are touched by it; still, run it
+# on a throwaway or development control plane (it creates cluster-wide RBAC objects).
 if [[ -z "${VC_OPERATOR_BIN:-}" ]]; then
   log "VC_OPERATOR_BIN not set: skipping the run of the operator under the chart's RBAC"
   log "OK (with server dry run against $VC_KUBECONFIG)"
@@ -189,10 +194,8 @@ if [[ -z "${VC_OPERATOR_BIN:-}" ]]; then
 fi
 [[ -x "$VC_OPERATOR_BIN" ]] || die "VC_OPERATOR_BIN=$VC_OPERATOR_BIN is not executable"
 [[ -z "${VC_CHART_NAMESPACE:-}" ]] || die "VC_OPERATOR_BIN needs the check's own namespace (unset VC_CHART_NAMESPACE)"
-others="$("${K[@]}" get webhooksubscriptions,ftpconnections -A --no-headers 2>/dev/null | wc -l)"
-[[ "$others" == 0 ]] || die "the cluster already has $others WebhookSubscription/FtpConnection objects: run the operator check only on a throwaway control plane"
-
 REL="vc-check-$RANDOM"
+SHARD_LABEL="connect.vehicles.io/check-chart"
 "$HELM" template "$REL" "$CHART" --namespace "$NS" --show-only templates/serviceaccount.yaml \
   --show-only templates/rbac.yaml >"$OUTDIR/rbac.yaml"
 "${K[@]}" apply -f "$OUTDIR/rbac.yaml" >&2
@@ -218,7 +221,8 @@ done
 [[ -n "$port" ]] || die "no free loopback port"
 mkdir -p "$OUTDIR/data"
 echo "check-chart-ingest-token-0123456789" >"$OUTDIR/tokens"
-KUBECONFIG="$OUTDIR/sa-kubeconfig" POD_NAME="$REL-0" "$VC_OPERATOR_BIN" run \
+KUBECONFIG="$OUTDIR/sa-kubeconfig" POD_NAME="$REL-0" VC_WATCH_LABEL_SELECTOR="$SHARD_LABEL=$REL" \
+  "$VC_OPERATOR_BIN" run \
   --listen "127.0.0.1:$port" --data-dir "$OUTDIR/data" --ingest-token-file "$OUTDIR/tokens" \
   --allow-targets 127.0.0.0/8 --log-format text >"$OUTDIR/operator.log" 2>&1 &
 op=$!
@@ -230,7 +234,7 @@ curl -fsS "http://127.0.0.1:$port/readyz" >/dev/null || { cat "$OUTDIR/operator.
 "${K[@]}" apply -f - >&2 <<CR
 apiVersion: connect.vehicles.io/v1alpha1
 kind: WebhookSubscription
-metadata: {name: check, namespace: $NS}
+metadata: {name: check, namespace: $NS, labels: {$SHARD_LABEL: $REL}}
 spec:
   url: http://127.0.0.1:9/hook
   clientId: check-client
@@ -238,10 +242,18 @@ spec:
 ---
 apiVersion: connect.vehicles.io/v1alpha1
 kind: WebhookSubscription
-metadata: {name: check-not-allowed, namespace: $NS}
+metadata: {name: check-not-allowed, namespace: $NS, labels: {$SHARD_LABEL: $REL}}
 spec:
   url: http://127.0.0.1:9/hook
   clientId: some-other-client
+  events: [vehicle.processed]
+---
+apiVersion: connect.vehicles.io/v1alpha1
+kind: WebhookSubscription
+metadata: {name: check-unlabelled, namespace: $NS}
+spec:
+  url: http://127.0.0.1:9/hook
+  clientId: check-client
   events: [vehicle.processed]
 CR
 "${K[@]}" -n "$NS" wait --for=condition=Ready --timeout=60s webhooksubscription/check >&2 \
@@ -249,6 +261,9 @@ CR
 "${K[@]}" -n "$NS" wait --for=jsonpath='{.status.conditions[?(@.type=="Ready")].reason}'=ClientNotAllowed \
   --timeout=60s webhooksubscription/check-not-allowed >&2 \
   || { cat "$OUTDIR/operator.log" >&2; die "a not-allowed client was not reported as ClientNotAllowed"; }
+# Reconciled together with the two above, had the selector not kept it out.
+served="$("${K[@]}" -n "$NS" get webhooksubscription check-unlabelled -o jsonpath='{.status}{.metadata.finalizers}')"
+[[ -z "$served" ]] || die "the operator served a resource outside VC_WATCH_LABEL_SELECTOR: $served"
 code="$(curl -sS -o "$OUTDIR/post.out" -w '%{http_code}' -X POST "http://127.0.0.1:$port/v1/events" \
   -H "Authorization: Bearer check-chart-ingest-token-0123456789" -H 'Content-Type: application/json' \
   -d '{"id":"evt_check_chart_1","type":"vehicle.processed","timestamp":"2026-01-01T10:00:00Z","clientId":"check-client","data":{"vehicle":{"id":"veh-1","vin":"WVWZZZ1JZXW000001"}}}')"
@@ -268,5 +283,5 @@ if grep -qiE "$DENIED" "$OUTDIR/operator.log"; then
   grep -iE "$DENIED" "$OUTDIR/operator.log" | head -5 >&2
   die "the operator hit a permission the chart's ClusterRole does not grant"
 fi
-log "operator under the chart's RBAC: Ready, ClientNotAllowed, 202, $n Event(s), finalizers removed, nothing forbidden"
+log "operator under the chart's RBAC: Ready, ClientNotAllowed, unlabelled left alone, 202, $n Event(s), finalizers removed, nothing forbidden"
 log "OK (with server dry run and operator run against $VC_KUBECONFIG)"

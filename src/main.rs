@@ -39,7 +39,8 @@ enum Command {
     /// Print the OpenAPI document of the HTTP API (the same as docs/openapi.json).
     Openapi,
     /// Run the operator (kubeconfig from KUBECONFIG, ~/.kube/config or in-cluster).
-    Run(RunArgs),
+    // Boxed: the flags are large next to the other commands.
+    Run(Box<RunArgs>),
 }
 
 #[derive(clap::Args)]
@@ -86,6 +87,11 @@ struct RunArgs {
     /// and reads only Secrets carrying these labels; others are SecretNotAllowed.
     #[arg(long, env = "VC_SECRET_SELECTOR")]
     secret_selector: Option<String>,
+    /// Label selector (e.g. `connect.vehicles.io/shard=a`): the operator then watches,
+    /// reconciles and delivers for only the WebhookSubscriptions and FtpConnections carrying
+    /// these labels, leaving the others to another installation in the same cluster.
+    #[arg(long, env = "VC_WATCH_LABEL_SELECTOR")]
+    watch_label_selector: Option<String>,
     /// Seconds the store may fail to reopen its file after an I/O error before /healthz fails
     /// (a full disk alone never fails it: a restart would not free the disk).
     #[arg(long, env = "VC_STORE_UNHEALTHY_AFTER_SECONDS", default_value_t = 60)]
@@ -113,10 +119,15 @@ fn main() -> anyhow::Result<()> {
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?;
-            rt.block_on(run(args))?;
+            rt.block_on(run(*args))?;
         }
     }
     Ok(())
+}
+
+/// A selector flag; empty (e.g. `VC_WATCH_LABEL_SELECTOR=`) means none.
+fn non_empty(flag: &Option<String>) -> Option<String> {
+    flag.clone().filter(|s| !s.trim().is_empty())
 }
 
 fn init_tracing(format: &str) {
@@ -221,22 +232,26 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             .await
     });
 
-    if let Some(sel) = args
-        .secret_selector
-        .as_deref()
-        .filter(|s| !s.trim().is_empty())
-    {
+    let secret_selector = non_empty(&args.secret_selector);
+    if let Some(sel) = &secret_selector {
         controller::secrets::check_selector(&client, sel)
             .await
             .with_context(|| format!("--secret-selector {sel:?} is not a usable label selector"))?;
     }
+    let watch_selector = non_empty(&args.watch_label_selector);
+    if let Some(sel) = &watch_selector {
+        controller::check_selector::<vehicle_connect::api::WebhookSubscription>(&client, sel)
+            .await
+            .with_context(|| {
+                format!("--watch-label-selector {sel:?} is not a usable label selector")
+            })?;
+        tracing::info!(selector = %sel, "only resources matching the watch selector are served");
+    }
     let settings = Settings {
         guard,
         probe_interval: Duration::from_secs(args.probe_interval_seconds.max(5)),
-        secret_selector: args
-            .secret_selector
-            .clone()
-            .filter(|s| !s.trim().is_empty()),
+        secret_selector,
+        watch_selector,
         ..Settings::default()
     };
     let d = dispatcher.clone();

@@ -57,6 +57,10 @@ pub struct Settings {
     pub recheck_interval: Duration,
     /// Label selector (`--secret-selector`): only Secrets matching it are watched and read.
     pub secret_selector: Option<String>,
+    /// Label selector (`--watch-label-selector`): only WebhookSubscriptions and
+    /// FtpConnections matching it are watched, reconciled and routed to; others belong to
+    /// another installation.
+    pub watch_selector: Option<String>,
 }
 
 impl Default for Settings {
@@ -66,8 +70,21 @@ impl Default for Settings {
             probe_interval: Duration::from_secs(300),
             recheck_interval: Duration::from_secs(300),
             secret_selector: None,
+            watch_selector: None,
         }
     }
+}
+
+/// Checks a label selector with the API server (one metadata list of at most one `K`), so a
+/// typo stops the start instead of failing every watch.
+pub async fn check_selector<K>(client: &Client, selector: &str) -> Result<(), kube::Error>
+where
+    K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let api: Api<K> = Api::all(client.clone());
+    api.list_metadata(&kube::api::ListParams::default().labels(selector).limit(1))
+        .await
+        .map(|_| ())
 }
 
 /// Called when a resource is deleted (drops its queued deliveries).

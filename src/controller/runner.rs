@@ -17,7 +17,7 @@ use kube::{Api, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 
 use super::{Context, Error, KindContext, controller_config, error_policy};
-use crate::routing::{Kind, Registry, Target};
+use crate::routing::{Kind, Registry, Target, TargetKey};
 use crate::tenancy::AllowedClients;
 
 /// Once the first list of `K` and of Namespaces is in, registers every object the cache
@@ -80,6 +80,27 @@ fn reconcile_inputs<K: Resource>(obj: &K) -> Option<u64> {
     Some(h.finish())
 }
 
+/// Stops routing to those of `keys` the watch no longer holds: with a watch selector, an
+/// object whose labels stopped matching is gone from it (as one deleted without our finalizer
+/// is). Its queued deliveries stay, for when it matches again.
+fn forget_unwatched<K>(
+    registry: &Registry,
+    objects: &reflector::Store<DeserializeGuard<K>>,
+    keys: impl IntoIterator<Item = TargetKey>,
+    label: &str,
+) where
+    K: Resource<DynamicType = ()> + Clone,
+{
+    for key in keys {
+        let watched = objects
+            .get(&ObjectRef::new(&key.name).within(&key.namespace))
+            .is_some();
+        if !watched && registry.remove(&key) {
+            tracing::info!(kind = label, target = %key, "no longer matches the watch selector: not routed to any more");
+        }
+    }
+}
+
 /// Runs the controller of kind `K` until SIGTERM or Ctrl-C. `secret_names` lists the
 /// Secrets an object reads (a change to one re-reconciles it); `provisional` describes an
 /// object's target from its spec alone, registered at start-up before any reconcile.
@@ -105,17 +126,45 @@ pub async fn run<K, R, F>(
     // the controller's store readiness would take its wake-up from the controller.
     let (store, writer) = reflector::store::<DeserializeGuard<K>>();
     let (listed_tx, listed) = tokio::sync::watch::channel(false);
+    // With --watch-label-selector, objects without the labels are another installation's:
+    // never listed, reconciled nor routed to.
+    let mut watch = watcher::Config::default().any_semantic();
+    if let Some(sel) = &ctx.settings.watch_selector {
+        watch = watch.labels(sel);
+    }
+    let scoped = ctx
+        .settings
+        .watch_selector
+        .is_some()
+        .then(|| (ctx.registry.clone(), store.clone()));
     let objects = reflector::reflector(
         writer,
-        watcher(
-            Api::<DeserializeGuard<K>>::all(client.clone()),
-            watcher::Config::default().any_semantic(),
-        ),
+        watcher(Api::<DeserializeGuard<K>>::all(client.clone()), watch),
     )
-    .inspect(move |ev| {
-        if matches!(ev, Ok(watcher::Event::InitDone)) {
+    // The reflector has applied each event to the store before this sees it.
+    .inspect(move |ev| match (ev, &scoped) {
+        (Ok(watcher::Event::InitDone), scoped) => {
             let _ = listed_tx.send(true);
+            // A relist (after a broken watch) reports no Delete for what left meanwhile.
+            if let Some((registry, objects)) = scoped {
+                let ours = registry.keys().into_iter().filter(|k| k.kind == kind);
+                forget_unwatched(registry, objects, ours, label);
+            }
         }
+        // A deletion through our finalizer has a deletionTimestamp and was cleaned up already.
+        (Ok(watcher::Event::Delete(o)), Some((registry, objects)))
+            if o.meta().deletion_timestamp.is_none() =>
+        {
+            if let (Some(ns), Some(name)) = (&o.meta().namespace, &o.meta().name) {
+                let key = TargetKey {
+                    kind,
+                    namespace: ns.clone(),
+                    name: name.clone(),
+                };
+                forget_unwatched(registry, objects, [key], label);
+            }
+        }
+        _ => {}
     })
     .default_backoff()
     .applied_objects()

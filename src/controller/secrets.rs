@@ -60,10 +60,7 @@ pub fn type_allowed(t: Option<&str>) -> bool {
 /// Checks `--secret-selector` with the API server (one metadata list of at most one
 /// item), so a typo stops the start instead of failing every watch.
 pub async fn check_selector(client: &kube::Client, selector: &str) -> Result<(), kube::Error> {
-    let api: Api<Secret> = Api::all(client.clone());
-    api.list_metadata(&ListParams::default().labels(selector).limit(1))
-        .await
-        .map(|_| ())
+    super::check_selector::<Secret>(client, selector).await
 }
 
 /// What a reconcile found under a Secret name.

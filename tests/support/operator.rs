@@ -1,7 +1,9 @@
-//! The operator, in-process, against the test control plane: started once per test binary on
-//! a thread with its own runtime, so tests can read its routing registry.
+//! The operator, in-process, against the test control plane: each started once per process
+//! on a thread with its own runtime, so tests can read its routing registry. Each serves
+//! only its own scope's namespaces (see [`super::scope`]).
 
-use std::sync::{Arc, OnceLock};
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use kube::api::{Api, DynamicObject, Patch, PatchParams};
@@ -14,63 +16,80 @@ use vehicle_connect::controller::{self, Settings};
 use vehicle_connect::routing::Registry;
 use vehicle_connect::ssrf::{TargetGuard, parse_allow_list};
 
+use super::scope::Scope;
+
 pub struct Operator {
     pub cp: &'static ControlPlane,
     pub registry: Arc<Registry>,
+    pub scope: Scope,
 }
 
-static OPERATOR: OnceLock<Operator> = OnceLock::new();
-
-/// The control plane with CRDs installed and the operator running (allow-list: loopback).
+/// The control plane with CRDs installed and the operator running (allow-list: loopback),
+/// shared by the tests that need no particular settings.
 pub fn operator() -> &'static Operator {
-    operator_with(|s| s)
+    operator_with("shared", |s| s)
 }
 
-/// [`operator`] with `adjust` applied to its settings (the first call in a test binary wins).
-pub fn operator_with(adjust: fn(Settings) -> Settings) -> &'static Operator {
-    OPERATOR.get_or_init(|| {
-        let cp = ControlPlane::shared();
-        let registry = Arc::new(Registry::new());
-        let reg = registry.clone();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::Builder::new()
-            .name("operator".into())
-            .spawn(move || {
-                let rt = tokio::runtime::Runtime::new().expect("runtime");
-                rt.block_on(async move {
-                    let crds = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("crds");
-                    cp.install_crds(&crds).await.expect("install CRDs");
-                    let client = cp.client().await.expect("client");
-                    tx.send(()).expect("signal");
-                    let settings = adjust(Settings {
-                        guard: TargetGuard::new(
-                            parse_allow_list("127.0.0.0/8,::1").expect("allow list"),
-                        ),
-                        probe_interval: Duration::from_secs(30),
-                        ..Settings::default()
-                    });
-                    controller::run(client, reg, settings, None).await;
-                })
+/// An operator of its own named `name` (one per name and process), with `adjust` applied to
+/// its settings. Its `watch_selector` is its scope's: an `adjust` that changes it must keep
+/// it at least as narrow, or the operator acts on other tests' resources.
+pub fn operator_with(name: &'static str, adjust: fn(Settings) -> Settings) -> &'static Operator {
+    static OPERATORS: Mutex<BTreeMap<&str, &Operator>> = Mutex::new(BTreeMap::new());
+    // Held while one starts: a second caller of the same name waits for it.
+    let mut started = OPERATORS.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(op) = started.get(name) {
+        return op;
+    }
+    let op: &'static Operator = Box::leak(Box::new(start(name, adjust)));
+    started.insert(name, op);
+    op
+}
+
+fn start(name: &str, adjust: fn(Settings) -> Settings) -> Operator {
+    let cp = ControlPlane::shared();
+    let scope = Scope::new(name);
+    let registry = Arc::new(Registry::new());
+    let reg = registry.clone();
+    let selector = scope.selector();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::Builder::new()
+        .name(format!("operator-{name}"))
+        .spawn(move || {
+            let rt = tokio::runtime::Runtime::new().expect("runtime");
+            rt.block_on(async move {
+                let crds = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("crds");
+                cp.install_crds(&crds).await.expect("install CRDs");
+                let client = cp.client().await.expect("client");
+                tx.send(()).expect("signal");
+                let settings = adjust(Settings {
+                    guard: TargetGuard::new(
+                        parse_allow_list("127.0.0.0/8,::1").expect("allow list"),
+                    ),
+                    probe_interval: Duration::from_secs(30),
+                    watch_selector: Some(selector),
+                    ..Settings::default()
+                });
+                controller::run(client, reg, settings, None).await;
             })
-            .expect("operator thread");
-        rx.recv_timeout(Duration::from_secs(120))
-            .expect("operator did not start");
-        Operator { cp, registry }
-    })
+        })
+        .expect("operator thread");
+    rx.recv_timeout(Duration::from_secs(120))
+        .expect("operator did not start");
+    Operator {
+        cp,
+        registry,
+        scope,
+    }
 }
 
-/// A fresh namespace (name starting with `prefix`) whose annotation allows `clients`, and a
-/// client of the control plane.
+/// A fresh namespace of `op`'s scope (name starting with `prefix`) whose annotation allows
+/// `clients`, and a client of the control plane.
 pub async fn tenant(
     op: &Operator,
     prefix: &str,
     clients: &str,
 ) -> (vc_envtest::TestNamespace, Client) {
-    let ns = op
-        .cp
-        .namespace_with_annotations(prefix, &[("connect.vehicles.io/clients", clients)])
-        .await
-        .expect("namespace");
+    let ns = op.scope.namespace(op.cp, prefix, clients).await;
     (ns, op.cp.client().await.expect("client"))
 }
 
@@ -90,7 +109,8 @@ pub async fn put_secret(
     apply_value(client, ns, v).await;
 }
 
-/// Server-side applies YAML (one or more documents) into `ns` (overriding their namespace).
+/// Server-side applies YAML (one or more documents) into `ns` (overriding their namespace;
+/// our resources get the scope label of `ns`).
 pub async fn apply_yaml(client: &Client, ns: &str, yaml: &str) -> Vec<DynamicObject> {
     let mut out = Vec::new();
     for doc in serde_yaml::Deserializer::from_str(yaml) {
@@ -103,8 +123,10 @@ pub async fn apply_yaml(client: &Client, ns: &str, yaml: &str) -> Vec<DynamicObj
     out
 }
 
+/// Server-side applies `v` into `ns`; our resources get the scope label of `ns`.
 pub async fn apply_value(client: &Client, ns: &str, mut v: serde_json::Value) -> DynamicObject {
     v["metadata"]["namespace"] = ns.into();
+    super::scope::label(client, ns, &mut v).await;
     let api_version = v["apiVersion"].as_str().expect("apiVersion").to_string();
     let kind = v["kind"].as_str().expect("kind").to_string();
     let name = v["metadata"]["name"].as_str().expect("name").to_string();

@@ -1,11 +1,11 @@
 //! The operator as a real process for these tests: `vc_envtest::operator` with this crate's
-//! binary.
+//! binary, serving one [`Scope`].
 
 use std::path::PathBuf;
 
 use vc_envtest::ControlPlane;
-// Each test binary uses only some of these.
-#[allow(unused_imports)]
+
+use super::scope::Scope;
 pub use vc_envtest::operator::{Launch, OperatorProcess, TOKEN};
 
 /// The binary under test: this crate's, or `VC_TEST_OPERATOR_BIN` (another build, e.g. of an
@@ -16,14 +16,22 @@ pub fn binary() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_vehicle-connect")))
 }
 
-/// Starts the operator and waits for `/readyz` (CRDs must be installed).
-pub async fn start(cp: &ControlPlane, data_dir: PathBuf) -> OperatorProcess {
-    start_with(cp, data_dir, &[]).await
+/// Starts the operator serving `scope` and waits for `/readyz` (CRDs must be installed).
+pub async fn start(cp: &ControlPlane, data_dir: PathBuf, scope: &Scope) -> OperatorProcess {
+    start_with(cp, data_dir, scope, &[]).await
 }
 
-/// Starts the operator with extra `run` arguments (kept across restarts).
-pub async fn start_with(cp: &ControlPlane, data_dir: PathBuf, args: &[&str]) -> OperatorProcess {
-    OperatorProcess::start(cp, data_dir, Launch::new(binary()).args(args))
+/// Starts the operator serving `scope` with extra `run` arguments (kept across restarts).
+pub async fn start_with(
+    cp: &ControlPlane,
+    data_dir: PathBuf,
+    scope: &Scope,
+    args: &[&str],
+) -> OperatorProcess {
+    let launch = Launch::new(binary())
+        .args(&["--watch-label-selector", &scope.selector()])
+        .args(args);
+    OperatorProcess::start(cp, data_dir, launch)
         .await
         .expect("operator started")
 }

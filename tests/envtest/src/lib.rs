@@ -325,14 +325,25 @@ impl ControlPlane {
         prefix: &str,
         annotations: &[(&str, &str)],
     ) -> Result<TestNamespace> {
+        self.namespace_labelled(prefix, &[], annotations).await
+    }
+
+    pub async fn namespace_labelled(
+        &self,
+        prefix: &str,
+        labels: &[(&str, &str)],
+        annotations: &[(&str, &str)],
+    ) -> Result<TestNamespace> {
         let n = self.ns_counter.fetch_add(1, Ordering::SeqCst);
         let name = format!("{prefix}-{n}-{}", &random_token()?[..6]).to_lowercase();
-        let ann: serde_json::Map<String, serde_json::Value> = annotations
-            .iter()
-            .map(|(k, v)| (k.to_string(), serde_json::Value::from(*v)))
-            .collect();
+        let map = |pairs: &[(&str, &str)]| -> serde_json::Map<String, serde_json::Value> {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), serde_json::Value::from(*v)))
+                .collect()
+        };
         let ns: Namespace = serde_json::from_value(serde_json::json!({
-            "metadata": { "name": name, "annotations": ann }
+            "metadata": { "name": name, "labels": map(labels), "annotations": map(annotations) }
         }))?;
         let api: Api<Namespace> = Api::all(self.client().await?);
         api.create(&PostParams::default(), &ns).await?;

@@ -1,25 +1,25 @@
 //! Events in, webhooks out: the operator process, the real control plane, real receivers.
 //! Every delivery's signature is checked by the `standardwebhooks` crate.
 
-mod support;
-
-use std::sync::OnceLock;
+use std::sync::{LazyLock, OnceLock};
 use std::time::Duration;
 
+use crate::support::operator::{apply_value, condition, wait_for};
+use crate::support::process::{OperatorProcess, TOKEN};
+use crate::support::receiver::{Receiver, Reply};
+use crate::support::scope::Scope;
 use base64::Engine;
 use kube::api::Api;
 use serde_json::{Value, json};
-use support::operator::{apply_value, condition, wait_for};
-use support::process::{OperatorProcess, TOKEN};
-use support::receiver::{Receiver, Reply};
 use tokio::sync::Mutex;
 use vc_envtest::ControlPlane;
 use vehicle_connect::api::WebhookSubscription;
 
 const WHSEC: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 
-/// One operator process for this test binary (two would both deliver).
+/// One operator process for these tests (two would both deliver), serving this scope.
 static OPERATOR: OnceLock<Mutex<Option<OperatorProcess>>> = OnceLock::new();
+static SCOPE: LazyLock<Scope> = LazyLock::new(|| Scope::new("delivery-e2e"));
 
 async fn operator_url() -> String {
     let cell = OPERATOR.get_or_init(|| Mutex::new(None));
@@ -30,7 +30,7 @@ async fn operator_url() -> String {
             .await
             .unwrap();
         let dir = cp.dir.join(format!("operator-{}", std::process::id()));
-        *g = Some(support::process::start(cp, dir).await);
+        *g = Some(crate::support::process::start(cp, dir, &SCOPE).await);
     }
     g.as_ref().unwrap().url("")
 }
@@ -51,10 +51,7 @@ async fn setup(prefix: &str) -> Setup {
     let base = operator_url().await;
     let cp = ControlPlane::shared();
     let client_id = format!("dealer-{prefix}");
-    let ns = cp
-        .namespace_with_annotations(prefix, &[("connect.vehicles.io/clients", &client_id)])
-        .await
-        .unwrap();
+    let ns = SCOPE.namespace(cp, prefix, &client_id).await;
     let client = cp.client().await.unwrap();
     for (name, data) in [
         ("basic", json!({ "username": "dms", "password": "s3cret" })),
@@ -445,13 +442,7 @@ async fn events_reach_only_matching_subscriptions() {
     .await;
     // Another namespace allowing only dealer-2, with a subscription for dealer-2.
     let cp = ControlPlane::shared();
-    let other = cp
-        .namespace_with_annotations(
-            "filters-other",
-            &[("connect.vehicles.io/clients", "dealer-2")],
-        )
-        .await
-        .unwrap();
+    let other = SCOPE.namespace(cp, "filters-other", "dealer-2").await;
     apply_value(&s.client, &other.name, json!({
         "apiVersion": "connect.vehicles.io/v1alpha1", "kind": "WebhookSubscription",
         "metadata": { "name": "d2" },

@@ -2,16 +2,14 @@
 //! are never credentials are refused, unreadable objects can still be deleted, and URL
 //! credentials never appear in conditions or Events.
 
-mod support;
-
 use std::time::{Duration, Instant};
 
+use crate::support::operator::{apply_value, condition, operator, put_secret, tenant, wait_for};
 use k8s_openapi::api::events::v1::Event;
 use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
 use kube::core::GroupVersionKind;
 use kube::discovery::ApiResource;
 use serde_json::json;
-use support::operator::{apply_value, condition, operator, put_secret, tenant, wait_for};
 use vehicle_connect::api::{FtpConnection, WebhookSubscription};
 use vehicle_connect::controller::{ftp, webhook};
 

@@ -2,17 +2,16 @@
 //! tests fail, never skip, without it). The store must refuse writes clearly while the disk is
 //! full, reopen its file by itself once space is back, and lose nothing it acknowledged.
 
-mod support;
-
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use crate::support::operator::{apply_value, condition, wait_for};
+use crate::support::process::TOKEN;
+use crate::support::receiver::Receiver;
+use crate::support::scope::Scope;
 use kube::api::Api;
 use serde_json::{Value, json};
-use support::operator::{apply_value, condition, wait_for};
-use support::process::TOKEN;
-use support::receiver::Receiver;
 use vc_envtest::ControlPlane;
 use vehicle_connect::api::WebhookSubscription;
 use vehicle_connect::store::{
@@ -361,10 +360,8 @@ async fn operator_answers_507_while_the_disk_is_full_and_delivers_every_202() {
         .await
         .unwrap();
     let client_id = "dealer-diskfull";
-    let ns = cp
-        .namespace_with_annotations("diskfull", &[("connect.vehicles.io/clients", client_id)])
-        .await
-        .unwrap();
+    let scope = Scope::new("diskfull");
+    let ns = scope.namespace(cp, "diskfull", client_id).await;
     let kube = cp.client().await.unwrap();
     let receiver = Receiver::start(None).await;
 
@@ -374,9 +371,13 @@ async fn operator_answers_507_while_the_disk_is_full_and_delivers_every_202() {
     let fs = Tmpfs::mount("8m");
     let data = parent.join("data");
     std::os::unix::fs::symlink(&fs.dir, &data).unwrap();
-    let op =
-        support::process::start_with(cp, data.clone(), &["--store-unhealthy-after-seconds", "3"])
-            .await;
+    let op = crate::support::process::start_with(
+        cp,
+        data.clone(),
+        &scope,
+        &["--store-unhealthy-after-seconds", "3"],
+    )
+    .await;
     let base = op.url("");
 
     apply_value(

@@ -1,19 +1,18 @@
 //! Events in, files out: the operator process, the real control plane, images served over
 //! HTTP on 127.0.0.1 and a real FTP server; client-level and user-level connections.
 
-mod support;
-
 use std::time::{Duration, Instant};
 
+use crate::support::ftp_server::FtpServer;
+use crate::support::operator::{apply_value, condition, wait_for};
+use crate::support::process::TOKEN;
+use crate::support::scope::Scope;
 use axum::Router;
 use axum::extract::Path;
 use axum::routing::get;
 use kube::api::Api;
 use serde_json::json;
 use sha2::{Digest, Sha256};
-use support::ftp_server::FtpServer;
-use support::operator::{apply_value, condition, wait_for};
-use support::process::TOKEN;
 use vc_envtest::ControlPlane;
 use vehicle_connect::api::FtpConnection;
 
@@ -44,10 +43,8 @@ async fn processed_vehicles_land_on_the_ftp_server_by_the_rules() {
     cp.install_crds(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("crds"))
         .await
         .unwrap();
-    let ns = cp
-        .namespace_with_annotations("ftp-e2e", &[("connect.vehicles.io/clients", "dealer-ftp")])
-        .await
-        .unwrap();
+    let scope = Scope::new("ftp-e2e");
+    let ns = scope.namespace(cp, "ftp-e2e", "dealer-ftp").await;
     let client = cp.client().await.unwrap();
 
     // Images over HTTP.
@@ -63,7 +60,7 @@ async fn processed_vehicles_land_on_the_ftp_server_by_the_rules() {
     tokio::spawn(async move { axum::serve(listener, app).await });
 
     let server = FtpServer::start("dealer", "ftp-s3cret").await.unwrap();
-    let op = support::process::start(cp, cp.dir.join("ftp-e2e-operator")).await;
+    let op = crate::support::process::start(cp, cp.dir.join("ftp-e2e-operator"), &scope).await;
     apply_value(
         &client,
         &ns.name,

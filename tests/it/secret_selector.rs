@@ -1,11 +1,11 @@
 //! `--secret-selector` against the real control plane: with it, the operator watches and
-//! reads only Secrets carrying the selected labels (its own operator, so its own binary).
+//! reads only Secrets carrying the selected labels (an operator of its own).
 
-mod support;
-
+use crate::support::operator::{
+    apply_value, condition, operator_with, put_secret, tenant, wait_for,
+};
 use kube::api::{Api, Patch, PatchParams};
 use serde_json::json;
-use support::operator::{apply_value, condition, operator_with, put_secret, tenant, wait_for};
 use vehicle_connect::api::WebhookSubscription;
 use vehicle_connect::controller::{Settings, secrets::check_selector, webhook::key};
 
@@ -20,7 +20,7 @@ fn ready_is(w: &WebhookSubscription, status: &str, reason: &str) -> bool {
 
 #[tokio::test]
 async fn only_selected_secrets_are_used() {
-    let op = operator_with(|s| Settings {
+    let op = operator_with("secret-selector", |s| Settings {
         secret_selector: Some(SELECTOR.into()),
         ..s
     });

@@ -1,11 +1,9 @@
 //! `delivery::ftp::probe` and `connect` against a real FTP server (libunftp, in process)
 //! and against sockets that misbehave on purpose.
 
-mod support;
-
 use std::time::{Duration, Instant};
 
-use support::ftp_server::FtpServer;
+use crate::support::ftp_server::FtpServer;
 use vehicle_connect::api::ftp::FtpProtocol;
 use vehicle_connect::delivery::ftp::{self, FtpEndpoint, ProbeError};
 use vehicle_connect::ssrf::{TargetGuard, parse_allow_list};

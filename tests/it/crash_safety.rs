@@ -1,17 +1,16 @@
 //! Crash safety: the operator is SIGKILLed in the middle of a stream of accepted events and
 //! restarted on the same data dir; every event it answered 202 for is delivered.
 
-mod support;
-
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::support::operator::{apply_value, condition, wait_for};
+use crate::support::process::TOKEN;
+use crate::support::receiver::Receiver;
+use crate::support::scope::Scope;
 use kube::api::Api;
 use serde_json::json;
-use support::operator::{apply_value, condition, wait_for};
-use support::process::TOKEN;
-use support::receiver::Receiver;
 use tokio::sync::Mutex;
 use vc_envtest::ControlPlane;
 use vehicle_connect::api::WebhookSubscription;
@@ -22,16 +21,14 @@ async fn every_accepted_event_survives_sigkill() {
     cp.install_crds(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("crds"))
         .await
         .unwrap();
-    let ns = cp
-        .namespace_with_annotations("crash", &[("connect.vehicles.io/clients", "dealer-1")])
-        .await
-        .unwrap();
+    let scope = Scope::new("crash");
+    let ns = scope.namespace(cp, "crash", "dealer-1").await;
     let client = cp.client().await.unwrap();
     let receiver = Receiver::start(None).await;
     // The receiver is down while events stream in, so most deliveries are still pending
     // (in the store, retrying) when the operator is killed.
-    receiver.script("sink", vec![support::receiver::Reply::Status(503)]);
-    let op = support::process::start(cp, cp.dir.join("crash-operator")).await;
+    receiver.script("sink", vec![crate::support::receiver::Reply::Status(503)]);
+    let op = crate::support::process::start(cp, cp.dir.join("crash-operator"), &scope).await;
     apply_value(&client, &ns.name, json!({
         "apiVersion": "connect.vehicles.io/v1alpha1", "kind": "WebhookSubscription",
         "metadata": { "name": "sink" },
@@ -97,7 +94,7 @@ async fn every_accepted_event_survives_sigkill() {
     );
 
     let op = op.restart(cp).await.expect("operator restarted");
-    receiver.script("sink", vec![support::receiver::Reply::Status(200)]);
+    receiver.script("sink", vec![crate::support::receiver::Reply::Status(200)]);
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     loop {
         let got: BTreeSet<String> = receiver

@@ -1,14 +1,12 @@
 //! FtpConnection reconciler against the real control plane and real FTP servers: templates,
 //! Secrets and the `Connected` login probe.
 
-mod support;
-
 use std::time::{Duration, Instant};
 
+use crate::support::ftp_server::FtpServer;
+use crate::support::operator::{apply_value, condition, operator, tenant, wait_for};
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use serde_json::json;
-use support::ftp_server::FtpServer;
-use support::operator::{apply_value, condition, operator, wait_for};
 use vehicle_connect::api::FtpConnection;
 use vehicle_connect::controller::ftp::key;
 
@@ -42,17 +40,9 @@ async fn examples_and_a_real_login_make_it_ready() {
     let server = FtpServer::start("dealer123", "dealer123-secret")
         .await
         .unwrap();
-    let ns = op
-        .cp
-        .namespace_with_annotations(
-            "ftp-examples",
-            &[("connect.vehicles.io/clients", "dealer-123")],
-        )
-        .await
-        .unwrap();
-    let client = op.cp.client().await.unwrap();
+    let (ns, client) = tenant(op, "ftp-examples", "dealer-123").await;
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
-    support::operator::apply_yaml(
+    crate::support::operator::apply_yaml(
         &client,
         &ns.name,
         &std::fs::read_to_string(dir.join("10-secrets.yaml")).unwrap(),
@@ -62,7 +52,7 @@ async fn examples_and_a_real_login_make_it_ready() {
     let yaml = std::fs::read_to_string(dir.join("30-ftpconnections.yaml"))
         .unwrap()
         .replace("port: 2121", &format!("port: {}", server.port()));
-    support::operator::apply_yaml(&client, &ns.name, &yaml).await;
+    crate::support::operator::apply_yaml(&client, &ns.name, &yaml).await;
     let api: Api<FtpConnection> = Api::namespaced(client.clone(), &ns.name);
     for name in ["dms-files", "ana-zip"] {
         let c = wait_for(&api, name, "Ready and Connected", |c| {
@@ -78,7 +68,7 @@ async fn examples_and_a_real_login_make_it_ready() {
     }
     // The FTPS example is valid for the API server; with its placeholder CA it says what to fix.
     let ftps = std::fs::read_to_string(dir.join("ftps/ftpconnection-ftps.yaml")).unwrap();
-    support::operator::apply_yaml(&client, &ns.name, &ftps).await;
+    crate::support::operator::apply_yaml(&client, &ns.name, &ftps).await;
     let c = wait_for(
         &api,
         "dms-ftps",
@@ -107,12 +97,7 @@ async fn examples_and_a_real_login_make_it_ready() {
 async fn login_failures_are_clear_conditions() {
     let op = operator();
     let server = FtpServer::start("bob", "right").await.unwrap();
-    let ns = op
-        .cp
-        .namespace_with_annotations("ftp-fail", &[("connect.vehicles.io/clients", "dealer-1")])
-        .await
-        .unwrap();
-    let client = op.cp.client().await.unwrap();
+    let (ns, client) = tenant(op, "ftp-fail", "dealer-1").await;
     apply_value(&client, &ns.name, creds("bob", "wrong")).await;
 
     // A closed port, and a port that accepts but never greets.
@@ -184,12 +169,7 @@ async fn login_failures_are_clear_conditions() {
 #[tokio::test]
 async fn bad_templates_and_secrets_are_reported_not_probed() {
     let op = operator();
-    let ns = op
-        .cp
-        .namespace_with_annotations("ftp-config", &[("connect.vehicles.io/clients", "dealer-1")])
-        .await
-        .unwrap();
-    let client = op.cp.client().await.unwrap();
+    let (ns, client) = tenant(op, "ftp-config", "dealer-1").await;
     let api: Api<FtpConnection> = Api::namespaced(client.clone(), &ns.name);
 
     apply_value(&client, &ns.name, connection("no-secret", 2121, json!({}))).await;

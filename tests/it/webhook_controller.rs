@@ -1,12 +1,10 @@
 //! WebhookSubscription reconciler against the real control plane.
 
-mod support;
-
+use crate::support::operator::{apply_value, apply_yaml, condition, operator, tenant, wait_for};
 use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::api::events::v1::Event;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use serde_json::json;
-use support::operator::{apply_value, apply_yaml, condition, operator, wait_for};
 use vehicle_connect::api::WebhookSubscription;
 use vehicle_connect::controller::webhook::key;
 
@@ -38,12 +36,7 @@ const WHSEC: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 #[tokio::test]
 async fn examples_become_ready_and_track_generation() {
     let op = operator();
-    let ns = op
-        .cp
-        .namespace_with_annotations("examples", &[("connect.vehicles.io/clients", "dealer-123")])
-        .await
-        .unwrap();
-    let client = op.cp.client().await.unwrap();
+    let (ns, client) = tenant(op, "examples", "dealer-123").await;
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
     for f in ["10-secrets.yaml", "20-webhooksubscriptions.yaml"] {
         apply_yaml(
@@ -92,12 +85,7 @@ async fn examples_become_ready_and_track_generation() {
 #[tokio::test]
 async fn missing_secret_then_created_turns_ready_without_restart() {
     let op = operator();
-    let ns = op
-        .cp
-        .namespace_with_annotations("secret", &[("connect.vehicles.io/clients", "dealer-1")])
-        .await
-        .unwrap();
-    let client = op.cp.client().await.unwrap();
+    let (ns, client) = tenant(op, "secret", "dealer-1").await;
     apply_value(
         &client,
         &ns.name,
@@ -196,15 +184,7 @@ async fn missing_secret_then_created_turns_ready_without_restart() {
 #[tokio::test]
 async fn namespace_must_allow_the_client() {
     let op = operator();
-    let ns = op
-        .cp
-        .namespace_with_annotations(
-            "tenancy",
-            &[("connect.vehicles.io/clients", "dealer-other")],
-        )
-        .await
-        .unwrap();
-    let client = op.cp.client().await.unwrap();
+    let (ns, client) = tenant(op, "tenancy", "dealer-other").await;
     apply_value(
         &client,
         &ns.name,
@@ -257,12 +237,7 @@ async fn namespace_must_allow_the_client() {
 #[tokio::test]
 async fn internal_targets_are_refused_and_suspend_holds() {
     let op = operator();
-    let ns = op
-        .cp
-        .namespace_with_annotations("targets", &[("connect.vehicles.io/clients", "*")])
-        .await
-        .unwrap();
-    let client = op.cp.client().await.unwrap();
+    let (ns, client) = tenant(op, "targets", "*").await;
     let api: Api<WebhookSubscription> = Api::namespaced(client.clone(), &ns.name);
     for (name, url) in [
         ("private", "http://10.1.2.3/hook"),
@@ -333,12 +308,7 @@ async fn internal_targets_are_refused_and_suspend_holds() {
 #[tokio::test]
 async fn deleting_runs_the_finalizer_and_removes_the_target() {
     let op = operator();
-    let ns = op
-        .cp
-        .namespace_with_annotations("delete", &[("connect.vehicles.io/clients", "c")])
-        .await
-        .unwrap();
-    let client = op.cp.client().await.unwrap();
+    let (ns, client) = tenant(op, "delete", "c").await;
     apply_value(
         &client,
         &ns.name,

@@ -1,6 +1,6 @@
 //! The Helm chart: `helm lint`, `helm template` for several value sets, the CRD copies, and
 //! a server-side dry run of the rendered manifests plus the operator running under the
-//! chart's RBAC, against this binary's own control plane (scripts/check-chart.sh).
+//! chart's RBAC, against the tests' control plane (scripts/check-chart.sh).
 
 use vc_envtest::ControlPlane;
 

@@ -1,18 +1,18 @@
 //! Trust: nothing accepted is lost, queued events follow the tenant, one tenant's hanging
 //! receiver does not stall the others. The operator runs as a real process against the real
 //! control plane; receivers are real HTTP servers (signatures checked by `standardwebhooks`).
-//! Each test has its own operator, namespace(s) and client, so they never see each other.
-
-mod support;
+//! Each test has its own operator (serving its own scope), namespace(s) and client, so they
+//! never see each other.
 
 use std::collections::{BTreeSet, HashSet};
 use std::time::{Duration, Instant};
 
+use crate::support::operator::{apply_value, condition, wait_for};
+use crate::support::process::{OperatorProcess, TOKEN};
+use crate::support::receiver::{Receiver, Reply};
+use crate::support::scope::Scope;
 use kube::api::{Api, Patch, PatchParams};
 use serde_json::{Value, json};
-use support::operator::{apply_value, condition, wait_for};
-use support::process::{OperatorProcess, TOKEN};
-use support::receiver::{Receiver, Reply};
 use vc_envtest::ControlPlane;
 use vehicle_connect::api::WebhookSubscription;
 
@@ -26,9 +26,9 @@ async fn control_plane() -> &'static ControlPlane {
     cp
 }
 
-async fn operator(cp: &ControlPlane, name: &str, args: &[&str]) -> OperatorProcess {
-    let dir = cp.dir.join(format!("trust-{name}-{}", std::process::id()));
-    support::process::start_with(cp, dir, args).await
+async fn operator(cp: &ControlPlane, scope: &Scope, args: &[&str]) -> OperatorProcess {
+    let dir = cp.dir.join(format!("trust-{scope}"));
+    crate::support::process::start_with(cp, dir, scope, args).await
 }
 
 fn event(client: &str, id: &str, vehicle: &str) -> Value {
@@ -69,11 +69,8 @@ fn subscription(name: &str, client: &str, url: &str, extra: Value) -> Value {
     })
 }
 
-async fn namespace(cp: &ControlPlane, prefix: &str, clients: &str) -> String {
-    let ns = cp
-        .namespace_with_annotations(prefix, &[("connect.vehicles.io/clients", clients)])
-        .await
-        .unwrap();
+async fn namespace(cp: &ControlPlane, scope: &Scope, prefix: &str, clients: &str) -> String {
+    let ns = scope.namespace(cp, prefix, clients).await;
     let client = cp.client().await.unwrap();
     apply_value(
         &client,
@@ -84,16 +81,17 @@ async fn namespace(cp: &ControlPlane, prefix: &str, clients: &str) -> String {
     ns.name.clone()
 }
 
-/// The control plane, a namespace allowing `client` (with the signing Secret), a client and
-/// a receiver: what every test here starts from.
+/// The control plane, the scope of the test's operator, a namespace of it allowing `client`
+/// (with the signing Secret), a client and a receiver: what every test here starts from.
 async fn tenant(
     prefix: &str,
     client: &str,
-) -> (&'static ControlPlane, String, kube::Client, Receiver) {
+) -> (&'static ControlPlane, Scope, String, kube::Client, Receiver) {
     let cp = control_plane().await;
-    let ns = namespace(cp, prefix, client).await;
+    let scope = Scope::new(prefix);
+    let ns = namespace(cp, &scope, prefix, client).await;
     let kube = cp.client().await.unwrap();
-    (cp, ns, kube, Receiver::start(Some(WHSEC)).await)
+    (cp, scope, ns, kube, Receiver::start(Some(WHSEC)).await)
 }
 
 async fn ready(api: &Api<WebhookSubscription>, name: &str) {
@@ -111,7 +109,7 @@ async fn ready(api: &Api<WebhookSubscription>, name: &str) {
 #[tokio::test]
 async fn events_posted_the_moment_readyz_says_ok_after_a_restart_all_arrive() {
     let client_id = "dealer-restart";
-    let (cp, ns, kube, receiver) = tenant("restart", client_id).await;
+    let (cp, scope, ns, kube, receiver) = tenant("restart", client_id).await;
     const SUBS: usize = 60;
     for i in 0..SUBS {
         apply_value(
@@ -126,7 +124,7 @@ async fn events_posted_the_moment_readyz_says_ok_after_a_restart_all_arrive() {
         )
         .await;
     }
-    let mut op = operator(cp, "restart", &[]).await;
+    let mut op = operator(cp, &scope, &[]).await;
     let api: Api<WebhookSubscription> = Api::namespaced(kube.clone(), &ns);
     for i in 0..SUBS {
         ready(&api, &format!("s{i}")).await;
@@ -157,7 +155,7 @@ async fn events_posted_the_moment_readyz_says_ok_after_a_restart_all_arrive() {
 #[tokio::test]
 async fn clients_hanging_up_mid_request_strand_nothing() {
     let client_id = "dealer-hangup";
-    let (cp, ns, kube, receiver) = tenant("hangup", client_id).await;
+    let (cp, scope, ns, kube, receiver) = tenant("hangup", client_id).await;
     apply_value(
         &kube,
         &ns,
@@ -169,7 +167,7 @@ async fn clients_hanging_up_mid_request_strand_nothing() {
         ),
     )
     .await;
-    let op = operator(cp, "hangup", &[]).await;
+    let op = operator(cp, &scope, &[]).await;
     ready(&Api::namespaced(kube.clone(), &ns), "all").await;
 
     // Load generator that cuts its connections at random points of the request.
@@ -257,7 +255,7 @@ async fn clients_hanging_up_mid_request_strand_nothing() {
 /// sent to the URL the subscription gets after it moves to client B.
 #[tokio::test]
 async fn queued_events_never_follow_a_subscription_to_another_client() {
-    let (cp, ns, kube, receiver) = tenant("tenant", "dealer-a").await;
+    let (cp, scope, ns, kube, receiver) = tenant("tenant", "dealer-a").await;
     receiver.script("down", vec![Reply::Status(503)]);
     apply_value(
         &kube,
@@ -265,7 +263,7 @@ async fn queued_events_never_follow_a_subscription_to_another_client() {
         subscription("moving", "dealer-a", &receiver.url("down"), json!({})),
     )
     .await;
-    let op = operator(cp, "tenant", &[]).await;
+    let op = operator(cp, &scope, &[]).await;
     let api: Api<WebhookSubscription> = Api::namespaced(kube.clone(), &ns);
     ready(&api, "moving").await;
     let batch: Vec<Value> = (0..20)
@@ -331,7 +329,7 @@ async fn only_the_new_event(
 #[tokio::test]
 async fn a_held_subscriptions_backlog_expires_by_max_age() {
     let client_id = "dealer-expiry";
-    let (cp, ns, kube, receiver) = tenant("expiry", client_id).await;
+    let (cp, scope, ns, kube, receiver) = tenant("expiry", client_id).await;
     let held = json!({ "suspend": true, "retry": { "maxAgeSeconds": 10, "maxAttempts": 5, "initialBackoffSeconds": 1, "maxBackoffSeconds": 1 } });
     apply_value(
         &kube,
@@ -339,7 +337,7 @@ async fn a_held_subscriptions_backlog_expires_by_max_age() {
         subscription("held", client_id, &receiver.url("held"), held),
     )
     .await;
-    let op = operator(cp, "expiry", &["--sweep-interval-seconds", "1"]).await;
+    let op = operator(cp, &scope, &["--sweep-interval-seconds", "1"]).await;
     let api: Api<WebhookSubscription> = Api::namespaced(kube.clone(), &ns);
     wait_for(&api, "held", "Suspended", |w| {
         w.status
@@ -380,7 +378,7 @@ async fn a_held_subscriptions_backlog_expires_by_max_age() {
 #[tokio::test]
 async fn a_full_backlog_is_refused_with_429_and_retry_after() {
     let client_id = "dealer-backlog";
-    let (cp, ns, kube, receiver) = tenant("backlog", client_id).await;
+    let (cp, scope, ns, kube, receiver) = tenant("backlog", client_id).await;
     apply_value(
         &kube,
         &ns,
@@ -392,7 +390,7 @@ async fn a_full_backlog_is_refused_with_429_and_retry_after() {
         ),
     )
     .await;
-    let op = operator(cp, "backlog", &["--max-pending-deliveries", "5"]).await;
+    let op = operator(cp, &scope, &["--max-pending-deliveries", "5"]).await;
     let api: Api<WebhookSubscription> = Api::namespaced(kube.clone(), &ns);
     wait_for(&api, "held", "Suspended", |w| {
         w.status
@@ -448,7 +446,7 @@ async fn a_full_backlog_is_refused_with_429_and_retry_after() {
 #[tokio::test]
 async fn max_concurrency_holds_for_deliveries_resumed_after_a_restart() {
     let client_id = "dealer-conc";
-    let (cp, ns, kube, receiver) = tenant("conc", client_id).await;
+    let (cp, scope, ns, kube, receiver) = tenant("conc", client_id).await;
     receiver.script("one", vec![Reply::Hang(Duration::from_millis(300))]);
     let spec = |suspend: bool| json!({ "suspend": suspend, "maxConcurrency": 1 });
     apply_value(
@@ -457,7 +455,7 @@ async fn max_concurrency_holds_for_deliveries_resumed_after_a_restart() {
         subscription("one", client_id, &receiver.url("one"), spec(true)),
     )
     .await;
-    let mut op = operator(cp, "conc", &[]).await;
+    let mut op = operator(cp, &scope, &[]).await;
     let api: Api<WebhookSubscription> = Api::namespaced(kube.clone(), &ns);
     wait_for(&api, "one", "Suspended", |w| {
         w.status
@@ -493,9 +491,10 @@ async fn max_concurrency_holds_for_deliveries_resumed_after_a_restart() {
 #[tokio::test]
 async fn a_hanging_receiver_does_not_slow_another_tenant() {
     let cp = control_plane().await;
+    let scope = Scope::new("fair");
     let (bad, good) = ("dealer-tarpit", "dealer-healthy");
-    let ns_bad = namespace(cp, "tarpit", bad).await;
-    let ns_good = namespace(cp, "healthy", good).await;
+    let ns_bad = namespace(cp, &scope, "tarpit", bad).await;
+    let ns_good = namespace(cp, &scope, "healthy", good).await;
     let kube = cp.client().await.unwrap();
     let receiver = Receiver::start(Some(WHSEC)).await;
     receiver.script("hang", vec![Reply::Hang(Duration::from_secs(60))]);
@@ -521,7 +520,7 @@ async fn a_hanging_receiver_does_not_slow_another_tenant() {
         ),
     )
     .await;
-    let op = operator(cp, "fair", &[]).await;
+    let op = operator(cp, &scope, &[]).await;
     ready(&Api::namespaced(kube.clone(), &ns_bad), "hang").await;
     ready(&Api::namespaced(kube.clone(), &ns_good), "ok").await;
 
@@ -577,7 +576,7 @@ async fn a_hanging_receiver_does_not_slow_another_tenant() {
 #[tokio::test]
 async fn a_recreated_subscription_never_gets_the_old_objects_queue() {
     let client_id = "dealer-recreate";
-    let (cp, ns, kube, receiver) = tenant("recreate", client_id).await;
+    let (cp, scope, ns, kube, receiver) = tenant("recreate", client_id).await;
     receiver.script("old", vec![Reply::Status(503)]);
     apply_value(
         &kube,
@@ -585,7 +584,7 @@ async fn a_recreated_subscription_never_gets_the_old_objects_queue() {
         subscription("same", client_id, &receiver.url("old"), json!({})),
     )
     .await;
-    let mut op = operator(cp, "recreate", &[]).await;
+    let mut op = operator(cp, &scope, &[]).await;
     let api: Api<WebhookSubscription> = Api::namespaced(kube.clone(), &ns);
     ready(&api, "same").await;
     let batch: Vec<Value> = (0..10)

@@ -1,5 +1,5 @@
-//! First proofs through `kube::Client` against the real control plane: a second test
-//! binary with its own control plane, started after the harness's own tests finish.
+//! First proofs through `kube::Client` against the real control plane, from this crate's
+//! tests (the harness's own tests are vc-envtest's).
 
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{Api, Patch, PatchParams};

@@ -8,15 +8,13 @@
 //! namespace of their own, where that address is a local one with a listener: even a broken
 //! guard could not send a packet off the machine.
 
-mod support;
-
 use std::net::IpAddr;
 use std::time::Duration;
 
+use crate::support::lying_ftp::{LyingFtp, Recorder};
 use axum::Router;
 use axum::routing::get;
 use serde_json::json;
-use support::lying_ftp::{LyingFtp, Recorder};
 use vehicle_connect::api::ftp::{FtpProtocol, FtpRules, MetadataFile};
 use vehicle_connect::delivery::ftp::{self, FtpEndpoint};
 use vehicle_connect::delivery::upload::{UploadResult, Uploader};

@@ -2,8 +2,6 @@
 //! 127.0.0.1, uploaded to a real FTP server (libunftp in process, and Debian's vsftpd, plain
 //! and FTPS), checked on the server's disk.
 
-mod support;
-
 use std::collections::HashMap;
 use std::io::Read as _;
 use std::net::SocketAddr;
@@ -24,8 +22,8 @@ use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, Buf
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
-use support::ftp_server::FtpServer;
-use support::vsftpd::{Vsftpd, VsftpdTls};
+use crate::support::ftp_server::FtpServer;
+use crate::support::vsftpd::{Vsftpd, VsftpdTls};
 use vehicle_connect::api::ftp::{FtpProtocol, FtpRules, Layout, MetadataFile, OnExisting};
 use vehicle_connect::delivery::ftp::FtpEndpoint;
 use vehicle_connect::delivery::upload::{UploadResult, Uploader};

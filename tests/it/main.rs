@@ -1,0 +1,32 @@
+//! The integration tests, as one test binary (`cargo test --test it [filter]`): built and
+//! linked once, with one control plane for all of them. Each module used to be a binary of
+//! its own; `support` is what they share. Tests run side by side on that control plane:
+//! each operator a test starts serves only its own scope (`support::scope`), and a test's
+//! namespaces, clients and names are its own.
+
+// In tests/support, not here: the benchmarks include two of its files by path.
+#[path = "../support/mod.rs"]
+mod support;
+
+mod chart;
+mod crash_safety;
+mod crd_validation;
+mod crds;
+mod delivery_e2e;
+mod disk_full;
+mod ftp_controller;
+mod ftp_e2e;
+mod ftp_pasv;
+mod ftp_probe;
+mod ftp_upload;
+mod ftp_vsftpd;
+mod ingest_auth;
+mod kube_basics;
+mod naming_props;
+mod openapi;
+mod secret_selector;
+mod trust_controller;
+mod trust_delivery;
+mod watch_selector;
+mod webhook_controller;
+mod webhook_delivery;
