@@ -10,7 +10,7 @@
 //! Prints figures and ratios (medians over repetitions); asserts nothing about speed.
 //! Sizes: VC_BENCH_EVENTS (deliveries per repetition, default 20000), VC_BENCH_REPS
 //! (repetitions, default 5), VC_BENCH_LATENCY_SECONDS (seconds per latency repetition,
-//! default 10).
+//! default 10), VC_BENCH_SUBS (which subscription counts, default 1,100,1000).
 
 mod support;
 use support::{cpu_seconds, env_usize, histogram_sum_count, median, quantile, rss_mib};
@@ -270,7 +270,12 @@ async fn main() -> anyhow::Result<()> {
         }
     };
     let mut summary = Vec::new();
-    for subs in [1usize, 100, 1000] {
+    // VC_BENCH_SUBS=1000 (comma-separated) runs only those cases, e.g. under a profiler.
+    let cases: Vec<usize> = std::env::var("VC_BENCH_SUBS")
+        .ok()
+        .map(|v| v.split(',').filter_map(|s| s.trim().parse().ok()).collect())
+        .unwrap_or_else(|| vec![1, 100, 1000]);
+    for subs in cases {
         let client_id = format!("dealer-b{subs}");
         make_subs(client_id.clone(), subs).await;
         // Let the status writes of the new subscriptions settle before measuring.

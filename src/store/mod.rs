@@ -628,7 +628,11 @@ impl Store {
     /// Records delivery outcomes. Visible to readers when it returns `Ok`, durable within
     /// 200 ms (or with the next accept, or when the store closes). Updates for a (target, seq)
     /// that is not pending (delivered already, target dropped) are ignored.
-    pub async fn record(&self, updates: Vec<DeliveryUpdate>) -> Result<(), StoreError> {
+    pub async fn record(
+        &self,
+        updates: impl Into<Arc<[DeliveryUpdate]>>,
+    ) -> Result<(), StoreError> {
+        let updates = updates.into();
         if updates.is_empty() {
             return Ok(());
         }

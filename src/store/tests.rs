@@ -533,7 +533,7 @@ fn crash_child() {
                     let out = store.accept(events.clone()).await.unwrap();
                     // Outcomes commit without an fsync in between: acknowledged events must
                     // survive a kill whatever mix of commits the file holds.
-                    let delivered = out
+                    let delivered: Vec<DeliveryUpdate> = out
                         .iter()
                         .map(|o| update(B, o.seq(), 1, Outcome::Delivered { status: Some(200) }))
                         .collect();

@@ -57,7 +57,8 @@ pub(crate) enum Job {
         reply: Reply<Vec<AcceptOutcome>>,
     },
     Record {
-        updates: Vec<DeliveryUpdate>,
+        /// Shared so that a caller retrying after a failed commit resends without copying.
+        updates: Arc<[DeliveryUpdate]>,
         reply: Reply<()>,
     },
     DropTarget {
@@ -113,6 +114,10 @@ impl Job {
     }
 
     fn apply(&mut self, t: &mut Tables<'_>) -> Result<(), StoreError> {
+        // Outcomes only release references; everything else may read them.
+        if !matches!(self, Job::Record { .. }) {
+            t.flush_releases()?;
+        }
         match self {
             Job::Accept { events, reply } => reply.set(t.accept(events)?),
             Job::Record { updates, reply } => reply.set(t.record(updates)?),
@@ -635,6 +640,9 @@ struct Tables<'txn> {
     counters_table: Table<'txn, &'static str, &'static [u8]>,
     /// Counters touched in this transaction; `None` = delete. Written once in `finish`.
     counters: BTreeMap<String, Option<TargetCounters>>,
+    /// Pending deliveries gone per event in this transaction, not yet taken off `refs`: an
+    /// event's outcomes come in bursts (one per target), so its count is written once.
+    released: BTreeMap<u64, u32>,
     next_seq: u64,
     now: u64,
     delta: Delta,
@@ -653,6 +661,7 @@ impl<'txn> Tables<'txn> {
             uploaded: txn.open_table(UPLOADED)?,
             counters_table: txn.open_table(COUNTERS)?,
             counters: BTreeMap::new(),
+            released: BTreeMap::new(),
             next_seq,
             now,
             delta: Delta::default(),
@@ -660,6 +669,7 @@ impl<'txn> Tables<'txn> {
     }
 
     fn finish(mut self) -> Result<Delta, StoreError> {
+        self.flush_releases()?;
         self.meta.insert(META_NEXT_SEQ, self.next_seq)?;
         for (target, counters) in &self.counters {
             match counters {
@@ -689,15 +699,23 @@ impl<'txn> Tables<'txn> {
         Ok(slot.get_or_insert_with(TargetCounters::default))
     }
 
-    /// One pending delivery of `seq` is gone.
+    /// One pending delivery of `seq` is gone (taken off `refs` by [`Self::flush_releases`]).
     fn release(&mut self, seq: u64) -> Result<(), StoreError> {
-        let left = self.refs.get(seq)?.map(|g| g.value()).unwrap_or(0);
-        if left <= 1 {
-            self.refs.remove(seq)?;
-        } else {
-            self.refs.insert(seq, left - 1)?;
-        }
+        *self.released.entry(seq).or_default() += 1;
         self.delta.pending -= 1;
+        Ok(())
+    }
+
+    /// Applies the releases so far to `refs`; before anything reads it.
+    fn flush_releases(&mut self) -> Result<(), StoreError> {
+        for (seq, gone) in std::mem::take(&mut self.released) {
+            let left = self.refs.get(seq)?.map(|g| g.value()).unwrap_or(0);
+            if left <= gone {
+                self.refs.remove(seq)?;
+            } else {
+                self.refs.insert(seq, left - gone)?;
+            }
+        }
         Ok(())
     }
 
@@ -750,7 +768,14 @@ impl<'txn> Tables<'txn> {
     fn record(&mut self, updates: &[DeliveryUpdate]) -> Result<(), StoreError> {
         for u in updates {
             let key = (u.target.as_str(), u.seq);
-            let Some((event_id, lane, attempts)) = self.pending.get(key)?.map(|g| {
+            // A finished delivery's row is removed, and the removal says whether it was still
+            // pending (one lookup, not two); a retry rewrites the row it reads.
+            let old = if matches!(u.outcome, Outcome::Retry { .. }) {
+                self.pending.get(key)?
+            } else {
+                self.pending.remove(key)?
+            };
+            let Some((event_id, lane, attempts)) = old.map(|g| {
                 let (id, lane, attempts, _) = g.value();
                 (id.to_owned(), lane.to_owned(), attempts)
             }) else {
@@ -758,7 +783,6 @@ impl<'txn> Tables<'txn> {
             };
             match &u.outcome {
                 Outcome::Delivered { status } => {
-                    self.pending.remove(key)?;
                     self.release(u.seq)?;
                     let c = self.counters_mut(&u.target)?;
                     c.delivered += 1;
@@ -772,7 +796,6 @@ impl<'txn> Tables<'txn> {
                     vin,
                     paths,
                 } => {
-                    self.pending.remove(key)?;
                     self.release(u.seq)?;
                     self.update_uploaded(&u.target, &lane, paths, &[])?;
                     let c = self.counters_mut(&u.target)?;
@@ -785,7 +808,6 @@ impl<'txn> Tables<'txn> {
                     c.last_delivery = Some((event_id, u.at_unix_ms, None));
                 }
                 Outcome::Removed { paths } => {
-                    self.pending.remove(key)?;
                     self.release(u.seq)?;
                     self.update_uploaded(&u.target, &lane, &[], paths)?;
                     let c = self.counters_mut(&u.target)?;
@@ -795,7 +817,6 @@ impl<'txn> Tables<'txn> {
                     c.last_delivery = Some((event_id, u.at_unix_ms, None));
                 }
                 Outcome::Dropped { .. } => {
-                    self.pending.remove(key)?;
                     self.release(u.seq)?;
                     let c = self.counters_mut(&u.target)?;
                     c.dropped += 1;
@@ -823,7 +844,6 @@ impl<'txn> Tables<'txn> {
                     });
                 }
                 Outcome::GaveUp { why } => {
-                    self.pending.remove(key)?;
                     self.release(u.seq)?;
                     let c = self.counters_mut(&u.target)?;
                     c.failed += 1;
