@@ -263,13 +263,19 @@ pub fn validate(v: Value, at: &str) -> Result<Envelope, FieldError> {
             }
         }
     }
+    let (id, timestamp, client_id) = (id.to_string(), ts.to_string(), client.to_string());
+    // Moved out, not cloned: `data` is most of an event.
+    let data = match v {
+        Value::Object(mut obj) => obj.remove("data").unwrap_or_default(),
+        _ => Value::Null,
+    };
     Ok(Envelope {
-        id: id.to_string(),
+        id,
         type_,
-        timestamp: ts.to_string(),
-        client_id: client.to_string(),
+        timestamp,
+        client_id,
         user_id: user,
-        data: Value::Object(data.clone()),
+        data,
     })
 }
 
