@@ -106,13 +106,6 @@ struct RunArgs {
 }
 
 fn main() -> anyhow::Result<()> {
-    // Freed memory goes back to the OS after 200 ms instead of 10 ms: a delivery burst
-    // reuses it instead of faulting fresh zeroed pages in for every wave.
-    // `mi_option_purge_delay` is 15 in mimalloc's v2 and v3 headers (options keep their
-    // numbers; retired ones stay as placeholders); libmimalloc-sys does not name it.
-    const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
-    // SAFETY: sets a process-wide allocator option; mimalloc reads options atomically.
-    unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 200) };
     let cli = Cli::parse();
     match cli.command {
         Command::Crd { out_dir } => match out_dir {
