@@ -339,6 +339,8 @@ async fn main() -> anyhow::Result<()> {
 
     // (c) latency at a steady 1,000 events/s, one subscription, repeated.
     let client_id = "dealer-b1".to_string();
+    // Its subscription exists already unless VC_BENCH_SUBS left the 1-subscription case out.
+    make_subs(client_id.clone(), 1).await;
     sink.track.store(true, Ordering::Relaxed);
     let rate = 1000u64;
     let mut all: Vec<f64> = Vec::new();

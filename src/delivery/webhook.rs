@@ -163,6 +163,10 @@ impl WebhookSender {
         let client = Client::builder(TokioExecutor::new())
             .pool_timer(TokioTimer::new())
             .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+            // A receiver's answer is a status line and a few headers: reading it 2 KiB at a
+            // time, not into hyper's adaptive 8 KiB-and-up buffer, keeps each of up to 1,024
+            // pooled connections small (longer answers are read in more steps).
+            .http1_read_buf_exact_size(2048)
             .build(https);
         Ok(WebhookSender {
             client,
