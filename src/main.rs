@@ -84,6 +84,10 @@ struct RunArgs {
     /// and are paged in as these finish): bounds the operator's memory under a backlog.
     #[arg(long, env = "VC_MAX_LOADED_DELIVERIES", default_value_t = 200_000)]
     max_loaded_deliveries: usize,
+    /// Lanes (one vehicle's deliveries to one target, in order) worked on at once over all
+    /// targets; more wait queued. Lanes waiting to retry do not count.
+    #[arg(long, env = "VC_MAX_ACTIVE_LANES", default_value_t = 2048)]
+    max_active_lanes: usize,
     /// Seconds between sweeps that expire backlogs older than their retry policy's maxAge.
     #[arg(long, env = "VC_SWEEP_INTERVAL_SECONDS", default_value_t = 30)]
     sweep_interval_seconds: u64,
@@ -201,6 +205,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         Limits {
             max_pending: args.max_pending_deliveries,
             in_memory: args.max_loaded_deliveries.max(1),
+            active_lanes: args.max_active_lanes.max(1),
             sweep_interval: Duration::from_secs(args.sweep_interval_seconds.max(1)),
             ..Limits::default()
         },

@@ -48,6 +48,8 @@ pub struct Limits {
     pub window: usize,
     /// Pending deliveries held in memory at once, over all targets.
     pub in_memory: usize,
+    /// Lanes worked on at once over all targets (see [`Runners`]).
+    pub active_lanes: usize,
     /// How often backlogs are checked for expired events and stranded rows.
     pub sweep_interval: Duration,
 }
@@ -58,6 +60,7 @@ impl Default for Limits {
             max_pending: 5_000_000,
             window: 1024,
             in_memory: 200_000,
+            active_lanes: 2048,
             sweep_interval: Duration::from_secs(30),
         }
     }
@@ -181,6 +184,7 @@ pub struct Dispatcher {
     recent: Mutex<std::collections::BTreeMap<u64, Arc<Loaded>>>,
     /// Shared capacity per kind ([`Kind::index`]), see [`Senders::in_flight`].
     pools: [FairPool; Kind::ALL.len()],
+    runners: Mutex<Runners>,
     /// Outcomes on their way to the store (see [`record_outcomes`]).
     outcomes: mpsc::UnboundedSender<(DeliveryUpdate, Arc<TargetState>)>,
 }
@@ -222,6 +226,17 @@ async fn record_outcomes(
         }
         metrics.queue_depth.set(store.stats().pending as i64);
     }
+}
+
+/// Lane tasks busy at once are bounded by [`Limits::active_lanes`]; further lanes wait in
+/// [`Runners::ready`] as a name, not a task (20,000 waiting lane tasks were the largest part
+/// of a burst's memory).
+#[derive(Default)]
+struct Runners {
+    /// Lane tasks not waiting for time or for their target.
+    busy: usize,
+    /// Lanes with jobs and no task, oldest first.
+    ready: VecDeque<(Arc<TargetState>, String)>,
 }
 
 /// How one attempt ended, for the lane.
@@ -269,6 +284,7 @@ impl Dispatcher {
             rx,
         ));
         Arc::new(Dispatcher {
+            runners: Mutex::default(),
             outcomes,
             store,
             registry,
@@ -427,21 +443,74 @@ impl Dispatcher {
             }
         }
         for lane in start {
-            let (me, ts) = (self.clone(), ts.clone());
-            tokio::spawn(async move { me.run_lane(ts, lane).await });
+            self.start_lane(ts.clone(), lane);
         }
     }
 
-    /// Delivers one lane's jobs in order; exits when the lane is empty. A lane's entry exists
-    /// exactly while one task runs it: the task removes it in the same critical section that
-    /// finds it empty, so `load` starting a task for a new entry never starts a second one
-    /// beside it (two tasks once delivered the same job).
-    async fn run_lane(self: Arc<Self>, ts: Arc<TargetState>, lane: String) {
+    fn runners(&self) -> std::sync::MutexGuard<'_, Runners> {
+        self.runners.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Runs a lane that has no task: in a new task while fewer than
+    /// [`Limits::active_lanes`] are busy, else queued for the next task that finishes its lane.
+    fn start_lane(self: &Arc<Self>, ts: Arc<TargetState>, lane: String) {
+        let mut r = self.runners();
+        if r.busy < self.limits.active_lanes {
+            r.busy += 1;
+            drop(r);
+            let me = self.clone();
+            tokio::spawn(async move { me.run_lanes(ts, lane).await });
+        } else {
+            r.ready.push_back((ts, lane));
+        }
+    }
+
+    /// Runs `lane`, then queued lanes while the task is needed.
+    async fn run_lanes(self: Arc<Self>, mut ts: Arc<TargetState>, mut lane: String) {
+        loop {
+            self.run_lane(&ts, &lane).await;
+            let mut r = self.runners();
+            // Over the limit when tasks that stepped aside came back: this one ends.
+            if r.busy <= self.limits.active_lanes
+                && let Some((t, l)) = r.ready.pop_front()
+            {
+                (ts, lane) = (t, l);
+                continue;
+            }
+            r.busy -= 1;
+            return;
+        }
+    }
+
+    /// A task waits for time or for its target (not for capacity): it stops counting as
+    /// busy, and a queued lane gets a task in its place, so lanes waiting to retry never
+    /// keep others from running.
+    fn step_aside(self: &Arc<Self>) {
+        let mut r = self.runners();
+        r.busy -= 1;
+        while r.busy < self.limits.active_lanes
+            && let Some((ts, lane)) = r.ready.pop_front()
+        {
+            r.busy += 1;
+            let me = self.clone();
+            tokio::spawn(async move { me.run_lanes(ts, lane).await });
+        }
+    }
+
+    fn step_in(&self) {
+        self.runners().busy += 1;
+    }
+
+    /// Delivers one lane's jobs in order; returns when the lane is empty. A lane's entry exists
+    /// exactly while one task runs it or it is queued for one: the task removes it in the same
+    /// critical section that finds it empty, so `load` starting a new entry never starts a
+    /// second runner beside the first (two tasks once delivered the same job).
+    async fn run_lane(self: &Arc<Self>, ts: &Arc<TargetState>, lane: &str) {
         let first = {
             let mut lanes = ts.lanes();
-            let next = lanes.queues.get(&lane).and_then(|q| q.front().cloned());
+            let next = lanes.queues.get(lane).and_then(|q| q.front().cloned());
             if next.is_none() {
-                lanes.queues.remove(&lane);
+                lanes.queues.remove(lane);
             }
             next
         };
@@ -449,10 +518,10 @@ impl Dispatcher {
             return;
         };
         loop {
-            let finished = self.deliver(&ts, &lane, job).await;
+            let finished = self.deliver(ts, lane, job).await;
             let (freed, next) = {
                 let mut lanes = ts.lanes();
-                let Some(q) = lanes.queues.get_mut(&lane) else {
+                let Some(q) = lanes.queues.get_mut(lane) else {
                     return;
                 };
                 let n = if finished {
@@ -463,7 +532,7 @@ impl Dispatcher {
                 };
                 let next = q.front().cloned();
                 if next.is_none() {
-                    lanes.queues.remove(&lane);
+                    lanes.queues.remove(lane);
                 }
                 lanes.loaded -= n;
                 (n, next)
@@ -479,7 +548,7 @@ impl Dispatcher {
     }
 
     /// Attempts `job` until it is finished; false if the target was dropped.
-    async fn deliver(&self, ts: &Arc<TargetState>, lane: &str, mut job: Job) -> bool {
+    async fn deliver(self: &Arc<Self>, ts: &Arc<TargetState>, lane: &str, mut job: Job) -> bool {
         loop {
             if ts.dropped.load(Ordering::Acquire) {
                 return false;
@@ -488,15 +557,19 @@ impl Dispatcher {
             // the pump to see the target active again (a held target's lanes stay parked,
             // not polling).
             let Some(target) = self.active(ts) else {
+                self.step_aside();
                 tokio::select! {
                     _ = ts.resumed.notified() => {}
                     _ = tokio::time::sleep(Duration::from_secs(5)) => {}
                 }
+                self.step_in();
                 continue;
             };
             let wait = job.next_attempt_ms.saturating_sub(now_ms());
             if wait > 0 {
+                self.step_aside();
                 tokio::time::sleep(Duration::from_millis(wait.min(5_000))).await;
+                self.step_in();
                 continue;
             }
             // The target's own permit first: waiting for it holds no shared capacity.

@@ -623,3 +623,82 @@ async fn a_recreated_subscription_never_gets_the_old_objects_queue() {
         "the old object's queue reached the new one"
     );
 }
+
+/// Few active lanes (`--max-active-lanes 2`) and many vehicles: the lanes beyond two wait
+/// queued, and lanes waiting to retry a failing receiver step aside, so a healthy target
+/// still gets every event, in order per vehicle, while the failing one retries; the failing
+/// one gets them all in order too once its receiver recovers.
+#[tokio::test]
+async fn lanes_waiting_to_retry_never_hold_back_other_lanes() {
+    let client_id = "dealer-lanes";
+    let (cp, scope, ns, kube, receiver) = tenant("lanes", client_id).await;
+    let op = operator(cp, &scope, &["--max-active-lanes", "2"]).await;
+    receiver.script("failing", vec![Reply::Status(500)]);
+    let api: Api<WebhookSubscription> = Api::namespaced(kube.clone(), &ns);
+    for name in ["failing", "healthy"] {
+        apply_value(
+            &kube,
+            &ns,
+            subscription(name, client_id, &receiver.url(name), json!({})),
+        )
+        .await;
+        ready(&api, name).await;
+    }
+    const VEHICLES: usize = 10;
+    const PER_VEHICLE: usize = 3;
+    for n in 0..PER_VEHICLE {
+        let batch: Vec<Value> = (0..VEHICLES)
+            .map(|v| event(client_id, &format!("ln-{v}-{n}"), &format!("veh-{v}")))
+            .collect();
+        let (code, body) = post(&op, &Value::Array(batch)).await;
+        assert_eq!(code, 202, "{body}");
+    }
+    let in_order = |got: &[crate::support::receiver::Received], what: &str| {
+        let mut per: std::collections::HashMap<String, Vec<String>> = Default::default();
+        for r in got.iter().filter(|r| r.status == 200) {
+            assert_eq!(r.signature_ok, Some(true));
+            per.entry(r.body["data"]["vehicle"]["id"].as_str().unwrap().into())
+                .or_default()
+                .push(r.body["id"].as_str().unwrap().into());
+        }
+        assert_eq!(per.len(), VEHICLES, "{what}: vehicles");
+        for (v, ids) in per {
+            let want: Vec<String> = (0..PER_VEHICLE)
+                .map(|n| format!("ln-{}-{n}", v.trim_start_matches("veh-")))
+                .collect();
+            assert_eq!(
+                ids, want,
+                "{what}: vehicle {v} out of order, duplicated or lost"
+            );
+        }
+    };
+    // Retries are 1 s apart and up to 50: a lane that kept its place while waiting would
+    // hold the healthy target's lanes back far longer than wait_for's 30 s.
+    let healthy = receiver.wait_for("healthy", VEHICLES * PER_VEHICLE).await;
+    in_order(&healthy, "healthy");
+    assert!(
+        receiver
+            .received_on("failing")
+            .iter()
+            .all(|r| r.status == 500),
+        "the failing receiver answered only 500 so far"
+    );
+    receiver.script("failing", vec![Reply::Status(200)]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let ok = receiver
+            .received_on("failing")
+            .into_iter()
+            .filter(|r| r.status == 200)
+            .count();
+        if ok >= VEHICLES * PER_VEHICLE {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "failing: {ok} delivered after recovery"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    in_order(&receiver.received_on("failing"), "failing");
+}
