@@ -184,6 +184,7 @@ pub struct Dispatcher {
     recent: Mutex<std::collections::BTreeMap<u64, Arc<Loaded>>>,
     /// Shared capacity per kind ([`Kind::index`]), see [`Senders::in_flight`].
     pools: [FairPool; Kind::ALL.len()],
+    /// Lane tasks at work and lanes waiting for one.
     runners: Mutex<Runners>,
     /// Outcomes on their way to the store (see [`record_outcomes`]).
     outcomes: mpsc::UnboundedSender<(DeliveryUpdate, Arc<TargetState>)>,
@@ -458,11 +459,16 @@ impl Dispatcher {
         if r.busy < self.limits.active_lanes {
             r.busy += 1;
             drop(r);
-            let me = self.clone();
-            tokio::spawn(async move { me.run_lanes(ts, lane).await });
+            self.spawn_runner(ts, lane);
         } else {
             r.ready.push_back((ts, lane));
         }
+    }
+
+    /// A task for `lane`, already counted as busy.
+    fn spawn_runner(self: &Arc<Self>, ts: Arc<TargetState>, lane: String) {
+        let me = self.clone();
+        tokio::spawn(async move { me.run_lanes(ts, lane).await });
     }
 
     /// Runs `lane`, then queued lanes while the task is needed.
@@ -492,8 +498,7 @@ impl Dispatcher {
             && let Some((ts, lane)) = r.ready.pop_front()
         {
             r.busy += 1;
-            let me = self.clone();
-            tokio::spawn(async move { me.run_lanes(ts, lane).await });
+            self.spawn_runner(ts, lane);
         }
     }
 
