@@ -17,12 +17,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures::future::BoxFuture;
-use serde::Deserialize;
 use tokio::sync::{Notify, Semaphore, mpsc};
 
-use crate::api::{EventType, RetryPolicy};
+use crate::api::RetryPolicy;
 use crate::delivery::attempt::{Attempt, Delivery, Senders};
 use crate::delivery::fair::FairPool;
+use crate::delivery::recent::{FRESH_BYTES, Head, Loaded, Recent};
 use crate::delivery::retry::{backoff, should_give_up};
 use crate::delivery::upload::Uploader;
 use crate::delivery::webhook::WebhookSender;
@@ -146,30 +146,6 @@ impl TargetState {
     }
 }
 
-/// Recently accepted events kept in memory for their attempts (oldest dropped first): a
-/// fresh event is attempted right away, by every target it was routed to, and reading and
-/// parsing it from the store for each of them was a tenth of the engine's CPU.
-const RECENT_EVENTS: usize = 4096;
-
-/// An event as its attempts need it: the body as accepted, and what the target re-check
-/// reads, parsed once.
-struct Loaded {
-    body: Vec<u8>,
-    received_ms: u64,
-    head: Head,
-}
-
-/// What an attempt needs to know of an event to re-check the target still takes it.
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct Head {
-    client_id: String,
-    #[serde(default)]
-    user_id: Option<String>,
-    #[serde(rename = "type")]
-    type_: EventType,
-}
-
 pub struct Dispatcher {
     store: Store,
     registry: Arc<Registry>,
@@ -180,8 +156,8 @@ pub struct Dispatcher {
     targets: Mutex<HashMap<String, Arc<TargetState>>>,
     /// Jobs in memory over all targets.
     loaded: AtomicUsize,
-    /// Seq → recently accepted event, at most [`RECENT_EVENTS`].
-    recent: Mutex<std::collections::BTreeMap<u64, Arc<Loaded>>>,
+    /// Events in memory for their attempts.
+    recent: Recent,
     /// Shared capacity per kind ([`Kind::index`]), see [`Senders::in_flight`].
     pools: [FairPool; Kind::ALL.len()],
     /// Lane tasks at work and lanes waiting for one.
@@ -298,7 +274,7 @@ impl Dispatcher {
             limits,
             targets: Mutex::new(HashMap::new()),
             loaded: AtomicUsize::new(0),
-            recent: Mutex::new(std::collections::BTreeMap::new()),
+            recent: Recent::new(FRESH_BYTES),
             // No namespace takes more than half of a pool: one tenant's hanging receivers
             // leave the other half to everyone else.
             pools: Kind::ALL.map(|k| {
@@ -524,7 +500,7 @@ impl Dispatcher {
         };
         loop {
             let finished = self.deliver(ts, lane, job).await;
-            let (freed, next) = {
+            let (freed, next, left) = {
                 let mut lanes = ts.lanes();
                 let Some(q) = lanes.queues.get_mut(lane) else {
                     return;
@@ -540,11 +516,14 @@ impl Dispatcher {
                     lanes.queues.remove(lane);
                 }
                 lanes.loaded -= n;
-                (n, next)
+                (n, next, lanes.loaded)
             };
             self.loaded.fetch_sub(freed, Ordering::AcqRel);
-            // Room in the window: the pump may load more.
-            ts.wake.notify_one();
+            // Room in the window: the pump may load more, once half of it is free (loading a
+            // few rows after each delivery was a store read per delivery).
+            if left <= self.limits.window / 2 {
+                ts.wake.notify_one();
+            }
             match next {
                 Some(j) => job = j,
                 None => return,
@@ -625,13 +604,7 @@ impl Dispatcher {
         &self,
         seq: u64,
     ) -> Result<Option<Result<Arc<Loaded>, serde_json::Error>>, crate::store::StoreError> {
-        let recent = self
-            .recent
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&seq)
-            .cloned();
-        if let Some(e) = recent {
+        if let Some(e) = self.recent.take(seq) {
             return Ok(Some(Ok(e)));
         }
         let Some(stored) = self.store.event(seq)? else {
@@ -643,18 +616,9 @@ impl Dispatcher {
                 received_ms: stored.received_unix_ms,
                 head,
             });
-            // A backlog's event is often due at many targets at once too.
-            self.remember(seq, e.clone());
+            self.recent.read_back(seq, e.clone());
             e
         })))
-    }
-
-    fn remember(&self, seq: u64, e: Arc<Loaded>) {
-        let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
-        recent.insert(seq, e);
-        while recent.len() > RECENT_EVENTS {
-            recent.pop_first();
-        }
     }
 
     /// One attempt of a delivery the target can take now.
@@ -922,6 +886,7 @@ impl Dispatcher {
     }
 
     pub async fn sweep(self: &Arc<Self>) -> anyhow::Result<u64> {
+        self.recent.prune(now_ms());
         let mut expired = 0;
         for row in self.store.pending_targets()? {
             let Ok(id) = row.parse::<TargetId>() else {
@@ -1025,14 +990,13 @@ impl Dispatcher {
                             type_: e.type_,
                         };
                         let received_ms = accepted_at;
-                        self.remember(
-                            seq,
-                            Arc::new(Loaded {
-                                body,
-                                received_ms,
-                                head,
-                            }),
-                        );
+                        let event = Arc::new(Loaded {
+                            body,
+                            received_ms,
+                            head,
+                        });
+                        let due = u32::try_from(targets.len()).unwrap_or(u32::MAX);
+                        self.recent.accepted(seq, event, due, accepted_at);
                     }
                     results.push(EventResult {
                         id: e.id.clone(),
@@ -1077,19 +1041,5 @@ impl EventSink for Arc<Dispatcher> {
             // drops this future, never the step between the commit and the pumps' wake-up.
             tokio::spawn(me.accept_now(events)).await?
         })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn heads_are_read_from_stored_events() {
-        let body = br#"{"id":"e","type":"vehicle.processed","timestamp":"t","clientId":"c","userId":"u","data":{"vehicle":{"id":"v"}}}"#;
-        let h: Head = serde_json::from_slice(body).unwrap();
-        assert_eq!(h.client_id, "c");
-        assert_eq!(h.user_id.as_deref(), Some("u"));
-        assert_eq!(h.type_, EventType::VehicleProcessed);
     }
 }

@@ -1,4 +1,4 @@
-//! Delivery to clients' systems: scheduling (`dispatcher`, `fair`), one attempt for every
+//! Delivery to clients' systems: scheduling (`dispatcher`, `fair`, `recent`), one attempt for every
 //! kind (`attempt`), retry rules (`retry`), webhooks (`webhook`, `signing`), FTP (`ftp`,
 //! `upload`).
 
@@ -7,6 +7,7 @@ pub mod dispatcher;
 pub mod fair;
 pub mod ftp;
 pub(crate) mod http;
+mod recent;
 pub mod retry;
 pub mod signing;
 pub mod upload;
