@@ -5,12 +5,23 @@ use base64::Engine as _;
 /// Standard Webhooks `webhook-signature` value: `v1,<base64 HMAC-SHA256>` per key over
 /// `"{msg_id}.{timestamp}.{body}"`, space separated, so receivers can rotate keys.
 pub fn sign(keys: &[Vec<u8>], msg_id: &str, timestamp: i64, body: &[u8]) -> String {
+    sign_with(&hmac_keys(keys), msg_id, timestamp, body)
+}
+
+/// The HMAC keys of `keys`, prepared once per target rather than on every request.
+pub fn hmac_keys(keys: &[Vec<u8>]) -> Vec<ring::hmac::Key> {
+    keys.iter()
+        .map(|k| ring::hmac::Key::new(ring::hmac::HMAC_SHA256, k))
+        .collect()
+}
+
+/// [`sign`] with prepared keys.
+pub fn sign_with(keys: &[ring::hmac::Key], msg_id: &str, timestamp: i64, body: &[u8]) -> String {
     let prefix = format!("{msg_id}.{timestamp}.");
     let b64 = base64::engine::general_purpose::STANDARD;
     let mut out = String::with_capacity(keys.len() * 48);
     for key in keys {
-        let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, key);
-        let mut ctx = ring::hmac::Context::with_key(&key);
+        let mut ctx = ring::hmac::Context::with_key(key);
         ctx.update(prefix.as_bytes());
         ctx.update(body);
         if !out.is_empty() {

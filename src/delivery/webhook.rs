@@ -28,7 +28,7 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use super::http::GuardedResolver;
 use super::retry::parse_retry_after;
-use super::signing::sign;
+use super::signing::{hmac_keys, sign_with};
 use crate::routing::{WebhookAuth, WebhookTarget};
 use crate::ssrf::{TargetError, TargetGuard};
 
@@ -218,7 +218,12 @@ impl WebhookSender {
         }
         let parts = prepared.parts.as_ref().map_err(Failure::clone)?;
 
-        let mut headers = parts.headers.clone();
+        // Sized once: growing a clone of the static headers was a rehash per request.
+        let tail = parts.fixed.as_ref().map_or(0, |f| f.tail.len());
+        let mut headers = HeaderMap::with_capacity(parts.headers.len() + 3 + tail);
+        for (name, value) in &parts.headers {
+            headers.append(name.clone(), value.clone());
+        }
         if !target.signing_keys.is_empty() {
             let ts = SystemTime::now()
                 .duration_since(UNIX_EPOCH)
@@ -226,7 +231,7 @@ impl WebhookSender {
             let id = HeaderValue::from_str(event_id).map_err(|_| {
                 Failure::new("InvalidEventId", "the event id is not a valid header value")
             })?;
-            let sig = sign(&target.signing_keys, event_id, ts, body);
+            let sig = sign_with(&prepared.hmac_keys, event_id, ts, body);
             let sig = HeaderValue::try_from(sig)
                 .map_err(|_| Failure::new("InvalidSignature", "signature is not ASCII"))?;
             // Inserted after the static headers so that those can never replace them.
@@ -299,6 +304,8 @@ struct Prepared {
     url: url::Url,
     auth: WebhookAuth,
     static_headers: Vec<(String, String)>,
+    signing_keys: Vec<Vec<u8>>,
+    hmac_keys: Vec<ring::hmac::Key>,
     /// Used since the last sweep.
     used: AtomicBool,
     /// The host as an IP literal, to check before each request; or why the URL is unusable.
@@ -334,6 +341,8 @@ impl Prepared {
             url: url.clone(),
             auth: target.auth.clone(),
             static_headers: target.headers.clone(),
+            signing_keys: target.signing_keys.clone(),
+            hmac_keys: hmac_keys(&target.signing_keys),
             used: AtomicBool::new(true),
             literal: literal_host(url),
             parts,
@@ -341,7 +350,10 @@ impl Prepared {
     }
 
     fn describes(&self, target: &WebhookTarget) -> bool {
-        self.url == target.url && self.auth == target.auth && self.static_headers == target.headers
+        self.url == target.url
+            && self.auth == target.auth
+            && self.static_headers == target.headers
+            && self.signing_keys == target.signing_keys
     }
 }
 
