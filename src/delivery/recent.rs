@@ -98,7 +98,8 @@ impl Recent {
         g.fresh.insert(seq, (event, targets));
     }
 
-    /// The event of `seq` if it is in memory; a fresh one counts as taken by one target.
+    /// The event of `seq` if it is in memory; a fresh one counts as taken by one target (a
+    /// retry counts too: another target may then read it back, never miss it).
     pub(super) fn take(&self, seq: u64) -> Option<Arc<Loaded>> {
         let mut g = self.inner();
         if let Some((e, left)) = g.fresh.get_mut(&seq) {

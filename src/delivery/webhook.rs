@@ -905,6 +905,17 @@ mod tests {
         assert!(!Arc::ptr_eq(&first, &second));
         let r = s.build(&t, "evt_1", b"{}").unwrap();
         assert_eq!(r.headers()["x-new"], "1");
+        // Rotated signing keys at the same address: signed with the new key, never the cached one.
+        t.signing_keys = vec![b"fedcba9876543210".to_vec()];
+        assert!(!Arc::ptr_eq(&second, &s.prepared.get(&t, &ua)));
+        let r = s.build(&t, "evt_1", b"{}").unwrap();
+        let ts: i64 = r.headers()["webhook-timestamp"]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        let want = crate::delivery::signing::sign(&t.signing_keys, "evt_1", ts, b"{}");
+        assert_eq!(r.headers()["webhook-signature"], want.as_str());
     }
 
     #[test]
