@@ -26,7 +26,7 @@ use crate::delivery::recent::{FRESH_BYTES, Head, Loaded, Recent};
 use crate::delivery::retry::{backoff, should_give_up};
 use crate::delivery::upload::Uploader;
 use crate::delivery::webhook::WebhookSender;
-use crate::ingest::{Envelope, EventResult, EventSink};
+use crate::ingest::{EventResult, EventSink, Incoming};
 use crate::metrics::{KindLabel, KindResult, Metrics};
 use crate::routing::{Kind, Registry, Target, TargetId, TargetKey};
 use crate::status::CounterWriter;
@@ -950,26 +950,25 @@ impl Dispatcher {
 
     async fn accept_now(
         self: Arc<Self>,
-        events: Vec<Envelope>,
+        mut events: Vec<Incoming>,
     ) -> anyhow::Result<Vec<EventResult>> {
         let mut routed = Vec::with_capacity(events.len());
         let mut batch = Vec::with_capacity(events.len());
         let mut bodies = Vec::with_capacity(events.len());
-        for e in &events {
+        for e in &mut events {
             let targets: Vec<String> = self
                 .registry
                 .route(&e.client_id, e.user_id.as_deref(), e.type_)
                 .into_iter()
                 .map(|t| t.id().to_string())
                 .collect();
-            let body = serde_json::to_vec(e)?;
             // Kept for the attempts only if there will be any.
-            bodies.push((!targets.is_empty()).then(|| body.clone()));
+            bodies.push((!targets.is_empty()).then(|| e.body.clone()));
             batch.push(NewEvent {
                 client: e.client_id.clone(),
                 id: e.id.clone(),
-                body,
-                lane: e.lane(),
+                body: std::mem::take(&mut e.body),
+                lane: std::mem::take(&mut e.lane),
                 targets: targets.clone(),
             });
             routed.push(targets);
@@ -1026,7 +1025,7 @@ impl Dispatcher {
 }
 
 impl EventSink for Arc<Dispatcher> {
-    fn accept(&self, events: Vec<Envelope>) -> BoxFuture<'_, anyhow::Result<Vec<EventResult>>> {
+    fn accept(&self, events: Vec<Incoming>) -> BoxFuture<'_, anyhow::Result<Vec<EventResult>>> {
         let me = self.clone();
         Box::pin(async move {
             let pending = me.store.stats().pending;

@@ -113,8 +113,49 @@ fn id_like(s: &str, max: usize) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | ':' | '-' | '@'))
 }
 
+/// An accepted event as the store and the deliveries need it: the head fields routing
+/// reads, the ordering lane, and the JSON body every delivery sends.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Incoming {
+    pub id: String,
+    pub type_: EventType,
+    pub client_id: String,
+    pub user_id: Option<String>,
+    pub lane: String,
+    /// The event serialised as an [`Envelope`]; `data` as the client posted it.
+    pub body: Vec<u8>,
+}
+
+impl Incoming {
+    pub fn from_envelope(e: &Envelope) -> serde_json::Result<Incoming> {
+        Ok(Incoming {
+            id: e.id.clone(),
+            type_: e.type_,
+            client_id: e.client_id.clone(),
+            user_id: e.user_id.clone(),
+            lane: e.lane(),
+            body: serde_json::to_vec(e)?,
+        })
+    }
+}
+
 /// Parses a request body: one event object or an array of 1..=MAX_BATCH of them.
-pub fn parse_body(body: &[u8]) -> Result<Vec<Envelope>, FieldError> {
+///
+/// Well-formed events take a typed path that never builds a tree of `data`; anything it
+/// does not accept outright (a wrong type, a missing field, a duplicate key) goes through
+/// [`parse_envelopes`], which decides and names the field.
+pub fn parse_body(body: &[u8]) -> Result<Vec<Incoming>, FieldError> {
+    if let Some(fast) = fast::parse(body) {
+        return Ok(fast);
+    }
+    parse_envelopes(body)?
+        .iter()
+        .map(|e| Incoming::from_envelope(e).map_err(|e| err("$".into(), e.to_string())))
+        .collect()
+}
+
+/// Parses and validates a request body into envelopes: the authority on what is valid.
+pub fn parse_envelopes(body: &[u8]) -> Result<Vec<Envelope>, FieldError> {
     let v: Value = serde_json::from_slice(body)
         .map_err(|e| err("$".into(), format!("not valid JSON: {e}")))?;
     match v {
@@ -279,6 +320,189 @@ pub fn validate(v: Value, at: &str) -> Result<Envelope, FieldError> {
     })
 }
 
+/// The typed path: borrows strings from the body, keeps `data` raw, and gives up (`None`)
+/// on anything [`validate`] would refuse or read differently, so it is never laxer.
+mod fast {
+    use std::borrow::Cow;
+    use std::str::FromStr;
+
+    use serde::{Deserialize, Serialize};
+    use serde_json::value::RawValue;
+
+    use super::{EventType, Incoming, MAX_BATCH, id_like};
+
+    #[derive(Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Event<'a> {
+        #[serde(borrow)]
+        id: Cow<'a, str>,
+        #[serde(rename = "type", borrow)]
+        type_: Cow<'a, str>,
+        #[serde(borrow)]
+        timestamp: Cow<'a, str>,
+        #[serde(borrow)]
+        client_id: Cow<'a, str>,
+        #[serde(default)]
+        user_id: Option<String>,
+        #[serde(borrow)]
+        data: &'a RawValue,
+    }
+
+    /// What is written: the envelope's fields in its order, `data` copied verbatim.
+    #[derive(Serialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Out<'a> {
+        id: &'a str,
+        #[serde(rename = "type")]
+        type_: &'a str,
+        timestamp: &'a str,
+        client_id: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        user_id: Option<&'a str>,
+        data: &'a RawValue,
+    }
+
+    #[derive(Deserialize)]
+    struct Data<'a> {
+        #[serde(default, borrow)]
+        vehicle: Option<&'a RawValue>,
+        #[serde(default, borrow)]
+        images: Option<Vec<&'a RawValue>>,
+    }
+
+    #[derive(Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Vehicle<'a> {
+        #[serde(borrow)]
+        id: Cow<'a, str>,
+        #[serde(default, borrow)]
+        vin: Option<&'a RawValue>,
+        #[serde(default, borrow)]
+        stock_number: Option<&'a RawValue>,
+        #[serde(default, borrow)]
+        make: Option<&'a RawValue>,
+        #[serde(default, borrow)]
+        model: Option<&'a RawValue>,
+        #[serde(default, borrow)]
+        year: Option<&'a RawValue>,
+    }
+
+    #[derive(Deserialize)]
+    struct Image<'a> {
+        #[serde(borrow)]
+        index: &'a RawValue,
+        #[serde(borrow)]
+        url: Cow<'a, str>,
+        #[serde(default, borrow)]
+        sha256: Option<&'a RawValue>,
+    }
+
+    /// A struct also deserialises from a JSON array; the validator wants objects.
+    fn object(v: &RawValue) -> bool {
+        v.get().starts_with('{')
+    }
+
+    fn string_or_absent(v: Option<&RawValue>) -> bool {
+        v.is_none_or(|v| v.get().starts_with('"'))
+    }
+
+    fn integer_in(v: &RawValue, range: std::ops::RangeInclusive<u64>) -> bool {
+        v.get().parse::<u64>().is_ok_and(|n| range.contains(&n))
+    }
+
+    pub(super) fn parse(body: &[u8]) -> Option<Vec<Incoming>> {
+        let body = body.trim_ascii_start();
+        if body.starts_with(b"[") {
+            let events: Vec<&RawValue> = serde_json::from_slice(body).ok()?;
+            if events.is_empty() || events.len() > MAX_BATCH {
+                return None;
+            }
+            events.iter().map(|e| accept(e.get().as_bytes())).collect()
+        } else {
+            Some(vec![accept(body)?])
+        }
+    }
+
+    fn accept(json: &[u8]) -> Option<Incoming> {
+        if !json.starts_with(b"{") {
+            return None;
+        }
+        let e: Event = serde_json::from_slice(json).ok()?;
+        let type_ = EventType::from_str(&e.type_).ok()?;
+        let user_ok = e.user_id.as_deref().is_none_or(|u| id_like(u, 128));
+        if !id_like(&e.id, 128)
+            || !id_like(&e.client_id, 128)
+            || !user_ok
+            || e.timestamp.parse::<k8s_openapi::jiff::Timestamp>().is_err()
+            || !object(e.data)
+        {
+            return None;
+        }
+        let data: Data = serde_json::from_str(e.data.get()).ok()?;
+        let vehicle = match data.vehicle {
+            Some(v) if object(v) => {
+                let v: Vehicle = serde_json::from_str(v.get()).ok()?;
+                let fine = !v.id.is_empty()
+                    && v.id.len() <= 128
+                    && [v.vin, v.stock_number, v.make, v.model]
+                        .into_iter()
+                        .all(string_or_absent)
+                    && v.year.is_none_or(|y| integer_in(y, 1886..=2200));
+                if !fine {
+                    return None;
+                }
+                Some(v.id)
+            }
+            // Null, absent or not an object: the validator decides whether that is allowed.
+            _ => None,
+        };
+        let family = type_.as_str().split('.').next().unwrap_or_default();
+        if vehicle.is_none() && matches!(family, "vehicle" | "image") {
+            return None;
+        }
+        if data.vehicle.is_some_and(|v| !object(v)) {
+            return None;
+        }
+        for img in data.images.iter().flatten() {
+            if !object(img) {
+                return None;
+            }
+            let img: Image = serde_json::from_str(img.get()).ok()?;
+            let url_ok = url::Url::parse(&img.url)
+                .is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.host_str().is_some());
+            let sha_ok = img.sha256.is_none_or(|h| {
+                serde_json::from_str::<&str>(h.get())
+                    .is_ok_and(|h| h.len() == 64 && h.chars().all(|c| c.is_ascii_hexdigit()))
+            });
+            if !integer_in(img.index, 1..=9999) || !url_ok || !sha_ok {
+                return None;
+            }
+        }
+        let lane = match (vehicle, &e.user_id) {
+            (Some(v), _) => format!("vehicle:{v}"),
+            (None, Some(u)) => format!("user:{u}"),
+            (None, None) => format!("client:{}", e.client_id),
+        };
+        let body = serde_json::to_vec(&Out {
+            id: &e.id,
+            type_: type_.as_str(),
+            timestamp: &e.timestamp,
+            client_id: &e.client_id,
+            user_id: e.user_id.as_deref(),
+            data: e.data,
+        })
+        .ok()?;
+        Some(Incoming {
+            id: e.id.clone().into_owned(),
+            type_,
+            client_id: e.client_id.clone().into_owned(),
+            user_id: e.user_id,
+            lane,
+            body,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -301,12 +525,12 @@ mod tests {
     fn accepts_one_event_or_a_batch() {
         let one = parse_body(sample().to_string().as_bytes()).unwrap();
         assert_eq!(one.len(), 1);
-        assert_eq!(one[0].lane(), "vehicle:veh-9");
+        assert_eq!(one[0].lane, "vehicle:veh-9");
         let batch = parse_body(json!([sample(), sample()]).to_string().as_bytes()).unwrap();
         assert_eq!(batch.len(), 2);
         let user = json!({"id": "e", "type": "user.created", "timestamp": "2026-01-01T00:00:00Z", "clientId": "c", "userId": "u", "data": {}});
         assert_eq!(
-            parse_body(user.to_string().as_bytes()).unwrap()[0].lane(),
+            parse_body(user.to_string().as_bytes()).unwrap()[0].lane,
             "user:u"
         );
     }
@@ -334,6 +558,50 @@ mod tests {
         assert_eq!(parse_body(b"{not json").unwrap_err().field, "$");
         assert_eq!(parse_body(b"[]").unwrap_err().field, "$");
         assert_eq!(field_of(json!([1])), "[0]");
+    }
+
+    /// serde reads a struct from a JSON array of its fields in order; the validator wants
+    /// objects, and so must the typed path.
+    #[test]
+    fn arrays_in_the_shape_of_a_struct_are_refused() {
+        let data = json!({ "vehicle": { "id": "v" } });
+        let as_array = json!([[
+            "e",
+            "vehicle.created",
+            "2026-01-01T00:00:00Z",
+            "c",
+            null,
+            data
+        ]]);
+        assert_eq!(field_of(as_array), "[0]");
+        let mut s = sample();
+        s["data"]["vehicle"] = json!(["veh-9"]);
+        assert_eq!(field_of(s), "data.vehicle");
+        let mut s = sample();
+        s["data"]["images"] = json!([[1, "https://cdn.example/1.jpg"]]);
+        assert_eq!(field_of(s), "data.images[0]");
+        let mut s = sample();
+        s["data"] = json!([{ "id": "veh-9" }]);
+        assert_eq!(field_of(s), "data");
+    }
+
+    /// A repeated key: the typed path steps aside and the last value counts, as `Value`
+    /// reads it, for the lane as for validation.
+    #[test]
+    fn repeated_keys_read_as_the_validator_reads_them() {
+        let body = r#"{"id":"e","type":"vehicle.created","timestamp":"2026-01-01T00:00:00Z","clientId":"c",
+            "data":{"vehicle":{"id":"first","id":"second"}}}"#;
+        assert_eq!(
+            parse_body(body.as_bytes()).unwrap()[0].lane,
+            "vehicle:second"
+        );
+        let body = r#"{"id":"e","type":"vehicle.created","timestamp":"2026-01-01T00:00:00Z","clientId":"c",
+            "data":{"vehicle":{"id":"v","year":2021,"year":"soon"}}}"#;
+        assert_eq!(
+            parse_body(body.as_bytes()).unwrap_err().field,
+            "data.vehicle.year"
+        );
+        assert!(fast::parse(sample().to_string().as_bytes()).is_some());
     }
 
     mod props {
@@ -464,9 +732,78 @@ mod tests {
             #[test]
             fn valid_envelopes_round_trip(batch in prop::collection::vec(envelope(), 1..5)) {
                 let one = serde_json::to_vec(&batch[0]).unwrap();
-                prop_assert_eq!(parse_body(&one).unwrap(), vec![batch[0].clone()]);
+                prop_assert_eq!(parse_envelopes(&one).unwrap(), vec![batch[0].clone()]);
                 let many = serde_json::to_vec(&batch).unwrap();
-                prop_assert_eq!(parse_body(&many).unwrap(), batch);
+                prop_assert_eq!(parse_envelopes(&many).unwrap(), batch.clone());
+                // The typed path takes every well-formed event and writes what the
+                // authoritative one would.
+                let fast = fast::parse(&many);
+                prop_assert!(fast.is_some(), "the typed path refused a valid batch");
+                let want: Vec<_> = batch.iter().map(|e| Incoming::from_envelope(e).unwrap()).collect();
+                prop_assert_eq!(fast, Some(want));
+            }
+
+            /// Never laxer: whatever the typed path accepts, the validator accepts and reads
+            /// the same way (head fields, lane, body). Valid events with one field swapped
+            /// for arbitrary JSON, or a key repeated, reach every branch.
+            #[test]
+            fn typed_path_agrees_with_the_validator(
+                e in envelope(),
+                path in prop::sample::select(vec![
+                    "id", "type", "timestamp", "clientId", "userId", "data", "data.vehicle",
+                    "data.vehicle.id", "data.vehicle.year", "data.vehicle.vin", "data.images",
+                    "data.images.0", "data.images.0.index", "data.images.0.url",
+                    "data.images.0.sha256", "data.user",
+                ]),
+                junk in any_json(),
+                twice in any::<bool>(),
+                batch in any::<bool>(),
+            ) {
+                let mut v = serde_json::to_value(&e).unwrap();
+                let mut at = &mut v;
+                let parts: Vec<&str> = path.split('.').collect();
+                for p in &parts[..parts.len() - 1] {
+                    at = match p.parse::<usize>() {
+                        Ok(i) if at.get(i).is_some() => &mut at[i],
+                        _ if at.get(*p).is_some() => &mut at[*p],
+                        _ => return Ok(()),
+                    };
+                }
+                let last = parts[parts.len() - 1];
+                let mut text = if twice && at.is_object() {
+                    // A repeated key, spliced into the text: `Value` keeps only the last.
+                    let inner = at.to_string();
+                    let dup = format!("{{{}:{},{}", serde_json::to_string(last).unwrap(), junk, &inner[1..]);
+                    *at = json!("__DUP__");
+                    v.to_string().replace("\"__DUP__\"", &dup)
+                } else {
+                    match at {
+                        Value::Object(o) => { o.insert(last.to_string(), junk); }
+                        Value::Array(a) if !a.is_empty() => { a[0] = junk; }
+                        _ => {}
+                    }
+                    v.to_string()
+                };
+                if batch {
+                    text = format!("[{text}]");
+                }
+                if let Some(fast) = fast::parse(text.as_bytes()) {
+                    let slow = parse_envelopes(text.as_bytes());
+                    prop_assert!(slow.is_ok(), "typed path accepted what the validator refuses: {text} ({slow:?})");
+                    let slow = slow.unwrap();
+                    prop_assert_eq!(fast.len(), slow.len());
+                    for (f, s) in fast.iter().zip(&slow) {
+                        let want = Incoming::from_envelope(s).unwrap();
+                        prop_assert_eq!(&f.id, &want.id);
+                        prop_assert_eq!(f.type_, want.type_);
+                        prop_assert_eq!(&f.client_id, &want.client_id);
+                        prop_assert_eq!(&f.user_id, &want.user_id);
+                        prop_assert_eq!(&f.lane, &want.lane);
+                        let fb: Value = serde_json::from_slice(&f.body).unwrap();
+                        let sb: Value = serde_json::from_slice(&want.body).unwrap();
+                        prop_assert_eq!(fb, sb);
+                    }
+                }
             }
 
             #[test]

@@ -16,7 +16,7 @@ use futures::future::BoxFuture;
 use serde::Serialize;
 use utoipa::{OpenApi, ToSchema};
 
-pub use envelope::{Envelope, FieldError};
+pub use envelope::{Envelope, FieldError, Incoming};
 use tokens::TokenSet;
 
 use crate::metrics::{Metrics, ResultLabel};
@@ -117,7 +117,7 @@ pub struct ErrorBody {
 
 /// Where accepted events go: routes them, stores them durably, schedules delivery.
 pub trait EventSink: Send + Sync {
-    fn accept(&self, events: Vec<Envelope>) -> BoxFuture<'_, anyhow::Result<Vec<EventResult>>>;
+    fn accept(&self, events: Vec<Incoming>) -> BoxFuture<'_, anyhow::Result<Vec<EventResult>>>;
 }
 
 #[derive(Clone)]

@@ -11,14 +11,14 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use vehicle_connect::ingest::tokens::TokenSet;
-use vehicle_connect::ingest::{self, ApiState, ConcurrencyLimit, Envelope, EventResult, EventSink};
+use vehicle_connect::ingest::{self, ApiState, ConcurrencyLimit, EventResult, EventSink, Incoming};
 use vehicle_connect::metrics::Metrics;
 
 #[derive(Default)]
-struct Recorder(Mutex<Vec<Envelope>>);
+struct Recorder(Mutex<Vec<Incoming>>);
 
 impl EventSink for Recorder {
-    fn accept(&self, events: Vec<Envelope>) -> BoxFuture<'_, anyhow::Result<Vec<EventResult>>> {
+    fn accept(&self, events: Vec<Incoming>) -> BoxFuture<'_, anyhow::Result<Vec<EventResult>>> {
         Box::pin(async move {
             let out = events
                 .iter()
