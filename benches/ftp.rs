@@ -28,7 +28,7 @@ use kube::api::{Api, Patch, PatchParams};
 use serde_json::{Value, json};
 use vc_envtest::ControlPlane;
 use vehicle_connect::api::ftp::FtpProtocol;
-use vehicle_connect::delivery::ftp::{FtpEndpoint, connect};
+use vehicle_connect::delivery::files::ftp::{FtpEndpoint, connect};
 
 const TOKEN: &str = "bench-token";
 const IMAGES: u32 = 8;

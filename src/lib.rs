@@ -11,6 +11,7 @@
 pub mod api;
 pub mod controller;
 pub mod delivery;
+pub mod endpoint;
 pub mod ingest;
 pub mod metrics;
 pub mod naming;

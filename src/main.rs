@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use vehicle_connect::controller::{self, DeleteHook, Settings};
 use vehicle_connect::delivery::dispatcher::{Dispatcher, Limits};
-use vehicle_connect::delivery::upload::Uploader;
+use vehicle_connect::delivery::files::Uploader;
 use vehicle_connect::delivery::webhook::WebhookSender;
 use vehicle_connect::ingest::{self, ApiState, tokens::TokenSet};
 use vehicle_connect::metrics::Metrics;
@@ -383,10 +383,12 @@ mod tests {
                 .build()
                 .unwrap()
                 .block_on(async {
-                    let mut ftp =
-                        vehicle_connect::delivery::ftp::FtpStream::connect(("127.0.0.1", port))
-                            .await
-                            .unwrap();
+                    let mut ftp = vehicle_connect::delivery::files::ftp::FtpStream::connect((
+                        "127.0.0.1",
+                        port,
+                    ))
+                    .await
+                    .unwrap();
                     ftp.login("bob", PASSWORD).await.unwrap();
                     ftp.quit().await.unwrap();
                 })

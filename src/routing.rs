@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use crate::api::ftp::FtpRules;
 use crate::api::{EventType, RetryPolicy};
-use crate::delivery::ftp::FtpEndpoint;
+use crate::endpoint::FtpEndpoint;
 
 /// Which resource a target belongs to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]

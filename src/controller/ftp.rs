@@ -15,7 +15,7 @@ use super::secrets::SecretReader;
 use super::{Context, Error, KindContext, name_ns};
 use crate::api::FINALIZER;
 use crate::api::ftp::{FtpConnection, FtpConnectionSpec, FtpProtocol};
-use crate::delivery::ftp::{FtpEndpoint, probe};
+use crate::delivery::files::ftp::{FtpEndpoint, probe};
 use crate::routing::{FtpTarget, Kind, Target, TargetConfig, TargetKey};
 use crate::status::{CONNECTED, Check, READY};
 

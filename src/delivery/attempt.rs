@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use crate::delivery::upload::{UploadResult, Uploader};
+use crate::delivery::files::{UploadResult, Uploader};
 use crate::delivery::webhook::{AttemptResult, WebhookSender};
 use crate::ingest::Envelope;
 use crate::routing::{Kind, TargetConfig};

@@ -1,14 +1,13 @@
 //! Delivery to clients' systems: scheduling (`dispatcher`, `fair`, `recent`), one attempt for every
-//! kind (`attempt`), retry rules (`retry`), webhooks (`webhook`, `signing`), FTP (`ftp`,
-//! `upload`).
+//! kind (`attempt`), retry rules (`retry`), webhooks (`webhook`, `signing`), files on FTP
+//! servers (`files`).
 
 pub mod attempt;
 pub mod dispatcher;
 pub mod fair;
-pub mod ftp;
+pub mod files;
 pub(crate) mod http;
 mod recent;
 pub mod retry;
 pub mod signing;
-pub mod upload;
 pub mod webhook;

@@ -1,11 +1,11 @@
-//! `delivery::ftp::probe` and `connect` against a real FTP server (libunftp, in process)
+//! `delivery::files::ftp::probe` and `connect` against a real FTP server (libunftp, in process)
 //! and against sockets that misbehave on purpose.
 
 use std::time::{Duration, Instant};
 
 use crate::support::ftp_server::FtpServer;
 use vehicle_connect::api::ftp::FtpProtocol;
-use vehicle_connect::delivery::ftp::{self, FtpEndpoint, ProbeError};
+use vehicle_connect::delivery::files::ftp::{self, FtpEndpoint, ProbeError};
 use vehicle_connect::ssrf::{TargetGuard, parse_allow_list};
 
 const USER: &str = "bob";

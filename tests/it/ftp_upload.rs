@@ -1,4 +1,4 @@
-//! `delivery::upload::Uploader` end to end: images served by a real HTTP server on
+//! `delivery::files::Uploader` end to end: images served by a real HTTP server on
 //! 127.0.0.1, uploaded to a real FTP server (libunftp in process, and Debian's vsftpd, plain
 //! and FTPS), checked on the server's disk.
 
@@ -25,8 +25,8 @@ use tokio::sync::watch;
 use crate::support::ftp_server::FtpServer;
 use crate::support::vsftpd::{Vsftpd, VsftpdTls};
 use vehicle_connect::api::ftp::{FtpProtocol, FtpRules, Layout, MetadataFile, OnExisting};
-use vehicle_connect::delivery::ftp::FtpEndpoint;
-use vehicle_connect::delivery::upload::{UploadResult, Uploader};
+use vehicle_connect::delivery::files::{UploadResult, Uploader};
+use vehicle_connect::endpoint::FtpEndpoint;
 use vehicle_connect::ingest::Envelope;
 use vehicle_connect::ingest::envelope::validate;
 use vehicle_connect::routing::FtpTarget;
@@ -1571,7 +1571,7 @@ async fn vsftpd_upload_throughput_figure() {
     let (mut plain, mut sequential, mut parallel) = (Duration::MAX, Duration::MAX, Duration::MAX);
     for round in 0..3 {
         // Plain loop: one session, STOR each image under its final name.
-        let mut session = vehicle_connect::delivery::ftp::connect(
+        let mut session = vehicle_connect::delivery::files::ftp::connect(
             &endpoint(server.port(), FtpProtocol::Ftp, None),
             &TargetGuard::new(parse_allow_list("127.0.0.0/8").unwrap()),
         )

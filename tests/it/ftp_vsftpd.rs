@@ -1,11 +1,11 @@
-//! `delivery::ftp` against Debian's vsftpd, a production FTP server (plain, explicit and
+//! `delivery::files::ftp` against Debian's vsftpd, a production FTP server (plain, explicit and
 //! implicit FTPS). These tests fail, never skip, when vsftpd is missing: CI installs it.
 
 use std::time::Duration;
 
 use crate::support::vsftpd::{Vsftpd, VsftpdTls};
 use vehicle_connect::api::ftp::FtpProtocol;
-use vehicle_connect::delivery::ftp::{self, FtpEndpoint};
+use vehicle_connect::delivery::files::ftp::{self, FtpEndpoint};
 use vehicle_connect::ssrf::{TargetGuard, parse_allow_list};
 
 fn loopback() -> TargetGuard {
