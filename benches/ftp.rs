@@ -124,6 +124,7 @@ async fn main() -> anyhow::Result<()> {
         passive: true,
         epsv: false,
         nat_workaround: true,
+        ssh: Default::default(),
     };
     let guard = vehicle_connect::ssrf::TargetGuard::new(vec!["127.0.0.0/8".parse()?]);
 

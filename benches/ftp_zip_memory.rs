@@ -9,6 +9,8 @@
 mod support;
 use support::{env_usize, rss_mib};
 
+#[path = "../tests/support/peer_script.rs"]
+mod peer_script;
 #[path = "../tests/support/vsftpd.rs"]
 #[allow(dead_code)]
 mod vsftpd;
@@ -98,6 +100,7 @@ async fn main() -> anyhow::Result<()> {
                 passive: true,
                 epsv: false,
                 nat_workaround: true,
+                ssh: Default::default(),
             },
             rules: FtpRules {
                 base_directory: format!("/mem-{layout:?}"),

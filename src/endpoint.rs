@@ -20,6 +20,20 @@ pub struct FtpEndpoint {
     pub passive: bool,
     pub epsv: bool,
     pub nat_workaround: bool,
+    /// For `sftp`: the pinned host keys and key authentication.
+    pub ssh: SshAuth,
+}
+
+/// How an SFTP session trusts the server and proves who it is.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct SshAuth {
+    /// OpenSSH `known_hosts` text with the server's keys; `None` only when the user opted
+    /// out of host-key checking.
+    pub known_hosts: Option<String>,
+    /// OpenSSH or PEM private key; password authentication when `None`.
+    pub private_key: Option<String>,
+    /// Passphrase of an encrypted `private_key`.
+    pub passphrase: Option<String>,
 }
 
 impl std::fmt::Debug for FtpEndpoint {
@@ -35,6 +49,43 @@ impl std::fmt::Debug for FtpEndpoint {
 }
 
 impl FtpEndpoint {
+    /// A digest of every setting and credential: sessions and login probes are shared only
+    /// between endpoints with the same one, so none outlives a rotated password or key.
+    /// (A digest, not the fields: it is kept long and must hold no secret.)
+    pub fn fingerprint(&self) -> [u8; 32] {
+        let port = self.port.to_be_bytes();
+        let flags = [
+            self.protocol as u8,
+            u8::from(self.passive),
+            u8::from(self.epsv),
+            u8::from(self.nat_workaround),
+            u8::from(self.ssh.known_hosts.is_some()),
+        ];
+        let connect = self.connect_timeout.as_millis().to_be_bytes();
+        let command = self.command_timeout.as_millis().to_be_bytes();
+        let text = |o: &Option<String>| o.as_deref().unwrap_or_default().as_bytes().to_vec();
+        let mut d = ring::digest::Context::new(&ring::digest::SHA256);
+        for part in [
+            self.host.as_bytes(),
+            &port,
+            self.username.as_bytes(),
+            self.password.as_bytes(),
+            self.ca_pem.as_deref().unwrap_or_default(),
+            &flags,
+            &connect,
+            &command,
+            &text(&self.ssh.known_hosts),
+            &text(&self.ssh.private_key),
+            &text(&self.ssh.passphrase),
+        ] {
+            d.update(&(part.len() as u64).to_be_bytes());
+            d.update(part);
+        }
+        let mut out = [0u8; 32];
+        out.copy_from_slice(d.finish().as_ref());
+        out
+    }
+
     /// `host:port`, bracketing IPv6 literals, as shown in messages.
     pub fn target(&self) -> String {
         if self.host.contains(':') {
@@ -61,6 +112,36 @@ impl FtpEndpoint {
             passive: true,
             epsv: false,
             nat_workaround: true,
+            ssh: SshAuth::default(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fingerprints_change_with_every_credential() {
+        let base = FtpEndpoint::example();
+        let mut seen = vec![base.fingerprint()];
+        let variants: [fn(&mut FtpEndpoint); 8] = [
+            |e| e.password = "other".into(),
+            |e| e.username = "other".into(),
+            |e| e.port = 2121,
+            |e| e.protocol = FtpProtocol::Sftp,
+            |e| e.ca_pem = Some(b"pem".to_vec()),
+            |e| e.ssh.known_hosts = Some("h ssh-ed25519 AAAA".into()),
+            |e| e.ssh.private_key = Some("key".into()),
+            |e| e.ssh.passphrase = Some("pass".into()),
+        ];
+        for change in variants {
+            let mut e = FtpEndpoint::example();
+            change(&mut e);
+            let f = e.fingerprint();
+            assert!(!seen.contains(&f));
+            seen.push(f);
+        }
+        assert_eq!(FtpEndpoint::example().fingerprint(), base.fingerprint());
     }
 }

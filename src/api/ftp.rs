@@ -59,7 +59,11 @@ use super::event::EventType;
         json_path = ".metadata.creationTimestamp"
     )
 )]
-#[x_kube(validation = Rule::new("!has(self.caSecretRef) || self.protocol != 'ftp'").message("caSecretRef needs protocol ftps or ftps-implicit").field_path(".caSecretRef"))]
+#[x_kube(
+    validation = Rule::new("!has(self.caSecretRef) || self.protocol in ['ftps', 'ftps-implicit']").message("caSecretRef needs protocol ftps or ftps-implicit").field_path(".caSecretRef"),
+    validation = Rule::new("self.protocol != 'sftp' || (has(self.ssh) && (has(self.ssh.knownHostsSecretRef) || self.ssh.insecureSkipHostKeyCheck))").message("protocol sftp needs ssh.knownHostsSecretRef: the server's host keys, pinned (or ssh.insecureSkipHostKeyCheck: true, which lets anyone on the path impersonate the server)").field_path(".ssh"),
+    validation = Rule::new("!has(self.ssh) || self.protocol == 'sftp'").message("ssh settings need protocol sftp").field_path(".ssh")
+)]
 #[serde(rename_all = "camelCase")]
 pub struct FtpConnectionSpec {
     /// FTP server host name or IP address.
@@ -69,17 +73,24 @@ pub struct FtpConnectionSpec {
     )]
     pub host: String,
 
-    /// Control port.
-    #[serde(default = "default_port")]
+    /// Control port: 21 unless set, 22 for `sftp`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 65535))]
-    pub port: u16,
+    pub port: Option<u16>,
 
-    /// `ftp`, `ftps` (explicit TLS with AUTH TLS) or `ftps-implicit` (TLS from the first byte).
+    /// `ftp`, `ftps` (explicit TLS with AUTH TLS), `ftps-implicit` (TLS from the first byte)
+    /// or `sftp` (file transfer over SSH).
     #[serde(default)]
     pub protocol: FtpProtocol,
 
-    /// Secret with keys `username` and `password`.
+    /// Secret with keys `username` and `password`. For `sftp`, key `ssh-privatekey` (an
+    /// OpenSSH or PEM private key, optionally encrypted with key `passphrase`) can stand
+    /// in for the password; a Secret of type `kubernetes.io/ssh-auth` holds it that way.
     pub credentials_secret_ref: SecretRef,
+
+    /// SSH settings for `protocol: sftp`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ssh: Option<SshSettings>,
 
     /// CA certificate(s) to trust for FTPS (key `ca.crt` unless set). Without it the system
     /// roots are used.
@@ -142,9 +153,6 @@ pub struct FtpConnectionSpec {
     pub suspend: bool,
 }
 
-fn default_port() -> u16 {
-    21
-}
 fn default_true() -> bool {
     true
 }
@@ -155,7 +163,7 @@ fn default_events() -> Vec<EventType> {
     vec![EventType::VehicleProcessed]
 }
 
-/// FTP flavour.
+/// File transfer protocol.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub enum FtpProtocol {
     #[default]
@@ -165,6 +173,44 @@ pub enum FtpProtocol {
     Ftps,
     #[serde(rename = "ftps-implicit")]
     FtpsImplicit,
+    #[serde(rename = "sftp")]
+    Sftp,
+}
+
+impl FtpProtocol {
+    /// As written in the spec.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FtpProtocol::Ftp => "ftp",
+            FtpProtocol::Ftps => "ftps",
+            FtpProtocol::FtpsImplicit => "ftps-implicit",
+            FtpProtocol::Sftp => "sftp",
+        }
+    }
+
+    /// The port used when the spec sets none.
+    pub fn default_port(self) -> u16 {
+        match self {
+            FtpProtocol::Sftp => 22,
+            _ => 21,
+        }
+    }
+}
+
+/// How the operator trusts an SFTP server.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SshSettings {
+    /// The server's host keys in OpenSSH `known_hosts` format (key `known_hosts` unless set),
+    /// for example from `ssh-keyscan -p PORT HOST` checked against what the client says.
+    /// A server presenting any other key is refused: `Connected=False/HostKeyMismatch`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub known_hosts_secret_ref: Option<SecretKeyRef>,
+
+    /// Accept whatever host key the server presents. Anyone on the network path can then
+    /// impersonate the server and receive the uploads (and a password); for tests only.
+    #[serde(default)]
+    pub insecure_skip_host_key_check: bool,
 }
 
 /// The client's naming rules. Templates use placeholders in braces: `{vin}`, `{stock}`,
@@ -339,6 +385,11 @@ pub struct FtpConnectionStatus {
 }
 
 impl FtpConnectionSpec {
+    /// The port to connect to.
+    pub fn port(&self) -> u16 {
+        self.port.unwrap_or(self.protocol.default_port())
+    }
+
     pub fn retry_policy(&self) -> RetryPolicy {
         self.retry.clone().unwrap_or_default()
     }

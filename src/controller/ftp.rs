@@ -2,7 +2,6 @@
 //! register the resolved target → probe the login (`Connected`) → write status.
 
 use std::collections::HashMap;
-use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -11,11 +10,12 @@ use kube::runtime::controller::Action;
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
 use kube::{Api, ResourceExt};
 
-use super::secrets::SecretReader;
+use super::secrets::{SSH_PRIVATE_KEY, SecretReader};
 use super::{Context, Error, KindContext, name_ns};
 use crate::api::FINALIZER;
 use crate::api::ftp::{FtpConnection, FtpConnectionSpec, FtpProtocol};
-use crate::delivery::files::ftp::{FtpEndpoint, probe};
+use crate::delivery::files::probe;
+use crate::endpoint::{FtpEndpoint, SshAuth};
 use crate::routing::{FtpTarget, Kind, Target, TargetConfig, TargetKey};
 use crate::status::{CONNECTED, Check, READY};
 
@@ -152,12 +152,68 @@ async fn validate(
         Ok(v) => v,
         Err(c) => return Ok(held(c)),
     };
-    let password = match secrets
-        .value(cred, "password", "spec.credentialsSecretRef")
-        .await?
+    let sftp = spec.protocol == FtpProtocol::Sftp;
+    // SFTP logs in with a private key where the Secret has one, else with the password.
+    let private_key = if sftp {
+        secrets
+            .ssh_key(cred, SSH_PRIVATE_KEY, "spec.credentialsSecretRef")
+            .await?
+            .ok()
+    } else {
+        None
+    };
+    let password = if private_key.is_some() {
+        String::new()
+    } else {
+        match secrets
+            .value(cred, "password", "spec.credentialsSecretRef")
+            .await?
+        {
+            Ok(v) => v,
+            Err(c) if sftp && c.reason == "SecretInvalid" => {
+                return Ok(held(Check::fail(
+                    "SecretInvalid",
+                    format!(
+                        "Secret {cred:?} (spec.credentialsSecretRef) has neither key \"password\" nor \"{SSH_PRIVATE_KEY}\" (or it is empty)"
+                    ),
+                )));
+            }
+            Err(c) => return Ok(held(c)),
+        }
+    };
+    let passphrase = match &private_key {
+        Some(_) => secrets
+            .ssh_key(cred, "passphrase", "spec.credentialsSecretRef")
+            .await?
+            .ok(),
+        None => None,
+    };
+    let known_hosts = match spec
+        .ssh
+        .as_ref()
+        .and_then(|s| s.known_hosts_secret_ref.as_ref())
     {
-        Ok(v) => v,
-        Err(c) => return Ok(held(c)),
+        Some(r) if sftp => {
+            let k = r.key_or("known_hosts");
+            let text = match secrets
+                .value(&r.name, k, "spec.ssh.knownHostsSecretRef")
+                .await?
+            {
+                Ok(v) => v,
+                Err(c) => return Ok(held(c)),
+            };
+            if let Err(e) = crate::delivery::files::sftp::check_known_hosts(&text) {
+                return Ok(held(Check::fail(
+                    "SecretInvalid",
+                    format!(
+                        "key {k:?} of Secret {:?} (spec.ssh.knownHostsSecretRef): {e}",
+                        r.name
+                    ),
+                )));
+            }
+            Some(text)
+        }
+        _ => None,
     };
     let ca_pem = match &spec.ca_secret_ref {
         Some(r) => {
@@ -184,7 +240,7 @@ async fn validate(
     let s = &ctx.shared.settings;
     if let Err(e) = s
         .guard
-        .check_host(&spec.host, spec.port, Duration::from_secs(5))
+        .check_host(&spec.host, spec.port(), Duration::from_secs(5))
         .await
     {
         let check = Check::fail(e.reason(), format!("spec.host: {e}"));
@@ -206,7 +262,7 @@ async fn validate(
 
     let endpoint = FtpEndpoint {
         host: spec.host.clone(),
-        port: spec.port,
+        port: spec.port(),
         protocol: spec.protocol,
         username,
         password,
@@ -216,6 +272,11 @@ async fn validate(
         passive: spec.passive,
         epsv: spec.epsv,
         nat_workaround: spec.nat_workaround,
+        ssh: SshAuth {
+            known_hosts,
+            private_key,
+            passphrase,
+        },
     };
     let config = TargetConfig::Ftp(FtpTarget {
         endpoint: endpoint.clone(),
@@ -246,25 +307,21 @@ async fn validate(
         )
         .await;
     let target = Some(mk(None, Some(config)));
-    let proto = match spec.protocol {
-        FtpProtocol::Ftp => "ftp",
-        FtpProtocol::Ftps => "ftps",
-        FtpProtocol::FtpsImplicit => "ftps-implicit",
-    };
+    let proto = spec.protocol.as_str();
     Ok(match record.result {
         Ok(()) => Verdict {
             ready: Check::ok(
                 "Ready",
                 format!(
                     "uploading vehicles of client {:?} to {proto}://{}:{}",
-                    spec.client_id, spec.host, spec.port
+                    spec.client_id, spec.host, endpoint.port
                 ),
             ),
             connected: Check::ok(
                 "LoggedIn",
                 format!(
                     "logged in to {}:{} as {:?}",
-                    spec.host, spec.port, endpoint.username
+                    spec.host, endpoint.port, endpoint.username
                 ),
             ),
             target,
@@ -304,30 +361,11 @@ pub struct ProbeRecord {
 /// backoff (5 s doubling up to the probe interval), never in a tight loop.
 #[derive(Default)]
 pub struct ProbeCache {
-    entries: Mutex<HashMap<u64, Arc<tokio::sync::Mutex<Option<ProbeRecord>>>>>,
+    /// Endpoint fingerprint → its last probe.
+    entries: Mutex<HashMap<[u8; 32], ProbeSlot>>,
 }
 
-fn fingerprint(ep: &FtpEndpoint) -> u64 {
-    let mut h = DefaultHasher::new();
-    (
-        &ep.host,
-        ep.port,
-        ep.protocol as u8,
-        &ep.username,
-        &ep.password,
-        &ep.ca_pem,
-    )
-        .hash(&mut h);
-    (
-        ep.passive,
-        ep.epsv,
-        ep.nat_workaround,
-        ep.connect_timeout,
-        ep.command_timeout,
-    )
-        .hash(&mut h);
-    h.finish()
-}
+type ProbeSlot = Arc<tokio::sync::Mutex<Option<ProbeRecord>>>;
 
 impl ProbeCache {
     pub async fn check(
@@ -339,7 +377,7 @@ impl ProbeCache {
     ) -> ProbeRecord {
         let slot = {
             let mut m = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-            m.entry(fingerprint(ep)).or_default().clone()
+            m.entry(ep.fingerprint()).or_default().clone()
         };
         // Concurrent reconciles of the same endpoint wait here and reuse one probe.
         let mut guard = slot.lock().await;
@@ -360,7 +398,7 @@ impl ProbeCache {
             let limit = ep.connect_timeout + ep.command_timeout;
             match tokio::time::timeout(limit, probe(ep, target_guard)).await {
                 Ok(Ok(())) => Ok(()),
-                Ok(Err(e)) => Err((e.reason().to_string(), e.to_string())),
+                Ok(Err(e)) => Err(e),
                 Err(_) => Err((
                     "Timeout".to_string(),
                     format!("no answer from {}:{} within {limit:?}", ep.host, ep.port),

@@ -52,6 +52,9 @@ impl SecretCache {
 /// and reading it would hand whoever may create a subscription a Secret they may not read.
 pub const ALLOWED_TYPES: [&str; 3] = ["Opaque", "kubernetes.io/basic-auth", "kubernetes.io/tls"];
 
+/// The key of a private key in a `kubernetes.io/ssh-auth` Secret, also read from the others.
+pub const SSH_PRIVATE_KEY: &str = "ssh-privatekey";
+
 /// Whether a Secret of type `t` (None: unset, which Kubernetes treats as Opaque) may be used.
 pub fn type_allowed(t: Option<&str>) -> bool {
     t.is_none_or(|t| t.is_empty() || ALLOWED_TYPES.contains(&t))
@@ -134,18 +137,23 @@ impl<'a> SecretReader<'a> {
         key: &str,
         field: &str,
     ) -> Result<Result<String, Check>, kube::Error> {
-        self.bytes(name, key, field).await.map(|r| {
-            r.and_then(|b| {
-                String::from_utf8(b)
-                    .map(|s| s.trim_end_matches(['\r', '\n']).to_string())
-                    .map_err(|_| {
-                        Check::fail(
-                            "SecretInvalid",
-                            format!("key {key:?} of Secret {name:?} ({field}) is not UTF-8 text"),
-                        )
-                    })
-            })
-        })
+        self.bytes(name, key, field)
+            .await
+            .map(|r| r.and_then(|b| text(name, key, field, b)))
+    }
+
+    /// Like [`Self::value`], also from a Secret of type `kubernetes.io/ssh-auth`: SSH key
+    /// authentication never sends the key, only a signature bound to one session, so using
+    /// it against a server the resource names cannot leak it.
+    pub async fn ssh_key(
+        &mut self,
+        name: &str,
+        key: &str,
+        field: &str,
+    ) -> Result<Result<String, Check>, kube::Error> {
+        self.raw(name, key, field, true)
+            .await
+            .map(|r| r.and_then(|b| text(name, key, field, b)))
     }
 
     /// Raw bytes of `key` in Secret `name`.
@@ -154,6 +162,16 @@ impl<'a> SecretReader<'a> {
         name: &str,
         key: &str,
         field: &str,
+    ) -> Result<Result<Vec<u8>, Check>, kube::Error> {
+        self.raw(name, key, field, false).await
+    }
+
+    async fn raw(
+        &mut self,
+        name: &str,
+        key: &str,
+        field: &str,
+        ssh_auth: bool,
     ) -> Result<Result<Vec<u8>, Check>, kube::Error> {
         if !self.cache.contains_key(name) {
             let s = self.fetch(name).await?;
@@ -186,7 +204,8 @@ impl<'a> SecretReader<'a> {
                 )));
             }
         };
-        if !type_allowed(secret.type_.as_deref()) {
+        let ssh_typed = ssh_auth && secret.type_.as_deref() == Some("kubernetes.io/ssh-auth");
+        if !ssh_typed && !type_allowed(secret.type_.as_deref()) {
             return Ok(Err(Check::fail(
                 "SecretNotAllowed",
                 format!(
@@ -220,6 +239,18 @@ impl<'a> SecretReader<'a> {
             )),
         })
     }
+}
+
+/// A Secret value as text, trailing line breaks removed.
+fn text(name: &str, key: &str, field: &str, bytes: Vec<u8>) -> Result<String, Check> {
+    String::from_utf8(bytes)
+        .map(|s| s.trim_end_matches(['\r', '\n']).to_string())
+        .map_err(|_| {
+            Check::fail(
+                "SecretInvalid",
+                format!("key {key:?} of Secret {name:?} ({field}) is not UTF-8 text"),
+            )
+        })
 }
 
 /// Decodes Standard Webhooks secrets: one or more `whsec_<base64>` separated by whitespace.

@@ -373,10 +373,10 @@ fn cases() -> Vec<Case> {
         case("port-zero", Ftp, "/spec/port", json!(0), "spec.port"),
         case("port-70000", Ftp, "/spec/port", json!(70000), "spec.port"),
         case(
-            "protocol-sftp",
+            "protocol-scp",
             Ftp,
             "/spec/protocol",
-            json!("sftp"),
+            json!("scp"),
             "spec.protocol",
         ),
         case(
@@ -391,6 +391,34 @@ fn cases() -> Vec<Case> {
             Ftp,
             "/spec/protocol",
             "spec.caSecretRef",
+        ),
+        case(
+            "sftp-with-ca-and-no-host-keys",
+            Ftp,
+            "/spec/protocol",
+            json!("sftp"),
+            "spec.ssh",
+        ),
+        case(
+            "ca-with-sftp",
+            Ftp,
+            "/spec/protocol",
+            json!("sftp"),
+            "spec.caSecretRef",
+        ),
+        case(
+            "ssh-settings-with-ftps",
+            Ftp,
+            "/spec/ssh",
+            json!({ "insecureSkipHostKeyCheck": true }),
+            "spec.ssh",
+        ),
+        case(
+            "known-hosts-bad-key",
+            Ftp,
+            "/spec/ssh",
+            json!({ "knownHostsSecretRef": { "name": "kh", "key": "known hosts" } }),
+            "spec.ssh.knownHostsSecretRef.key",
         ),
         case(
             "ca-secret-bad-key",
@@ -697,11 +725,29 @@ async fn valid_specs_are_accepted_as_written() {
         }
     }
 
+    // SFTP as examples/sftp/ writes it: port 22 from the protocol, host keys pinned.
+    let mut sftp = ftp_base();
+    let spec = sftp["spec"].as_object_mut().unwrap();
+    spec.remove("port");
+    spec.remove("caSecretRef");
+    spec.insert("protocol".into(), json!("sftp"));
+    spec.insert(
+        "ssh".into(),
+        json!({ "knownHostsSecretRef": { "name": "dms-sftp-known-hosts" } }),
+    );
+    api(&client, &ns, Kind::Ftp)
+        .create(&pp, &object(sftp, "sftp"))
+        .await
+        .unwrap();
+
     // The typed API reads them back into the Rust types.
     let ftp: Api<FtpConnection> = Api::namespaced(client.clone(), &ns);
+    let got = ftp.get("sftp").await.unwrap();
+    assert_eq!(got.spec.protocol, FtpProtocol::Sftp);
+    assert_eq!(got.spec.port(), 22);
     let got = ftp.get("full").await.unwrap();
     assert_eq!(got.spec.protocol, FtpProtocol::Ftps);
-    assert_eq!(got.spec.port, 2121);
+    assert_eq!(got.spec.port(), 2121);
     assert_eq!(got.spec.rules.file_name, "{stock}_{index:03}.{ext}");
     vehicle_connect::naming::validate_rules(&got.spec.rules).unwrap();
     let whs: Api<WebhookSubscription> = Api::namespaced(client, &ns);
@@ -736,7 +782,8 @@ async fn the_api_server_applies_the_schema_defaults() {
     // Checked on the raw object: serde defaults in the Rust types must not mask a server
     // that applied none.
     let spec = &created.data["spec"];
-    assert_eq!(spec["port"], json!(21));
+    // No schema default for the port: it follows the protocol (21, or 22 for sftp).
+    assert!(spec.get("port").is_none(), "{spec}");
     assert_eq!(spec["protocol"], json!("ftp"));
     assert_eq!(spec["events"], json!(["vehicle.processed"]));
     assert_eq!(spec["passive"], json!(true));

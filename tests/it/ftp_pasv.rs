@@ -41,6 +41,7 @@ fn endpoint(port: u16, nat_workaround: bool) -> FtpEndpoint {
         passive: true,
         epsv: false,
         nat_workaround,
+        ssh: Default::default(),
     }
 }
 

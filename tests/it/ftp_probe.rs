@@ -24,6 +24,7 @@ fn endpoint(host: &str, port: u16) -> FtpEndpoint {
         passive: true,
         epsv: false,
         nat_workaround: true,
+        ssh: Default::default(),
     }
 }
 

@@ -34,8 +34,8 @@ use vehicle_connect::ssrf::{TargetGuard, parse_allow_list};
 
 const USER: &str = "dealer";
 const PASSWORD: &str = "upload-s3cret";
-const VIN: &str = "WVWZZZ1JZXW000001";
-const KB: usize = 1024;
+pub(crate) const VIN: &str = "WVWZZZ1JZXW000001";
+pub(crate) const KB: usize = 1024;
 
 // ---------------------------------------------------------------------------------------
 // Image server
@@ -52,13 +52,13 @@ struct ImageStore {
 
 /// Serves `/img/{name}` from memory, `/status/{code}/{name}` with that status and
 /// `/redirect/{name}` as a 302 to wherever the test says.
-struct Images {
+pub(crate) struct Images {
     addr: SocketAddr,
     store: ImageStore,
 }
 
 impl Images {
-    async fn start() -> Images {
+    pub(crate) async fn start() -> Images {
         Images::start_on("127.0.0.1").await
     }
 
@@ -76,7 +76,7 @@ impl Images {
     }
 
     /// Adds an image and returns its URL.
-    fn add(&self, name: &str, data: &[u8], content_type: &str) -> String {
+    pub(crate) fn add(&self, name: &str, data: &[u8], content_type: &str) -> String {
         self.store
             .files
             .lock()
@@ -128,28 +128,28 @@ async fn serve_status(
     StatusCode::from_u16(code).unwrap().into_response()
 }
 
-fn random_bytes(n: usize) -> Vec<u8> {
+pub(crate) fn random_bytes(n: usize) -> Vec<u8> {
     let mut v = vec![0u8; n];
     rand::rng().fill(&mut v[..]);
     v
 }
 
-fn sha256(data: &[u8]) -> String {
+pub(crate) fn sha256(data: &[u8]) -> String {
     format!("{:x}", Sha256::digest(data))
 }
 
 /// One source image of a test vehicle.
-struct Src {
-    index: u32,
-    url: String,
-    content_type: Option<String>,
-    data: Vec<u8>,
+pub(crate) struct Src {
+    pub(crate) index: u32,
+    pub(crate) url: String,
+    pub(crate) content_type: Option<String>,
+    pub(crate) data: Vec<u8>,
     /// What the event says; `None` leaves the field out.
-    sha256: Option<String>,
+    pub(crate) sha256: Option<String>,
 }
 
 /// `n` random images of `size` bytes, JPEG unless the name says otherwise.
-fn jpegs(images: &Images, tag: &str, n: u32, size: usize) -> Vec<Src> {
+pub(crate) fn jpegs(images: &Images, tag: &str, n: u32, size: usize) -> Vec<Src> {
     (1..=n)
         .map(|i| {
             let data = random_bytes(size);
@@ -165,7 +165,7 @@ fn jpegs(images: &Images, tag: &str, n: u32, size: usize) -> Vec<Src> {
         .collect()
 }
 
-fn vehicle_event(id: &str, ty: &str, vehicle: Value, srcs: &[Src]) -> Envelope {
+pub(crate) fn vehicle_event(id: &str, ty: &str, vehicle: Value, srcs: &[Src]) -> Envelope {
     let imgs: Vec<Value> = srcs
         .iter()
         .map(|s| {
@@ -192,16 +192,16 @@ fn vehicle_event(id: &str, ty: &str, vehicle: Value, srcs: &[Src]) -> Envelope {
     validate(body, "").unwrap_or_else(|e| panic!("bad test event: {e:?}"))
 }
 
-fn vehicle(vin: &str) -> Value {
+pub(crate) fn vehicle(vin: &str) -> Value {
     json!({"id": "veh-9", "vin": vin, "stockNumber": "A1234", "make": "Volkswagen",
            "model": "Golf", "year": 2021})
 }
 
-fn processed(id: &str, srcs: &[Src]) -> Envelope {
+pub(crate) fn processed(id: &str, srcs: &[Src]) -> Envelope {
     vehicle_event(id, "vehicle.processed", vehicle(VIN), srcs)
 }
 
-fn deleted(id: &str, vehicle: Value) -> Envelope {
+pub(crate) fn deleted(id: &str, vehicle: Value) -> Envelope {
     vehicle_event(id, "vehicle.deleted", vehicle, &[])
 }
 
@@ -221,6 +221,7 @@ fn endpoint(port: u16, protocol: FtpProtocol, ca: Option<&str>) -> FtpEndpoint {
         passive: true,
         epsv: false,
         nat_workaround: true,
+        ssh: Default::default(),
     }
 }
 
@@ -233,21 +234,21 @@ fn target(port: u16, rules: FtpRules) -> FtpTarget {
     }
 }
 
-fn rules(base: &str) -> FtpRules {
+pub(crate) fn rules(base: &str) -> FtpRules {
     FtpRules {
         base_directory: base.to_string(),
         ..FtpRules::default()
     }
 }
 
-fn with_metadata(mut r: FtpRules) -> FtpRules {
+pub(crate) fn with_metadata(mut r: FtpRules) -> FtpRules {
     r.metadata = Some(MetadataFile {
         file_name: "{vin}.json".to_string(),
     });
     r
 }
 
-fn uploader() -> Uploader {
+pub(crate) fn uploader() -> Uploader {
     Uploader::new(
         TargetGuard::new(parse_allow_list("127.0.0.0/8").unwrap()),
         16 * 1024 * 1024,
@@ -260,7 +261,7 @@ async fn ftp_server() -> FtpServer {
 }
 
 #[track_caller]
-fn expect_uploaded(r: &UploadResult, files: u32) -> u64 {
+pub(crate) fn expect_uploaded(r: &UploadResult, files: u32) -> u64 {
     match r {
         UploadResult::Uploaded {
             files: f, bytes, ..
@@ -270,7 +271,7 @@ fn expect_uploaded(r: &UploadResult, files: u32) -> u64 {
 }
 
 #[track_caller]
-fn expect_failure(r: &UploadResult, retryable: bool, reason: &str) -> String {
+pub(crate) fn expect_failure(r: &UploadResult, retryable: bool, reason: &str) -> String {
     match (r, retryable) {
         (
             UploadResult::Retryable {
@@ -300,7 +301,7 @@ fn expect_failure(r: &UploadResult, retryable: bool, reason: &str) -> String {
 }
 
 /// Every regular file under `root`, as paths relative to it, sorted.
-fn files_under(root: &Path) -> Vec<String> {
+pub(crate) fn files_under(root: &Path) -> Vec<String> {
     fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) {
         let Ok(entries) = std::fs::read_dir(dir) else {
             return;
@@ -322,7 +323,7 @@ fn files_under(root: &Path) -> Vec<String> {
 }
 
 #[track_caller]
-fn assert_same_bytes(path: &Path, expected: &[u8]) {
+pub(crate) fn assert_same_bytes(path: &Path, expected: &[u8]) {
     let got = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     assert_eq!(
         sha256(&got),
@@ -334,7 +335,7 @@ fn assert_same_bytes(path: &Path, expected: &[u8]) {
     );
 }
 
-fn read_zip(path: &Path) -> Vec<(String, Vec<u8>, zip::CompressionMethod)> {
+pub(crate) fn read_zip(path: &Path) -> Vec<(String, Vec<u8>, zip::CompressionMethod)> {
     let file = std::fs::File::open(path).unwrap();
     let mut z = zip::ZipArchive::new(file).unwrap();
     (0..z.len())
@@ -349,7 +350,7 @@ fn read_zip(path: &Path) -> Vec<(String, Vec<u8>, zip::CompressionMethod)> {
 
 /// Checks the `files` layout result in `dir` (a host path): default names, same bytes,
 /// optional metadata, no temporaries.
-fn check_files(dir: &Path, srcs: &[Src], ext: &str, metadata: bool) {
+pub(crate) fn check_files(dir: &Path, srcs: &[Src], ext: &str, metadata: bool) {
     for s in srcs {
         assert_same_bytes(&dir.join(format!("{VIN}_{:02}.{ext}", s.index)), &s.data);
     }
@@ -680,6 +681,32 @@ async fn directory_templates_create_nested_directories() {
     assert_eq!(up.sessions_opened(), 1);
 }
 
+/// VINs and stock numbers that try to leave the base directory, hide, or smuggle controls.
+pub(crate) const HOSTILE: [(&str, &str); 4] = [
+    ("../../etc", "a/b"),
+    ("..", "../.."),
+    ("/etc/passwd", "x\u{1}\ny\\z"),
+    ("a\u{7f}b:c*d?e", ".hidden"),
+];
+
+/// Every file is under `base` in one directory (the stock number), nothing hidden or parent.
+#[track_caller]
+pub(crate) fn assert_inside(files: &[String], base: &str) {
+    for f in files {
+        let rest = f
+            .strip_prefix(base)
+            .unwrap_or_else(|| panic!("{f} escaped the base directory"));
+        let parts: Vec<&str> = rest.split('/').collect();
+        assert_eq!(parts.len(), 2, "{f}");
+        assert!(
+            parts
+                .iter()
+                .all(|p| !p.starts_with('.') && !p.chars().any(char::is_control)),
+            "{f}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn hostile_vin_and_stock_stay_inside_the_base_directory() {
     let server = ftp_server().await;
@@ -689,15 +716,7 @@ async fn hostile_vin_and_stock_stay_inside_the_base_directory() {
     r.directory = "{stock}".to_string();
     let t = target(server.port(), r);
     let up = uploader();
-    for (i, (vin, stock)) in [
-        ("../../etc", "a/b"),
-        ("..", "../.."),
-        ("/etc/passwd", "x\u{1}\ny\\z"),
-        ("a\u{7f}b:c*d?e", ".hidden"),
-    ]
-    .into_iter()
-    .enumerate()
-    {
+    for (i, (vin, stock)) in HOSTILE.into_iter().enumerate() {
         let ev = vehicle_event(
             &format!("evt_evil-{i}"),
             "vehicle.processed",
@@ -709,19 +728,7 @@ async fn hostile_vin_and_stock_stay_inside_the_base_directory() {
     }
     let all = files_under(server.root());
     assert_eq!(all.len(), 12, "{all:#?}");
-    for f in &all {
-        assert!(f.starts_with("base/in/"), "{f} escaped the base directory");
-        let rest = &f["base/in/".len()..];
-        // One directory (the stock number) and one file name, nothing hidden or parent.
-        let parts: Vec<&str> = rest.split('/').collect();
-        assert_eq!(parts.len(), 2, "{f}");
-        assert!(
-            parts
-                .iter()
-                .all(|p| !p.starts_with('.') && !p.chars().any(char::is_control)),
-            "{f}"
-        );
-    }
+    assert_inside(&all, "base/in/");
     assert!(!server.root().join("etc").exists());
 }
 

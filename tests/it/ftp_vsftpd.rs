@@ -32,6 +32,7 @@ fn endpoint(server: &Vsftpd, host: &str, protocol: FtpProtocol) -> FtpEndpoint {
         passive: true,
         epsv: false,
         nat_workaround: true,
+        ssh: Default::default(),
     }
 }
 

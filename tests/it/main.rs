@@ -25,6 +25,8 @@ mod kube_basics;
 mod naming_props;
 mod openapi;
 mod secret_selector;
+mod sftp_peer;
+mod sftp_upload;
 mod trust_controller;
 mod trust_delivery;
 mod watch_selector;

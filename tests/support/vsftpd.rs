@@ -1,12 +1,9 @@
 //! Debian's vsftpd, a production FTP server, started through `scripts/vsftpd.sh` on
 //! 127.0.0.1. Needs root and the `vsftpd` package; without them `start` fails with a message
-//! saying so (CI installs it in `.ci/run`).
+//! saying so (`make test` installs it through `scripts/install-peers.sh`).
 
-use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
-use std::time::Duration;
+use std::process::{Child, Command};
 
 use anyhow::{Context, bail};
 
@@ -36,7 +33,7 @@ impl Vsftpd {
         if !vsftpd_installed() {
             bail!(
                 "vsftpd is not installed, so the tests against a production FTP server cannot \
-                 run: `apt-get install -y vsftpd` (CI's .ci/run does this)"
+                 run: `apt-get install -y vsftpd` (`make test` does this through scripts/install-peers.sh)"
             );
         }
         // SAFETY: geteuid(2) has no preconditions.
@@ -55,46 +52,7 @@ impl Vsftpd {
                 cmd.arg("--ftps-implicit");
             }
         }
-        let mut child = cmd
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .with_context(|| format!("run {}", script.display()))?;
-
-        // Read `key=value` lines until `ready`, on a thread so that a hung script times out.
-        let stdout = child.stdout.take().context("script stdout")?;
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                let done = line == "ready";
-                if tx.send(line).is_err() || done {
-                    break;
-                }
-            }
-        });
-        let mut fields = std::collections::HashMap::new();
-        loop {
-            match rx.recv_timeout(Duration::from_secs(30)) {
-                Ok(line) if line == "ready" => break,
-                Ok(line) => {
-                    if let Some((k, v)) = line.split_once('=') {
-                        fields.insert(k.to_string(), v.to_string());
-                    }
-                }
-                Err(_) => {
-                    // The script exited (or hung): stop it and show why.
-                    signal_stop(&child);
-                    let _ = child.wait();
-                    let mut stderr = String::new();
-                    if let Some(mut e) = child.stderr.take() {
-                        let _ = e.read_to_string(&mut stderr);
-                    }
-                    bail!("scripts/vsftpd.sh did not get ready: {}", stderr.trim());
-                }
-            }
-        }
+        let (child, fields) = super::peer_script::start(cmd, "scripts/vsftpd.sh")?;
         let field = |k: &str| {
             fields
                 .get(k)
@@ -144,8 +102,7 @@ impl Vsftpd {
 
 impl Drop for Vsftpd {
     fn drop(&mut self) {
-        signal_stop(&self.child);
-        let _ = self.child.wait();
+        super::peer_script::stop(&mut self.child);
     }
 }
 
@@ -154,14 +111,4 @@ fn vsftpd_installed() -> bool {
     std::env::split_paths(&path)
         .chain([PathBuf::from("/usr/sbin")])
         .any(|dir| dir.join("vsftpd").is_file())
-}
-
-/// SIGTERM, not `Child::kill`'s SIGKILL: the script must stop vsftpd and remove its PAM file.
-fn signal_stop(child: &Child) {
-    if let Ok(pid) = libc::pid_t::try_from(child.id()) {
-        // SAFETY: kill(2) on our own child's pid; it is not reaped yet, so not reused.
-        unsafe {
-            libc::kill(pid, libc::SIGTERM);
-        }
-    }
 }

@@ -10,7 +10,6 @@ use std::time::Duration;
 use serde_json::Value;
 use tokio::time::Instant;
 
-use super::ftp;
 use super::images::Downloader;
 use super::names::{
     Facts, TempNames, Templates, display_dir, extension, is_below, is_safe_recorded_path, parent,
@@ -20,8 +19,9 @@ use super::outcome::{Failure, UploadResult};
 use super::pool::{Lease, Pools, SESSION_IDLE, quit_all};
 use super::stage::{StagePlan, stage};
 use super::transport::Transport;
+use super::{ftp, sftp};
 use crate::api::EventType;
-use crate::api::ftp::{Layout, OnExisting};
+use crate::api::ftp::{FtpProtocol, Layout, OnExisting};
 use crate::ingest::Envelope;
 use crate::ingest::envelope::Image;
 use crate::routing::FtpTarget;
@@ -50,6 +50,7 @@ struct Inner {
     images: Downloader,
     guard: Arc<TargetGuard>,
     ftp: Pools<ftp::Session>,
+    sftp: Pools<sftp::Session>,
     janitor: AtomicBool,
     /// [`SESSION_IDLE`] unless set, in milliseconds.
     session_idle_ms: AtomicU64,
@@ -72,6 +73,7 @@ impl Uploader {
                 images: Downloader::new(guard.clone(), max_image_bytes)?,
                 guard,
                 ftp: Pools::default(),
+                sftp: Pools::default(),
                 janitor: AtomicBool::new(false),
                 session_idle_ms: AtomicU64::new(SESSION_IDLE.as_millis() as u64),
             }),
@@ -86,17 +88,18 @@ impl Uploader {
 
     /// Sessions opened so far (logins), for metrics and tests of reuse.
     pub fn sessions_opened(&self) -> u64 {
-        self.inner.ftp.opened()
+        self.inner.ftp.opened() + self.inner.sftp.opened()
     }
 
     /// Sessions waiting in the pools for reuse.
     pub fn idle_sessions(&self) -> usize {
-        self.inner.ftp.idle()
+        self.inner.ftp.idle() + self.inner.sftp.idle()
     }
 
     /// Quits every idle session (at shutdown).
     pub async fn close_idle(&self) {
         quit_all(self.inner.ftp.take_idle(|_| true)).await;
+        quit_all(self.inner.sftp.take_idle(|_| true)).await;
     }
 
     /// Handles one event for one FtpConnection: image events upload the images by the rules;
@@ -110,10 +113,18 @@ impl Uploader {
     ) -> UploadResult {
         let start = Instant::now();
         self.start_janitor();
+        let sftp = target.endpoint.protocol == FtpProtocol::Sftp;
         let outcome = match event.type_ {
+            EventType::VehicleDeleted if sftp => {
+                self.delete(&self.inner.sftp, target, event, uploaded, start)
+                    .await
+            }
             EventType::VehicleDeleted => {
                 self.delete(&self.inner.ftp, target, event, uploaded, start)
                     .await
+            }
+            t if EventType::FTP.contains(&t) && sftp => {
+                self.upload(&self.inner.sftp, target, event, start).await
             }
             t if EventType::FTP.contains(&t) => {
                 self.upload(&self.inner.ftp, target, event, start).await
@@ -395,9 +406,11 @@ impl Uploader {
                 // Ends with the uploader.
                 let Some(inner) = weak.upgrade() else { break };
                 let idle = inner.session_idle();
-                let expired = inner.ftp.take_idle(|i| i.since.elapsed() >= idle);
+                let expired_ftp = inner.ftp.take_idle(|i| i.since.elapsed() >= idle);
+                let expired_sftp = inner.sftp.take_idle(|i| i.since.elapsed() >= idle);
                 drop(inner);
-                quit_all(expired).await;
+                quit_all(expired_ftp).await;
+                quit_all(expired_sftp).await;
                 tokio::time::sleep(JANITOR_TICK.min(idle / 2)).await;
             }
         });

@@ -18,7 +18,7 @@
 //! at a time, hashed on the way.
 //!
 //! Modules by job: [`deliver`] orchestrates without knowing the protocol, through the
-//! [`transport::Transport`] interface that [`ftp`] implements; [`pool`] keeps sessions per
+//! [`transport::Transport`] interface that [`ftp`] and [`sftp`] implement; [`pool`] keeps sessions per
 //! endpoint, [`images`] downloads, [`archive`] writes zips, [`names`] makes paths from the
 //! rules, [`stage`] stores under temporary names, [`outcome`] says what happened.
 
@@ -27,8 +27,10 @@ mod deliver;
 pub mod ftp;
 mod images;
 mod names;
+mod net;
 mod outcome;
 mod pool;
+pub mod sftp;
 mod stage;
 pub(crate) mod transport;
 
@@ -37,3 +39,18 @@ pub use names::STALE_TEMP_AFTER;
 pub use outcome::UploadResult;
 pub use pool::SESSION_IDLE;
 pub use transport::{MAX_LISTING_BYTES, MAX_LISTING_ENTRIES};
+
+use crate::api::ftp::FtpProtocol;
+use crate::endpoint::FtpEndpoint;
+use crate::ssrf::TargetGuard;
+
+/// Logs in as an upload would, then quits: what the `Connected` condition reports.
+/// `Err` is (reason, message).
+pub async fn probe(ep: &FtpEndpoint, guard: &TargetGuard) -> Result<(), (String, String)> {
+    match ep.protocol {
+        FtpProtocol::Sftp => sftp::probe(ep, guard).await,
+        FtpProtocol::Ftp | FtpProtocol::Ftps | FtpProtocol::FtpsImplicit => ftp::probe(ep, guard)
+            .await
+            .map_err(|e| (e.reason().to_string(), e.to_string())),
+    }
+}

@@ -145,34 +145,10 @@ struct PoolKey {
 
 impl PoolKey {
     fn of(ep: &FtpEndpoint, max: usize) -> Self {
-        let protocol = format!("{:?}", ep.protocol);
-        let port = ep.port.to_be_bytes();
-        let flags = [
-            u8::from(ep.passive),
-            u8::from(ep.epsv),
-            u8::from(ep.nat_workaround),
-        ];
-        let connect = ep.connect_timeout.as_millis().to_be_bytes();
-        let command = ep.command_timeout.as_millis().to_be_bytes();
-        // A digest rather than the fields: the key lives long and holds no password.
-        let mut d = ring::digest::Context::new(&ring::digest::SHA256);
-        for part in [
-            ep.host.as_bytes(),
-            &port,
-            protocol.as_bytes(),
-            ep.username.as_bytes(),
-            ep.password.as_bytes(),
-            ep.ca_pem.as_deref().unwrap_or_default(),
-            &flags,
-            &connect,
-            &command,
-        ] {
-            d.update(&(part.len() as u64).to_be_bytes());
-            d.update(part);
+        PoolKey {
+            digest: ep.fingerprint(),
+            max,
         }
-        let mut digest = [0u8; 32];
-        digest.copy_from_slice(d.finish().as_ref());
-        PoolKey { digest, max }
     }
 }
 

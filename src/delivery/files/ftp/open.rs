@@ -5,7 +5,6 @@ use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
 
 use rustls::RootCertStore;
 use rustls_pki_types::CertificateDer;
@@ -19,8 +18,9 @@ use tokio::time::{Instant, timeout_at};
 
 use super::{DataTargetRefused, FtpStream, ProbeError, Session, describe, redact};
 use crate::api::ftp::FtpProtocol;
+use crate::delivery::files::net::{approve, connect_io_error, connect_tcp};
 use crate::endpoint::FtpEndpoint;
-use crate::ssrf::{TargetError, TargetGuard};
+use crate::ssrf::TargetGuard;
 
 /// What a session's passive data connector does with an address the guard approved.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -87,32 +87,16 @@ pub(super) async fn open(
     let tls = match ep.protocol {
         FtpProtocol::Ftp => None,
         FtpProtocol::Ftps | FtpProtocol::FtpsImplicit => Some(tls_connector(ep, &ep.target())?),
+        FtpProtocol::Sftp => {
+            return Err(ProbeError::ProtocolError {
+                target: ep.target(),
+                during: "connecting",
+                detail: "sftp is not an FTP protocol".to_string(),
+            });
+        }
     };
     let addrs = approve(ep, guard, deadline).await?;
     open_approved(ep, guard, channel, tls, &addrs, deadline).await
-}
-
-/// Resolves and checks the host; the addresses returned are the only ones to connect to.
-async fn approve(
-    ep: &FtpEndpoint,
-    guard: &TargetGuard,
-    deadline: Instant,
-) -> Result<Vec<SocketAddr>, ProbeError> {
-    let fail = |detail: String| ProbeError::DnsFailed {
-        host: ep.host.clone(),
-        detail,
-    };
-    match timeout_at(
-        deadline,
-        guard.check_host(&ep.host, ep.port, ep.connect_timeout),
-    )
-    .await
-    {
-        Ok(Ok(addrs)) => Ok(addrs),
-        Ok(Err(TargetError::Unresolvable { message, .. })) => Err(fail(message)),
-        Ok(Err(e)) => Err(ProbeError::TargetNotAllowed(e)),
-        Err(_) => Err(fail(format!("no answer within {:?}", ep.connect_timeout))),
-    }
 }
 
 /// Connects to `addrs` (approved by `guard`; never resolved again), then greeting, TLS, login.
@@ -245,31 +229,6 @@ pub(super) fn tls_connector(
     ))
 }
 
-/// Tries each address in turn, as `TcpStream::connect` does, but within our deadline.
-async fn connect_tcp(
-    target: &str,
-    addrs: &[SocketAddr],
-    deadline: Instant,
-    budget: Duration,
-) -> Result<TcpStream, ProbeError> {
-    let mut last = None;
-    for addr in addrs {
-        match timeout_at(deadline, TcpStream::connect(addr)).await {
-            Ok(Ok(tcp)) => return Ok(tcp),
-            Ok(Err(e)) => last = Some(e),
-            Err(_) => break,
-        }
-    }
-    Err(match last {
-        Some(e) => connect_io_error(target, &e, budget),
-        None => ProbeError::Timeout {
-            target: target.to_string(),
-            during: "connecting",
-            after: budget,
-        },
-    })
-}
-
 /// Implicit FTPS: suppaftp opens the socket itself, so the address loop lives here.
 async fn implicit_tls(
     ep: &FtpEndpoint,
@@ -328,23 +287,6 @@ fn is_connect_error(e: &std::io::Error) -> bool {
         e.kind(),
         ConnectionRefused | HostUnreachable | NetworkUnreachable | AddrNotAvailable | TimedOut
     )
-}
-
-fn connect_io_error(target: &str, e: &std::io::Error, budget: Duration) -> ProbeError {
-    match e.kind() {
-        std::io::ErrorKind::ConnectionRefused => ProbeError::ConnectionRefused {
-            target: target.to_string(),
-        },
-        std::io::ErrorKind::TimedOut => ProbeError::Timeout {
-            target: target.to_string(),
-            during: "connecting",
-            after: budget,
-        },
-        _ => ProbeError::ConnectionFailed {
-            target: target.to_string(),
-            detail: e.to_string(),
-        },
-    }
 }
 
 fn greeting_error(target: &str, e: &FtpError) -> ProbeError {
