@@ -145,14 +145,21 @@ async fn validate(
 
     let mut secrets = SecretReader::new(ctx, ns);
     let cred = &spec.credentials_secret_ref.name;
-    let username = match secrets
-        .value(cred, "username", "spec.credentialsSecretRef")
-        .await?
-    {
+    let sftp = spec.protocol == FtpProtocol::Sftp;
+    // An SFTP account's name may sit beside its key in a `kubernetes.io/ssh-auth` Secret.
+    let username = if sftp {
+        secrets
+            .ssh_key(cred, "username", "spec.credentialsSecretRef")
+            .await?
+    } else {
+        secrets
+            .value(cred, "username", "spec.credentialsSecretRef")
+            .await?
+    };
+    let username = match username {
         Ok(v) => v,
         Err(c) => return Ok(held(c)),
     };
-    let sftp = spec.protocol == FtpProtocol::Sftp;
     // SFTP logs in with a private key where the Secret has one, else with the password.
     let private_key = if sftp {
         secrets

@@ -25,6 +25,7 @@ mod kube_basics;
 mod naming_props;
 mod openapi;
 mod secret_selector;
+mod sftp_controller;
 mod sftp_peer;
 mod sftp_upload;
 mod trust_controller;
