@@ -2,11 +2,13 @@
 //! they share. The generated YAML lives in `crds/` and is checked against these types by a
 //! test.
 
+pub mod apiconnection;
 pub mod common;
 pub mod event;
 pub mod ftp;
 pub mod webhook;
 
+pub use apiconnection::{ApiConnection, ApiConnectionSpec, ApiConnectionStatus};
 pub use common::*;
 pub use event::EventType;
 pub use ftp::{FtpConnection, FtpConnectionSpec, FtpConnectionStatus};
@@ -23,15 +25,19 @@ pub const FINALIZER: &str = "connect.vehicles.io/cleanup";
 
 /// Each CRD as `(file name under crds/, YAML)`.
 pub fn crd_files() -> Result<Vec<(String, String)>, serde_yaml::Error> {
-    [WebhookSubscription::crd(), FtpConnection::crd()]
-        .into_iter()
-        .map(|crd| {
-            let name = format!("{}.yaml", crd.metadata.name.as_deref().unwrap_or("crd"));
-            let mut value = serde_yaml::to_value(&crd)?;
-            unwrap_descriptions(&mut value);
-            Ok((name, serde_yaml::to_string(&value)?))
-        })
-        .collect()
+    [
+        WebhookSubscription::crd(),
+        FtpConnection::crd(),
+        ApiConnection::crd(),
+    ]
+    .into_iter()
+    .map(|crd| {
+        let name = format!("{}.yaml", crd.metadata.name.as_deref().unwrap_or("crd"));
+        let mut value = serde_yaml::to_value(&crd)?;
+        unwrap_descriptions(&mut value);
+        Ok((name, serde_yaml::to_string(&value)?))
+    })
+    .collect()
 }
 
 /// Doc comments wrap at 100 columns; `kubectl explain` would show those breaks mid-sentence.
