@@ -969,6 +969,7 @@ impl Dispatcher {
                 id: e.id.clone(),
                 body: std::mem::take(&mut e.body),
                 lane: std::mem::take(&mut e.lane),
+                event_type: e.type_.as_str(),
                 targets: targets.clone(),
             });
             routed.push(targets);

@@ -14,13 +14,22 @@
 //! closed and opened again; the writer does that by itself (see [`Store::health`]) and the store
 //! answers [`StoreError::Unavailable`] meanwhile, so nothing is acknowledged that is not on disk.
 //!
+//! Each event is also indexed by its client (`feed.rs`), in the same transaction, so that one
+//! client's events can be read after a cursor without scanning anyone else's; committing an
+//! accept wakes the long-polls waiting for that client.
+//!
 //! Table layout: see `tables.rs`.
 
+mod feed;
 mod tables;
 mod writer;
 
 #[cfg(test)]
+mod feed_tests;
+#[cfg(test)]
 mod tests;
+
+pub use feed::{FeedCursor, FeedEvent, FeedPage, FeedQuery, FeedWaiter};
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -52,6 +61,9 @@ pub struct NewEvent {
     pub body: Vec<u8>,
     /// Ordering key, e.g. the vehicle id: one lane reaches one target in order.
     pub lane: String,
+    /// The event type (`vehicle.processed`, ...), kept in the client feed index so that a
+    /// type filter reads no bodies.
+    pub event_type: &'static str,
     /// Target keys such as `webhook/ns/name`; duplicates are ignored.
     pub targets: Vec<String>,
 }
@@ -419,6 +431,8 @@ pub(crate) struct Shared {
     cache_bytes: usize,
     unhealthy_after: Duration,
     health: Mutex<Broken>,
+    /// Long-polls of the client feed, woken by the writer after a commit.
+    feed: feed::Notifier,
 }
 
 /// Since when, and why, the store cannot write; `since: None` while it can.
@@ -562,6 +576,7 @@ impl Store {
             cache_bytes: options.cache_bytes,
             unhealthy_after: options.unhealthy_after,
             health: Mutex::new(Broken::default()),
+            feed: feed::Notifier::default(),
         });
         let db = Arc::new(shared.open_db()?);
 

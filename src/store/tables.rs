@@ -6,18 +6,37 @@ use redb::TableDefinition;
 use super::{StoreError, TargetCounters};
 
 /// Version of this layout, kept in `meta` so that an incompatible file is refused, not misread.
-pub(super) const SCHEMA_VERSION: u64 = 1;
+/// 2 added the per-client feed index ([`CLIENT_EVENTS`], [`FEED_GONE`]); a version 1 file is
+/// migrated on open (`feed::migrate_v1`).
+pub(super) const SCHEMA_VERSION: u64 = 2;
+/// The layout before the feed index: read and migrated, never written.
+pub(super) const SCHEMA_V1: u64 = 1;
 
-/// `meta`: `schema` → [`SCHEMA_VERSION`]; `next_seq` → the next sequence number to hand out.
+/// `meta`: `schema` → [`SCHEMA_VERSION`]; `next_seq` → the next sequence number to hand out;
+/// `store_id` → a random number fixed when the file is created (or migrated), carried in feed
+/// cursors so that a cursor of another store (a reset volume) is recognised;
+/// `feed_indexed_to` → the last seq the v1 migration indexed, only while it runs.
 pub(super) const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 pub(super) const META_SCHEMA: &str = "schema";
 pub(super) const META_NEXT_SEQ: &str = "next_seq";
+pub(super) const META_STORE_ID: &str = "store_id";
+pub(super) const META_FEED_INDEXED_TO: &str = "feed_indexed_to";
 
 /// `events`: seq → (dedupe key, lane, received unix ms, body as received). The dedupe key is
 /// `client/id` ([`super::dedupe_key`]); rows written before clients were part of it hold the
 /// bare id, which still dedupes (and is gc'd) under that key.
 pub(super) const EVENTS: TableDefinition<u64, (&str, &str, u64, &[u8])> =
     TableDefinition::new("events");
+
+/// `client_events`: (clientId, seq) → event type; one row per stored event, written and removed
+/// with it, so one client's feed is a range read (never a scan of every client's events).
+pub(super) const CLIENT_EVENTS: TableDefinition<(&str, u64), &str> =
+    TableDefinition::new("client_events");
+
+/// `feed_gone`: clientId → the highest seq of that client's events gc removed. The key `""`
+/// (never a clientId) holds the highest seq removed whose client is unknown (before the index
+/// existed): it counts for every client. A feed cursor below it has missed events.
+pub(super) const FEED_GONE: TableDefinition<&str, u64> = TableDefinition::new("feed_gone");
 
 /// `event_ids`: dedupe key → seq; the dedupe index.
 pub(super) const EVENT_IDS: TableDefinition<&str, u64> = TableDefinition::new("event_ids");

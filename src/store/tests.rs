@@ -17,6 +17,7 @@ fn ev(id: &str, lane: &str, targets: &[&str]) -> NewEvent {
         id: id.to_owned(),
         body: format!(r#"{{"id":"{id}","vehicleId":"{lane}"}}"#).into_bytes(),
         lane: lane.to_owned(),
+        event_type: "vehicle.processed",
         targets: targets.iter().map(|t| (*t).to_owned()).collect(),
     }
 }
@@ -712,6 +713,7 @@ async fn uploads_count_files_and_bytes() {
                 id: "u1".into(),
                 body: b"{}".to_vec(),
                 lane: "v".into(),
+                event_type: "vehicle.processed",
                 targets: vec![t.into()],
             },
             NewEvent {
@@ -719,6 +721,7 @@ async fn uploads_count_files_and_bytes() {
                 id: "u2".into(),
                 body: b"{}".to_vec(),
                 lane: "v".into(),
+                event_type: "vehicle.processed",
                 targets: vec![t.into()],
             },
         ])

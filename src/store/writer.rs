@@ -12,9 +12,10 @@ use redb::{
 use tokio::sync::mpsc::error::TryRecvError;
 use tokio::sync::{mpsc, oneshot};
 
+use super::feed::{self, FeedTables};
 use super::tables::{
-    self, COUNTERS, EVENT_IDS, EVENT_REFS, EVENTS, META, META_NEXT_SEQ, META_SCHEMA, PENDING,
-    SCHEMA_VERSION, UPLOADED,
+    self, CLIENT_EVENTS, COUNTERS, EVENT_IDS, EVENT_REFS, EVENTS, FEED_GONE, META, META_NEXT_SEQ,
+    META_SCHEMA, META_STORE_ID, PENDING, SCHEMA_V1, SCHEMA_VERSION, UPLOADED,
 };
 use super::{
     AcceptOutcome, DeliveryUpdate, LastFailure, NewEvent, Outcome, Shared, Stats, StoreError,
@@ -36,7 +37,6 @@ impl<T> Reply<T> {
         self.value = Some(value);
     }
 
-    #[cfg(test)]
     pub(super) fn value(&self) -> Option<&T> {
         self.value.as_ref()
     }
@@ -143,12 +143,18 @@ impl Job {
     }
 }
 
-/// Creates the tables of a new file and refuses a file of another layout.
+/// Creates the tables of a new file, migrates a version 1 file, and refuses a file of another
+/// layout.
 pub(super) fn init_schema(db: &Database) -> Result<(), StoreError> {
     let txn = db.begin_write()?;
+    let found = txn.open_table(META)?.get(META_SCHEMA)?.map(|g| g.value());
+    if found == Some(SCHEMA_V1) {
+        txn.abort()?;
+        feed::migrate_v1(db, feed::MIGRATE_CHUNK)?;
+        return init_schema(db);
+    }
     {
         let mut meta = txn.open_table(META)?;
-        let found = meta.get(META_SCHEMA)?.map(|g| g.value());
         match found {
             Some(found) if found != SCHEMA_VERSION => {
                 return Err(StoreError::Schema {
@@ -159,6 +165,7 @@ pub(super) fn init_schema(db: &Database) -> Result<(), StoreError> {
             Some(_) => {}
             None => {
                 meta.insert(META_SCHEMA, SCHEMA_VERSION)?;
+                meta.insert(META_STORE_ID, feed::new_store_id())?;
             }
         }
         // Opening creates them, so readers never meet a missing table.
@@ -168,6 +175,8 @@ pub(super) fn init_schema(db: &Database) -> Result<(), StoreError> {
         txn.open_table(EVENT_REFS)?;
         txn.open_table(COUNTERS)?;
         txn.open_table(UPLOADED)?;
+        txn.open_table(CLIENT_EVENTS)?;
+        txn.open_table(FEED_GONE)?;
     }
     txn.commit()?;
     Ok(())
@@ -393,6 +402,7 @@ impl Writer {
                 add_signed(&s.events, delta.events);
                 add_signed(&s.pending, delta.pending);
                 self.mark_recovered();
+                self.shared.feed.committed(&batch);
                 for job in batch {
                     job.send_committed();
                 }
@@ -638,6 +648,7 @@ struct Tables<'txn> {
     refs: Table<'txn, u64, u32>,
     uploaded: Table<'txn, (&'static str, &'static str), &'static [u8]>,
     counters_table: Table<'txn, &'static str, &'static [u8]>,
+    feed: FeedTables<'txn>,
     /// Counters touched in this transaction; `None` = delete. Written once in `finish`.
     counters: BTreeMap<String, Option<TargetCounters>>,
     /// Pending deliveries gone per event in this transaction, not yet taken off `refs`: an
@@ -660,6 +671,7 @@ impl<'txn> Tables<'txn> {
             refs: txn.open_table(EVENT_REFS)?,
             uploaded: txn.open_table(UPLOADED)?,
             counters_table: txn.open_table(COUNTERS)?,
+            feed: FeedTables::open(txn)?,
             counters: BTreeMap::new(),
             released: BTreeMap::new(),
             next_seq,
@@ -751,6 +763,7 @@ impl<'txn> Tables<'txn> {
                 (key.as_str(), ev.lane.as_str(), self.now, ev.body.as_slice()),
             )?;
             self.ids.insert(key.as_str(), seq)?;
+            self.feed.add(&ev.client, seq, ev.event_type)?;
             self.delta.events += 1;
             let targets: BTreeSet<&str> = ev.targets.iter().map(String::as_str).collect();
             for &target in &targets {
@@ -1019,17 +1032,18 @@ impl<'txn> Tables<'txn> {
         let mut victims = Vec::new();
         for row in self.events.iter()? {
             let (k, v) = row?;
-            let (id, _, received, _) = v.value();
+            let (id, _, received, body) = v.value();
             if received >= cutoff_unix_ms || victims.len() >= limit {
                 break;
             }
             let seq = k.value();
             if self.refs.get(seq)?.is_none() {
-                victims.push((seq, id.to_owned()));
+                victims.push((seq, id.to_owned(), feed::client_of(id, body)));
             }
         }
-        for (seq, id) in &victims {
+        for (seq, id, client) in &victims {
             self.events.remove(*seq)?;
+            self.feed.removed(client.as_deref(), *seq)?;
             // Only if the index still points here; it always should.
             if self.ids.get(id.as_str())?.map(|g| g.value()) == Some(*seq) {
                 self.ids.remove(id.as_str())?;

@@ -79,6 +79,7 @@ fn event(id: &str) -> NewEvent {
         id: id.to_owned(),
         body: format!(r#"{{"id":"{id}","pad":"{pad}"}}"#).into_bytes(),
         lane: "veh-1".to_owned(),
+        event_type: "vehicle.processed",
         targets: vec![TARGET.to_owned()],
     }
 }
