@@ -10,7 +10,8 @@ use vehicle_connect::controller::{self, DeleteHook, Settings};
 use vehicle_connect::delivery::dispatcher::{Dispatcher, Limits};
 use vehicle_connect::delivery::files::Uploader;
 use vehicle_connect::delivery::webhook::WebhookSender;
-use vehicle_connect::ingest::{self, ApiState, tokens::TokenSet};
+use vehicle_connect::ingest::tokens::{TokenFile, TokenSet};
+use vehicle_connect::ingest::{self, ApiState, FeedState};
 use vehicle_connect::metrics::Metrics;
 use vehicle_connect::routing::Registry;
 use vehicle_connect::ssrf::{TargetGuard, parse_allow_list};
@@ -56,6 +57,16 @@ struct RunArgs {
     /// Re-read when it changes. Without it, every ingest request is refused with 401.
     #[arg(long, env = "VC_INGEST_TOKEN_FILE")]
     ingest_token_file: Option<PathBuf>,
+    /// File of feed tokens (`GET /v1/events`, the clients' pull feed): the same format as
+    /// the ingest token file, each token followed by the clientIds whose events it reads
+    /// (`*`: any client, with `clientId=`; a bare token is refused). Separate from the ingest
+    /// tokens: a feed token cannot post and an ingest token cannot read. Re-read when it
+    /// changes. Without it, every feed read is refused with 401.
+    #[arg(long, env = "VC_FEED_TOKEN_FILE")]
+    feed_token_file: Option<PathBuf>,
+    /// Feed long-polls (`wait=`) waiting at once; more are answered 503 with Retry-After.
+    #[arg(long, env = "VC_MAX_FEED_WAITERS", default_value_t = ingest::feed::DEFAULT_MAX_WAITERS)]
+    max_feed_waiters: usize,
     /// Largest accepted request body in bytes.
     #[arg(long, env = "VC_MAX_BODY_BYTES", default_value_t = vehicle_connect::ingest::DEFAULT_MAX_BODY)]
     max_body_bytes: usize,
@@ -65,9 +76,13 @@ struct RunArgs {
     /// Largest image downloaded for an FTP upload, in bytes.
     #[arg(long, env = "VC_MAX_IMAGE_BYTES", default_value_t = 50 * 1024 * 1024)]
     max_image_bytes: u64,
-    /// How long delivered events' ids are remembered for deduplication, in hours.
+    /// How long events are kept after they are accepted, in hours (longer while a delivery
+    /// of theirs is pending): their ids dedupe and the pull feed returns them meanwhile.
     #[arg(long, env = "VC_RETENTION_HOURS", default_value_t = 168)]
     retention_hours: u64,
+    /// Seconds between the store's removals of events past the retention.
+    #[arg(long, env = "VC_GC_INTERVAL_SECONDS", default_value_t = 600)]
+    gc_interval_seconds: u64,
     /// Addresses the SSRF guard lets through (CIDRs or IPs, comma separated), e.g.
     /// `127.0.0.0/8` for local tests. Without it, loopback, private, link-local and
     /// cluster-internal targets are refused.
@@ -219,6 +234,15 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             TokenSet::default()
         }
     };
+    let feed_tokens = match &args.feed_token_file {
+        Some(f) => TokenSet::watch_file_as(f.clone(), TokenFile::Feed)
+            .with_context(|| format!("reading {}", f.display()))?,
+        None => {
+            tracing::info!("no --feed-token-file: every GET /v1/events is refused with 401");
+            TokenSet::default()
+        }
+    };
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let ready = Arc::new(AtomicBool::new(false));
     let state = ApiState {
         tokens,
@@ -228,11 +252,15 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         max_body: args.max_body_bytes,
         ingest_limit: ingest::ConcurrencyLimit::new(args.max_concurrent_ingest.max(1)),
         store: store.clone(),
+        feed: FeedState {
+            tokens: feed_tokens,
+            max_waiters: args.max_feed_waiters,
+            stopping: stop_rx.clone(),
+        },
     };
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("listening on {}", args.listen))?;
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut api_stop = stop_rx.clone();
     let api = tokio::spawn(async move {
         axum::serve(listener, ingest::router(state))
@@ -282,10 +310,11 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     tracing::info!(pending = resumed, "pending deliveries resumed");
     tokio::spawn(counters.clone().run());
     let gc_store = store.clone();
-    let retention = Duration::from_secs(args.retention_hours * 3600);
+    let retention = Duration::from_secs(args.retention_hours.saturating_mul(3600));
+    let gc_every = Duration::from_secs(args.gc_interval_seconds.max(1));
     tokio::spawn(async move {
         loop {
-            tokio::time::sleep(Duration::from_secs(600)).await;
+            tokio::time::sleep(gc_every).await;
             match gc_store.gc(retention).await {
                 Ok(n) if n > 0 => tracing::info!(forgotten = n, "old delivered events forgotten"),
                 Ok(_) => {}

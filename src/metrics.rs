@@ -46,6 +46,13 @@ pub struct Metrics {
     pub reconciles: Family<KindResult, Counter>,
     /// 0 healthy, 1 degraded (writes fail, e.g. disk full), 2 failed (cannot reopen the file).
     pub store_state: Gauge,
+    /// Feed reads (`GET /v1/events`) by result: ok, unauthorized, forbidden, invalid, busy,
+    /// unavailable.
+    pub feed_requests: Family<ResultLabel, Counter>,
+    /// Events returned by feed reads.
+    pub feed_events: Counter,
+    /// Feed long-polls waiting now.
+    pub feed_waiting: Gauge,
 }
 
 impl Default for Metrics {
@@ -66,6 +73,9 @@ impl Metrics {
         let queue_depth = Gauge::default();
         let reconciles = Family::<KindResult, Counter>::default();
         let store_state = Gauge::default();
+        let feed_requests = Family::<ResultLabel, Counter>::default();
+        let feed_events = Counter::default();
+        let feed_waiting = Gauge::default();
         registry.register(
             "events",
             "Events posted to the ingest API, by result",
@@ -101,6 +111,21 @@ impl Metrics {
             "Store state: 0 healthy, 1 degraded (writes fail, e.g. disk full), 2 failed (cannot reopen its file)",
             store_state.clone(),
         );
+        registry.register(
+            "feed_requests",
+            "Feed reads (GET /v1/events), by result",
+            feed_requests.clone(),
+        );
+        registry.register(
+            "feed_events",
+            "Events returned by feed reads",
+            feed_events.clone(),
+        );
+        registry.register(
+            "feed_waiting",
+            "Feed long-polls waiting for an event now",
+            feed_waiting.clone(),
+        );
         Metrics {
             registry,
             events,
@@ -110,6 +135,9 @@ impl Metrics {
             queue_depth,
             reconciles,
             store_state,
+            feed_requests,
+            feed_events,
+            feed_waiting,
         }
     }
 

@@ -1,7 +1,8 @@
-//! The HTTP API: `POST /v1/events` (bearer tokens; 202 once durable), health, metrics and
-//! the OpenAPI document of this API.
+//! The HTTP API: `POST /v1/events` (bearer tokens; 202 once durable), the clients' pull feed
+//! `GET /v1/events` (`feed`), health, metrics and the OpenAPI document of this API.
 
 pub mod envelope;
+pub mod feed;
 pub mod tokens;
 
 use std::sync::Arc;
@@ -17,6 +18,7 @@ use serde::Serialize;
 use utoipa::{OpenApi, ToSchema};
 
 pub use envelope::{Envelope, FieldError, Incoming};
+pub use feed::FeedState;
 use tokens::TokenSet;
 
 use crate::metrics::{Metrics, ResultLabel};
@@ -105,12 +107,12 @@ pub struct AcceptResponse {
 /// Body of every error response.
 #[derive(Clone, Debug, Serialize, ToSchema)]
 pub struct ErrorBody {
-    /// Machine-readable: `invalid_event`, `unauthorized`, `forbidden_client`, `timeout`,
-    /// `too_large`, `unsupported_media_type`, `backlog_full`, `busy`, `unavailable`,
-    /// `storage_full`.
+    /// Machine-readable: `invalid_event`, `invalid_request` (feed parameters),
+    /// `unauthorized`, `forbidden_client`, `timeout`, `too_large`, `unsupported_media_type`,
+    /// `backlog_full`, `busy`, `unavailable`, `storage_full`.
     pub error: &'static str,
     pub message: String,
-    /// The bad field, for `invalid_event`.
+    /// The bad field, for `invalid_event`; the bad query parameter, for `invalid_request`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub field: Option<String>,
 }
@@ -129,8 +131,10 @@ pub struct ApiState {
     pub max_body: usize,
     /// Ingest requests in flight beyond its bound are answered 503 `busy` with `Retry-After`.
     pub ingest_limit: ConcurrencyLimit,
-    /// For liveness and the store state gauge.
+    /// For liveness, the store state gauge and the feed.
     pub store: Store,
+    /// Feed tokens and long-poll bounds of `GET /v1/events`.
+    pub feed: FeedState,
 }
 
 /// At most `max` ingest requests in flight; more are refused at once, never queued (a queue
@@ -153,7 +157,7 @@ impl ConcurrencyLimit {
 pub fn router(state: ApiState) -> Router {
     let limit = state.max_body;
     Router::new()
-        .route("/v1/events", post(post_events))
+        .route("/v1/events", post(post_events).get(feed::get_feed))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
@@ -179,9 +183,20 @@ fn error(
         .into_response()
 }
 
+/// The bearer token of a request, if it has one.
+fn bearer(headers: &header::HeaderMap) -> Option<&str> {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+}
+
 /// Accept one event or a batch.
 #[utoipa::path(
-    post, path = "/v1/events",
+    post, path = "/v1/events", tag = "ingest",
     request_body(content = Vec<Envelope>, description = "One event object, or an array of 1-1000 events", content_type = "application/json"),
     responses(
         (status = 202, description = "Stored durably; delivery follows (at least once)", body = AcceptResponse),
@@ -208,14 +223,7 @@ async fn post_events(State(st): State<ApiState>, req: Request) -> Response {
     // with a huge or slow body costs one header parse.
     let (parts, body) = req.into_parts();
     let headers = &parts.headers;
-    let bearer = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            v.strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("bearer "))
-        });
-    let Some(grant) = bearer.and_then(|t| st.tokens.grant(t)) else {
+    let Some(grant) = bearer(headers).and_then(|t| st.tokens.grant(t)) else {
         rejected();
         return error(
             StatusCode::UNAUTHORIZED,
@@ -495,9 +503,9 @@ impl utoipa::Modify for BearerAuth {
 
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "vehicle-connect", description = "Ingest API of the vehicle-connect operator: post vehicle events; they are delivered to the clients' webhooks and FTP servers."),
-    paths(post_events, healthz, readyz, metrics, openapi_json),
-    components(schemas(Envelope, envelope::Vehicle, envelope::Image, AcceptResponse, EventResult, ErrorBody)),
+    info(title = "vehicle-connect", description = "HTTP API of the vehicle-connect operator: the platform posts vehicle events; they are delivered to the clients' webhooks and FTP servers, and clients whose systems cannot receive webhooks read them with GET /v1/events (the pull feed, with its own feed tokens)."),
+    paths(post_events, feed::get_feed, healthz, readyz, metrics, openapi_json),
+    components(schemas(Envelope, envelope::Vehicle, envelope::Image, AcceptResponse, EventResult, ErrorBody, feed::FeedResponse)),
     modifiers(&BearerAuth)
 )]
 pub struct ApiDoc;

@@ -15,6 +15,9 @@
 //! A token never contains whitespace, so the first field is the token and the rest of the
 //! line (up to a comment) is its comma-separated client list. A file of bare tokens, the
 //! format before clients existed, keeps its meaning: every token may post for any client.
+//!
+//! The feed token file (who may read `GET /v1/events`) has the same format, except that a
+//! bare token is refused: a reader of every client's events must say `*`.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -52,6 +55,24 @@ pub enum TokenFileError {
 
 type Entry = ([u8; 32], Grant);
 
+/// Which token file: what a token without clients means, and how logs name it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TokenFile {
+    /// `--ingest-token-file`: a bare token may post for any client (the format before clients).
+    Ingest,
+    /// `--feed-token-file`: every token names its clients, or `*`.
+    Feed,
+}
+
+impl TokenFile {
+    fn name(self) -> &'static str {
+        match self {
+            TokenFile::Ingest => "ingest",
+            TokenFile::Feed => "feed",
+        }
+    }
+}
+
 #[derive(Clone, Default)]
 pub struct TokenSet {
     entries: Arc<RwLock<Vec<Entry>>>,
@@ -62,16 +83,21 @@ fn digest(token: &str) -> [u8; 32] {
 }
 
 /// Client ids as the envelope accepts them (`clientId`).
-fn client_like(s: &str) -> bool {
+pub(crate) fn client_like(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 128
         && s.chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | ':' | '-' | '@'))
 }
 
-/// Parses a token file (format in the module documentation). Refuses the whole file on any
-/// bad line, so a typo never silently widens or drops a grant.
+/// Parses an ingest token file (format in the module documentation). Refuses the whole file
+/// on any bad line, so a typo never silently widens or drops a grant.
 pub fn parse(text: &str) -> Result<Vec<(String, Grant)>, TokenFileError> {
+    parse_as(text, TokenFile::Ingest)
+}
+
+/// Parses a token file of `kind`.
+pub fn parse_as(text: &str, kind: TokenFile) -> Result<Vec<(String, Grant)>, TokenFileError> {
     let mut out: Vec<(String, Grant)> = Vec::new();
     for (i, raw) in text.lines().enumerate() {
         let bad = |why: String| TokenFileError::Line { line: i + 1, why };
@@ -98,6 +124,12 @@ pub fn parse(text: &str) -> Result<Vec<(String, Grant)>, TokenFileError> {
                 )));
             }
             clients.push(c);
+        }
+        if clients.is_empty() && kind == TokenFile::Feed {
+            return Err(bad(
+                "a feed token must name its clients (`<token> dealer-1`), or `*` for any client"
+                    .into(),
+            ));
         }
         let grant = if clients.is_empty() || clients == ["*"] {
             Grant::AnyClient
@@ -169,10 +201,16 @@ impl TokenSet {
         self.grant(token).is_some()
     }
 
-    /// Loads `path` and keeps reloading it (every few seconds when its mtime changes).
+    /// Loads the ingest token file `path` and keeps reloading it (every few seconds when its
+    /// mtime changes).
     pub fn watch_file(path: PathBuf) -> Result<Self, TokenFileError> {
+        Self::watch_file_as(path, TokenFile::Ingest)
+    }
+
+    /// [`Self::watch_file`] for a token file of `kind`.
+    pub fn watch_file_as(path: PathBuf, kind: TokenFile) -> Result<Self, TokenFileError> {
         let set = TokenSet::default();
-        let (entries, mut mtime) = read(&path)?;
+        let (entries, mut mtime) = read(&path, kind)?;
         set.replace(entries);
         let s = set.clone();
         tokio::spawn(async move {
@@ -180,14 +218,14 @@ impl TokenSet {
                 tokio::time::sleep(Duration::from_secs(5)).await;
                 let m = modified(&path);
                 if m != mtime {
-                    match read(&path) {
+                    match read(&path, kind) {
                         Ok((t, m2)) => {
-                            tracing::info!(tokens = t.len(), "ingest tokens reloaded");
+                            tracing::info!(tokens = t.len(), file = kind.name(), "tokens reloaded");
                             s.replace(t);
                             mtime = m2;
                         }
                         Err(e) => {
-                            tracing::warn!(error = %e, "could not reload ingest tokens; keeping the old ones")
+                            tracing::warn!(error = %e, file = kind.name(), "could not reload tokens; keeping the old ones")
                         }
                     }
                 }
@@ -204,19 +242,20 @@ fn modified(path: &Path) -> Option<SystemTime> {
 /// The entries and the mtime they correspond to. The mtime is taken *before* the contents:
 /// a write landing between the two reads then shows as a newer mtime on the next poll and
 /// is read again, instead of being recorded as already seen.
-fn read(path: &Path) -> Result<(Vec<Entry>, Option<SystemTime>), TokenFileError> {
-    read_with(path, || {})
+fn read(path: &Path, kind: TokenFile) -> Result<(Vec<Entry>, Option<SystemTime>), TokenFileError> {
+    read_with(path, kind, || {})
 }
 
 /// [`read`], calling `between` after the mtime is taken (tests write the file there).
 fn read_with(
     path: &Path,
+    kind: TokenFile,
     between: impl FnOnce(),
 ) -> Result<(Vec<Entry>, Option<SystemTime>), TokenFileError> {
     let mtime = modified(path);
     between();
     let text = std::fs::read_to_string(path)?;
-    let entries = parse(&text)?
+    let entries = parse_as(&text, kind)?
         .into_iter()
         .map(|(t, g)| (digest(&t), g))
         .collect();
@@ -287,6 +326,24 @@ mod tests {
     }
 
     #[test]
+    fn feed_tokens_name_their_clients() {
+        let text = "reader-a dealer-1\nplatform-reader *\n";
+        assert_eq!(
+            parse_as(text, TokenFile::Feed).unwrap(),
+            vec![
+                ("reader-a".into(), clients(&["dealer-1"])),
+                ("platform-reader".into(), Grant::AnyClient),
+            ]
+        );
+        // A bare token reads nothing by accident: the whole file is refused.
+        match parse_as("reader-a dealer-1\nbare-token  # oops\n", TokenFile::Feed) {
+            Err(TokenFileError::Line { line: 2, why }) => assert!(why.contains("`*`"), "{why}"),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(parse("bare-token\n").unwrap()[0].1, Grant::AnyClient);
+    }
+
+    #[test]
     fn a_write_during_a_read_is_never_missed() {
         // A new version written while the file is being read must either be what was read
         // or leave an mtime that differs from the file's, so the next poll reads it.
@@ -300,7 +357,7 @@ mod tests {
             .unwrap()
             .set_modified(old)
             .unwrap();
-        let (entries, seen) = read_with(&p, || {
+        let (entries, seen) = read_with(&p, TokenFile::Ingest, || {
             std::fs::write(&p, "second\n").unwrap();
             std::fs::File::options()
                 .write(true)

@@ -59,6 +59,7 @@ async fn serve(tokens: &str, max_concurrent: usize) -> Api {
             vehicle_connect::store::StoreOptions::default(),
         )
         .unwrap(),
+        feed: ingest::FeedState::default(),
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();

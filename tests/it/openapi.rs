@@ -21,5 +21,22 @@ fn checked_in_openapi_matches_the_code() {
         assert!(doc["paths"].get(p).is_some(), "{p} is not documented");
     }
     assert!(doc["components"]["schemas"].get("Envelope").is_some());
+    // The pull feed: GET beside POST on /v1/events, its parameters and an example page.
+    let feed = &doc["paths"]["/v1/events"]["get"];
+    let params: Vec<&str> = feed["parameters"]
+        .as_array()
+        .expect("feed parameters")
+        .iter()
+        .filter_map(|p| p["name"].as_str())
+        .collect();
+    assert_eq!(params, ["after", "types", "limit", "wait", "clientId"]);
+    assert!(doc["paths"]["/v1/events"].get("post").is_some());
+    let page = &doc["components"]["schemas"]["FeedResponse"];
+    assert!(
+        page["example"]["events"]
+            .as_array()
+            .is_some_and(|e| !e.is_empty())
+    );
+    assert!(page["example"]["next"].is_string());
     assert!(doc["components"]["securitySchemes"].get("bearer").is_some());
 }
