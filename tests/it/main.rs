@@ -14,6 +14,7 @@ mod crd_validation;
 mod crds;
 mod delivery_e2e;
 mod disk_full;
+mod feed;
 mod ftp_controller;
 mod ftp_e2e;
 mod ftp_pasv;
