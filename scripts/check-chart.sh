@@ -45,6 +45,11 @@ render() { # name, helm template args...
   log "rendered $name: $(grep -c '^kind:' "$OUTDIR/$name.yaml") objects ($(grep '^kind:' "$OUTDIR/$name.yaml" | awk '{print $2}' | sort | paste -sd, -))"
 }
 has() { grep -qE -- "$2" "$OUTDIR/$1.yaml" || die "$1: expected /$2/"; }
+# The decoded token file ("tokens" key) of the Secret named $2 in rendering $1.
+secret_tokens() {
+  awk -v name="$2" '/^---/{f=0} $0 == "  name: " name {f=1} f && /^  tokens: /{print; exit}' "$OUTDIR/$1.yaml" \
+    | cut -d'"' -f2 | base64 -d
+}
 hasnt() { ! grep -qE -- "$2" "$OUTDIR/$1.yaml" || die "$1: did not expect /$2/"; }
 
 render default
@@ -62,6 +67,7 @@ has default 'path: /healthz'
 has default 'path: /readyz'
 has default 'name: http$'
 hasnt default 'VC_INGEST_TOKEN_FILE'
+hasnt default 'VC_FEED_TOKEN_FILE'
 # Least privilege: no wildcard; only get/list/watch/patch, plus create on events alone.
 hasnt default '(verbs|resources|apiGroups): \[.*"\*"'
 verbs="$(grep -oE '^    verbs: \[.*\]' "$OUTDIR/default.yaml" | grep -oE '"[a-z]+"' | sort -u | paste -sd, -)"
@@ -75,6 +81,15 @@ for k in Secret ServiceMonitor NetworkPolicy; do has all "^kind: $k\$"; done
 has all 'name: VC_INGEST_TOKEN_FILE'
 has all 'value: /etc/vehicle-connect/ingest-tokens/tokens$'
 has all 'secretName: vehicle-connect-vc-ingest-tokens$'
+# Feed tokens: their own Secret, file and mount, never the ingest ones.
+has all 'name: VC_FEED_TOKEN_FILE'
+has all 'value: /etc/vehicle-connect/feed-tokens/tokens$'
+has all 'secretName: vehicle-connect-vc-feed-tokens$'
+has all 'mountPath: /etc/vehicle-connect/feed-tokens$'
+feed_secret="$(secret_tokens all vehicle-connect-vc-feed-tokens)"
+grep -qx 'check-chart-feed-token-dealer-1-0123 dealer-1' <<<"$feed_secret" || die "all: feed token line not rendered"
+grep -qx 'check-chart-feed-token-platform-0123 \*' <<<"$feed_secret" || die "all: any-client feed token not rendered"
+! grep -q 'check-chart-token-0123456789abcdef' <<<"$feed_secret" || die "all: an ingest token is in the feed tokens"
 has all 'value: "10.20.0.0/16,192.168.1.10"'
 has all 'name: VC_MAX_BODY_BYTES'
 has all 'name: VC_MAX_CONCURRENT_INGEST'
@@ -87,7 +102,7 @@ has all 'name: VC_WATCH_LABEL_SELECTOR'
 has all 'value: "connect.vehicles.io/shard=a"'
 hasnt default 'VC_WATCH_LABEL_SELECTOR'
 # Tokens bound to clients render as `<token> <client>,<client>` lines.
-grep -oE '^  tokens: "[^"]+"' "$OUTDIR/all.yaml" | cut -d'"' -f2 | base64 -d \
+secret_tokens all vehicle-connect-vc-ingest-tokens \
   | grep -qx 'check-chart-dealer-token-0123456789 dealer-1,dealer-2' || die "all: bound token line not rendered"
 has all 'value: "0.0.0.0:8080"'
 has all 'storageClassName: "fast-ssd"'
@@ -96,10 +111,13 @@ has all 'port: 80$'
 has all 'connect.vehicles.io/ingest: "true"'
 has all 'egress:'
 
-render existing -f "$ALL" --set ingestTokenSecret.existingSecret=my-tokens --set ingestTokenSecret.key=tokens.txt
+render existing -f "$ALL" --set ingestTokenSecret.existingSecret=my-tokens --set ingestTokenSecret.key=tokens.txt \
+  --set feedTokenSecret.existingSecret=my-feed-tokens --set feedTokenSecret.key=feed.txt
 hasnt existing '^kind: Secret$'
 has existing 'secretName: my-tokens$'
 has existing 'value: /etc/vehicle-connect/ingest-tokens/tokens.txt$'
+has existing 'secretName: my-feed-tokens$'
+has existing 'value: /etc/vehicle-connect/feed-tokens/feed.txt$'
 
 render ephemeral --set persistence.enabled=false
 hasnt ephemeral 'volumeClaimTemplates:'
@@ -122,6 +140,8 @@ refuse "an unknown top-level key" --set replicaCount=2
 refuse "a bad pullPolicy" --set image.pullPolicy=Sometimes
 refuse "a short ingest token" --set 'ingestTokens[0]=short'
 refuse "a client that is not a clientId" --set 'ingestTokens[0].token=long-enough-token-0123' --set 'ingestTokens[0].clients[0]=a b'
+refuse "a feed token without clients" --set 'feedTokens[0]=long-enough-feed-token-0123'
+refuse "a feed client that is not a clientId" --set 'feedTokens[0].token=long-enough-token-0123' --set 'feedTokens[0].clients[0]=a/b'
 refuse "a bad log format" --set operator.logFormat=xml
 refuse "a bad CIDR" --set 'operator.allowTargets[0]=not a cidr'
 refuse "a bad port" --set service.port=70000

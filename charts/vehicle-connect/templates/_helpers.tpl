@@ -57,6 +57,23 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end }}
 {{- end }}
 
+{{/* The Secret holding the feed tokens, or "" when there is none. */}}
+{{- define "vehicle-connect.feedTokenSecretName" -}}
+{{- if .Values.feedTokenSecret.existingSecret }}
+{{- .Values.feedTokenSecret.existingSecret }}
+{{- else if .Values.feedTokens }}
+{{- printf "%s-feed-tokens" (include "vehicle-connect.fullname" .) }}
+{{- end }}
+{{- end }}
+
+{{- define "vehicle-connect.feedTokenKey" -}}
+{{- if .Values.feedTokenSecret.existingSecret }}
+{{- .Values.feedTokenSecret.key }}
+{{- else }}
+{{- "tokens" }}
+{{- end }}
+{{- end }}
+
 {{- define "vehicle-connect.ingestTokenKey" -}}
 {{- if .Values.ingestTokenSecret.existingSecret }}
 {{- .Values.ingestTokenSecret.key }}
