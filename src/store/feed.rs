@@ -254,6 +254,10 @@ pub(crate) struct Notifier {
 impl Notifier {
     /// Wakes the waiters of every client that got a new event in `batch`, just committed.
     pub(super) fn committed(&self, batch: &[Job]) {
+        // Outcome-only batches (most of them under delivery load) skip the lock.
+        if !batch.iter().any(|j| matches!(j, Job::Accept { .. })) {
+            return;
+        }
         let waiting = self.waiting.lock().unwrap_or_else(PoisonError::into_inner);
         if waiting.is_empty() {
             return;
