@@ -69,7 +69,12 @@ async fn plain_loop(server: &sshd::Sshd, image: &Bytes, vehicles: usize, rep: us
                 .await
                 .unwrap();
             tcp.set_nodelay(true).unwrap();
-            let config = Arc::new(russh::client::Config::default());
+            // The library at its best: the same cipher preference as vehicle-connect.
+            let mut config = russh::client::Config::default();
+            config.preferred.cipher = std::borrow::Cow::Borrowed(
+                vehicle_connect::delivery::files::sftp::PREFERRED_CIPHERS,
+            );
+            let config = Arc::new(config);
             let mut h = russh::client::connect_stream(config, tcp, Plain)
                 .await
                 .unwrap();

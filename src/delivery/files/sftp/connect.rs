@@ -18,6 +18,17 @@ use super::error::{SftpError, classify_handshake, classify_ssh, map_raw_error};
 use super::known_hosts::{HostKeyVerdict, KnownHostsDb};
 use super::session::SftpSession;
 
+/// AES-GCM first: ring runs it on the CPU's AES instructions, several times faster than
+/// russh's ChaCha20-Poly1305 (its default first choice) for file transfers; every cipher
+/// here is an AEAD or CTR mode OpenSSH offers by default.
+pub const PREFERRED_CIPHERS: &[russh::cipher::Name] = &[
+    russh::cipher::AES_256_GCM,
+    russh::cipher::AES_128_GCM,
+    russh::cipher::CHACHA20_POLY1305,
+    russh::cipher::AES_256_CTR,
+    russh::cipher::AES_192_CTR,
+    russh::cipher::AES_128_CTR,
+];
 const POSIX_RENAME: &str = "posix-rename@openssh.com";
 const LIMITS: &str = "limits@openssh.com";
 /// Largest write every SFTP v3 server must accept (draft-02 says packets of at least
@@ -101,7 +112,7 @@ impl ConnectOptions {
             command_timeout: Duration::from_secs(60),
             keepalive_interval: Some(Duration::from_secs(30)),
             write_chunk_len: 64 * 1024,
-            max_in_flight_writes: 16,
+            max_in_flight_writes: 32,
             use_posix_rename: true,
         }
     }
@@ -136,6 +147,7 @@ async fn connect_inner(stream: TcpStream, opts: &ConnectOptions) -> Result<SftpS
         nodelay: true,
         ..Default::default()
     };
+    config.preferred.cipher = Cow::Borrowed(PREFERRED_CIPHERS);
     if let Some(db) = &known_hosts {
         let pinned = db.key_algorithms_for(&opts.host, opts.port);
         if !pinned.is_empty() {

@@ -6,6 +6,7 @@
 //! pipelined ([`writer`]); overwriting renames use OpenSSH's atomic `posix-rename`.
 
 mod connect;
+pub use connect::PREFERRED_CIPHERS;
 mod error;
 mod known_hosts;
 mod session;
