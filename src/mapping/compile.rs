@@ -58,6 +58,11 @@ impl Compiled {
     pub fn new(spec: &ApiConnectionSpec) -> Result<Compiled, Vec<TemplateError>> {
         let mut env = environment();
         let mut errors = Vec::new();
+        // Headers the operator sets beyond the fixed ones: a mapping value would clash.
+        let mut operator_headers = vec![spec.idempotency_header.to_ascii_lowercase()];
+        if let Some(key) = spec.auth.as_ref().and_then(|a| a.api_key.as_ref()) {
+            operator_headers.push(key.header.to_ascii_lowercase());
+        }
         let mut mappings = Vec::new();
         for (m, mapping) in spec.mappings.iter().enumerate() {
             let mut steps = Vec::new();
@@ -69,6 +74,7 @@ impl Compiled {
                     events: &mapping.events,
                     index: r,
                     request,
+                    operator_headers: &operator_headers,
                     templates: Vec::new(),
                 };
                 steps.push(c.compile());
@@ -232,6 +238,7 @@ struct StepCompiler<'e, 's> {
     events: &'s [EventType],
     index: usize,
     request: &'s ApiRequest,
+    operator_headers: &'s [String],
     templates: Vec<(String, String, String)>,
 }
 
@@ -309,7 +316,8 @@ impl StepCompiler<'_, '_> {
         }
         for name in r.headers.iter().flatten().map(|(k, _)| k) {
             let lower = name.to_ascii_lowercase();
-            if RESERVED_HEADERS.contains(&lower.as_str()) {
+            if RESERVED_HEADERS.contains(&lower.as_str()) || self.operator_headers.contains(&lower)
+            {
                 self.fail(&format!("headers.{name}"), None, "is set by the operator");
             } else if lower == "content-type"
                 && matches!(send, Some(ImageSend::Raw | ImageSend::Multipart))

@@ -27,6 +27,7 @@
 mod capture;
 mod compile;
 mod env;
+pub mod openapi;
 mod render;
 pub mod samples;
 #[cfg(test)]

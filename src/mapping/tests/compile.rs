@@ -81,3 +81,15 @@ fn unknown_filters_tests_and_functions_are_template_errors() {
     ))
     .unwrap();
 }
+
+#[test]
+fn headers_the_operator_sets_cannot_be_mapped() {
+    let mut spec = one_request(
+        "name: get\nmethod: GET\npath: /v\nheaders: {X-Request-Id: a, X-Api-Key: b, X-Other: c}",
+    );
+    spec.idempotency_header = "x-request-id".into();
+    spec.auth = serde_yaml::from_str("apiKey: {header: X-API-KEY, secretRef: {name: k}}").unwrap();
+    let errs = Compiled::new(&spec).err().unwrap();
+    let fields: Vec<_> = errs.iter().map(|e| e.field.as_str()).collect();
+    assert_eq!(fields, ["headers.X-Api-Key", "headers.X-Request-Id"]);
+}

@@ -2,6 +2,7 @@
 
 mod capture;
 mod compile;
+mod openapi;
 mod render;
 
 use super::*;
