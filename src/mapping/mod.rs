@@ -28,6 +28,7 @@ mod capture;
 mod compile;
 mod env;
 pub mod openapi;
+mod preview;
 mod render;
 pub mod samples;
 #[cfg(test)]
@@ -38,6 +39,7 @@ use std::fmt;
 pub use capture::{CaptureError, capture};
 pub use compile::{Chain, Compiled, Step};
 pub use env::encode_segment;
+pub use preview::{PreviewError, render_preview};
 pub use render::{ConnectionRef, EventContext, Expect, Rendered, RenderedBody};
 
 use crate::api::EventType;

@@ -3,6 +3,7 @@
 mod capture;
 mod compile;
 mod openapi;
+mod preview;
 mod render;
 
 use super::*;
