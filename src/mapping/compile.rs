@@ -316,7 +316,12 @@ impl StepCompiler<'_, '_> {
         }
         for name in r.headers.iter().flatten().map(|(k, _)| k) {
             let lower = name.to_ascii_lowercase();
-            if RESERVED_HEADERS.contains(&lower.as_str()) || self.operator_headers.contains(&lower)
+            let token = |c: char| c.is_ascii_alphanumeric() || c == '-';
+            if name.is_empty() || name.len() > 64 || !name.chars().all(token) {
+                let msg = "header names are letters, digits and '-' (at most 64)";
+                self.fail(&format!("headers.{name}"), None, msg);
+            } else if RESERVED_HEADERS.contains(&lower.as_str())
+                || self.operator_headers.contains(&lower)
             {
                 self.fail(&format!("headers.{name}"), None, "is set by the operator");
             } else if lower == "content-type"
@@ -324,6 +329,17 @@ impl StepCompiler<'_, '_> {
             {
                 let msg = "comes from the image or the multipart boundary";
                 self.fail(&format!("headers.{name}"), None, msg);
+            }
+        }
+        // Part names go into a Content-Disposition header, between quotes.
+        for name in fields.into_iter().flatten().map(|(k, _)| k) {
+            if name.is_empty()
+                || name
+                    .chars()
+                    .any(|c| c.is_control() || c == '"' || c == '\\')
+            {
+                let msg = "part names must not be empty or hold quotes, backslashes or control characters";
+                self.fail(&format!("forEachImage.fields.{name}"), None, msg);
             }
         }
     }

@@ -93,3 +93,16 @@ fn headers_the_operator_sets_cannot_be_mapped() {
     let fields: Vec<_> = errs.iter().map(|e| e.field.as_str()).collect();
     assert_eq!(fields, ["headers.X-Api-Key", "headers.X-Request-Id"]);
 }
+
+#[test]
+fn header_and_part_names_must_be_safe_where_they_are_written() {
+    let errs = compile_errors(
+        "name: up\nmethod: POST\npath: /v\nheaders: {'X Bad': a, 'X-Ok': b}\nforEachImage: {send: multipart, fields: {'a\"; filename=\"x': '1', ok: '2'}}",
+    );
+    let fields: Vec<_> = errs.iter().map(|e| e.field.as_str()).collect();
+    assert_eq!(
+        fields,
+        ["headers.X Bad", "forEachImage.fields.a\"; filename=\"x"],
+        "{errs:?}"
+    );
+}
