@@ -6,13 +6,18 @@ use std::collections::{BTreeMap, BTreeSet};
 use minijinja::{Environment, ErrorKind};
 
 use super::TemplateError;
-use super::env::{Kind, describe, environment};
+use super::env::{FUEL, Kind, describe, environment};
 use super::render::EventContext;
 use super::samples;
 use crate::api::EventType;
 use crate::api::apiconnection::{
     ApiConnectionSpec, ApiRequest, HttpMethod, ImageSend, RESERVED_HEADERS,
 };
+
+/// Fuel of one template run while checking names.
+const CHECK_FUEL: u64 = 20_000;
+/// Template runs of the name check, at most.
+const CHECK_RUNS: usize = 5_000;
 
 /// A connection's mappings, compiled. Cheap to share behind an `Arc`; rendering takes `&self`.
 pub struct Compiled {
@@ -87,8 +92,12 @@ impl Compiled {
         if !errors.is_empty() {
             return Err(errors);
         }
-        let compiled = Compiled { env, mappings };
+        // Less work per run while checking: a mapping with pathological templates must not
+        // hold the reconciler (real templates take a few hundred steps).
+        env.set_fuel(Some(CHECK_FUEL));
+        let mut compiled = Compiled { env, mappings };
         let errors = compiled.check_names(&samples::sample_remote(spec));
+        compiled.env.set_fuel(Some(FUEL));
         if errors.is_empty() {
             Ok(compiled)
         } else {
@@ -99,7 +108,7 @@ impl Compiled {
     /// Filters, tests and functions are looked up only when a template runs: each template
     /// is run on the sample events of its mapping (with and without captured values) so that
     /// an unknown name is an invalid template, not a failed delivery. Parts that no sample
-    /// reaches are not checked.
+    /// reaches are not checked, nor anything after [`CHECK_RUNS`] runs.
     fn check_names(&self, remote: &BTreeMap<String, String>) -> Vec<TemplateError> {
         let unknown = |e: &minijinja::Error| {
             matches!(
@@ -108,6 +117,7 @@ impl Compiled {
             )
         };
         let mut errors = Vec::new();
+        let mut runs = 0;
         for (m, mapping) in self.mappings.iter().enumerate() {
             for step in &mapping.steps {
                 let mut reported = BTreeSet::new();
@@ -128,6 +138,10 @@ impl Compiled {
                 let events = mapping.events.iter().filter_map(|t| samples::sample(*t));
                 for event in events {
                     for remote in [remote.clone(), BTreeMap::new()] {
+                        runs += step.templates.len() + 1;
+                        if runs > CHECK_RUNS {
+                            return errors;
+                        }
                         let ctx = EventContext::new(event, &samples::connection(), remote);
                         let per_image = step.request.for_each_image.is_some();
                         let image = (per_image && !ctx.images().is_empty()).then_some(0);

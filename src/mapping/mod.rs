@@ -19,6 +19,9 @@
 //! `/vehicles/`; testing one is allowed: `not remote.id`, `remote.id is defined`,
 //! `{% if vehicle.trim %}`. (`Strict` would refuse `not remote.id` too.)
 //!
+//! Limits: one template run takes at most 200 000 steps, a body renders at most 1 MiB and
+//! any other field 16 KiB; `include`, `extends` and macros are not available.
+//!
 //! Context: `event` (the envelope), `vehicle`, `user` (from `event.data`, undefined when the
 //! event has none), `images` (`event.data.images`, or empty), `remote` (values captured for
 //! the vehicle), `connection` (`name`, `namespace`) and, under `forEachImage`, `image` (the
