@@ -1,5 +1,5 @@
-//! Where and how to reach a client's file server, resolved from an FtpConnection and its
-//! Secret: what routing keeps per target and what the file transports connect with.
+//! Where and how to reach a client's system, resolved from a resource and its Secrets: what
+//! routing keeps per target and what the transports (file servers, APIs) connect with.
 
 use std::time::Duration;
 
@@ -143,5 +143,96 @@ mod tests {
             seen.push(f);
         }
         assert_eq!(FtpEndpoint::example().fingerprint(), base.fingerprint());
+    }
+}
+
+/// Everything needed to call one ApiConnection's API, resolved from its spec and Secrets.
+#[derive(Clone)]
+pub struct ApiEndpoint {
+    /// `baseUrl`, with a trailing `/` removed: request paths start with `/`.
+    pub base_url: url::Url,
+    pub auth: ApiCredentials,
+    pub tls: ApiTlsMaterial,
+    pub idempotency_header: http::HeaderName,
+    pub timeout: Duration,
+}
+
+/// Credentials of an API, from the Secrets `spec.auth` names.
+#[derive(Clone, PartialEq, Eq)]
+pub enum ApiCredentials {
+    None,
+    Basic {
+        username: String,
+        password: String,
+    },
+    Bearer(String),
+    /// A key sent as `header: prefix + key`.
+    Header {
+        name: http::HeaderName,
+        value: String,
+    },
+    OAuth2(OAuth2Client),
+}
+
+/// An OAuth2 client-credentials client.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct OAuth2Client {
+    pub token_url: url::Url,
+    pub client_id: String,
+    pub client_secret: String,
+    pub scopes: Vec<String>,
+    pub audience: Option<String>,
+    /// Credentials as HTTP Basic (`true`) or as form fields.
+    pub basic: bool,
+}
+
+/// PEM material for an API's TLS: CA bundle (system roots when `None`) and client identity.
+#[derive(Clone, Default, PartialEq, Eq, Hash)]
+pub struct ApiTlsMaterial {
+    pub ca_pem: Option<Vec<u8>>,
+    /// Certificate chain and private key, both PEM.
+    pub client_cert: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+impl ApiTlsMaterial {
+    /// Identifies the material without holding it, to share one HTTP client per material.
+    pub fn fingerprint(&self) -> [u8; 32] {
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        for part in [
+            self.ca_pem.as_deref(),
+            self.client_cert.as_ref().map(|c| c.0.as_slice()),
+            self.client_cert.as_ref().map(|c| c.1.as_slice()),
+        ] {
+            match part {
+                Some(p) => {
+                    h.update([1]);
+                    h.update((p.len() as u64).to_le_bytes());
+                    h.update(p);
+                }
+                None => h.update([0]),
+            }
+        }
+        h.finalize().into()
+    }
+}
+
+impl std::fmt::Debug for ApiEndpoint {
+    // Never print credentials.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let auth = match &self.auth {
+            ApiCredentials::None => "none",
+            ApiCredentials::Basic { .. } => "basic",
+            ApiCredentials::Bearer(_) => "bearer",
+            ApiCredentials::Header { .. } => "header",
+            ApiCredentials::OAuth2(_) => "oauth2",
+        };
+        f.debug_struct("ApiEndpoint")
+            .field("base_url", &self.base_url.as_str())
+            .field("auth", &auth)
+            .field("ca", &self.tls.ca_pem.is_some())
+            .field("client_cert", &self.tls.client_cert.is_some())
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
     }
 }

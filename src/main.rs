@@ -7,6 +7,8 @@ use clap::{Parser, Subcommand};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use vehicle_connect::controller::{self, DeleteHook, Settings};
+use vehicle_connect::delivery::api::ApiSender;
+use vehicle_connect::delivery::attempt::Senders;
 use vehicle_connect::delivery::dispatcher::{Dispatcher, Limits};
 use vehicle_connect::delivery::files::Uploader;
 use vehicle_connect::delivery::webhook::WebhookSender;
@@ -39,6 +41,20 @@ enum Command {
     },
     /// Print the OpenAPI document of the HTTP API (the same as docs/openapi.json).
     Openapi,
+    /// Print the requests an ApiConnection would send for an event, without sending them:
+    /// for developing a mapping offline.
+    Render {
+        /// The ApiConnection, YAML or JSON (as for kubectl apply).
+        #[arg(long)]
+        connection: PathBuf,
+        /// The event, JSON (as POSTed to /v1/events).
+        #[arg(long)]
+        event: PathBuf,
+        /// A value captured earlier for the vehicle, `name=value` (repeatable), e.g.
+        /// `--remote id=dms-42`.
+        #[arg(long, value_parser = parse_remote)]
+        remote: Vec<(String, String)>,
+    },
     /// Run the operator (kubeconfig from KUBECONFIG, ~/.kube/config or in-cluster).
     // Boxed: the flags are large next to the other commands.
     Run(Box<RunArgs>),
@@ -137,6 +153,11 @@ fn main() -> anyhow::Result<()> {
             }
         },
         Command::Openapi => println!("{}", vehicle_connect::ingest::openapi_document()),
+        Command::Render {
+            connection,
+            event,
+            remote,
+        } => render(&connection, &event, remote.into_iter().collect())?,
         Command::Run(args) => {
             init_tracing(&args.log_format);
             let rt = tokio::runtime::Builder::new_multi_thread()
@@ -210,11 +231,20 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         concat!("vehicle-connect/", env!("CARGO_PKG_VERSION")),
     )?;
     let uploader = Uploader::new(guard.clone(), args.max_image_bytes)?;
+    let api = ApiSender::new(
+        guard.clone(),
+        store.clone(),
+        args.max_image_bytes,
+        concat!("vehicle-connect/", env!("CARGO_PKG_VERSION")),
+    )?;
     let dispatcher = Dispatcher::with_limits(
         store.clone(),
         registry.clone(),
-        sender,
-        uploader,
+        Senders {
+            webhook: sender,
+            files: uploader,
+            api,
+        },
         metrics.clone(),
         counters.clone(),
         Limits {
@@ -342,6 +372,59 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     counters.flush().await;
     tracing::info!("vehicle-connect stopped");
     Ok(())
+}
+
+fn parse_remote(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+        _ => Err(format!("{s:?} is not name=value")),
+    }
+}
+
+/// `vehicle-connect render`: the listing on stdout; a mapping that does not compile or an
+/// event it cannot render is an error (exit status 1) after what could be listed.
+fn render(
+    connection: &std::path::Path,
+    event: &std::path::Path,
+    remote: std::collections::BTreeMap<String, String>,
+) -> anyhow::Result<()> {
+    use serde::Deserialize;
+    use vehicle_connect::api::ApiConnection;
+    use vehicle_connect::mapping::{PreviewError, render_preview};
+    let text = std::fs::read_to_string(connection)
+        .with_context(|| format!("reading {}", connection.display()))?;
+    // The first ApiConnection of the file: examples keep their Secrets beside it.
+    let mut found = None;
+    for doc in serde_yaml::Deserializer::from_str(&text) {
+        let value = serde_yaml::Value::deserialize(doc)
+            .with_context(|| format!("{} is not YAML", connection.display()))?;
+        if value.get("kind").and_then(|k| k.as_str()) == Some("ApiConnection") {
+            found = Some(value);
+            break;
+        }
+    }
+    let Some(value) = found else {
+        anyhow::bail!("{} holds no ApiConnection", connection.display());
+    };
+    let conn: ApiConnection = serde_yaml::from_value(value)
+        .with_context(|| format!("the ApiConnection in {}", connection.display()))?;
+    let event_text =
+        std::fs::read_to_string(event).with_context(|| format!("reading {}", event.display()))?;
+    let event: serde_json::Value = serde_json::from_str(&event_text)
+        .with_context(|| format!("{} is not JSON", event.display()))?;
+    let name = conn.metadata.name.as_deref().unwrap_or("connection");
+    let namespace = conn.metadata.namespace.as_deref().unwrap_or("default");
+    match render_preview(&conn.spec, name, namespace, &event, &remote) {
+        Ok(listing) => {
+            print!("{listing}");
+            Ok(())
+        }
+        Err(PreviewError::Render { listing, error }) => {
+            print!("{listing}");
+            anyhow::bail!("{error}")
+        }
+        Err(e) => anyhow::bail!("{e}"),
+    }
 }
 
 #[cfg(test)]

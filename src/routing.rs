@@ -8,13 +8,15 @@ use std::time::Duration;
 
 use crate::api::ftp::FtpRules;
 use crate::api::{EventType, RetryPolicy};
-use crate::endpoint::FtpEndpoint;
+use crate::endpoint::{ApiEndpoint, FtpEndpoint};
+use crate::mapping::Compiled;
 
 /// Which resource a target belongs to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Kind {
     Webhook,
     Ftp,
+    Api,
 }
 
 /// Identity of a target: kind, namespace, name.
@@ -27,13 +29,14 @@ pub struct TargetKey {
 
 impl Kind {
     /// Every kind, in [`Kind::index`] order.
-    pub const ALL: [Kind; 2] = [Kind::Webhook, Kind::Ftp];
+    pub const ALL: [Kind; 3] = [Kind::Webhook, Kind::Ftp, Kind::Api];
 
     /// Position in [`Kind::ALL`], for tables kept per kind.
     pub fn index(self) -> usize {
         match self {
             Kind::Webhook => 0,
             Kind::Ftp => 1,
+            Kind::Api => 2,
         }
     }
 
@@ -42,6 +45,7 @@ impl Kind {
         match self {
             Kind::Webhook => "webhook",
             Kind::Ftp => "ftp",
+            Kind::Api => "api",
         }
     }
 
@@ -49,6 +53,7 @@ impl Kind {
         match self {
             Kind::Webhook => "webhooksubscription",
             Kind::Ftp => "ftpconnection",
+            Kind::Api => "apiconnection",
         }
     }
 }
@@ -106,6 +111,7 @@ impl std::str::FromStr for TargetId {
         let kind = match it.next() {
             Some("webhooksubscription") => Kind::Webhook,
             Some("ftpconnection") => Kind::Ftp,
+            Some("apiconnection") => Kind::Api,
             _ => return Err(bad()),
         };
         let namespace = it.next().filter(|p| !p.is_empty()).ok_or_else(bad)?;
@@ -196,10 +202,33 @@ pub struct FtpTarget {
     pub max_connections: u32,
 }
 
+/// A resolved API target: where, how to authenticate, and the compiled mapping.
+#[derive(Clone)]
+pub struct ApiTarget {
+    pub name: String,
+    pub namespace: String,
+    pub endpoint: ApiEndpoint,
+    pub mapping: Arc<Compiled>,
+    /// Identifies the mapping: a chain stopped under another one starts over.
+    pub fingerprint: String,
+    pub max_concurrency: u32,
+}
+
+impl std::fmt::Debug for ApiTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiTarget")
+            .field("endpoint", &self.endpoint)
+            .field("mapping", &self.fingerprint)
+            .field("max_concurrency", &self.max_concurrency)
+            .finish_non_exhaustive()
+    }
+}
+
 #[derive(Clone, Debug)]
 pub enum TargetConfig {
     Webhook(WebhookTarget),
     Ftp(FtpTarget),
+    Api(ApiTarget),
 }
 
 /// One delivery target.
@@ -231,6 +260,7 @@ impl Target {
         match &self.config {
             Some(TargetConfig::Webhook(w)) => w.max_concurrency,
             Some(TargetConfig::Ftp(f)) => f.max_connections,
+            Some(TargetConfig::Api(a)) => a.max_concurrency,
             None => 1,
         }
         .max(1)

@@ -412,6 +412,13 @@ impl Delivers for crate::api::WebhookSubscription {
     }
 }
 
+/// Same shape as a WebhookSubscription's: events whose whole chain succeeded.
+impl Delivers for crate::api::ApiConnection {
+    fn delivery(c: &crate::store::TargetCounters) -> impl Serialize {
+        crate::api::WebhookSubscription::delivery(c)
+    }
+}
+
 impl Delivers for crate::api::FtpConnection {
     fn delivery(c: &crate::store::TargetCounters) -> impl Serialize {
         FtpDelivery {
@@ -545,6 +552,10 @@ impl CounterWriter {
                 self.patch_delivery::<crate::api::FtpConnection>(key, &c)
                     .await
             }
+            crate::routing::Kind::Api => {
+                self.patch_delivery::<crate::api::ApiConnection>(key, &c)
+                    .await
+            }
         };
         match res {
             // Deleted meanwhile: nothing to report on.
@@ -582,7 +593,7 @@ impl CounterWriter {
                     .await
                     .map(|_| ())
             }
-            crate::routing::Kind::Ftp => Ok(()),
+            crate::routing::Kind::Ftp | crate::routing::Kind::Api => Ok(()),
         };
         if let Err(e) = res {
             tracing::warn!(target = %key, error = %e, "could not mark the subscription as suspended");
@@ -605,6 +616,10 @@ impl CounterWriter {
             crate::routing::Kind::Ftp => (
                 crate::api::FtpConnection::api_version(&()).to_string(),
                 crate::api::FtpConnection::kind(&()).to_string(),
+            ),
+            crate::routing::Kind::Api => (
+                crate::api::ApiConnection::api_version(&()).to_string(),
+                crate::api::ApiConnection::kind(&()).to_string(),
             ),
         };
         let reference = k8s_openapi::api::core::v1::ObjectReference {

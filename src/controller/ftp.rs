@@ -34,11 +34,14 @@ pub async fn run(ctx: Arc<Context>) {
     super::runner::run::<FtpConnection, _, _>(
         ctx,
         ("ftp", Kind::Ftp),
-        |o| {
-            secret_names(&o.spec)
-                .into_iter()
-                .map(str::to_string)
-                .collect()
+        super::runner::Reads {
+            secrets: |o| {
+                secret_names(&o.spec)
+                    .into_iter()
+                    .map(str::to_string)
+                    .collect()
+            },
+            config_maps: None,
         },
         |o| {
             let (ns, name) = (o.namespace()?, o.name_any());

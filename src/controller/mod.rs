@@ -1,6 +1,7 @@
 //! The reconcilers, one per kind, and what they share: context, errors and the one error
 //! policy. Each reconcile runs validate → resolve → register (routing) → status.
 
+pub mod apiconnection;
 pub mod ftp;
 mod runner;
 pub mod secrets;
@@ -405,7 +406,7 @@ where
     Ok(Action::await_change())
 }
 
-/// Runs both controllers until SIGTERM or Ctrl-C.
+/// Runs the controllers of every kind until SIGTERM or Ctrl-C.
 pub async fn run(
     client: Client,
     registry: Arc<Registry>,
@@ -413,5 +414,9 @@ pub async fn run(
     on_delete: Option<DeleteHook>,
 ) {
     let ctx = Context::new(client, registry, settings, on_delete);
-    tokio::join!(webhook::run(ctx.clone()), ftp::run(ctx));
+    tokio::join!(
+        webhook::run(ctx.clone()),
+        ftp::run(ctx.clone()),
+        apiconnection::run(ctx)
+    );
 }

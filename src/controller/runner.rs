@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use futures::StreamExt;
 use k8s_openapi::NamespaceResourceScope;
-use k8s_openapi::api::core::v1::{Namespace, Secret};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret};
 use kube::core::{DeserializeGuard, PartialObjectMeta};
 use kube::runtime::controller::Action;
 use kube::runtime::reflector::{self, ObjectRef};
@@ -101,13 +101,21 @@ fn forget_unwatched<K>(
     }
 }
 
-/// Runs the controller of kind `K` until SIGTERM or Ctrl-C. `secret_names` lists the
-/// Secrets an object reads (a change to one re-reconciles it); `provisional` describes an
-/// object's target from its spec alone, registered at start-up before any reconcile.
+/// What an object reads besides itself, by name in its namespace: a change to one
+/// re-reconciles it.
+pub struct Reads<K> {
+    pub secrets: fn(&K) -> Vec<String>,
+    /// `None` for kinds that read no ConfigMap (no ConfigMap watch is started for them).
+    pub config_maps: Option<fn(&K) -> Vec<String>>,
+}
+
+/// Runs the controller of kind `K` until SIGTERM or Ctrl-C. `reads` lists the Secrets (and
+/// ConfigMaps) an object reads; `provisional` describes an object's target from its spec
+/// alone, registered at start-up before any reconcile.
 pub async fn run<K, R, F>(
     ctx: Arc<Context>,
     (label, kind): (&'static str, Kind),
-    secret_names: fn(&K) -> Vec<String>,
+    reads: Reads<K>,
     provisional: fn(&K) -> Option<Target>,
     reconcile: R,
 ) where
@@ -191,7 +199,10 @@ pub async fn run<K, R, F>(
     }
     let secrets = reflector::reflector(
         secret_writer,
-        watcher(Api::<PartialObjectMeta<Secret>>::all(client), secret_watch),
+        watcher(
+            Api::<PartialObjectMeta<Secret>>::all(client.clone()),
+            secret_watch,
+        ),
     )
     .default_backoff()
     .touched_objects();
@@ -204,12 +215,41 @@ pub async fn run<K, R, F>(
         provisional,
     ));
     let by_secret = store.clone();
+    let by_config_map = store.clone();
     let by_ns = store;
+    let secret_names = reads.secrets;
     let kctx = Arc::new(KindContext {
         shared: ctx,
         namespaces: ns_reader,
         secrets: secret_reader,
     });
+    let mut ctrl = ctrl;
+    if let Some(config_map_names) = reads.config_maps {
+        // Metadata only, as for Secrets: the reconcile reads the one it needs.
+        let (_, cm_writer) = reflector::store::<PartialObjectMeta<ConfigMap>>();
+        let config_maps = reflector::reflector(
+            cm_writer,
+            watcher(
+                Api::<PartialObjectMeta<ConfigMap>>::all(client),
+                watcher::Config::default(),
+            ),
+        )
+        .default_backoff()
+        .touched_objects();
+        ctrl = ctrl.watches_stream(config_maps, move |c: PartialObjectMeta<ConfigMap>| {
+            let (ns, name) = (c.namespace().unwrap_or_default(), c.name_any());
+            by_config_map
+                .state()
+                .into_iter()
+                .filter(|o| o.namespace().as_deref() == Some(&*ns))
+                .filter(|o| {
+                    o.0.as_ref()
+                        .is_ok_and(|k| config_map_names(k).contains(&name))
+                })
+                .map(|o| ObjectRef::from_obj(o.as_ref()))
+                .collect::<Vec<_>>()
+        });
+    }
     ctrl.watches_stream(secrets, move |s: PartialObjectMeta<Secret>| {
         let (ns, name) = (s.namespace().unwrap_or_default(), s.name_any());
         by_secret

@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use crate::delivery::api::ApiSender;
 use crate::delivery::files::{UploadResult, Uploader};
 use crate::delivery::webhook::{AttemptResult, WebhookSender};
 use crate::ingest::Envelope;
@@ -127,11 +128,15 @@ impl From<UploadResult> for Attempt {
 pub struct Senders {
     pub webhook: WebhookSender,
     pub files: Uploader,
+    pub api: ApiSender,
 }
 
-/// What an attempt gets: the event as stored and, for file targets, the paths recorded as
-/// uploaded for its vehicle.
+/// What an attempt gets: the event as stored, where it is queued (target row, seq, lane)
+/// and, for file targets, the paths recorded as uploaded for its vehicle.
 pub struct Delivery<'a> {
+    pub row: &'a str,
+    pub seq: u64,
+    pub lane: &'a str,
     pub event_id: &'a str,
     pub body: &'a [u8],
     pub uploaded: &'a [String],
@@ -145,6 +150,8 @@ impl Senders {
         match kind {
             Kind::Webhook => 1024,
             Kind::Ftp => 32,
+            // A chain may stream images through; fewer than webhooks, more than uploads.
+            Kind::Api => 256,
         }
     }
 
@@ -164,6 +171,7 @@ impl Senders {
                     elapsed: None,
                 },
             },
+            TargetConfig::Api(a) => self.api.deliver(a, d).await,
         }
     }
 }

@@ -22,10 +22,8 @@ use tokio::sync::{Notify, Semaphore, mpsc};
 use crate::api::RetryPolicy;
 use crate::delivery::attempt::{Attempt, Delivery, Senders};
 use crate::delivery::fair::FairPool;
-use crate::delivery::files::Uploader;
 use crate::delivery::recent::{FRESH_BYTES, Head, Loaded, Recent};
 use crate::delivery::retry::{backoff, should_give_up};
-use crate::delivery::webhook::WebhookSender;
 use crate::ingest::{EventResult, EventSink, Incoming};
 use crate::metrics::{KindLabel, KindResult, Metrics};
 use crate::routing::{Kind, Registry, Target, TargetId, TargetKey};
@@ -225,30 +223,10 @@ enum Step {
 }
 
 impl Dispatcher {
-    pub fn new(
-        store: Store,
-        registry: Arc<Registry>,
-        sender: WebhookSender,
-        uploader: Uploader,
-        metrics: Arc<Metrics>,
-        counters: Arc<CounterWriter>,
-    ) -> Arc<Self> {
-        Self::with_limits(
-            store,
-            registry,
-            sender,
-            uploader,
-            metrics,
-            counters,
-            Limits::default(),
-        )
-    }
-
     pub fn with_limits(
         store: Store,
         registry: Arc<Registry>,
-        sender: WebhookSender,
-        uploader: Uploader,
+        senders: Senders,
         metrics: Arc<Metrics>,
         counters: Arc<CounterWriter>,
         limits: Limits,
@@ -265,10 +243,7 @@ impl Dispatcher {
             outcomes,
             store,
             registry,
-            senders: Senders {
-                webhook: sender,
-                files: uploader,
-            },
+            senders,
             metrics,
             counters,
             limits,
@@ -680,6 +655,9 @@ impl Dispatcher {
             Vec::new()
         };
         let delivery = Delivery {
+            row: &ts.row,
+            seq: job.seq,
+            lane,
             event_id: &job.event_id,
             body: &event.body,
             uploaded: &uploaded,

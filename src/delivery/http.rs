@@ -33,6 +33,29 @@ pub(crate) fn tls_config() -> Result<rustls::ClientConfig, rustls::Error> {
     Ok(tls)
 }
 
+/// The roots to trust: the PEM CA bundle a resource names (only it), or the web PKI roots.
+/// `Err` says what is wrong with the bundle.
+pub(crate) fn root_store(ca_pem: Option<&[u8]>) -> Result<rustls::RootCertStore, String> {
+    use rustls_pki_types::CertificateDer;
+    use rustls_pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    match ca_pem {
+        Some(pem) => {
+            for cert in CertificateDer::pem_slice_iter(pem) {
+                let cert = cert.map_err(|e| format!("CA bundle is not valid PEM: {e}"))?;
+                roots
+                    .add(cert)
+                    .map_err(|e| format!("CA bundle holds an unusable certificate: {e}"))?;
+            }
+            if roots.is_empty() {
+                return Err("CA bundle holds no PEM certificate".to_string());
+            }
+        }
+        None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+    }
+    Ok(roots)
+}
+
 /// Checks a URL whose host is an IP literal; names are checked by [`GuardedResolver`].
 pub(crate) fn check_literal(guard: &TargetGuard, url: &url::Url) -> Result<(), TargetError> {
     let ip: IpAddr = match url.host() {

@@ -41,7 +41,7 @@ use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
-use tables::{COUNTERS, EVENT_IDS, EVENTS, PENDING, UPLOADED};
+use tables::{COUNTERS, EVENT_IDS, EVENTS, PENDING, TARGET_STATE, UPLOADED};
 use writer::{Job, Reply};
 
 /// File name of the database inside the data dir.
@@ -655,7 +655,7 @@ impl Store {
     }
 
     /// A target was deleted (or may no longer take its client's events): removes its pending
-    /// deliveries, its counters and its upload records. Returns how many pending deliveries
+    /// deliveries, its counters, its upload records and its state. Returns how many pending deliveries
     /// were dropped.
     pub async fn drop_target(&self, target: &str) -> Result<u64, StoreError> {
         let target = target.to_owned();
@@ -774,6 +774,35 @@ impl Store {
                 None => return Ok(out),
             }
         }
+    }
+
+    /// A row of the target's own state (see `target_state` in the table layout).
+    pub fn state(&self, target: &str, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let db = self.inner.shared.db()?;
+        let txn = db.begin_read()?;
+        let table = txn.open_table(TARGET_STATE)?;
+        Ok(table.get((target, key))?.map(|g| g.value().to_vec()))
+    }
+
+    /// Writes (`Some`) or removes (`None`) a row of the target's own state. `durable`: on
+    /// disk when this returns; otherwise within 200 ms, like delivery outcomes, and never
+    /// after a later durable write.
+    pub async fn set_state(
+        &self,
+        target: &str,
+        key: &str,
+        value: Option<Vec<u8>>,
+        durable: bool,
+    ) -> Result<(), StoreError> {
+        let (target, key) = (target.to_owned(), key.to_owned());
+        self.submit(|reply| Job::SetState {
+            target,
+            key,
+            value,
+            durable,
+            reply,
+        })
+        .await
     }
 
     /// Remote paths recorded as uploaded for `lane` (a vehicle) at `target`.

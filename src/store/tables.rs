@@ -55,6 +55,12 @@ pub(super) const EVENT_REFS: TableDefinition<u64, u32> = TableDefinition::new("e
 pub(super) const UPLOADED: TableDefinition<(&str, &str), &[u8]> =
     TableDefinition::new("uploaded_files");
 
+/// `target_state`: (target, key) → bytes a kind keeps between attempts: an API connection's
+/// values captured per vehicle (`remote/<lane>`) and how far an event's request chain got
+/// (`chain/<seq>`). Removed with the target. A table added to layout 1: opening creates it.
+pub(super) const TARGET_STATE: TableDefinition<(&str, &str), &[u8]> =
+    TableDefinition::new("target_state");
+
 /// `target_counters`: target → [`TargetCounters`] as JSON, so fields can be added without a
 /// schema bump (missing ones default).
 pub(super) const COUNTERS: TableDefinition<&str, &[u8]> = TableDefinition::new("target_counters");

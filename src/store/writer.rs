@@ -15,7 +15,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::feed::{self, FeedTables};
 use super::tables::{
     self, CLIENT_EVENTS, COUNTERS, EVENT_IDS, EVENT_REFS, EVENTS, FEED_GONE, META, META_NEXT_SEQ,
-    META_SCHEMA, META_STORE_ID, PENDING, SCHEMA_V1, SCHEMA_VERSION, UPLOADED,
+    META_SCHEMA, META_STORE_ID, PENDING, SCHEMA_V1, SCHEMA_VERSION, TARGET_STATE, UPLOADED,
 };
 use super::{
     AcceptOutcome, DeliveryUpdate, LastFailure, NewEvent, Outcome, Shared, Stats, StoreError,
@@ -81,6 +81,14 @@ pub(crate) enum Job {
         limit: usize,
         reply: Reply<u64>,
     },
+    SetState {
+        target: String,
+        key: String,
+        /// `None` removes the row.
+        value: Option<Vec<u8>>,
+        durable: bool,
+        reply: Reply<()>,
+    },
 }
 
 impl Job {
@@ -88,7 +96,11 @@ impl Job {
     /// delivery, which at-least-once allows. Everything else (an accepted event above all)
     /// is durable when answered.
     fn deferrable(&self) -> bool {
-        matches!(self, Job::Record { .. })
+        match self {
+            Job::Record { .. } => true,
+            Job::SetState { durable, .. } => !durable,
+            _ => false,
+        }
     }
 
     fn send_committed(self) {
@@ -99,6 +111,7 @@ impl Job {
             | Job::AddDeliveries { reply, .. }
             | Job::Gc { reply, .. }
             | Job::Expire { reply, .. } => reply.send_committed(),
+            Job::SetState { reply, .. } => reply.send_committed(),
         }
     }
 
@@ -110,6 +123,7 @@ impl Job {
             | Job::AddDeliveries { reply, .. }
             | Job::Gc { reply, .. }
             | Job::Expire { reply, .. } => reply.send_err(err),
+            Job::SetState { reply, .. } => reply.send_err(err),
         }
     }
 
@@ -138,6 +152,13 @@ impl Job {
                 limit,
                 reply,
             } => reply.set(t.expire(target, *cutoff_unix_ms, *limit)?),
+            Job::SetState {
+                target,
+                key,
+                value,
+                reply,
+                ..
+            } => reply.set(t.set_state(target, key, value.as_deref())?),
         }
         Ok(())
     }
@@ -177,6 +198,7 @@ pub(super) fn init_schema(db: &Database) -> Result<(), StoreError> {
         txn.open_table(UPLOADED)?;
         txn.open_table(CLIENT_EVENTS)?;
         txn.open_table(FEED_GONE)?;
+        txn.open_table(TARGET_STATE)?;
     }
     txn.commit()?;
     Ok(())
@@ -647,6 +669,7 @@ struct Tables<'txn> {
     pending: Table<'txn, (&'static str, u64), (&'static str, &'static str, u32, u64)>,
     refs: Table<'txn, u64, u32>,
     uploaded: Table<'txn, (&'static str, &'static str), &'static [u8]>,
+    state: Table<'txn, (&'static str, &'static str), &'static [u8]>,
     counters_table: Table<'txn, &'static str, &'static [u8]>,
     feed: FeedTables<'txn>,
     /// Counters touched in this transaction; `None` = delete. Written once in `finish`.
@@ -670,6 +693,7 @@ impl<'txn> Tables<'txn> {
             pending: txn.open_table(PENDING)?,
             refs: txn.open_table(EVENT_REFS)?,
             uploaded: txn.open_table(UPLOADED)?,
+            state: txn.open_table(TARGET_STATE)?,
             counters_table: txn.open_table(COUNTERS)?,
             feed: FeedTables::open(txn)?,
             counters: BTreeMap::new(),
@@ -897,8 +921,37 @@ impl<'txn> Tables<'txn> {
         for lane in &lanes {
             self.uploaded.remove((target, lane.as_str()))?;
         }
+        let mut keys = Vec::new();
+        for row in self.state.range::<(&str, &str)>((target, "")..)? {
+            let (k, _) = row?;
+            let (t, key) = k.value();
+            if t != target {
+                break;
+            }
+            keys.push(key.to_owned());
+        }
+        for key in &keys {
+            self.state.remove((target, key.as_str()))?;
+        }
         self.counters.insert(target.to_owned(), None);
         Ok(seqs.len() as u64)
+    }
+
+    fn set_state(
+        &mut self,
+        target: &str,
+        key: &str,
+        value: Option<&[u8]>,
+    ) -> Result<(), StoreError> {
+        match value {
+            Some(v) => {
+                self.state.insert((target, key), v)?;
+            }
+            None => {
+                self.state.remove((target, key))?;
+            }
+        }
+        Ok(())
     }
 
     /// Adds `add` to and takes `remove` from the paths recorded for (target, lane).

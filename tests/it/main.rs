@@ -8,6 +8,7 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod api_e2e;
 mod chart;
 mod crash_safety;
 mod crd_validation;

@@ -24,7 +24,7 @@ const IMAGE_TIMEOUT: Duration = Duration::from_secs(300);
 const MAX_REDIRECTS: usize = 5;
 
 /// The HTTP client images are downloaded with: redirects and names checked by the guard.
-pub(super) struct Downloader {
+pub(crate) struct Downloader {
     http: reqwest::Client,
     guard: Arc<TargetGuard>,
     max_image_bytes: u64,
@@ -32,7 +32,7 @@ pub(super) struct Downloader {
 
 impl Downloader {
     /// `max_image_bytes` caps each image download.
-    pub(super) fn new(guard: Arc<TargetGuard>, max_image_bytes: u64) -> Result<Self, UploadError> {
+    pub(crate) fn new(guard: Arc<TargetGuard>, max_image_bytes: u64) -> Result<Self, UploadError> {
         let redirect_guard = guard.clone();
         let redirects = reqwest::redirect::Policy::custom(move |attempt| {
             if attempt.previous().len() >= MAX_REDIRECTS {
@@ -73,7 +73,7 @@ impl Downloader {
 
     /// Requests one image and checks what can be checked before its body: the URL, the
     /// guard, the status and the announced length.
-    pub(super) async fn open(&self, img: &Image) -> Result<ImageBody, Failure> {
+    pub(crate) async fn open(&self, img: &Image) -> Result<ImageBody, Failure> {
         let url = url::Url::parse(&img.url).map_err(|e| {
             Failure::permanent("InvalidImageUrl", format!("image {}: {e}", img.index))
         })?;
@@ -142,7 +142,7 @@ impl Downloader {
 
 /// The response of one image, read a chunk at a time within the size cap and the image
 /// timeout, hashed as it goes.
-pub(super) struct ImageBody {
+pub(crate) struct ImageBody {
     response: reqwest::Response,
     label: String,
     declared: Option<u64>,
@@ -213,6 +213,49 @@ impl ImageBody {
         self.verify()
     }
 
+    /// The body as a stream for an outgoing request, checked as [`Self::copy`] checks it. The
+    /// last piece is held back until size and checksum are verified: on a mismatch the
+    /// stream ends in an error instead, so the request body is never complete and the peer
+    /// never takes a wrong image. The failure is left in `failed`.
+    pub(crate) fn into_verified_stream(
+        self,
+        failed: Arc<std::sync::Mutex<Option<Failure>>>,
+    ) -> impl futures::Stream<Item = Result<bytes::Bytes, ImageStreamError>> + Send + 'static {
+        let fail = move |f: Failure| {
+            let e = ImageStreamError(f.message.clone());
+            if let Ok(mut slot) = failed.lock() {
+                *slot = Some(f);
+            }
+            e
+        };
+        futures::stream::unfold(
+            (self, None::<bytes::Bytes>, false),
+            move |(mut body, mut held, done)| {
+                let fail = fail.clone();
+                async move {
+                    if done {
+                        return None;
+                    }
+                    loop {
+                        match body.next().await {
+                            Ok(Some(chunk)) => match held.replace(chunk) {
+                                Some(prev) => return Some((Ok(prev), (body, held, false))),
+                                None => continue,
+                            },
+                            Ok(None) => {
+                                return match body.verify() {
+                                    Ok(_) => held.map(|last| (Ok(last), (body, None, true))),
+                                    Err(f) => Some((Err(fail(f)), (body, None, true))),
+                                };
+                            }
+                            Err(f) => return Some((Err(fail(f)), (body, None, true))),
+                        }
+                    }
+                }
+            },
+        )
+    }
+
     /// Reads the body for its size and checksum only.
     pub(super) async fn drain(mut self) -> Result<(u64, String), Failure> {
         while self.next().await?.is_some() {}
@@ -246,6 +289,12 @@ impl ImageBody {
         Ok((self.got, sha256))
     }
 }
+
+/// An image stream's failure, as the HTTP client sees it; the [`Failure`] itself is kept
+/// for the attempt's outcome.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub(crate) struct ImageStreamError(String);
 
 fn http_failure(label: &str, e: reqwest::Error) -> Failure {
     // The URL may carry a signature in its query; the label shows it without.

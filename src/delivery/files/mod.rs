@@ -25,10 +25,10 @@
 mod archive;
 mod deliver;
 pub mod ftp;
-mod images;
+pub(crate) mod images;
 mod names;
 mod net;
-mod outcome;
+pub(crate) mod outcome;
 mod pool;
 pub mod sftp;
 mod stage;

@@ -6,9 +6,6 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use rustls::RootCertStore;
-use rustls_pki_types::CertificateDer;
-use rustls_pki_types::pem::PemObject;
 use suppaftp::tokio::AsyncRustlsConnector;
 use suppaftp::types::ActivePeerCheck;
 use suppaftp::types::FileType;
@@ -200,21 +197,7 @@ pub(super) fn tls_connector(
         target: target.to_string(),
         detail,
     };
-    let mut roots = RootCertStore::empty();
-    match &ep.ca_pem {
-        Some(pem) => {
-            for cert in CertificateDer::pem_slice_iter(pem) {
-                let cert = cert.map_err(|e| fail(format!("CA bundle is not valid PEM: {e}")))?;
-                roots
-                    .add(cert)
-                    .map_err(|e| fail(format!("CA bundle holds an unusable certificate: {e}")))?;
-            }
-            if roots.is_empty() {
-                return Err(fail("CA bundle holds no PEM certificate".to_string()));
-            }
-        }
-        None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
-    }
+    let roots = crate::delivery::http::root_store(ep.ca_pem.as_deref()).map_err(fail)?;
     // An explicit provider: the process may hold more than one rustls backend, and a global
     // default installed elsewhere must not decide which one FTPS uses.
     let config = rustls::ClientConfig::builder_with_provider(Arc::new(

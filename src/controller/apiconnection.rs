@@ -1,0 +1,486 @@
+//! Reconciler of `ApiConnection`: validate (tenancy, templates, Secrets, the client's OpenAPI
+//! document, addresses) → register the resolved target → write status. Every problem the user
+//! can fix holds the events (they wait, up to the retry policy's maximum age) instead of
+//! dropping them.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::core::DeserializeGuard;
+use kube::runtime::controller::Action;
+use kube::runtime::finalizer::{Event as Finalizer, finalizer};
+use kube::{Api, ResourceExt};
+
+use super::secrets::SecretReader;
+use super::{Context, Error, KindContext, name_ns};
+use crate::api::FINALIZER;
+use crate::api::apiconnection::{ApiConnection, ApiConnectionSpec, ClientAuthMethod};
+use crate::endpoint::{ApiCredentials, ApiEndpoint, ApiTlsMaterial, OAuth2Client};
+use crate::mapping::Compiled;
+use crate::routing::{ApiTarget, Kind, Target, TargetConfig, TargetKey};
+use crate::status::{Check, READY};
+
+type Guarded = DeserializeGuard<ApiConnection>;
+
+/// Largest OpenAPI document read from a ConfigMap (ConfigMaps hold at most 1 MiB).
+const MAX_OPENAPI_BYTES: usize = 1 << 20;
+
+pub fn key(ns: &str, name: &str) -> TargetKey {
+    TargetKey {
+        kind: Kind::Api,
+        namespace: ns.into(),
+        name: name.into(),
+    }
+}
+
+/// Runs the controller until shutdown.
+pub async fn run(ctx: Arc<Context>) {
+    super::runner::run::<ApiConnection, _, _>(
+        ctx,
+        ("api", Kind::Api),
+        super::runner::Reads {
+            secrets: |o| {
+                secret_names(&o.spec)
+                    .into_iter()
+                    .map(str::to_string)
+                    .collect()
+            },
+            config_maps: Some(|o| {
+                o.spec
+                    .openapi
+                    .iter()
+                    .map(|r| r.config_map_ref.name.clone())
+                    .collect()
+            }),
+        },
+        |o| {
+            let (ns, name) = (o.namespace()?, o.name_any());
+            Some(provisional(o, &ns, &name))
+        },
+        reconcile,
+    )
+    .await;
+}
+
+fn secret_names(spec: &ApiConnectionSpec) -> Vec<&str> {
+    let mut v = Vec::new();
+    if let Some(a) = &spec.auth {
+        if let Some(b) = &a.basic {
+            v.push(b.secret_ref.name.as_str());
+        }
+        if let Some(b) = &a.bearer {
+            v.push(b.secret_ref.name.as_str());
+        }
+        if let Some(k) = &a.api_key {
+            v.push(k.secret_ref.name.as_str());
+        }
+        if let Some(o) = &a.oauth2 {
+            v.push(o.client_secret_ref.name.as_str());
+        }
+    }
+    if let Some(t) = &spec.tls {
+        if let Some(c) = &t.ca_secret_ref {
+            v.push(c.name.as_str());
+        }
+        if let Some(c) = &t.client_cert_secret_ref {
+            v.push(c.name.as_str());
+        }
+    }
+    v
+}
+
+async fn reconcile(obj: Arc<Guarded>, ctx: Arc<KindContext>) -> Result<Action, Error> {
+    let conn = match &obj.0 {
+        Ok(c) => Arc::new(c.clone()),
+        Err(invalid) => return super::unreadable::<ApiConnection>(&ctx, invalid, key).await,
+    };
+    let (_, ns) = name_ns(conn.as_ref())?;
+    let api: Api<ApiConnection> = Api::namespaced(ctx.shared.client.clone(), &ns);
+    let action = finalizer(&api, FINALIZER, conn, |ev| async {
+        match ev {
+            Finalizer::Apply(c) => apply(c, &ctx, &api).await,
+            Finalizer::Cleanup(c) => cleanup(c, &ctx).await,
+        }
+    })
+    .await
+    .map_err(|e| Error::Finalizer(Box::new(e)))?;
+    Ok(action)
+}
+
+struct Verdict {
+    ready: Check,
+    target: Option<Target>,
+    requeue: Option<Duration>,
+}
+
+async fn apply(
+    c: Arc<ApiConnection>,
+    ctx: &KindContext,
+    api: &Api<ApiConnection>,
+) -> Result<Action, Error> {
+    let (name, ns) = name_ns(c.as_ref())?;
+    let verdict = validate(&c, ctx, &ns, &name).await?;
+    let old = c.status.clone().unwrap_or_default();
+    super::conclude(
+        ctx,
+        api,
+        c.as_ref(),
+        (key(&ns, &name), verdict.target),
+        (&old.conditions, old.observed_generation),
+        &[(READY, &verdict.ready)],
+        verdict.requeue,
+    )
+    .await
+}
+
+async fn validate(
+    c: &ApiConnection,
+    ctx: &KindContext,
+    ns: &str,
+    name: &str,
+) -> Result<Verdict, Error> {
+    let spec = &c.spec;
+    let recheck = ctx.shared.settings.recheck_interval;
+    let mk = |held: Option<String>, config: Option<TargetConfig>| Target {
+        held,
+        config,
+        ..provisional(c, ns, name)
+    };
+    let held = |check: Check| Verdict {
+        target: Some(mk(Some(check.reason.clone()), None)),
+        ready: check,
+        requeue: None,
+    };
+
+    if !ctx.allowed_clients(ns).await?.allows(&spec.client_id) {
+        return Ok(Verdict {
+            ready: Check::fail(
+                "ClientNotAllowed",
+                format!(
+                    "namespace {ns:?} is not allowed client {:?}; a cluster admin adds it to the namespace annotation {}",
+                    spec.client_id,
+                    crate::api::CLIENTS_ANNOTATION
+                ),
+            ),
+            target: None,
+            requeue: None,
+        });
+    }
+
+    // The mapping: every template compiled now, not at the first event.
+    let compiled = match Compiled::new(spec) {
+        Ok(m) => m,
+        Err(errors) => {
+            let list: Vec<String> = errors.iter().map(ToString::to_string).collect();
+            return Ok(held(Check::fail("InvalidTemplate", list.join("; "))));
+        }
+    };
+
+    let mut secrets = SecretReader::new(ctx, ns);
+    let auth = match resolve_auth(spec, &mut secrets).await? {
+        Ok(a) => a,
+        Err(check) => return Ok(held(check)),
+    };
+    let tls = match resolve_tls(spec, &mut secrets).await? {
+        Ok(t) => t,
+        Err(check) => return Ok(held(check)),
+    };
+    if let Err(e) = crate::delivery::api::tls_config(&tls) {
+        return Ok(held(Check::fail("SecretInvalid", format!("spec.tls: {e}"))));
+    }
+
+    // The client's own specification: the mapping must fit it before any event is sent.
+    let mut checked_against = None;
+    if let Some(o) = &spec.openapi {
+        let cm_key = o.config_map_ref.key.as_deref().unwrap_or("openapi.yaml");
+        let cms: Api<ConfigMap> = Api::namespaced(ctx.shared.client.clone(), ns);
+        let doc = match cms.get_opt(&o.config_map_ref.name).await? {
+            None => {
+                return Ok(Verdict {
+                    requeue: Some(Duration::from_secs(30)),
+                    ..held(Check::fail(
+                        "ConfigMapNotFound",
+                        format!(
+                            "ConfigMap {:?} (spec.openapi.configMapRef) not found in namespace {ns:?}",
+                            o.config_map_ref.name
+                        ),
+                    ))
+                });
+            }
+            Some(cm) => cm.data.and_then(|mut d| d.remove(cm_key)),
+        };
+        let Some(doc) = doc else {
+            return Ok(Verdict {
+                requeue: Some(Duration::from_secs(30)),
+                ..held(Check::fail(
+                    "ConfigMapInvalid",
+                    format!(
+                        "ConfigMap {:?} (spec.openapi.configMapRef) has no key {cm_key:?}",
+                        o.config_map_ref.name
+                    ),
+                ))
+            });
+        };
+        if doc.len() > MAX_OPENAPI_BYTES {
+            return Ok(held(Check::fail(
+                "ConfigMapInvalid",
+                "the OpenAPI document is larger than 1 MiB",
+            )));
+        }
+        match crate::mapping::openapi::check(
+            &doc,
+            &compiled,
+            spec,
+            crate::mapping::samples::samples(),
+        ) {
+            Ok(()) => checked_against = Some(format!("in ConfigMap {:?}", o.config_map_ref.name)),
+            Err(mismatches) => {
+                let list: Vec<String> = mismatches.iter().map(ToString::to_string).collect();
+                return Ok(held(Check::fail("SpecMismatch", list.join("; "))));
+            }
+        }
+    }
+
+    // Addresses: the API and the token endpoint, refused outright when they point inside.
+    let base_url = match url::Url::parse(spec.base_url.trim_end_matches('/')) {
+        Ok(u) => u,
+        Err(e) => {
+            return Ok(held(Check::fail(
+                "InvalidURL",
+                format!("spec.baseUrl: {e}"),
+            )));
+        }
+    };
+    let mut urls = vec![("spec.baseUrl", base_url.clone())];
+    if let ApiCredentials::OAuth2(o) = &auth {
+        urls.push(("spec.auth.oauth2.tokenUrl", o.token_url.clone()));
+    }
+    for (field, url) in &urls {
+        let host = url.host_str().unwrap_or_default().to_string();
+        let port = url.port_or_known_default().unwrap_or(443);
+        if let Err(e) = ctx
+            .shared
+            .settings
+            .guard
+            .check_host(&host, port, Duration::from_secs(5))
+            .await
+        {
+            let check = Check::fail(e.reason(), format!("{field}: {e}"));
+            return Ok(match e {
+                crate::ssrf::TargetError::Unresolvable { .. } => Verdict {
+                    target: Some(mk(Some(check.reason.clone()), None)),
+                    ready: check,
+                    requeue: Some(Duration::from_secs(30)),
+                },
+                _ => Verdict {
+                    ready: check,
+                    target: None,
+                    requeue: Some(recheck),
+                },
+            });
+        }
+    }
+
+    let idempotency_header = match http::HeaderName::from_bytes(spec.idempotency_header.as_bytes())
+    {
+        Ok(h) => h,
+        Err(_) => {
+            return Ok(held(Check::fail(
+                "InvalidSpec",
+                "spec.idempotencyHeader is not a header name",
+            )));
+        }
+    };
+    let requests: usize = spec.mappings.iter().map(|m| m.requests.len()).sum();
+    let config = TargetConfig::Api(ApiTarget {
+        name: name.to_owned(),
+        namespace: ns.to_owned(),
+        endpoint: ApiEndpoint {
+            base_url,
+            auth,
+            tls,
+            idempotency_header,
+            timeout: Duration::from_secs(spec.timeout_seconds.into()),
+        },
+        mapping: Arc::new(compiled),
+        fingerprint: fingerprint(spec),
+        max_concurrency: spec.max_concurrency,
+    });
+    if spec.suspend {
+        return Ok(Verdict {
+            ready: Check::fail(
+                "Suspended",
+                "spec.suspend is true: events are kept and sent after resuming",
+            ),
+            target: Some(mk(Some("Suspended".into()), Some(config))),
+            requeue: None,
+        });
+    }
+    let checked = match checked_against {
+        Some(place) => format!("; every request matches the OpenAPI document {place}"),
+        None => String::new(),
+    };
+    Ok(Verdict {
+        ready: Check::ok(
+            "Ready",
+            format!(
+                "sending {} event type(s) of client {:?} to {} as {requests} mapped request(s){checked}",
+                spec.events.len(),
+                spec.client_id,
+                spec.base_url
+            ),
+        ),
+        target: Some(mk(None, Some(config))),
+        requeue: Some(recheck),
+    })
+}
+
+/// Identifies the mapping (its requests as the spec has them), so that a chain stopped under
+/// another mapping starts over.
+fn fingerprint(spec: &ApiConnectionSpec) -> String {
+    use sha2::{Digest, Sha256};
+    let bytes = serde_json::to_vec(&spec.mappings).unwrap_or_default();
+    let digest = Sha256::digest(bytes);
+    digest.iter().take(8).map(|b| format!("{b:02x}")).collect()
+}
+
+async fn resolve_auth(
+    spec: &ApiConnectionSpec,
+    secrets: &mut SecretReader<'_>,
+) -> Result<Result<ApiCredentials, Check>, kube::Error> {
+    let Some(a) = &spec.auth else {
+        return Ok(Ok(ApiCredentials::None));
+    };
+    if let Some(b) = &a.basic {
+        let s = &b.secret_ref.name;
+        let field = "spec.auth.basic.secretRef";
+        let username = match secrets.value(s, "username", field).await? {
+            Ok(v) => v,
+            Err(c) => return Ok(Err(c)),
+        };
+        let password = match secrets.value(s, "password", field).await? {
+            Ok(v) => v,
+            Err(c) => return Ok(Err(c)),
+        };
+        return Ok(Ok(ApiCredentials::Basic { username, password }));
+    }
+    if let Some(b) = &a.bearer {
+        let r = &b.secret_ref;
+        return Ok(secrets
+            .value(&r.name, r.key_or("token"), "spec.auth.bearer.secretRef")
+            .await?
+            .map(ApiCredentials::Bearer));
+    }
+    if let Some(k) = &a.api_key {
+        let r = &k.secret_ref;
+        let value = match secrets
+            .value(&r.name, r.key_or("apiKey"), "spec.auth.apiKey.secretRef")
+            .await?
+        {
+            Ok(v) => v,
+            Err(c) => return Ok(Err(c)),
+        };
+        let Ok(name) = http::HeaderName::from_bytes(k.header.as_bytes()) else {
+            return Ok(Err(Check::fail(
+                "InvalidSpec",
+                "spec.auth.apiKey.header is not a header name",
+            )));
+        };
+        let value = format!("{}{value}", k.prefix.as_deref().unwrap_or(""));
+        if http::HeaderValue::from_str(&value).is_err() {
+            return Ok(Err(Check::fail(
+                "SecretInvalid",
+                format!(
+                    "key {:?} of Secret {:?} (spec.auth.apiKey.secretRef) is not usable in a header",
+                    r.key_or("apiKey"),
+                    r.name
+                ),
+            )));
+        }
+        return Ok(Ok(ApiCredentials::Header { name, value }));
+    }
+    if let Some(o) = &a.oauth2 {
+        let s = &o.client_secret_ref.name;
+        let field = "spec.auth.oauth2.clientSecretRef";
+        let client_id = match secrets.value(s, "client-id", field).await? {
+            Ok(v) => v,
+            Err(c) => return Ok(Err(c)),
+        };
+        let client_secret = match secrets.value(s, "client-secret", field).await? {
+            Ok(v) => v,
+            Err(c) => return Ok(Err(c)),
+        };
+        let token_url = match url::Url::parse(&o.token_url) {
+            Ok(u) => u,
+            Err(e) => {
+                return Ok(Err(Check::fail(
+                    "InvalidURL",
+                    format!("spec.auth.oauth2.tokenUrl: {e}"),
+                )));
+            }
+        };
+        return Ok(Ok(ApiCredentials::OAuth2(OAuth2Client {
+            token_url,
+            client_id,
+            client_secret,
+            scopes: o.scopes.clone().unwrap_or_default(),
+            audience: o.audience.clone(),
+            basic: o.client_auth == ClientAuthMethod::Basic,
+        })));
+    }
+    Ok(Ok(ApiCredentials::None))
+}
+
+async fn resolve_tls(
+    spec: &ApiConnectionSpec,
+    secrets: &mut SecretReader<'_>,
+) -> Result<Result<ApiTlsMaterial, Check>, kube::Error> {
+    let mut tls = ApiTlsMaterial::default();
+    let Some(t) = &spec.tls else {
+        return Ok(Ok(tls));
+    };
+    if let Some(r) = &t.ca_secret_ref {
+        match secrets
+            .bytes(&r.name, r.key_or("ca.crt"), "spec.tls.caSecretRef")
+            .await?
+        {
+            Ok(b) => tls.ca_pem = Some(b),
+            Err(c) => return Ok(Err(c)),
+        }
+    }
+    if let Some(r) = &t.client_cert_secret_ref {
+        let field = "spec.tls.clientCertSecretRef";
+        let cert = match secrets.bytes(&r.name, "tls.crt", field).await? {
+            Ok(b) => b,
+            Err(c) => return Ok(Err(c)),
+        };
+        let key = match secrets.bytes(&r.name, "tls.key", field).await? {
+            Ok(b) => b,
+            Err(c) => return Ok(Err(c)),
+        };
+        tls.client_cert = Some((cert, key));
+    }
+    Ok(Ok(tls))
+}
+
+async fn cleanup(c: Arc<ApiConnection>, ctx: &KindContext) -> Result<Action, Error> {
+    let (name, ns) = name_ns(c.as_ref())?;
+    super::forget(&ctx.shared, key(&ns, &name)).await;
+    Ok(Action::await_change())
+}
+
+/// The target as its spec alone describes it, held until the reconciler has resolved it.
+pub fn provisional(c: &ApiConnection, ns: &str, name: &str) -> Target {
+    let spec = &c.spec;
+    super::provisional_target(
+        key(ns, name),
+        c,
+        super::Selects {
+            client_id: &spec.client_id,
+            user_ids: spec.user_ids.as_deref(),
+            events: &spec.events,
+        },
+        spec.retry_policy(),
+    )
+}

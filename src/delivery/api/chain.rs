@@ -1,0 +1,301 @@
+//! One event's chain of requests: rendered one at a time (a value captured by one request is
+//! what the next one's path or `when` reads), sent, judged; resumed where it stopped.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::time::Instant;
+
+use super::Inner;
+use super::send::{self, Answer, Body, Fail, Request};
+use crate::api::EventType;
+use crate::delivery::attempt::{Attempt, Delivery};
+use crate::ingest::envelope::Image;
+use crate::mapping::{ConnectionRef, EventContext, Rendered, RenderedBody, capture};
+use crate::routing::ApiTarget;
+use crate::store::{Outcome, Why};
+
+/// Where a chain stopped: the request and, for per-image requests, the image, under the
+/// mapping it was started with (a changed mapping starts over: its steps are others).
+#[derive(Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+struct Progress {
+    mapping: String,
+    step: usize,
+    image: usize,
+}
+
+fn progress_key(seq: u64) -> String {
+    format!("chain/{seq}")
+}
+
+fn remote_key(lane: &str) -> String {
+    format!("remote/{lane}")
+}
+
+pub(super) async fn run(inner: &Inner, t: &ApiTarget, d: Delivery<'_>) -> Attempt {
+    let start = Instant::now();
+    let elapsed = || Some(start.elapsed());
+    let value = match serde_json::from_slice::<serde_json::Value>(d.body) {
+        Ok(v) => v,
+        Err(e) => {
+            return Attempt::Fail {
+                why: Why::new("BadEvent", format!("stored event cannot be read: {e}")),
+                elapsed: None,
+            };
+        }
+    };
+    let Some(event_type) = value
+        .get("type")
+        .and_then(|t| t.as_str())
+        .and_then(|t| t.parse::<EventType>().ok())
+    else {
+        return Attempt::Fail {
+            why: Why::new("BadEvent", "stored event has no known type"),
+            elapsed: None,
+        };
+    };
+    let Some(chain) = t.mapping.chain(event_type) else {
+        // The spec changed since the event was routed: nothing maps it any more.
+        return Attempt::Done {
+            outcome: Outcome::Delivered { status: None },
+            skipped: true,
+            elapsed: None,
+        };
+    };
+    let store = &inner.store;
+    let from = match store.state(d.row, &progress_key(d.seq)) {
+        Ok(Some(bytes)) => serde_json::from_slice::<Progress>(&bytes)
+            .ok()
+            .filter(|p| p.mapping == t.fingerprint)
+            .unwrap_or_default(),
+        Ok(None) => Progress::default(),
+        Err(e) => return store_failed(e, elapsed()),
+    };
+    let remote: BTreeMap<String, String> = match store.state(d.row, &remote_key(d.lane)) {
+        Ok(Some(bytes)) => serde_json::from_slice(&bytes).unwrap_or_default(),
+        Ok(None) => BTreeMap::new(),
+        Err(e) => return store_failed(e, elapsed()),
+    };
+    let connection = ConnectionRef {
+        name: t.name.clone(),
+        namespace: t.namespace.clone(),
+    };
+    let mut ctx = EventContext::new(&value, &connection, remote);
+
+    let mut last_status = None;
+    for step_index in from.step..chain.len() {
+        let Some(step) = chain.step(step_index) else {
+            break;
+        };
+        for (run, image) in step.runs(&ctx).into_iter().enumerate() {
+            if step_index == from.step && run < from.image {
+                continue;
+            }
+            let here = (step_index, run);
+            let rendered = match step.render(&ctx, image) {
+                Ok(Some(r)) => r,
+                Ok(None) => continue,
+                Err(e) => {
+                    return Attempt::Fail {
+                        why: Why::new("RenderFailed", e.to_string()),
+                        elapsed: elapsed(),
+                    };
+                }
+            };
+            let request = match to_request(t, &rendered, &ctx) {
+                Ok(r) => r,
+                Err(f) => return stop(inner, &d, t, here, f, elapsed()).await,
+            };
+            let key = idempotency_key(d.row, d.event_id, &rendered.name, image);
+            let answer = match send::send(inner, &t.endpoint, &request, &key).await {
+                Ok(a) => a,
+                Err(f) => return stop(inner, &d, t, here, f, elapsed()).await,
+            };
+            if !rendered.expect.accepts(answer.status) {
+                let f = send::judge(&rendered.name, &send::shown(&request.url), &answer);
+                return stop(inner, &d, t, here, f, elapsed()).await;
+            }
+            last_status = Some(answer.status);
+            if let Err(f) = keep_captures(inner, &d, &rendered, &answer, &mut ctx).await {
+                return stop(inner, &d, t, here, f, elapsed()).await;
+            }
+        }
+    }
+
+    // The client's record of a deleted vehicle is gone; a new one starts afresh.
+    if event_type == EventType::VehicleDeleted
+        && !ctx.remote().is_empty()
+        && let Err(e) = store
+            .set_state(d.row, &remote_key(d.lane), None, true)
+            .await
+    {
+        return store_failed(e, elapsed());
+    }
+    if from != Progress::default() {
+        // Losing this only means a later replay of the event starts at its first request.
+        let _ = store
+            .set_state(d.row, &progress_key(d.seq), None, false)
+            .await;
+    }
+    Attempt::Done {
+        outcome: Outcome::Delivered {
+            status: last_status,
+        },
+        skipped: last_status.is_none(),
+        elapsed: elapsed(),
+    }
+}
+
+/// Stores the values a request captured before anything else uses them: durably, since a
+/// later event that did not see them would create the vehicle at the client a second time.
+async fn keep_captures(
+    inner: &Inner,
+    d: &Delivery<'_>,
+    rendered: &Rendered,
+    answer: &Answer,
+    ctx: &mut EventContext,
+) -> Result<(), Fail> {
+    if rendered.captures.is_empty() {
+        return Ok(());
+    }
+    let got = capture(
+        &rendered.captures,
+        answer.status,
+        &answer.headers,
+        &answer.body,
+    )
+    .map_err(|e| Fail::permanent("CaptureFailed", format!("request {:?}: {e}", rendered.name)))?;
+    if got.iter().all(|(k, v)| ctx.remote().get(k) == Some(v)) {
+        return Ok(());
+    }
+    ctx.remember(got);
+    let bytes = serde_json::to_vec(ctx.remote())
+        .map_err(|e| Fail::retry("StoreFailed", format!("captured values: {e}")))?;
+    inner
+        .store
+        .set_state(d.row, &remote_key(d.lane), Some(bytes), true)
+        .await
+        .map_err(|e| Fail::retry("StoreFailed", format!("keeping captured values: {e}")))
+}
+
+/// Records where the chain stopped (so the retry resumes there) and reports the failure.
+async fn stop(
+    inner: &Inner,
+    d: &Delivery<'_>,
+    t: &ApiTarget,
+    (step, image): (usize, usize),
+    f: Fail,
+    elapsed: Option<Duration>,
+) -> Attempt {
+    if f.retryable && (step, image) != (0, 0) {
+        let p = Progress {
+            mapping: t.fingerprint.clone(),
+            step,
+            image,
+        };
+        if let Ok(bytes) = serde_json::to_vec(&p) {
+            // Lost in a crash, the retry starts over; the idempotency keys make that safe.
+            let _ = inner
+                .store
+                .set_state(d.row, &progress_key(d.seq), Some(bytes), false)
+                .await;
+        }
+    }
+    let why = Why::new(f.reason, f.message);
+    if f.retryable {
+        Attempt::Retry {
+            why,
+            retry_after: f.retry_after,
+            elapsed,
+        }
+    } else {
+        Attempt::Fail { why, elapsed }
+    }
+}
+
+fn store_failed(e: crate::store::StoreError, elapsed: Option<Duration>) -> Attempt {
+    Attempt::Retry {
+        why: Why::new(
+            "StoreFailed",
+            format!("reading the connection's state: {e}"),
+        ),
+        retry_after: Some(Duration::from_secs(1)),
+        elapsed,
+    }
+}
+
+/// The same for every retry of one request of one event at one object, and different for
+/// any other: the object's uid (another ApiConnection to the same API is another sender),
+/// the event, the request, the image.
+fn idempotency_key(row: &str, event_id: &str, request: &str, image: Option<usize>) -> String {
+    let uid = row.rsplit('/').next().unwrap_or_default();
+    let uid: String = uid.chars().filter(|c| *c != '-').take(12).collect();
+    match image {
+        Some(i) => format!("vc-{uid}-{event_id}-{request}-{}", i + 1),
+        None => format!("vc-{uid}-{event_id}-{request}"),
+    }
+}
+
+fn to_request(t: &ApiTarget, r: &Rendered, ctx: &EventContext) -> Result<Request, Fail> {
+    let url = r.url(t.endpoint.base_url.as_str()).map_err(|e| {
+        Fail::permanent("InvalidRequest", format!("request {:?}: URL: {e}", r.name))
+    })?;
+    let method = reqwest::Method::from_bytes(r.method.as_str().as_bytes())
+        .map_err(|_| Fail::permanent("InvalidRequest", "method"))?;
+    let image = |i: usize| -> Result<Image, Fail> {
+        ctx.images()
+            .get(i)
+            .and_then(|v| serde_json::from_value::<Image>(v.clone()).ok())
+            .ok_or_else(|| {
+                Fail::permanent(
+                    "InvalidImage",
+                    format!(
+                        "request {:?}: image {} of the event has no usable url",
+                        r.name,
+                        i + 1
+                    ),
+                )
+            })
+    };
+    let body = match &r.body {
+        RenderedBody::Empty => Body::Empty,
+        RenderedBody::Json(bytes) => Body::Json(bytes.clone()),
+        RenderedBody::Raw { image: i } => Body::Raw(image(*i)?),
+        RenderedBody::Multipart {
+            file_field,
+            fields,
+            image: i,
+        } => Body::Multipart {
+            field: file_field.clone(),
+            fields: fields.clone(),
+            image: image(*i)?,
+        },
+    };
+    Ok(Request {
+        method,
+        url,
+        headers: r.headers.clone(),
+        body,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn idempotency_keys_differ_per_object_request_and_image() {
+        let row = "apiconnection/ns/dms/6f1c2a9e-0d4b-4c1e-9a55-2b7d7f0e1a11";
+        let a = idempotency_key(row, "evt-1", "create", None);
+        assert_eq!(a, "vc-6f1c2a9e0d4b-evt-1-create");
+        assert_ne!(a, idempotency_key(row, "evt-1", "update", None));
+        assert_ne!(a, idempotency_key(row, "evt-2", "create", None));
+        let other = "apiconnection/ns/dms/0a1c2a9e-0d4b-4c1e-9a55-2b7d7f0e1a11";
+        assert_ne!(a, idempotency_key(other, "evt-1", "create", None));
+        assert_eq!(
+            idempotency_key(row, "evt-1", "photo", Some(0)),
+            "vc-6f1c2a9e0d4b-evt-1-photo-1"
+        );
+    }
+}
