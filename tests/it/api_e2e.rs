@@ -436,3 +436,52 @@ async fn mappings_that_do_not_fit_the_dms_document_are_refused_before_any_event(
         "nothing reached the DMS"
     );
 }
+
+/// `vehicle-connect render` lists what an event becomes without sending anything; a value
+/// that would break JSON or escape a path segment cannot.
+#[test]
+fn render_lists_the_requests_of_an_event_offline() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut event: Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("examples/events/vehicle.processed.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    event["data"]["vehicle"]["make"] = json!("VW\", \"status\": \"sold");
+    let event_path = dir.path().join("event.json");
+    std::fs::write(&event_path, event.to_string()).unwrap();
+    let out = std::process::Command::new(crate::support::process::binary())
+        .args(["render", "--connection"])
+        .arg(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("examples/api/apiconnection-autodms.yaml"),
+        )
+        .arg("--event")
+        .arg(&event_path)
+        .args(["--remote", "id=dms/../7"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The create step is skipped: the vehicle is known as dms/../7, kept as one segment.
+    assert!(
+        stdout.contains("PUT http://127.0.0.1:8789/v1/vehicles/dms%2F..%2F7"),
+        "{stdout}"
+    );
+    assert!(
+        !stdout.contains("POST http://127.0.0.1:8789/v1/vehicles\n"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(r#""make": "VW\", \"status\": \"sold""#),
+        "{stdout}"
+    );
+    assert_eq!(stdout.matches("/photos").count(), 3, "{stdout}");
+}
