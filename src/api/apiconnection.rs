@@ -255,17 +255,6 @@ pub struct OpenApiRef {
     pub config_map_ref: ConfigMapKeyRef,
 }
 
-/// One key of a ConfigMap in the resource's own namespace.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-pub struct ConfigMapKeyRef {
-    /// Name of the ConfigMap.
-    #[schemars(length(min = 1, max = 253), regex(pattern = DNS_SUBDOMAIN))]
-    pub name: String,
-    /// Key within its data.
-    #[schemars(length(min = 1, max = 253), regex(pattern = SECRET_KEY))]
-    pub key: Option<String>,
-}
-
 /// The requests some event types become.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase")]

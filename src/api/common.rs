@@ -39,6 +39,23 @@ impl SecretKeyRef {
     }
 }
 
+/// One key of a ConfigMap in the resource's own namespace.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct ConfigMapKeyRef {
+    /// Name of the ConfigMap.
+    #[schemars(length(min = 1, max = 253), regex(pattern = DNS_SUBDOMAIN))]
+    pub name: String,
+    /// Key within its data.
+    #[schemars(length(min = 1, max = 253), regex(pattern = SECRET_KEY))]
+    pub key: Option<String>,
+}
+
+impl ConfigMapKeyRef {
+    pub fn key_or<'a>(&'a self, default: &'a str) -> &'a str {
+        self.key.as_deref().unwrap_or(default)
+    }
+}
+
 /// How failed deliveries are retried: exponential backoff with full jitter, capped by
 /// `maxBackoffSeconds`, until `maxAttempts` attempts were made or the event is older than
 /// `maxAgeSeconds`.

@@ -61,7 +61,7 @@ use super::event::EventType;
 )]
 #[x_kube(
     validation = Rule::new("!has(self.caSecretRef) || self.protocol in ['ftps', 'ftps-implicit']").message("caSecretRef needs protocol ftps or ftps-implicit").field_path(".caSecretRef"),
-    validation = Rule::new("self.protocol != 'sftp' || (has(self.ssh) && (has(self.ssh.knownHostsSecretRef) || self.ssh.insecureSkipHostKeyCheck))").message("protocol sftp needs ssh.knownHostsSecretRef: the server's host keys, pinned (or ssh.insecureSkipHostKeyCheck: true, which lets anyone on the path impersonate the server)").field_path(".ssh"),
+    validation = Rule::new("self.protocol != 'sftp' || (has(self.ssh) && (has(self.ssh.knownHostsSecretRef) || has(self.ssh.knownHostsConfigMapRef) || self.ssh.insecureSkipHostKeyCheck))").message("protocol sftp needs ssh.knownHostsSecretRef or ssh.knownHostsConfigMapRef: the server's host keys, pinned (or ssh.insecureSkipHostKeyCheck: true, which lets anyone on the path impersonate the server)").field_path(".ssh"),
     validation = Rule::new("!has(self.ssh) || self.protocol == 'sftp'").message("ssh settings need protocol sftp").field_path(".ssh")
 )]
 #[serde(rename_all = "camelCase")]
@@ -198,14 +198,19 @@ impl FtpProtocol {
 }
 
 /// How the operator trusts an SFTP server.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!(has(self.knownHostsSecretRef) && has(self.knownHostsConfigMapRef))").message("set one of knownHostsSecretRef or knownHostsConfigMapRef"))]
 pub struct SshSettings {
     /// The server's host keys in OpenSSH `known_hosts` format (key `known_hosts` unless set),
     /// for example from `ssh-keyscan -p PORT HOST` checked against what the client says.
     /// A server presenting any other key is refused: `Connected=False/HostKeyMismatch`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub known_hosts_secret_ref: Option<SecretKeyRef>,
+
+    /// The same, from a ConfigMap (host keys are public; key `known_hosts` unless set).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub known_hosts_config_map_ref: Option<ConfigMapKeyRef>,
 
     /// Accept whatever host key the server presents. Anyone on the network path can then
     /// impersonate the server and receive the uploads (and a password); for tests only.

@@ -6,7 +6,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::ConfigMap;
 use kube::core::DeserializeGuard;
 use kube::runtime::controller::Action;
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
@@ -193,34 +192,18 @@ async fn validate(
     // The client's own specification: the mapping must fit it before any event is sent.
     let mut checked_against = None;
     if let Some(o) = &spec.openapi {
-        let cm_key = o.config_map_ref.key.as_deref().unwrap_or("openapi.yaml");
-        let cms: Api<ConfigMap> = Api::namespaced(ctx.shared.client.clone(), ns);
-        let doc = match cms.get_opt(&o.config_map_ref.name).await? {
-            None => {
-                return Ok(Verdict {
-                    requeue: Some(Duration::from_secs(30)),
-                    ..held(Check::fail(
-                        "ConfigMapNotFound",
-                        format!(
-                            "ConfigMap {:?} (spec.openapi.configMapRef) not found in namespace {ns:?}",
-                            o.config_map_ref.name
-                        ),
-                    ))
-                });
-            }
-            Some(cm) => cm.data.and_then(|mut d| d.remove(cm_key)),
-        };
-        let Some(doc) = doc else {
-            return Ok(Verdict {
-                requeue: Some(Duration::from_secs(30)),
-                ..held(Check::fail(
-                    "ConfigMapInvalid",
-                    format!(
-                        "ConfigMap {:?} (spec.openapi.configMapRef) has no key {cm_key:?}",
-                        o.config_map_ref.name
-                    ),
-                ))
-            });
+        let doc = match super::config_map_value(
+            ctx,
+            ns,
+            &o.config_map_ref,
+            "openapi.yaml",
+            "spec.openapi.configMapRef",
+        )
+        .await?
+        {
+            Ok(d) => d,
+            // Watched: a ConfigMap created or fixed later re-checks this connection.
+            Err(c) => return Ok(held(c)),
         };
         if doc.len() > MAX_OPENAPI_BYTES {
             return Ok(held(Check::fail(

@@ -41,7 +41,14 @@ pub async fn run(ctx: Arc<Context>) {
                     .map(str::to_string)
                     .collect()
             },
-            config_maps: None,
+            config_maps: Some(|o| {
+                o.spec
+                    .ssh
+                    .iter()
+                    .filter_map(|s| s.known_hosts_config_map_ref.as_ref())
+                    .map(|r| r.name.clone())
+                    .collect()
+            }),
         },
         |o| {
             let (ns, name) = (o.namespace()?, o.name_any());
@@ -198,12 +205,12 @@ async fn validate(
             .ok(),
         None => None,
     };
-    let known_hosts = match spec
-        .ssh
-        .as_ref()
-        .and_then(|s| s.known_hosts_secret_ref.as_ref())
-    {
-        Some(r) if sftp => {
+    let ssh = spec.ssh.as_ref();
+    let known_hosts = match (
+        ssh.and_then(|s| s.known_hosts_secret_ref.as_ref()),
+        ssh.and_then(|s| s.known_hosts_config_map_ref.as_ref()),
+    ) {
+        (Some(r), _) if sftp => {
             let k = r.key_or("known_hosts");
             let text = match secrets
                 .value(&r.name, k, "spec.ssh.knownHostsSecretRef")
@@ -219,6 +226,21 @@ async fn validate(
                         "key {k:?} of Secret {:?} (spec.ssh.knownHostsSecretRef): {e}",
                         r.name
                     ),
+                )));
+            }
+            Some(text)
+        }
+        (None, Some(r)) if sftp => {
+            let k = r.key_or("known_hosts");
+            let field = "spec.ssh.knownHostsConfigMapRef";
+            let text = match super::config_map_value(ctx, ns, r, "known_hosts", field).await? {
+                Ok(v) => v,
+                Err(c) => return Ok(held(c)),
+            };
+            if let Err(e) = crate::delivery::files::sftp::check_known_hosts(&text) {
+                return Ok(held(Check::fail(
+                    "ConfigMapInvalid",
+                    format!("key {k:?} of ConfigMap {:?} ({field}): {e}", r.name),
                 )));
             }
             Some(text)

@@ -325,6 +325,37 @@ pub fn provisional_target<K: Resource<DynamicType = ()>>(
 }
 
 /// Name and namespace of an object, or an error naming the missing part.
+/// The text of `key` (default `default_key`) in ConfigMap `r` of `ns`. Outer `Err` is an API
+/// error; inner `Err` a check to report (`ConfigMapNotFound`, `ConfigMapInvalid`).
+pub async fn config_map_value(
+    ctx: &KindContext,
+    ns: &str,
+    r: &crate::api::ConfigMapKeyRef,
+    default_key: &str,
+    field: &str,
+) -> Result<Result<String, crate::status::Check>, kube::Error> {
+    use crate::status::Check;
+    let key = r.key_or(default_key);
+    let api: kube::Api<k8s_openapi::api::core::v1::ConfigMap> =
+        kube::Api::namespaced(ctx.shared.client.clone(), ns);
+    let Some(cm) = api.get_opt(&r.name).await? else {
+        return Ok(Err(Check::fail(
+            "ConfigMapNotFound",
+            format!(
+                "ConfigMap {:?} ({field}) not found in namespace {ns:?}; create it there",
+                r.name
+            ),
+        )));
+    };
+    match cm.data.and_then(|mut d| d.remove(key)) {
+        Some(v) => Ok(Ok(v)),
+        None => Ok(Err(Check::fail(
+            "ConfigMapInvalid",
+            format!("ConfigMap {:?} ({field}) has no key {key:?}", r.name),
+        ))),
+    }
+}
+
 pub fn name_ns<K: ResourceExt>(obj: &K) -> Result<(String, String), Error> {
     let ns = obj
         .namespace()

@@ -90,9 +90,20 @@ async fn key_and_password_logins_are_connected_and_a_changed_host_key_is_not() {
         connection("bad-pin", port, "sftp-key", "garbage"),
     )
     .await;
+    // Host keys are public: a ConfigMap pins them as well as a Secret.
+    apply_value(
+        &client,
+        &ns.name,
+        json!({ "apiVersion": "v1", "kind": "ConfigMap", "metadata": { "name": "pinned-cm" },
+                "data": { "known_hosts": server.known_hosts() } }),
+    )
+    .await;
+    let mut by_cm = connection("by-configmap", port, "sftp-key", "unused");
+    by_cm["spec"]["ssh"] = json!({ "knownHostsConfigMapRef": { "name": "pinned-cm" } });
+    apply_value(&client, &ns.name, by_cm).await;
     let api: Api<FtpConnection> = Api::namespaced(client.clone(), &ns.name);
 
-    for name in ["by-key", "by-password"] {
+    for name in ["by-key", "by-password", "by-configmap"] {
         let c = wait_for(&api, name, "Ready and Connected", |c| {
             is(c, "Ready", "True", "Ready") && is(c, "Connected", "True", "LoggedIn")
         })
