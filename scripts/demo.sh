@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # `make demo`: the main job, locally. Builds what is needed, starts a real control plane
 # (etcd + kube-apiserver), installs the CRDs, runs the operator, a webhook receiver that
-# verifies signatures, an FTP server and an image server, applies examples/, posts sample
-# events, shows the status, and keeps running until Ctrl-C, which stops everything.
+# verifies signatures, an FTP server, an image server and a made-up DMS REST API (for the
+# ApiConnection), applies examples/, posts sample events, shows the status, and keeps running
+# until Ctrl-C, which stops everything.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT="$PWD"
@@ -24,7 +25,7 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-for port in 8080 8787 8788 2121; do
+for port in 8080 8787 8788 8789 2121; do
   if (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null; then
     echo "port $port is in use; stop what uses it (or a previous demo) first" >&2; exit 1
   fi
@@ -38,10 +39,13 @@ say "python tools for the demo's receiver and FTP server (standardwebhooks, pyft
 if [[ ! -x "$LOCAL/venv/bin/python" ]]; then python3 -m venv "$LOCAL/venv"; fi
 "$LOCAL/venv/bin/pip" install -q standardwebhooks pyftpdlib
 
+say "python for the demo DMS (openapi-core checks every request it gets; scripts/dms-venv.sh)"
+DMS_PY=$(scripts/dms-venv.sh)
+
 say "starting the control plane"
 make -s cluster
 "${K[@]}" apply --server-side -f crds/ >/dev/null
-"${K[@]}" wait --for condition=established --timeout=30s crd/webhooksubscriptions.connect.vehicles.io crd/ftpconnections.connect.vehicles.io >/dev/null
+"${K[@]}" wait --for condition=established --timeout=30s crd/webhooksubscriptions.connect.vehicles.io crd/ftpconnections.connect.vehicles.io crd/apiconnections.connect.vehicles.io >/dev/null
 
 rm -rf "$DEMO" && mkdir -p "$DEMO/ftp/dealer123" "$DEMO/images/veh-9" "$DEMO/data"
 echo "$TOKEN" > "$DEMO/tokens"
@@ -73,6 +77,11 @@ h.passive_ports = range(30100, 30200)
 FTPServer(("127.0.0.1", 2121), h).serve_forever()
 PY
 PIDS+=($!)
+"$DMS_PY" tests/peers/dms/server.py --port 8789 --ready-file "$DEMO/dms.port" \
+  --client-id demo-client --client-secret demo-client-secret >"$DEMO/dms.log" 2>&1 &
+PIDS+=($!)
+for _ in $(seq 1 100); do [[ -s "$DEMO/dms.port" ]] && break; sleep 0.1; done
+[[ -s "$DEMO/dms.port" ]] || { echo "the demo DMS did not start; see $DEMO/dms.log" >&2; exit 1; }
 
 say "starting the operator (store in .local/demo/data, API on $API)"
 KUBECONFIG="$KCFG" RUST_LOG=info target/debug/vehicle-connect run \
@@ -82,11 +91,14 @@ PIDS+=($!)
 for _ in $(seq 1 100); do curl -fs "http://$API/readyz" >/dev/null && break; sleep 0.2; done
 curl -fs "http://$API/readyz" >/dev/null || { echo "operator did not start; see $DEMO/operator.log" >&2; tail -20 "$DEMO/operator.log" >&2; exit 1; }
 
-say "applying examples/"
+say "applying examples/ (and examples/api/ with the DMS's OpenAPI document as a ConfigMap)"
 "${K[@]}" apply -f examples/
+"${K[@]}" -n dealer-123 create configmap autodms-openapi \
+  --from-file=openapi.yaml=tests/peers/dms/openapi.yaml >/dev/null
+"${K[@]}" apply -f examples/api/
 for _ in $(seq 1 60); do
-  ready=$("${K[@]}" get whs,ftpc -A -o jsonpath='{range .items[*]}{.status.conditions[?(@.type=="Ready")].status}{"\n"}{end}' | grep -c True || true)
-  [[ "$ready" -ge 4 ]] && break; sleep 0.5
+  ready=$("${K[@]}" get whs,ftpc,apic -A -o jsonpath='{range .items[*]}{.status.conditions[?(@.type=="Ready")].status}{"\n"}{end}' | grep -c True || true)
+  [[ "$ready" -ge 5 ]] && break; sleep 0.5
 done
 
 say "posting sample events (vehicle.processed, vehicle.created, user.created)"
@@ -96,18 +108,29 @@ for ev in vehicle.processed vehicle.created user.created; do
 done
 sleep 4
 
-say "kubectl get webhooksubscriptions,ftpconnections -A"
-"${K[@]}" get webhooksubscriptions,ftpconnections -A
+say "kubectl get webhooksubscriptions,ftpconnections,apiconnections -A"
+"${K[@]}" get webhooksubscriptions,ftpconnections,apiconnections -A
 say "webhooks the receiver got (signatures verified with the standardwebhooks library)"
 cat "$DEMO/receiver.log"
 say "files on the FTP server (.local/demo/ftp/dealer123)"
 (cd "$DEMO/ftp/dealer123" && find . -type f -printf '%p  %s bytes\n' | sort) || true
+say "requests the DMS got (each checked by openapi-core against its OpenAPI document)"
+"$LOCAL/venv/bin/python" - <<'PY' || true
+import json, urllib.request
+s = json.load(urllib.request.urlopen("http://127.0.0.1:8789/_admin/state"))
+for r in s["requests"]:
+    print(f"{r['method']:6} {r['path']:40} -> {r['status']}  valid={r['valid']}  Idempotency-Key={r.get('idempotencyKey')}")
+for vid, v in s["vehicles"].items():
+    print(f"vehicle {vid}: vin={v['vin']} status={v['status']} photos={len(v['photos'])}")
+PY
 
 cat <<MSG
 
 The demo keeps running. Try, in another terminal:
   export KUBECONFIG=$KCFG
-  kubectl get whs,ftpc -A                      # status, counters
+  kubectl get whs,ftpc,apic -A                 # status, counters
+  target/debug/vehicle-connect render --connection examples/api/apiconnection-autodms.yaml \\
+       --event examples/events/vehicle.processed.json   # what an event becomes, offline
   kubectl describe whs -n dealer-123 dms-vehicle-processed
   curl -H 'Authorization: Bearer $TOKEN' -H 'content-type: application/json' \\
        --data @examples/events/vehicle.deleted.json http://$API/v1/events
