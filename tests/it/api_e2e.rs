@@ -485,3 +485,60 @@ fn render_lists_the_requests_of_an_event_offline() {
     );
     assert_eq!(stdout.matches("/photos").count(), 3, "{stdout}");
 }
+
+/// The OpenAPI document is watched: a connection waiting for its ConfigMap becomes Ready when
+/// it appears, and a changed document that no longer fits is SpecMismatch, within seconds
+/// (not at the next periodic recheck).
+#[tokio::test]
+async fn a_changed_openapi_document_is_rechecked() {
+    let s = setup("openapi-watch").await;
+    let mut spec = dms_spec(&s);
+    spec["openapi"] = json!({ "configMapRef": { "name": "later" } });
+    s.connect("dms", spec).await;
+    let (status, reason, message) = s.ready_condition("dms").await;
+    assert_eq!(
+        (status.as_str(), reason.as_str()),
+        ("False", "ConfigMapNotFound"),
+        "{message}"
+    );
+
+    let put_doc = |doc: String| {
+        json!({ "apiVersion": "v1", "kind": "ConfigMap", "metadata": { "name": "later" },
+                "data": { "openapi.yaml": doc } })
+    };
+    apply_value(&s.client, &s.ns, put_doc(s.dms.openapi_yaml())).await;
+    let started = std::time::Instant::now();
+    wait_for(&s.api, "dms", "Ready after the ConfigMap appeared", |c| {
+        c.status
+            .as_ref()
+            .and_then(|st| condition(&st.conditions, "Ready"))
+            .is_some_and(|c| c.0 == "True")
+    })
+    .await;
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "{:?}",
+        started.elapsed()
+    );
+
+    // The client renames its photos endpoint: the mapping no longer fits.
+    let renamed = s.dms.openapi_yaml().replace("/photos:", "/pictures:");
+    assert_ne!(renamed, s.dms.openapi_yaml());
+    apply_value(&s.client, &s.ns, put_doc(renamed)).await;
+    let c = wait_for(&s.api, "dms", "SpecMismatch after the change", |c| {
+        c.status
+            .as_ref()
+            .and_then(|st| condition(&st.conditions, "Ready"))
+            .is_some_and(|c| c.1 == "SpecMismatch")
+    })
+    .await;
+    let msg = c
+        .status
+        .unwrap()
+        .conditions
+        .into_iter()
+        .find(|c| c.type_ == "Ready")
+        .unwrap()
+        .message;
+    assert!(msg.contains("photo"), "names the request: {msg}");
+}
