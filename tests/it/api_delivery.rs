@@ -670,6 +670,167 @@ fn failure(st: &ApiConnectionStatus) -> (String, String) {
 }
 
 // ---------------------------------------------------------------------------------------
+// 1. Credentials
+
+#[tokio::test]
+async fn api_auth_variants_reach_the_api_and_a_refusal_never_shows_the_credential() {
+    let t = tenant("auth").await;
+    let peer = Peer::start().await;
+    // A colon in the password: Basic splits at the first one only.
+    const USER: &str = "vc-user";
+    const PASSWORD: &str = "pw-Zq8:x!7Lm";
+    const BEARER: &str = "tok-5f2a9c1e77b0d4";
+    const KEY: &str = "key-9e1d7a3b55c2f8";
+    let basic_b64 = base64::engine::general_purpose::STANDARD.encode(format!("{USER}:{PASSWORD}"));
+    t.secret(
+        "basic",
+        None,
+        json!({ "username": USER, "password": PASSWORD }),
+    )
+    .await;
+    t.secret("bearer", None, json!({ "token": BEARER })).await;
+    t.secret("apikey", None, json!({ "apiKey": KEY })).await;
+    let auths = [
+        (
+            "basic",
+            json!({ "basic": { "secretRef": { "name": "basic" } } }),
+        ),
+        (
+            "bearer",
+            json!({ "bearer": { "secretRef": { "name": "bearer" } } }),
+        ),
+        (
+            "apikey",
+            json!({ "apiKey": { "header": "X-Api-Key", "prefix": "ApiKey ", "secretRef": { "name": "apikey" } } }),
+        ),
+    ];
+    for (name, auth) in &auths {
+        // Updates are refused with a body that repeats the credentials.
+        peer.script(
+            "PUT",
+            &format!("/{name}/vehicles/veh-a1"),
+            vec![Answer::EchoCredentials],
+        );
+        let mut s = spec(
+            &t,
+            &peer.base_url(),
+            &["vehicle.created", "vehicle.updated"],
+            json!([
+                { "events": ["vehicle.created"], "requests": [
+                    { "name": "create", "method": "POST", "path": format!("/{name}/vehicles"), "body": VIN_BODY } ] },
+                { "events": ["vehicle.updated"], "requests": [
+                    { "name": "update", "method": "PUT", "path": format!("/{name}/vehicles/{{{{ vehicle.id }}}}"), "body": VIN_BODY } ] }
+            ]),
+        );
+        s["auth"] = auth.clone();
+        s["retry"] =
+            json!({ "maxAttempts": 2, "initialBackoffSeconds": 1, "maxBackoffSeconds": 1 });
+        t.connect(name, s).await;
+    }
+    // OAuth2 whose token endpoint refuses the client, repeating its secret (sent as Basic,
+    // form-encoded first: RFC 6749 §2.3.1).
+    const CLIENT_SECRET: &str = "cs-7Hq/2+z=k";
+    let client_secret_encoded = "cs-7Hq%2F2%2Bz%3Dk";
+    t.secret(
+        "oauth",
+        None,
+        json!({ "client-id": "vc-client", "client-secret": CLIENT_SECRET }),
+    )
+    .await;
+    peer.script("POST", "/oauth2/token", vec![Answer::EchoCredentials]);
+    let mut s = spec(
+        &t,
+        &peer.base_url(),
+        &["vehicle.created"],
+        json!([{ "events": ["vehicle.created"], "requests": [
+            { "name": "create", "method": "POST", "path": "/oauth2/vehicles", "body": VIN_BODY } ] }]),
+    );
+    s["auth"] = json!({ "oauth2": { "tokenUrl": format!("{}/oauth2/token", peer.base_url()),
+                                    "clientSecretRef": { "name": "oauth" } } });
+    s["retry"] = json!({ "maxAttempts": 2, "initialBackoffSeconds": 1, "maxBackoffSeconds": 1 });
+    t.connect("oauth2", s).await;
+    for (name, _) in &auths {
+        t.ready_true(name).await;
+    }
+    t.ready_true("oauth2").await;
+
+    t.post(event(&t, "auth-c1", "vehicle.created", "veh-a1", &[]))
+        .await;
+    let st = t.status("oauth2", "failed=1", |s| s.failed >= 1).await;
+    let (reason, message) = failure(&st);
+    assert_eq!(reason, "TokenRefused", "{message}");
+    assert!(message.contains("401"), "{message}");
+    let shown = serde_json::to_string(&st).unwrap();
+    let notes = t.warnings("oauth2").await;
+    for secret in [CLIENT_SECRET, client_secret_encoded] {
+        assert!(
+            !shown.contains(secret),
+            "oauth2: status shows the client secret: {shown}"
+        );
+        for n in &notes {
+            assert!(
+                !n.contains(secret),
+                "oauth2: Event shows the client secret: {n}"
+            );
+        }
+    }
+    assert!(peer.seen_at("POST", "/oauth2/vehicles").is_empty());
+    for (name, _) in &auths {
+        t.status(name, "delivered=1", |s| s.delivered >= 1).await;
+    }
+    let basic = peer.seen_at("POST", "/basic/vehicles");
+    assert_eq!(basic.len(), 1);
+    assert_eq!(
+        basic[0].header("authorization"),
+        Some(format!("Basic {basic_b64}"))
+    );
+    let bearer = peer.seen_at("POST", "/bearer/vehicles");
+    assert_eq!(
+        bearer[0].header("authorization"),
+        Some(format!("Bearer {BEARER}"))
+    );
+    let apikey = peer.seen_at("POST", "/apikey/vehicles");
+    assert_eq!(apikey[0].header("x-api-key"), Some(format!("ApiKey {KEY}")));
+    assert_eq!(
+        apikey[0].header("authorization"),
+        None,
+        "an API key is the only credential sent"
+    );
+
+    // Refused: 401 with the credentials in the answer, twice (maxAttempts 2), then given up.
+    t.post(event(&t, "auth-u1", "vehicle.updated", "veh-a1", &[]))
+        .await;
+    let secrets = [PASSWORD, basic_b64.as_str(), BEARER, KEY];
+    for (name, _) in &auths {
+        let st = t.status(name, "failed=1", |s| s.failed >= 1).await;
+        let (reason, message) = failure(&st);
+        assert_eq!(reason, "Unauthorized", "{name}: {message}");
+        assert!(message.contains("401"), "{name}: {message}");
+        let shown = serde_json::to_string(&st).unwrap();
+        let notes = t.warnings(name).await;
+        assert!(
+            notes.iter().any(|n| n.contains("401")),
+            "{name}: the Event tells of the 401: {notes:?}"
+        );
+        for secret in secrets {
+            assert!(
+                !shown.contains(secret),
+                "{name}: status shows a credential: {shown}"
+            );
+            for n in &notes {
+                assert!(!n.contains(secret), "{name}: Event shows a credential: {n}");
+            }
+        }
+    }
+    // The API did get the refused requests (the refusal was real, not a local error).
+    for (name, _) in &auths {
+        let refused = peer.seen_at("PUT", &format!("/{name}/vehicles/veh-a1"));
+        assert_eq!(refused.len(), 2, "{name}");
+        assert!(refused.iter().all(|r| r.answered == 401));
+    }
+}
+
+// ---------------------------------------------------------------------------------------
 // 2. Images: raw bodies and JSON bodies by URL
 
 #[tokio::test]

@@ -10,7 +10,7 @@ use http::{HeaderMap, HeaderName, HeaderValue};
 use tokio::time::Instant;
 
 use super::Inner;
-use super::auth::auth_header;
+use super::auth::{auth_header, credential_texts, mask};
 use crate::delivery::files::outcome::Failure;
 use crate::delivery::http as guarded;
 use crate::delivery::retry::parse_retry_after;
@@ -48,6 +48,8 @@ pub(super) struct Answer {
     pub status: u16,
     pub headers: HeaderMap,
     pub body: Bytes,
+    /// The start of the body for messages, the request's credentials masked in it.
+    pub shown: String,
 }
 
 /// Why a request did not get an answer worth judging, or what the answer means.
@@ -254,10 +256,18 @@ async fn send_once(
         }
     }
     tracing::debug!(%url, status, elapsed = ?start.elapsed(), "API request answered");
+    // An API may repeat the credentials it refuses; status and Events are readable by anyone
+    // who may read the resource.
+    let text = mask(
+        &String::from_utf8_lossy(&body),
+        &credential_texts(&ep.auth, token),
+    );
+    let shown = text.trim().chars().take(SHOWN_ANSWER).collect();
     Ok(Answer {
         status,
         headers,
         body: body.into(),
+        shown,
     })
 }
 
@@ -290,16 +300,12 @@ fn request_error(url: &str, e: reqwest::Error) -> Fail {
 /// retrying (after `Retry-After` if given), other statuses are not.
 pub(super) fn judge(request: &str, url: &str, answer: &Answer) -> Fail {
     let status = answer.status;
-    let snippet: String = String::from_utf8_lossy(&answer.body)
-        .chars()
-        .take(SHOWN_ANSWER)
-        .collect();
-    let message = if snippet.trim().is_empty() {
+    let message = if answer.shown.is_empty() {
         format!("request {request:?}: {url} answered {status}")
     } else {
         format!(
             "request {request:?}: {url} answered {status}: {}",
-            snippet.trim()
+            answer.shown
         )
     };
     if status >= 500 || status == 408 || status == 429 {
