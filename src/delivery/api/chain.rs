@@ -116,6 +116,11 @@ pub(super) async fn run(inner: &Inner, t: &ApiTarget, d: Delivery<'_>) -> Attemp
                 let f = send::judge(&rendered.name, &send::shown(&request.url), &answer);
                 return stop(inner, &d, t, here, f, elapsed()).await;
             }
+            if let Some(image) = &answer.unsent_image {
+                let url = send::shown(&request.url);
+                let f = send::answered_early(inner, &rendered.name, &url, answer.status, image);
+                return stop(inner, &d, t, here, f.await, elapsed()).await;
+            }
             last_status = Some(answer.status);
             if let Err(f) = keep_captures(inner, &d, &rendered, &answer, &mut ctx).await {
                 return stop(inner, &d, t, here, f, elapsed()).await;
