@@ -105,6 +105,10 @@ enum Answer {
     FirstTryOfEachKeyFails,
     /// This status at once, before reading the body.
     Early(u16),
+    /// This status, keeping each idempotency key's request as the IETF idempotency-key
+    /// draft has it: the same request again gets the first answer, another request under a
+    /// key already used gets 422.
+    Idempotent(u16),
     /// Never answers.
     Hang,
 }
@@ -115,6 +119,8 @@ struct PeerState {
     script: HashMap<String, Vec<Answer>>,
     calls: HashMap<String, usize>,
     keys: HashSet<String>,
+    /// Idempotency key → (method, path, body) of its first request.
+    requests_by_key: HashMap<String, (String, String, Vec<u8>)>,
     created: usize,
     /// TLS handshakes: Ok, or the server's error.
     handshakes: Vec<Result<(), String>>,
@@ -316,6 +322,25 @@ async fn handle(State(state): State<Arc<Mutex<PeerState>>>, req: Request) -> Res
                         201,
                         (StatusCode::CREATED, axum::Json(json!({}))).into_response(),
                     )
+                }
+            }
+            Answer::Idempotent(c) => {
+                let key = header("idempotency-key");
+                let seen = &s.seen[index];
+                let request = (seen.method.clone(), seen.path.clone(), seen.body.clone());
+                match s.requests_by_key.get(&key) {
+                    Some(first) if *first != request => (
+                        422,
+                        (
+                            StatusCode::UNPROCESSABLE_ENTITY,
+                            "idempotency key reused for another request",
+                        )
+                            .into_response(),
+                    ),
+                    _ => {
+                        s.requests_by_key.insert(key, request);
+                        (c, StatusCode::from_u16(c).unwrap().into_response())
+                    }
                 }
             }
             Answer::Early(_) => unreachable!("answered above"),
@@ -1434,6 +1459,78 @@ async fn api_a_changed_mapping_starts_a_waiting_chain_over_instead_of_resuming_m
     assert_eq!(peer.seen_at("POST", "/v1/first").len(), 1);
     assert_eq!(peer.seen_at("POST", "/v1/second").len(), 1);
     assert!(peer.seen_at("POST", "/v1/third").is_empty());
+}
+
+#[tokio::test]
+async fn api_a_request_changed_before_its_retry_is_not_sent_under_the_old_requests_key() {
+    let t = tenant("rekey").await;
+    let peer = Peer::start().await;
+    peer.script("PUT", "/vehicles/veh-k9", vec![Answer::Idempotent(200)]);
+    peer.script(
+        "POST",
+        "/vehicles/veh-k9/notify",
+        vec![Answer::RetryAfter(503, 6), Answer::Status(204)],
+    );
+    let mapping = |color: &str| {
+        json!([{ "events": ["vehicle.processed"], "requests": [
+            { "name": "update", "method": "PUT", "path": "/vehicles/{{ vehicle.id }}",
+              "body": format!(r#"{{ "vin": {{{{ vehicle.vin }}}}, "color": "{color}" }}"#) },
+            { "name": "notify", "method": "POST", "path": "/vehicles/{{ vehicle.id }}/notify", "body": VIN_BODY } ] }])
+    };
+    let mut s = spec(&t, &peer.base_url(), &["vehicle.processed"], mapping("red"));
+    s["retry"] = json!({ "maxAttempts": 5, "initialBackoffSeconds": 1, "maxBackoffSeconds": 10 });
+    t.connect("rekey", s.clone()).await;
+    t.ready_true("rekey").await;
+    t.post(event(&t, "rekey-p1", "vehicle.processed", "veh-k9", &[]))
+        .await;
+    peer.wait_for(
+        "POST",
+        "/vehicles/veh-k9/notify",
+        1,
+        Duration::from_secs(30),
+    )
+    .await;
+    let changed_at = Instant::now();
+    // The update now sends another body; the notification stays as it was.
+    s["mappings"] = mapping("blue");
+    t.connect("rekey", s).await;
+    t.ready_true("rekey").await;
+    assert!(changed_at.elapsed() < Duration::from_secs(5));
+    let st = t
+        .status("rekey", "a result", |s| s.delivered + s.failed >= 1)
+        .await;
+    assert_eq!(
+        (st.delivered, st.failed),
+        (1, 0),
+        "the changed update was refused under the old one's key: {:?}",
+        st.last_failure
+    );
+    let updates = peer.seen_at("PUT", "/vehicles/veh-k9");
+    assert_eq!(
+        updates.len(),
+        2,
+        "the chain started over with the new update"
+    );
+    let bodies: Vec<Value> = updates
+        .iter()
+        .map(|r| serde_json::from_slice(&r.body).unwrap())
+        .collect();
+    assert_eq!(
+        (bodies[0]["color"].as_str(), bodies[1]["color"].as_str()),
+        (Some("red"), Some("blue"))
+    );
+    assert_ne!(
+        updates[0].key(),
+        updates[1].key(),
+        "another request, another key"
+    );
+    let notes = peer.seen_at("POST", "/vehicles/veh-k9/notify");
+    assert_eq!(notes.len(), 2);
+    assert_eq!(
+        notes[0].key(),
+        notes[1].key(),
+        "the unchanged request keeps its key"
+    );
 }
 
 // ---------------------------------------------------------------------------------------
