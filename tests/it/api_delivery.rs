@@ -1317,6 +1317,27 @@ async fn api_addresses_outside_the_allow_list_are_refused_without_a_connection()
         std::slice::from_ref(&redirected),
     ))
     .await;
+    // The same address spelled otherwise: IPv4-mapped IPv6 (a dual-stack socket reaches
+    // 127.0.0.2 through it), one decimal number, the short dotted form.
+    let spellings = [
+        format!("http://[::ffff:127.0.0.2]:{port}/v/3.jpg"),
+        format!("http://2130706434:{port}/v/4.jpg"),
+        format!("http://127.2:{port}/v/5.jpg"),
+    ];
+    for (i, url) in spellings.iter().enumerate() {
+        t.post(event(
+            &t,
+            &format!("ssrf-p{}", i + 3),
+            "vehicle.processed",
+            &format!("veh-s{}", i + 3),
+            &[announce(url, &bytes, "image/jpeg")],
+        ))
+        .await;
+    }
+    let st = t
+        .status("direct", "failed=4", |s| s.failed >= 4 && s.pending == 0)
+        .await;
+    assert_eq!(st.delivered, 0, "{:?}", st.last_failure);
     for name in ["direct", "redirected"] {
         let st = t.status(name, "failed>=1", |s| s.failed >= 1).await;
         let (reason, message) = failure(&st);
