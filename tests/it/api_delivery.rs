@@ -111,6 +111,10 @@ enum Answer {
     Idempotent(u16),
     /// Never answers.
     Hang,
+    /// This redirect status with `Location: <url>`.
+    Redirect(u16, String),
+    /// 201 when `Authorization: Bearer <token>`, else 401.
+    RequireBearer(&'static str),
 }
 
 #[derive(Default)]
@@ -345,6 +349,17 @@ async fn handle(State(state): State<Arc<Mutex<PeerState>>>, req: Request) -> Res
             }
             Answer::Early(_) => unreachable!("answered above"),
             Answer::Hang => (0, StatusCode::OK.into_response()),
+            Answer::Redirect(c, to) => (
+                c,
+                (StatusCode::from_u16(c).unwrap(), [("location", to)]).into_response(),
+            ),
+            Answer::RequireBearer(token) => {
+                if header("authorization") == format!("Bearer {token}") {
+                    (201, StatusCode::CREATED.into_response())
+                } else {
+                    (401, StatusCode::UNAUTHORIZED.into_response())
+                }
+            }
         };
         if code == 0 {
             None
@@ -1419,6 +1434,123 @@ async fn api_a_restart_keeps_the_remote_id_so_an_update_addresses_the_same_vehic
     let put = peer.seen_at("PUT", "/vehicles/dms-1");
     assert_eq!(put.len(), 1, "{:?}", peer.seen());
     drop(op);
+}
+
+#[tokio::test]
+async fn api_a_hostile_remote_id_stays_one_path_segment() {
+    let t = tenant("hostile").await;
+    let peer = Peer::start().await;
+    // What the API answers becomes part of later paths.
+    peer.script(
+        "POST",
+        "/vehicles",
+        vec![
+            Answer::Json(201, json!({ "id": "../../admin?drop=1#x" })),
+            Answer::Json(201, json!({ "id": ".." })),
+        ],
+    );
+    let s = spec(
+        &t,
+        &peer.base_url(),
+        &["vehicle.created", "vehicle.updated"],
+        json!([
+            { "events": ["vehicle.created"], "requests": [
+                { "name": "create", "method": "POST", "path": "/vehicles", "body": VIN_BODY,
+                  "expect": [201], "capture": { "id": { "jsonPointer": "/id" } } } ] },
+            { "events": ["vehicle.updated"], "requests": [
+                { "name": "update", "method": "PUT", "path": "/vehicles/{{ remote.id }}/data", "body": VIN_BODY } ] }
+        ]),
+    );
+    t.connect("hostile", s).await;
+    t.ready_true("hostile").await;
+    t.post(event(&t, "hst-c1", "vehicle.created", "veh-z1", &[]))
+        .await;
+    t.status("hostile", "delivered=1", |s| s.delivered >= 1)
+        .await;
+    t.post(event(&t, "hst-u1", "vehicle.updated", "veh-z1", &[]))
+        .await;
+    t.status("hostile", "delivered=2", |s| s.delivered >= 2)
+        .await;
+    let puts: Vec<String> = peer
+        .seen()
+        .into_iter()
+        .filter(|r| r.method == "PUT")
+        .map(|r| r.path)
+        .collect();
+    assert_eq!(
+        puts,
+        vec!["/vehicles/..%2F..%2Fadmin%3Fdrop%3D1%23x/data".to_string()]
+    );
+
+    // `..` alone would climb out of the path even encoded: the request is not sent.
+    t.post(event(&t, "hst-c2", "vehicle.created", "veh-z2", &[]))
+        .await;
+    t.status("hostile", "delivered=3", |s| s.delivered >= 3)
+        .await;
+    t.post(event(&t, "hst-u2", "vehicle.updated", "veh-z2", &[]))
+        .await;
+    let st = t.status("hostile", "failed=1", |s| s.failed >= 1).await;
+    let (reason, message) = failure(&st);
+    assert_eq!(reason, "RenderFailed", "{message}");
+    assert_eq!(peer.seen().iter().filter(|r| r.method == "PUT").count(), 1);
+}
+
+#[tokio::test]
+async fn api_a_fixed_secret_lets_refused_events_through_and_redirects_are_not_followed() {
+    let t = tenant("rotate").await;
+    let peer = Peer::start().await;
+    let (port, accepted) = forbidden_listener().await;
+    peer.script("POST", "/vehicles", vec![Answer::RequireBearer("tok-new")]);
+    // A redirect elsewhere (where the credentials would follow) is an answer, not a hop.
+    peer.script(
+        "PUT",
+        "/vehicles/veh-q1",
+        vec![Answer::Redirect(
+            307,
+            format!("http://127.0.0.2:{port}/steal"),
+        )],
+    );
+    t.secret("token", None, json!({ "token": "tok-old" })).await;
+    let mut s = spec(
+        &t,
+        &peer.base_url(),
+        &["vehicle.created", "vehicle.updated"],
+        json!([
+            { "events": ["vehicle.created"], "requests": [
+                { "name": "create", "method": "POST", "path": "/vehicles", "body": VIN_BODY } ] },
+            { "events": ["vehicle.updated"], "requests": [
+                { "name": "update", "method": "PUT", "path": "/vehicles/{{ vehicle.id }}", "body": VIN_BODY } ] }
+        ]),
+    );
+    s["auth"] = json!({ "bearer": { "secretRef": { "name": "token" } } });
+    s["retry"] = json!({ "maxAttempts": 30, "initialBackoffSeconds": 1, "maxBackoffSeconds": 2 });
+    t.connect("rotate", s).await;
+    t.ready_true("rotate").await;
+    t.post(event(&t, "rot-c1", "vehicle.created", "veh-q1", &[]))
+        .await;
+    let st = t
+        .status("rotate", "a refusal", |s| s.last_failure.is_some())
+        .await;
+    assert_eq!(failure(&st).0, "Unauthorized");
+    assert_eq!(st.pending, 1, "kept for a retry");
+
+    t.secret("token", None, json!({ "token": "tok-new" })).await;
+    let st = t
+        .status("rotate", "delivered=1", |s| s.delivered >= 1)
+        .await;
+    assert_eq!(st.failed, 0);
+    let tries = peer.seen_at("POST", "/vehicles");
+    assert_eq!(tries.last().map(|r| r.answered), Some(201));
+    assert!(tries.len() >= 2);
+
+    t.post(event(&t, "rot-u1", "vehicle.updated", "veh-q1", &[]))
+        .await;
+    let st = t.status("rotate", "failed=1", |s| s.failed >= 1).await;
+    let (reason, message) = failure(&st);
+    assert_eq!(reason, "HttpStatus", "{message}");
+    assert!(message.contains("307"), "{message}");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(*accepted.lock().unwrap(), 0, "the redirect was followed");
 }
 
 // ---------------------------------------------------------------------------------------
