@@ -169,7 +169,8 @@ pub enum ApiCredentials {
     /// A key sent as `header: prefix + key`.
     Header {
         name: http::HeaderName,
-        value: String,
+        prefix: String,
+        key: String,
     },
     OAuth2(OAuth2Client),
 }

@@ -120,8 +120,9 @@ pub struct ApiConnectionSpec {
     #[schemars(length(min = 1, max = 11))]
     pub mappings: Vec<Mapping>,
 
-    /// Header carrying a key unique to (event, request, image), the same on every retry, so
-    /// the API can drop repeats.
+    /// Header carrying a key unique to (event, request, image) and to what the request sends,
+    /// the same on every retry, so the API can drop repeats; a request changed in the mapping
+    /// before its retry gets a key of its own.
     #[serde(default = "default_idempotency_header")]
     #[schemars(
         length(min = 1, max = 64),

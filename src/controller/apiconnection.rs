@@ -370,8 +370,8 @@ async fn resolve_auth(
                 "spec.auth.apiKey.header is not a header name",
             )));
         };
-        let value = format!("{}{value}", k.prefix.as_deref().unwrap_or(""));
-        if http::HeaderValue::from_str(&value).is_err() {
+        let prefix = k.prefix.clone().unwrap_or_default();
+        if http::HeaderValue::from_str(&format!("{prefix}{value}")).is_err() {
             return Ok(Err(Check::fail(
                 "SecretInvalid",
                 format!(
@@ -381,7 +381,11 @@ async fn resolve_auth(
                 ),
             )));
         }
-        return Ok(Ok(ApiCredentials::Header { name, value }));
+        return Ok(Ok(ApiCredentials::Header {
+            name,
+            prefix,
+            key: value,
+        }));
     }
     if let Some(o) = &a.oauth2 {
         let s = &o.client_secret_ref.name;

@@ -7,13 +7,17 @@ use kube::Client;
 use kube::api::{Api, ApiResource, DynamicObject, PostParams};
 use serde_json::{Value, json};
 use vc_envtest::ControlPlane;
+use vehicle_connect::api::apiconnection::{HttpMethod, ImageSend};
 use vehicle_connect::api::ftp::{FtpProtocol, FtpRules, FtpTimeouts};
-use vehicle_connect::api::{EventType, FtpConnection, RetryPolicy, WebhookSubscription};
+use vehicle_connect::api::{
+    ApiConnection, EventType, FtpConnection, RetryPolicy, WebhookSubscription,
+};
 
 #[derive(Clone, Copy, Debug)]
 enum Kind {
     Webhook,
     Ftp,
+    Api,
 }
 
 /// One broken field: the JSON pointer to set (or remove, with `None`) in the valid base
@@ -100,6 +104,37 @@ fn ftp_base() -> Value {
             "retry": { "maxAttempts": 3 }
         }
     })
+}
+
+fn api_base() -> Value {
+    json!({
+        "apiVersion": "connect.vehicles.io/v1alpha1",
+        "kind": "ApiConnection",
+        "metadata": { "name": "base" },
+        "spec": {
+            "clientId": "dealer-123",
+            "events": ["vehicle.created", "vehicle.processed"],
+            "baseUrl": "https://dms.dealer-123.example/api",
+            "auth": { "bearer": { "secretRef": { "name": "dms-token" } } },
+            "mappings": [
+                { "events": ["vehicle.created"], "requests": [
+                    { "name": "create", "method": "POST", "path": "/vehicles",
+                      "body": "{ \"vin\": {{ vehicle.vin }} }", "expect": [201],
+                      "capture": { "id": { "jsonPointer": "/id" } } } ] },
+                { "events": ["vehicle.processed"], "requests": [
+                    { "name": "photo", "method": "POST", "path": "/vehicles/{{ remote.id }}/photos",
+                      "forEachImage": { "send": "raw" } } ] }
+            ]
+        }
+    })
+}
+
+fn base(kind: Kind) -> Value {
+    match kind {
+        Kind::Webhook => webhook_base(),
+        Kind::Ftp => ftp_base(),
+        Kind::Api => api_base(),
+    }
 }
 
 fn cases() -> Vec<Case> {
@@ -595,6 +630,74 @@ fn cases() -> Vec<Case> {
             json!({ "initialBackoffSeconds": 600, "maxBackoffSeconds": 300 }),
             "spec.retry.initialBackoffSeconds",
         ),
+        // ApiConnection
+        case(
+            "api-method-trace",
+            Api,
+            "/spec/mappings/0/requests/0/method",
+            json!("TRACE"),
+            "spec.mappings[0].requests[0].method",
+        ),
+        case(
+            "api-path-relative",
+            Api,
+            "/spec/mappings/0/requests/0/path",
+            json!("vehicles/{{ vehicle.id }}"),
+            "spec.mappings[0].requests[0].path",
+        ),
+        case(
+            "api-expect-600",
+            Api,
+            "/spec/mappings/0/requests/0/expect",
+            json!([201, 600]),
+            "spec.mappings[0].requests[0].expect[1]",
+        ),
+        case(
+            "api-auth-two-methods",
+            Api,
+            "/spec/auth",
+            json!({ "bearer": { "secretRef": { "name": "t" } },
+                    "apiKey": { "header": "X-Api-Key", "secretRef": { "name": "k" } } }),
+            "spec.auth",
+        ),
+        case(
+            "api-mapping-event-not-listed",
+            Api,
+            "/spec/events",
+            json!(["vehicle.processed"]),
+            "spec.mappings",
+        ),
+        case(
+            "api-event-without-mapping",
+            Api,
+            "/spec/events",
+            json!(["vehicle.created", "vehicle.processed", "vehicle.deleted"]),
+            "spec.events",
+        ),
+        case(
+            "api-request-names-duplicate",
+            Api,
+            "/spec/mappings/0/requests",
+            json!([
+                { "name": "create", "method": "POST", "path": "/vehicles" },
+                { "name": "create", "method": "PUT", "path": "/vehicles/{{ remote.id }}" }
+            ]),
+            "spec.mappings[0].requests",
+        ),
+        case(
+            "api-raw-with-body",
+            Api,
+            "/spec/mappings/1/requests/0/body",
+            json!("{ \"vin\": {{ vehicle.vin }} }"),
+            "spec.mappings[1].requests[0].body",
+        ),
+        case(
+            "api-capture-pointer-and-header",
+            Api,
+            "/spec/mappings/0/requests/0/capture",
+            json!({ "id": { "jsonPointer": "/id", "header": "Location" } }),
+            "spec.mappings[0].requests[0].capture[id]",
+        ),
     ]
 }
 
@@ -615,6 +718,7 @@ fn api(client: &Client, ns: &str, kind: Kind) -> Api<DynamicObject> {
     let ar = match kind {
         Kind::Webhook => ApiResource::erase::<WebhookSubscription>(&()),
         Kind::Ftp => ApiResource::erase::<FtpConnection>(&()),
+        Kind::Api => ApiResource::erase::<ApiConnection>(&()),
     };
     Api::namespaced_with(client.clone(), ns, &ar)
 }
@@ -639,9 +743,9 @@ async fn invalid_specs_are_refused_naming_the_field() {
     let pp = PostParams::default();
 
     // The base objects are valid, so each refusal below is down to the one broken field.
-    for (kind, base) in [(Kind::Webhook, webhook_base()), (Kind::Ftp, ftp_base())] {
+    for kind in [Kind::Webhook, Kind::Ftp, Kind::Api] {
         api(&client, &ns, kind)
-            .create(&pp, &object(base, "base"))
+            .create(&pp, &object(base(kind), "base"))
             .await
             .unwrap_or_else(|e| panic!("valid {kind:?} base refused: {e}"));
     }
@@ -654,10 +758,7 @@ async fn invalid_specs_are_refused_naming_the_field() {
 
     let mut findings = Vec::new();
     for (i, c) in cases.iter().enumerate() {
-        let mut v = match c.kind {
-            Kind::Webhook => webhook_base(),
-            Kind::Ftp => ftp_base(),
-        };
+        let mut v = base(c.kind);
         mutate(&mut v, c.pointer, c.value.clone());
         let name = format!("bad-{i:02}");
         match api(&client, &ns, c.kind)
@@ -750,13 +851,57 @@ async fn valid_specs_are_accepted_as_written() {
     assert_eq!(got.spec.port(), 2121);
     assert_eq!(got.spec.rules.file_name, "{stock}_{index:03}.{ext}");
     vehicle_connect::naming::validate_rules(&got.spec.rules).unwrap();
-    let whs: Api<WebhookSubscription> = Api::namespaced(client, &ns);
+    let whs: Api<WebhookSubscription> = Api::namespaced(client.clone(), &ns);
     let got = whs.get("full").await.unwrap();
     assert_eq!(
         got.spec.events,
         vec![EventType::VehicleProcessed, EventType::VehicleDeleted]
     );
     assert_eq!(got.spec.headers.unwrap()["X-Dealer"], "123");
+
+    // The ApiConnection of examples/api/ as written there.
+    let example = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/api/apiconnection-autodms.yaml"),
+    )
+    .unwrap();
+    let docs: Vec<Value> = serde_yaml::Deserializer::from_str(&example)
+        .map(|d| serde::Deserialize::deserialize(d).unwrap())
+        .collect();
+    let mut example = docs
+        .into_iter()
+        .find(|d| d["kind"] == "ApiConnection")
+        .expect("the example has an ApiConnection");
+    example["metadata"]["namespace"] = json!(ns);
+    let name = example["metadata"]["name"].as_str().unwrap().to_string();
+    let created = api(&client, &ns, Kind::Api)
+        .create(&pp, &object(example.clone(), &name))
+        .await
+        .unwrap_or_else(|e| panic!("the example ApiConnection is refused: {e}"));
+    let names = |v: &Value| -> Vec<String> {
+        v["spec"]["mappings"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|m| m["requests"].as_array().into_iter().flatten())
+            .map(|r| format!("{} {} {}", r["name"], r["method"], r["path"]))
+            .collect()
+    };
+    assert_eq!(names(&created.data), names(&example), "nothing pruned");
+    let apic: Api<ApiConnection> = Api::namespaced(client, &ns);
+    let got = apic.get(&name).await.unwrap();
+    let processed = got
+        .spec
+        .mapping_for(EventType::VehicleProcessed)
+        .expect("a mapping for vehicle.processed");
+    let photo = &processed.requests[2];
+    assert_eq!(photo.method, HttpMethod::Post);
+    assert_eq!(
+        photo.for_each_image.as_ref().map(|f| f.send),
+        Some(ImageSend::Multipart)
+    );
+    assert_eq!(got.spec.idempotency_header, "Idempotency-Key");
+    vehicle_connect::mapping::Compiled::new(&got.spec)
+        .unwrap_or_else(|e| panic!("the example's templates: {e:?}"));
 }
 
 #[tokio::test]

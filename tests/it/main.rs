@@ -8,6 +8,7 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod api_delivery;
 mod api_e2e;
 mod chart;
 mod crash_safety;

@@ -28,9 +28,18 @@ pub async fn start_with(
     scope: &Scope,
     args: &[&str],
 ) -> OperatorProcess {
-    let launch = Launch::new(binary())
-        .args(&["--watch-label-selector", &scope.selector()])
-        .args(args);
+    start_launch(cp, data_dir, scope, Launch::new(binary()).args(args)).await
+}
+
+/// Starts the operator as `launch` says (its allow-list, arguments, log level), serving
+/// `scope`.
+pub async fn start_launch(
+    cp: &ControlPlane,
+    data_dir: PathBuf,
+    scope: &Scope,
+    launch: Launch,
+) -> OperatorProcess {
+    let launch = launch.args(&["--watch-label-selector", &scope.selector()]);
     OperatorProcess::start(cp, data_dir, launch)
         .await
         .expect("operator started")

@@ -185,8 +185,10 @@ async fn fetch(
         bytes.extend_from_slice(&chunk);
     }
     if !status.is_success() {
-        // The error body (RFC 6749 §5.2) names the problem; it never holds the secret.
-        let detail: String = String::from_utf8_lossy(&bytes).chars().take(200).collect();
+        // The error body (RFC 6749 §5.2) names the problem; a careless endpoint repeats the
+        // client secret in it.
+        let detail = mask(&String::from_utf8_lossy(&bytes), &client_secret_texts(c));
+        let detail: String = detail.chars().take(200).collect();
         let reason = if matches!(status.as_u16(), 400 | 401 | 403) {
             "TokenRefused"
         } else {
@@ -248,19 +250,12 @@ pub(crate) fn auth_header(
 ) -> Option<(http::HeaderName, HeaderValue)> {
     let (name, value) = match creds {
         ApiCredentials::None => return None,
-        ApiCredentials::Basic { username, password } => {
-            use base64::Engine as _;
-            let raw = format!("{username}:{password}");
-            (
-                http::header::AUTHORIZATION,
-                format!(
-                    "Basic {}",
-                    base64::engine::general_purpose::STANDARD.encode(raw)
-                ),
-            )
-        }
+        ApiCredentials::Basic { username, password } => (
+            http::header::AUTHORIZATION,
+            format!("Basic {}", basic_token(username, password)),
+        ),
         ApiCredentials::Bearer(t) => (http::header::AUTHORIZATION, format!("Bearer {t}")),
-        ApiCredentials::Header { name, value } => (name.clone(), value.clone()),
+        ApiCredentials::Header { name, prefix, key } => (name.clone(), format!("{prefix}{key}")),
         ApiCredentials::OAuth2(_) => (
             http::header::AUTHORIZATION,
             format!("Bearer {}", oauth_token?),
@@ -269,4 +264,93 @@ pub(crate) fn auth_header(
     let mut value = HeaderValue::from_str(&value).ok()?;
     value.set_sensitive(true);
     Some((name, value))
+}
+
+fn basic_token(username: &str, password: &str) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(format!("{username}:{password}"))
+}
+
+/// Every form in which a request's credentials (`token`: its OAuth2 access token) went out,
+/// so that an API repeating them in an answer has them masked before the answer is shown.
+pub(crate) fn credential_texts(creds: &ApiCredentials, token: Option<&str>) -> Vec<String> {
+    let mut out = match creds {
+        ApiCredentials::None => Vec::new(),
+        ApiCredentials::Basic { username, password } => vec![
+            password.clone(),
+            format!("{username}:{password}"),
+            basic_token(username, password),
+        ],
+        ApiCredentials::Bearer(t) => vec![t.clone()],
+        ApiCredentials::Header { prefix, key, .. } => vec![key.clone(), format!("{prefix}{key}")],
+        ApiCredentials::OAuth2(c) => client_secret_texts(c),
+    };
+    out.extend(token.map(str::to_owned));
+    out
+}
+
+/// The forms in which an OAuth2 client's secret goes to its token endpoint.
+fn client_secret_texts(c: &OAuth2Client) -> Vec<String> {
+    vec![
+        c.client_secret.clone(),
+        form_encode(&c.client_secret),
+        basic_token(&form_encode(&c.client_id), &form_encode(&c.client_secret)),
+    ]
+}
+
+/// `text` with every one of `secrets` replaced by `***` (longest first, so that a secret
+/// holding another is masked whole).
+pub(crate) fn mask(text: &str, secrets: &[String]) -> String {
+    let mut secrets: Vec<&str> = secrets
+        .iter()
+        .map(String::as_str)
+        .filter(|s| !s.is_empty())
+        .collect();
+    secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
+    let mut out = text.to_owned();
+    for s in secrets {
+        if out.contains(s) {
+            out = out.replace(s, "***");
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_form_of_a_credential_is_masked() {
+        let basic = ApiCredentials::Basic {
+            username: "u".into(),
+            password: "p:w".into(),
+        };
+        let texts = credential_texts(&basic, None);
+        let echoed = format!("bad Basic {} (u:p:w, p:w)", basic_token("u", "p:w"));
+        assert_eq!(mask(&echoed, &texts), "bad Basic *** (***, ***)");
+
+        let key = ApiCredentials::Header {
+            name: http::HeaderName::from_static("x-api-key"),
+            prefix: "ApiKey ".into(),
+            key: "k-123".into(),
+        };
+        let texts = credential_texts(&key, None);
+        assert_eq!(
+            mask("got 'ApiKey k-123', key k-123", &texts),
+            "got '***', key ***"
+        );
+
+        let oauth = ApiCredentials::OAuth2(OAuth2Client {
+            token_url: url::Url::parse("https://idp.example/token").unwrap(),
+            client_id: "c".into(),
+            client_secret: "s/+=".into(),
+            scopes: Vec::new(),
+            audience: None,
+            basic: true,
+        });
+        let texts = credential_texts(&oauth, Some("tok"));
+        assert_eq!(mask("s/+= s%2F%2B%3D tok", &texts), "*** *** ***");
+        assert_eq!(mask("nothing here", &[String::new()]), "nothing here");
+    }
 }

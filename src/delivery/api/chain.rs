@@ -107,7 +107,13 @@ pub(super) async fn run(inner: &Inner, t: &ApiTarget, d: Delivery<'_>) -> Attemp
                 Ok(r) => r,
                 Err(f) => return stop(inner, &d, t, here, f, elapsed()).await,
             };
-            let key = idempotency_key(d.row, d.event_id, &rendered.name, image);
+            let key = idempotency_key(
+                d.row,
+                d.event_id,
+                &rendered.name,
+                image,
+                &request_digest(&request),
+            );
             let answer = match send::send(inner, &t.endpoint, &request, &key).await {
                 Ok(a) => a,
                 Err(f) => return stop(inner, &d, t, here, f, elapsed()).await,
@@ -115,6 +121,11 @@ pub(super) async fn run(inner: &Inner, t: &ApiTarget, d: Delivery<'_>) -> Attemp
             if !rendered.expect.accepts(answer.status) {
                 let f = send::judge(&rendered.name, &send::shown(&request.url), &answer);
                 return stop(inner, &d, t, here, f, elapsed()).await;
+            }
+            if let Some(image) = &answer.unsent_image {
+                let url = send::shown(&request.url);
+                let f = send::answered_early(inner, &rendered.name, &url, answer.status, image);
+                return stop(inner, &d, t, here, f.await, elapsed()).await;
             }
             last_status = Some(answer.status);
             if let Err(f) = keep_captures(inner, &d, &rendered, &answer, &mut ctx).await {
@@ -227,14 +238,76 @@ fn store_failed(e: crate::store::StoreError, elapsed: Option<Duration>) -> Attem
 
 /// The same for every retry of one request of one event at one object, and different for
 /// any other: the object's uid (another ApiConnection to the same API is another sender),
-/// the event, the request, the image.
-fn idempotency_key(row: &str, event_id: &str, request: &str, image: Option<usize>) -> String {
+/// the event, the request, the image, and `digest`, what the request sends
+/// ([`request_digest`]): a request the user changed while the event waited for its retry is
+/// another request, which an API that keeps keys would refuse (or answer with the old one's
+/// result) under the old key.
+fn idempotency_key(
+    row: &str,
+    event_id: &str,
+    request: &str,
+    image: Option<usize>,
+    digest: &str,
+) -> String {
     let uid = row.rsplit('/').next().unwrap_or_default();
     let uid: String = uid.chars().filter(|c| *c != '-').take(12).collect();
     match image {
-        Some(i) => format!("vc-{uid}-{event_id}-{request}-{}", i + 1),
-        None => format!("vc-{uid}-{event_id}-{request}"),
+        Some(i) => format!("vc-{uid}-{event_id}-{request}-{}-{digest}", i + 1),
+        None => format!("vc-{uid}-{event_id}-{request}-{digest}"),
     }
+}
+
+/// 8 hex digits of the SHA-256 of what `r` sends but for credentials: method, path, query,
+/// the mapping's headers and the body (JSON bytes, or the image's URL and checksum and the
+/// multipart fields). The API's host is not in it: the same request to a moved API is the
+/// same request.
+fn request_digest(r: &Request) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    let mut part = |bytes: &[u8]| {
+        h.update((bytes.len() as u64).to_le_bytes());
+        h.update(bytes);
+    };
+    part(r.method.as_str().as_bytes());
+    part(r.url.path().as_bytes());
+    part(r.url.query().unwrap_or_default().as_bytes());
+    for (name, value) in &r.headers {
+        part(name.to_ascii_lowercase().as_bytes());
+        part(value.as_bytes());
+    }
+    let image = |part: &mut dyn FnMut(&[u8]), i: &Image| {
+        part(i.url.as_bytes());
+        part(i.sha256.as_deref().unwrap_or_default().as_bytes());
+    };
+    match &r.body {
+        Body::Empty => part(b"empty"),
+        Body::Json(bytes) => {
+            part(b"json");
+            part(bytes);
+        }
+        Body::Raw(i) => {
+            part(b"raw");
+            image(&mut part, i);
+        }
+        Body::Multipart {
+            field,
+            fields,
+            image: i,
+        } => {
+            part(b"multipart");
+            part(field.as_bytes());
+            for (name, value) in fields {
+                part(name.as_bytes());
+                part(value.as_bytes());
+            }
+            image(&mut part, i);
+        }
+    }
+    h.finalize()
+        .iter()
+        .take(4)
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 fn to_request(t: &ApiTarget, r: &Rendered, ctx: &EventContext) -> Result<Request, Fail> {
@@ -287,15 +360,42 @@ mod tests {
     #[test]
     fn idempotency_keys_differ_per_object_request_and_image() {
         let row = "apiconnection/ns/dms/6f1c2a9e-0d4b-4c1e-9a55-2b7d7f0e1a11";
-        let a = idempotency_key(row, "evt-1", "create", None);
-        assert_eq!(a, "vc-6f1c2a9e0d4b-evt-1-create");
-        assert_ne!(a, idempotency_key(row, "evt-1", "update", None));
-        assert_ne!(a, idempotency_key(row, "evt-2", "create", None));
+        let a = idempotency_key(row, "evt-1", "create", None, "0a1b2c3d");
+        assert_eq!(a, "vc-6f1c2a9e0d4b-evt-1-create-0a1b2c3d");
+        assert_ne!(a, idempotency_key(row, "evt-1", "update", None, "0a1b2c3d"));
+        assert_ne!(a, idempotency_key(row, "evt-2", "create", None, "0a1b2c3d"));
+        assert_ne!(a, idempotency_key(row, "evt-1", "create", None, "ffffffff"));
         let other = "apiconnection/ns/dms/0a1c2a9e-0d4b-4c1e-9a55-2b7d7f0e1a11";
-        assert_ne!(a, idempotency_key(other, "evt-1", "create", None));
-        assert_eq!(
-            idempotency_key(row, "evt-1", "photo", Some(0)),
-            "vc-6f1c2a9e0d4b-evt-1-photo-1"
+        assert_ne!(
+            a,
+            idempotency_key(other, "evt-1", "create", None, "0a1b2c3d")
         );
+        assert_eq!(
+            idempotency_key(row, "evt-1", "photo", Some(0), "0a1b2c3d"),
+            "vc-6f1c2a9e0d4b-evt-1-photo-1-0a1b2c3d"
+        );
+    }
+
+    #[test]
+    fn the_request_digest_follows_what_is_sent_but_not_the_host() {
+        let req = |url: &str, body: &str| Request {
+            method: reqwest::Method::PUT,
+            url: url::Url::parse(url).unwrap(),
+            headers: vec![("X-Dealer".into(), "1".into())],
+            body: Body::Json(body.as_bytes().to_vec()),
+        };
+        let a = request_digest(&req("https://a.example/v/1?x=1", "{}"));
+        assert_eq!(a.len(), 8);
+        assert_eq!(a, request_digest(&req("https://a.example/v/1?x=1", "{}")));
+        assert_eq!(a, request_digest(&req("http://b.example:81/v/1?x=1", "{}")));
+        assert_ne!(a, request_digest(&req("https://a.example/v/2?x=1", "{}")));
+        assert_ne!(a, request_digest(&req("https://a.example/v/1?x=2", "{}")));
+        assert_ne!(a, request_digest(&req("https://a.example/v/1?x=1", "{ }")));
+        let mut other = req("https://a.example/v/1?x=1", "{}");
+        other.headers[0].1 = "2".into();
+        assert_ne!(a, request_digest(&other));
+        other.headers.clear();
+        other.body = Body::Empty;
+        assert_ne!(a, request_digest(&other));
     }
 }

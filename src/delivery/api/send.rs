@@ -10,7 +10,7 @@ use http::{HeaderMap, HeaderName, HeaderValue};
 use tokio::time::Instant;
 
 use super::Inner;
-use super::auth::auth_header;
+use super::auth::{auth_header, credential_texts, mask};
 use crate::delivery::files::outcome::Failure;
 use crate::delivery::http as guarded;
 use crate::delivery::retry::parse_retry_after;
@@ -48,6 +48,10 @@ pub(super) struct Answer {
     pub status: u16,
     pub headers: HeaderMap,
     pub body: Bytes,
+    /// The image of the body when the API answered before it was sent whole (and verified).
+    pub unsent_image: Option<Image>,
+    /// The start of the body for messages, the request's credentials masked in it.
+    pub shown: String,
 }
 
 /// Why a request did not get an answer worth judging, or what the answer means.
@@ -177,8 +181,9 @@ async fn send_once(
         );
     }
 
-    // The image's own failure (size, checksum, download) if its stream is what broke.
-    let image_failed: Arc<Mutex<Option<Failure>>> = Arc::default();
+    // How the image's stream ended: verified, or its own failure (size, checksum, download);
+    // `None` while it has not.
+    let image_end: Arc<Mutex<Option<Result<(), Failure>>>> = Arc::default();
     let mut builder = client
         .request(req.method.clone(), req.url.clone())
         .timeout(ep.timeout);
@@ -201,7 +206,7 @@ async fn send_once(
                 .and_then(|c| HeaderValue::from_str(c).ok())
                 .unwrap_or(HeaderValue::from_static("application/octet-stream"));
             headers.insert(http::header::CONTENT_TYPE, content_type);
-            let stream = body.into_verified_stream(image_failed.clone());
+            let stream = body.into_verified_stream(image_end.clone());
             builder = builder.body(reqwest::Body::wrap_stream(stream));
         }
         Body::Multipart {
@@ -214,7 +219,7 @@ async fn send_once(
             for (name, value) in fields {
                 form = form.text(name.clone(), value.clone());
             }
-            let stream = body.into_verified_stream(image_failed.clone());
+            let stream = body.into_verified_stream(image_end.clone());
             let mut part = reqwest::multipart::Part::stream(reqwest::Body::wrap_stream(stream))
                 .file_name(image_file_name(image));
             if let Some(ct) = &image.content_type {
@@ -234,7 +239,7 @@ async fn send_once(
     let mut resp = match sent {
         Ok(r) => r,
         Err(e) => {
-            if let Some(f) = image_failed.lock().ok().and_then(|mut s| s.take()) {
+            if let Some(Err(f)) = image_end.lock().ok().and_then(|mut s| s.take()) {
                 return Err(Fail::from_failure(f));
             }
             return Err(request_error(&url, e));
@@ -254,10 +259,27 @@ async fn send_once(
         }
     }
     tracing::debug!(%url, status, elapsed = ?start.elapsed(), "API request answered");
+    // An API may answer before it has the whole body: the answer counts for the image only if
+    // the image was verified by then.
+    let ended = image_end.lock().ok().and_then(|mut s| s.take());
+    let unsent_image = match (&req.body, ended) {
+        (_, Some(Err(f))) => return Err(Fail::from_failure(f)),
+        (Body::Raw(image) | Body::Multipart { image, .. }, None) => Some(image.clone()),
+        _ => None,
+    };
+    // An API may repeat the credentials it refuses; status and Events are readable by anyone
+    // who may read the resource.
+    let text = mask(
+        &String::from_utf8_lossy(&body),
+        &credential_texts(&ep.auth, token),
+    );
+    let shown = text.trim().chars().take(SHOWN_ANSWER).collect();
     Ok(Answer {
         status,
         headers,
         body: body.into(),
+        unsent_image,
+        shown,
     })
 }
 
@@ -286,20 +308,42 @@ fn request_error(url: &str, e: reqwest::Error) -> Fail {
     }
 }
 
+/// What an answer that the mapping accepts means when it came before the image was sent
+/// whole: the API cannot have taken the image. The image is downloaded again and checked, so
+/// that a wrong one fails for good as it would have on the wire; a right one is sent again.
+pub(super) async fn answered_early(
+    inner: &Inner,
+    request: &str,
+    url: &str,
+    status: u16,
+    image: &Image,
+) -> Fail {
+    let checked = match inner.images.open(image).await {
+        Ok(body) => body.drain().await,
+        Err(f) => Err(f),
+    };
+    match checked {
+        Err(f) => Fail::from_failure(f),
+        Ok(_) => Fail::retry(
+            "AnsweredEarly",
+            format!(
+                "request {request:?}: {url} answered {status} before image {} was sent whole",
+                image.index
+            ),
+        ),
+    }
+}
+
 /// What an answer that the mapping does not expect means: 5xx, 408 and 429 are worth
 /// retrying (after `Retry-After` if given), other statuses are not.
 pub(super) fn judge(request: &str, url: &str, answer: &Answer) -> Fail {
     let status = answer.status;
-    let snippet: String = String::from_utf8_lossy(&answer.body)
-        .chars()
-        .take(SHOWN_ANSWER)
-        .collect();
-    let message = if snippet.trim().is_empty() {
+    let message = if answer.shown.is_empty() {
         format!("request {request:?}: {url} answered {status}")
     } else {
         format!(
             "request {request:?}: {url} answered {status}: {}",
-            snippet.trim()
+            answer.shown
         )
     };
     if status >= 500 || status == 408 || status == 429 {

@@ -216,40 +216,47 @@ impl ImageBody {
     /// The body as a stream for an outgoing request, checked as [`Self::copy`] checks it. The
     /// last piece is held back until size and checksum are verified: on a mismatch the
     /// stream ends in an error instead, so the request body is never complete and the peer
-    /// never takes a wrong image. The failure is left in `failed`.
+    /// never takes a wrong image. How it ended is left in `ended`: `Ok` once the image is
+    /// verified (before its last piece goes out), else the failure; `None` while it has not.
     pub(crate) fn into_verified_stream(
         self,
-        failed: Arc<std::sync::Mutex<Option<Failure>>>,
+        ended: Arc<std::sync::Mutex<Option<Result<(), Failure>>>>,
     ) -> impl futures::Stream<Item = Result<bytes::Bytes, ImageStreamError>> + Send + 'static {
-        let fail = move |f: Failure| {
-            let e = ImageStreamError(f.message.clone());
-            if let Ok(mut slot) = failed.lock() {
-                *slot = Some(f);
+        let end = move |r: Result<(), Failure>| {
+            let e = r
+                .as_ref()
+                .err()
+                .map(|f| ImageStreamError(f.message.clone()));
+            if let Ok(mut slot) = ended.lock() {
+                *slot = Some(r);
             }
             e
         };
         futures::stream::unfold(
             (self, None::<bytes::Bytes>, false),
             move |(mut body, mut held, done)| {
-                let fail = fail.clone();
+                let end = end.clone();
                 async move {
                     if done {
                         return None;
                     }
                     loop {
-                        match body.next().await {
+                        let failed = match body.next().await {
                             Ok(Some(chunk)) => match held.replace(chunk) {
                                 Some(prev) => return Some((Ok(prev), (body, held, false))),
                                 None => continue,
                             },
-                            Ok(None) => {
-                                return match body.verify() {
-                                    Ok(_) => held.map(|last| (Ok(last), (body, None, true))),
-                                    Err(f) => Some((Err(fail(f)), (body, None, true))),
-                                };
-                            }
-                            Err(f) => return Some((Err(fail(f)), (body, None, true))),
-                        }
+                            Ok(None) => match body.verify() {
+                                Ok(_) => {
+                                    end(Ok(()));
+                                    return held.map(|last| (Ok(last), (body, None, true)));
+                                }
+                                Err(f) => f,
+                            },
+                            Err(f) => f,
+                        };
+                        let e = end(Err(failed)).unwrap_or_else(|| ImageStreamError(String::new()));
+                        return Some((Err(e), (body, None, true)));
                     }
                 }
             },
@@ -257,7 +264,7 @@ impl ImageBody {
     }
 
     /// Reads the body for its size and checksum only.
-    pub(super) async fn drain(mut self) -> Result<(u64, String), Failure> {
+    pub(crate) async fn drain(mut self) -> Result<(u64, String), Failure> {
         while self.next().await?.is_some() {}
         self.verify()
     }

@@ -19,8 +19,10 @@ pub const TOKEN: &str = "test-ingest-token";
 pub struct Launch {
     /// The `vehicle-connect` binary.
     pub bin: PathBuf,
-    /// More `run` arguments (loopback targets are always allowed).
+    /// More `run` arguments.
     pub args: Vec<String>,
+    /// `--allow-targets`: all of loopback (`127.0.0.0/8`) unless set.
+    pub allow_targets: String,
     /// `RUST_LOG` of the process.
     pub rust_log: String,
 }
@@ -30,12 +32,20 @@ impl Launch {
         Launch {
             bin: bin.into(),
             args: Vec::new(),
+            allow_targets: "127.0.0.0/8".into(),
             rust_log: "info,vehicle_connect=debug".into(),
         }
     }
 
     pub fn args(mut self, args: &[&str]) -> Self {
         self.args.extend(args.iter().map(|a| a.to_string()));
+        self
+    }
+
+    /// The SSRF guard's allow-list instead of all of loopback (e.g. `127.0.0.1/32`, to show
+    /// that another loopback address is refused).
+    pub fn allow_targets(mut self, cidrs: &str) -> Self {
+        self.allow_targets = cidrs.into();
         self
     }
 
@@ -91,7 +101,7 @@ impl OperatorProcess {
             "--listen",
             &format!("127.0.0.1:{port}"),
             "--allow-targets",
-            "127.0.0.0/8",
+            &launch.allow_targets,
         ])
         .arg("--data-dir")
         .arg(&data_dir)
