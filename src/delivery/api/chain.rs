@@ -64,12 +64,17 @@ pub(super) async fn run(inner: &Inner, t: &ApiTarget, d: Delivery<'_>) -> Attemp
         };
     };
     let store = &inner.store;
-    let from = match store.state(d.row, &progress_key(d.seq)) {
-        Ok(Some(bytes)) => serde_json::from_slice::<Progress>(&bytes)
-            .ok()
-            .filter(|p| p.mapping == t.fingerprint)
-            .unwrap_or_default(),
-        Ok(None) => Progress::default(),
+    // A record made under another mapping is of no use (its steps are others) and goes when
+    // this attempt ends, as does any record once the event is done with.
+    let (from, recorded) = match store.state(d.row, &progress_key(d.seq)) {
+        Ok(Some(bytes)) => {
+            let p = serde_json::from_slice::<Progress>(&bytes)
+                .ok()
+                .filter(|p| p.mapping == t.fingerprint)
+                .unwrap_or_default();
+            (p, true)
+        }
+        Ok(None) => (Progress::default(), false),
         Err(e) => return store_failed(e, elapsed()),
     };
     let remote: BTreeMap<String, String> = match store.state(d.row, &remote_key(d.lane)) {
@@ -97,15 +102,13 @@ pub(super) async fn run(inner: &Inner, t: &ApiTarget, d: Delivery<'_>) -> Attemp
                 Ok(Some(r)) => r,
                 Ok(None) => continue,
                 Err(e) => {
-                    return Attempt::Fail {
-                        why: Why::new("RenderFailed", e.to_string()),
-                        elapsed: elapsed(),
-                    };
+                    let f = Fail::permanent("RenderFailed", e.to_string());
+                    return stop(inner, &d, t, (here, recorded), f, elapsed()).await;
                 }
             };
             let request = match to_request(t, &rendered, &ctx) {
                 Ok(r) => r,
-                Err(f) => return stop(inner, &d, t, here, f, elapsed()).await,
+                Err(f) => return stop(inner, &d, t, (here, recorded), f, elapsed()).await,
             };
             let key = idempotency_key(
                 d.row,
@@ -116,20 +119,20 @@ pub(super) async fn run(inner: &Inner, t: &ApiTarget, d: Delivery<'_>) -> Attemp
             );
             let answer = match send::send(inner, &t.endpoint, &request, &key).await {
                 Ok(a) => a,
-                Err(f) => return stop(inner, &d, t, here, f, elapsed()).await,
+                Err(f) => return stop(inner, &d, t, (here, recorded), f, elapsed()).await,
             };
             if !rendered.expect.accepts(answer.status) {
                 let f = send::judge(&rendered.name, &send::shown(&request.url), &answer);
-                return stop(inner, &d, t, here, f, elapsed()).await;
+                return stop(inner, &d, t, (here, recorded), f, elapsed()).await;
             }
             if let Some(image) = &answer.unsent_image {
                 let url = send::shown(&request.url);
                 let f = send::answered_early(inner, &rendered.name, &url, answer.status, image);
-                return stop(inner, &d, t, here, f.await, elapsed()).await;
+                return stop(inner, &d, t, (here, recorded), f.await, elapsed()).await;
             }
             last_status = Some(answer.status);
             if let Err(f) = keep_captures(inner, &d, &rendered, &answer, &mut ctx).await {
-                return stop(inner, &d, t, here, f, elapsed()).await;
+                return stop(inner, &d, t, (here, recorded), f, elapsed()).await;
             }
         }
     }
@@ -143,7 +146,7 @@ pub(super) async fn run(inner: &Inner, t: &ApiTarget, d: Delivery<'_>) -> Attemp
     {
         return store_failed(e, elapsed());
     }
-    if from != Progress::default() {
+    if recorded {
         // Losing this only means a later replay of the event starts at its first request.
         let _ = store
             .set_state(d.row, &progress_key(d.seq), None, false)
@@ -190,15 +193,18 @@ async fn keep_captures(
         .map_err(|e| Fail::retry("StoreFailed", format!("keeping captured values: {e}")))
 }
 
-/// Records where the chain stopped (so the retry resumes there) and reports the failure.
+/// Records where the chain stopped (so the retry resumes there) and reports the failure;
+/// `recorded`: a record of an earlier attempt exists, removed when this one leaves none (the
+/// event is given up, or a retry starts at the first request).
 async fn stop(
     inner: &Inner,
     d: &Delivery<'_>,
     t: &ApiTarget,
-    (step, image): (usize, usize),
+    ((step, image), recorded): ((usize, usize), bool),
     f: Fail,
     elapsed: Option<Duration>,
 ) -> Attempt {
+    let key = progress_key(d.seq);
     if f.retryable && (step, image) != (0, 0) {
         let p = Progress {
             mapping: t.fingerprint.clone(),
@@ -207,11 +213,10 @@ async fn stop(
         };
         if let Ok(bytes) = serde_json::to_vec(&p) {
             // Lost in a crash, the retry starts over; the idempotency keys make that safe.
-            let _ = inner
-                .store
-                .set_state(d.row, &progress_key(d.seq), Some(bytes), false)
-                .await;
+            let _ = inner.store.set_state(d.row, &key, Some(bytes), false).await;
         }
+    } else if recorded {
+        let _ = inner.store.set_state(d.row, &key, None, false).await;
     }
     let why = Why::new(f.reason, f.message);
     if f.retryable {
@@ -356,6 +361,101 @@ fn to_request(t: &ApiTarget, r: &Rendered, ctx: &EventContext) -> Result<Request
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use crate::endpoint::{ApiCredentials, ApiEndpoint, ApiTlsMaterial};
+    use crate::mapping::Compiled;
+    use crate::ssrf::{TargetGuard, parse_allow_list};
+    use crate::store::{Store, StoreOptions};
+
+    /// An API on loopback: `/b` answers 503 to its first `fail_b` requests, all else 200.
+    async fn api(fail_b: usize) -> String {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let app = axum::Router::new()
+            .route("/a", axum::routing::post(|| async { http::StatusCode::OK }))
+            .route(
+                "/b",
+                axum::routing::post(move || {
+                    let n = calls.fetch_add(1, Ordering::SeqCst);
+                    async move {
+                        if n < fail_b {
+                            http::StatusCode::SERVICE_UNAVAILABLE
+                        } else {
+                            http::StatusCode::OK
+                        }
+                    }
+                }),
+            );
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", l.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(l, app).await });
+        url
+    }
+
+    fn target(base: &str, fingerprint: &str, b_body: &str) -> ApiTarget {
+        let spec: crate::api::ApiConnectionSpec = serde_json::from_value(serde_json::json!({
+            "clientId": "c", "events": ["vehicle.created"], "baseUrl": base,
+            "mappings": [{ "events": ["vehicle.created"], "requests": [
+                { "name": "a", "method": "POST", "path": "/a" },
+                { "name": "b", "method": "POST", "path": "/b", "body": b_body } ] }]
+        }))
+        .unwrap();
+        ApiTarget {
+            name: "api".into(),
+            namespace: "ns".into(),
+            endpoint: ApiEndpoint {
+                base_url: url::Url::parse(base).unwrap(),
+                auth: ApiCredentials::None,
+                tls: ApiTlsMaterial::default(),
+                idempotency_header: http::HeaderName::from_static("idempotency-key"),
+                timeout: Duration::from_secs(5),
+            },
+            mapping: Arc::new(Compiled::new(&spec).unwrap()),
+            fingerprint: fingerprint.into(),
+            max_concurrency: 1,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_chain_leaves_no_progress_record_once_it_is_done_with() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), StoreOptions::default()).unwrap();
+        let guard = TargetGuard::new(parse_allow_list("127.0.0.0/8").unwrap());
+        let sender = super::super::ApiSender::new(guard, store.clone(), 1 << 20, "t").unwrap();
+        let event = serde_json::json!({ "id": "e1", "type": "vehicle.created",
+            "data": { "vehicle": { "id": "v1" } } })
+        .to_string();
+        let row = "apiconnection/ns/api/6f1c2a9e-0d4b-4c1e-9a55-2b7d7f0e1a11";
+        let d = |seq| Delivery {
+            row,
+            seq,
+            lane: "vehicle:v1",
+            event_id: "e1",
+            body: event.as_bytes(),
+            uploaded: &[],
+        };
+        let record = |seq| store.state(row, &progress_key(seq)).unwrap();
+
+        // Stopped at `b`, then finished under a changed mapping (started over).
+        let base = api(1).await;
+        let first = sender.deliver(&target(&base, "m1", "{}"), d(1)).await;
+        assert!(matches!(first, Attempt::Retry { .. }), "{first:?}");
+        assert!(record(1).is_some(), "where the chain stopped is kept");
+        let done = sender.deliver(&target(&base, "m2", "[]"), d(1)).await;
+        assert!(matches!(done, Attempt::Done { .. }), "{done:?}");
+        assert_eq!(record(1), None, "the old mapping's record is gone");
+
+        // Stopped at `b`, then given up there (its body no longer renders).
+        let base = api(1).await;
+        sender.deliver(&target(&base, "m1", "{}"), d(2)).await;
+        assert!(record(2).is_some());
+        let bad = target(&base, "m1", "{{ vehicle.nothing.here }}");
+        let failed = sender.deliver(&bad, d(2)).await;
+        assert!(matches!(failed, Attempt::Fail { .. }), "{failed:?}");
+        assert_eq!(record(2), None, "a given-up chain leaves no record");
+    }
 
     #[test]
     fn idempotency_keys_differ_per_object_request_and_image() {
