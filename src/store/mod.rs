@@ -900,6 +900,12 @@ fn collect_pending<'a>(
 
 /// The dedupe key of a client's event id. Event ids never contain `/` (the ingest API's
 /// alphabet), so the last `/` separates them from any client id.
+/// The `target_state` key of how far an event's request chain got (API connections); the
+/// store removes it with the delivery when the event is given up, dropped or expired.
+pub fn chain_progress_key(seq: u64) -> String {
+    format!("chain/{seq}")
+}
+
 pub fn dedupe_key(client: &str, event_id: &str) -> String {
     format!("{client}/{event_id}")
 }

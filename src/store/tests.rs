@@ -1007,3 +1007,48 @@ async fn outcomes_committed_without_fsync_are_durable_once_synced_and_on_close()
     assert!(store.pending_for(A).unwrap().is_empty());
     assert_eq!(store.counters(A).unwrap().delivered, 2);
 }
+
+#[tokio::test]
+async fn chain_progress_goes_with_a_delivery_given_up_dropped_or_expired() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let out = store
+        .accept(vec![
+            ev("p1", "v", &[A]),
+            ev("p2", "w", &[A]),
+            ev("p3", "x", &[A]),
+        ])
+        .await
+        .unwrap();
+    let seqs = seqs(&out);
+    for &seq in &seqs {
+        store
+            .set_state(A, &chain_progress_key(seq), Some(b"{}".to_vec()), true)
+            .await
+            .unwrap();
+    }
+    // Kept per vehicle, not per delivery: never removed with one.
+    store
+        .set_state(A, "remote/v", Some(b"{\"id\":\"1\"}".to_vec()), true)
+        .await
+        .unwrap();
+    let why = Why::new("HttpStatus", "422");
+    store
+        .record(vec![
+            update(A, seqs[0], 1, Outcome::GaveUp { why: why.clone() }),
+            update(A, seqs[1], 1, Outcome::Dropped { why }),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(store.state(A, &chain_progress_key(seqs[0])).unwrap(), None);
+    assert_eq!(store.state(A, &chain_progress_key(seqs[1])).unwrap(), None);
+    assert!(
+        store
+            .state(A, &chain_progress_key(seqs[2]))
+            .unwrap()
+            .is_some()
+    );
+    assert_eq!(store.expire(A, u64::MAX, 10).await.unwrap(), 1);
+    assert_eq!(store.state(A, &chain_progress_key(seqs[2])).unwrap(), None);
+    assert!(store.state(A, "remote/v").unwrap().is_some());
+}

@@ -855,6 +855,7 @@ impl<'txn> Tables<'txn> {
                 }
                 Outcome::Dropped { .. } => {
                     self.release(u.seq)?;
+                    self.forget_progress(&u.target, u.seq)?;
                     let c = self.counters_mut(&u.target)?;
                     c.dropped += 1;
                     c.pending = c.pending.saturating_sub(1);
@@ -882,6 +883,7 @@ impl<'txn> Tables<'txn> {
                 }
                 Outcome::GaveUp { why } => {
                     self.release(u.seq)?;
+                    self.forget_progress(&u.target, u.seq)?;
                     let c = self.counters_mut(&u.target)?;
                     c.failed += 1;
                     c.pending = c.pending.saturating_sub(1);
@@ -935,6 +937,13 @@ impl<'txn> Tables<'txn> {
         }
         self.counters.insert(target.to_owned(), None);
         Ok(seqs.len() as u64)
+    }
+
+    /// A delivery that ends without its attempt finishing leaves no chain progress behind.
+    fn forget_progress(&mut self, target: &str, seq: u64) -> Result<(), StoreError> {
+        self.state
+            .remove((target, super::chain_progress_key(seq).as_str()))?;
+        Ok(())
     }
 
     fn set_state(
@@ -1039,6 +1048,7 @@ impl<'txn> Tables<'txn> {
         for (seq, _) in &victims {
             self.pending.remove((target, *seq))?;
             self.release(*seq)?;
+            self.forget_progress(target, *seq)?;
         }
         if let Some((_, event_id)) = victims.last() {
             let n = victims.len() as u64;

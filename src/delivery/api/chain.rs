@@ -26,7 +26,7 @@ struct Progress {
 }
 
 fn progress_key(seq: u64) -> String {
-    format!("chain/{seq}")
+    crate::store::chain_progress_key(seq)
 }
 
 fn remote_key(lane: &str) -> String {
