@@ -198,7 +198,11 @@ impl WebhookSender {
                 };
             }
         };
-        classify_response(response, deadline, start).await
+        let result = classify_response(response, deadline, start).await;
+        if result.is_delivered() {
+            return result;
+        }
+        mask_credentials(result, &target.auth)
     }
 
     /// The request, or why it cannot be sent; failures are checked in a fixed order, so
@@ -599,6 +603,30 @@ async fn classify_response(
     }
 }
 
+/// A receiver that repeats what it refused (a 401 echoing the Authorization header) must not
+/// put the credentials into status and Events.
+fn mask_credentials(mut r: AttemptResult, auth: &WebhookAuth) -> AttemptResult {
+    use base64::Engine as _;
+    let secrets = match auth {
+        WebhookAuth::None => return r,
+        WebhookAuth::Basic { username, password } => {
+            let pair = format!("{username}:{password}");
+            vec![
+                base64::engine::general_purpose::STANDARD.encode(&pair),
+                pair,
+                password.clone(),
+            ]
+        }
+        WebhookAuth::Bearer(token) => vec![token.clone()],
+    };
+    if let AttemptResult::Retryable { message, .. } | AttemptResult::Permanent { message, .. } =
+        &mut r
+    {
+        *message = crate::delivery::http::mask(message, &secrets);
+    }
+    r
+}
+
 fn status_text(status: StatusCode) -> String {
     match status.canonical_reason() {
         Some(r) => format!("{} {r}", status.as_u16()),
@@ -728,6 +756,47 @@ fn classify_error(err: &hyper_util::client::legacy::Error, start: Instant) -> At
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_receiver_echoing_the_credentials_does_not_put_them_into_the_failure() {
+        use base64::Engine as _;
+        let basic = WebhookAuth::Basic {
+            username: "dms".into(),
+            password: "s3cr:et".into(),
+        };
+        let b64 = base64::engine::general_purpose::STANDARD.encode("dms:s3cr:et");
+        let echoed = AttemptResult::Permanent {
+            reason: "HttpStatus".into(),
+            message: format!("HTTP 401: bad Authorization: Basic {b64} (dms:s3cr:et)"),
+            status: Some(401),
+            elapsed: Duration::ZERO,
+        };
+        let masked = mask_credentials(echoed, &basic);
+        let AttemptResult::Permanent { message, .. } = &masked else {
+            panic!("{masked:?}");
+        };
+        assert!(
+            !message.contains("s3cr") && !message.contains(&b64),
+            "{message}"
+        );
+        assert!(
+            message.starts_with("HTTP 401: bad Authorization: Basic ***"),
+            "{message}"
+        );
+
+        let bearer = WebhookAuth::Bearer("tok-123".into());
+        let echoed = AttemptResult::Retryable {
+            reason: "HttpStatus".into(),
+            message: "HTTP 503: token tok-123 rejected".into(),
+            status: Some(503),
+            retry_after: None,
+            elapsed: Duration::ZERO,
+        };
+        let AttemptResult::Retryable { message, .. } = mask_credentials(echoed, &bearer) else {
+            panic!("kind changed");
+        };
+        assert_eq!(message, "HTTP 503: token *** rejected");
+    }
 
     #[test]
     fn snippets_are_short_single_lines() {

@@ -298,23 +298,7 @@ fn client_secret_texts(c: &OAuth2Client) -> Vec<String> {
     ]
 }
 
-/// `text` with every one of `secrets` replaced by `***` (longest first, so that a secret
-/// holding another is masked whole).
-pub(crate) fn mask(text: &str, secrets: &[String]) -> String {
-    let mut secrets: Vec<&str> = secrets
-        .iter()
-        .map(String::as_str)
-        .filter(|s| !s.is_empty())
-        .collect();
-    secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
-    let mut out = text.to_owned();
-    for s in secrets {
-        if out.contains(s) {
-            out = out.replace(s, "***");
-        }
-    }
-    out
-}
+pub(crate) use crate::delivery::http::mask;
 
 #[cfg(test)]
 mod tests {
