@@ -41,6 +41,7 @@ bench-smoke: control-plane peers
 	VC_BENCH_EVENTS=400 VC_BENCH_REPS=2 VC_BENCH_LATENCY_SECONDS=1 VC_BENCH_BACKLOG_EVENTS=5000 VC_BENCH_BACKLOG_VEHICLES=100 \
 	VC_BENCH_VEHICLES=10 VC_BENCH_IMAGE_KIB=16 VC_BENCH_FTP_CONNECTIONS=10 \
 	VC_BENCH_ZIP_IMAGES=4 VC_BENCH_ZIP_IMAGE_MIB=1 VC_BENCH_WEBHOOKS=50 VC_BENCH_FTP=10 VC_BENCH_SFTP_CONNECTIONS=20 \
+	VC_BENCH_API_REQUESTS=300 VC_BENCH_API_CONNECTIONS=20 \
 	$(CARGO) test --bench '*'
 
 ## Regenerate crds/ from the Rust types.
@@ -70,6 +71,7 @@ bench: control-plane
 	$(CARGO) bench --bench scale
 	$(CARGO) bench --bench ftp_zip_memory
 	$(CARGO) bench --bench backlog
+	$(CARGO) bench --bench api
 
 ## Regenerate docs/openapi.json from the Rust types.
 openapi:
