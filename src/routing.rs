@@ -400,7 +400,7 @@ impl Registry {
     /// accepted earlier could miss a target that exists.
     pub fn is_synced(&self) -> bool {
         let s = self.synced.lock().unwrap_or_else(|e| e.into_inner());
-        s.contains(&Kind::Webhook) && s.contains(&Kind::Ftp)
+        Kind::ALL.iter().all(|k| s.contains(k))
     }
 
     pub fn keys(&self) -> Vec<TargetKey> {
@@ -413,6 +413,17 @@ impl Registry {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ingest_waits_until_every_kind_is_synced() {
+        let r = Registry::new();
+        r.mark_synced(Kind::Webhook);
+        r.mark_synced(Kind::Ftp);
+        // An ApiConnection that exists must get the events accepted after the restart.
+        assert!(!r.is_synced());
+        r.mark_synced(Kind::Api);
+        assert!(r.is_synced());
+    }
 
     fn target(
         ns: &str,
