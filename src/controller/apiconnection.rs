@@ -152,16 +152,9 @@ async fn validate(
         requeue: None,
     };
 
-    if !ctx.allowed_clients(ns).await?.allows(&spec.client_id) {
+    if let Some(check) = ctx.client_refused(ns, &spec.client_id).await? {
         return Ok(Verdict {
-            ready: Check::fail(
-                "ClientNotAllowed",
-                format!(
-                    "namespace {ns:?} is not allowed client {:?}; a cluster admin adds it to the namespace annotation {}",
-                    spec.client_id,
-                    crate::api::CLIENTS_ANNOTATION
-                ),
-            ),
+            ready: check,
             target: None,
             requeue: None,
         });
@@ -240,27 +233,19 @@ async fn validate(
         urls.push(("spec.auth.oauth2.tokenUrl", o.token_url.clone()));
     }
     for (field, url) in &urls {
-        let host = url.host_str().unwrap_or_default().to_string();
-        let port = url.port_or_known_default().unwrap_or(443);
-        if let Err(e) = ctx
-            .shared
-            .settings
-            .guard
-            .check_host(&host, port, Duration::from_secs(5))
-            .await
-        {
-            let check = Check::fail(e.reason(), format!("{field}: {e}"));
-            return Ok(match e {
-                crate::ssrf::TargetError::Unresolvable { .. } => Verdict {
+        if let Some((check, unresolvable)) = ctx.address_refused(field, url).await {
+            return Ok(if unresolvable {
+                Verdict {
                     target: Some(mk(Some(check.reason.clone()), None)),
                     ready: check,
                     requeue: Some(Duration::from_secs(30)),
-                },
-                _ => Verdict {
+                }
+            } else {
+                Verdict {
                     ready: check,
                     target: None,
                     requeue: Some(recheck),
-                },
+                }
             });
         }
     }

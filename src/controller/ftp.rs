@@ -126,16 +126,9 @@ async fn validate(
         ..provisional(c, ns, name)
     };
 
-    if !ctx.allowed_clients(ns).await?.allows(&spec.client_id) {
+    if let Some(check) = ctx.client_refused(ns, &spec.client_id).await? {
         return Ok(Verdict {
-            ready: Check::fail(
-                "ClientNotAllowed",
-                format!(
-                    "namespace {ns:?} is not allowed client {:?}; a cluster admin adds it to the namespace annotation {}",
-                    spec.client_id,
-                    crate::api::CLIENTS_ANNOTATION
-                ),
-            ),
+            ready: check,
             connected: not_probed("client not allowed"),
             target: None,
             requeue: None,

@@ -188,6 +188,44 @@ impl KindContext {
             .map(|n| AllowedClients::of(&n))
             .unwrap_or(AllowedClients::Only(Default::default())))
     }
+
+    /// `ClientNotAllowed` when `ns` may not receive `client`'s events.
+    pub async fn client_refused(
+        &self,
+        ns: &str,
+        client: &str,
+    ) -> Result<Option<crate::status::Check>, Error> {
+        if self.allowed_clients(ns).await?.allows(client) {
+            return Ok(None);
+        }
+        Ok(Some(crate::status::Check::fail(
+            "ClientNotAllowed",
+            format!(
+                "namespace {ns:?} is not allowed client {client:?}; a cluster admin adds it to the namespace annotation {}",
+                crate::api::CLIENTS_ANNOTATION
+            ),
+        )))
+    }
+
+    /// The guard's refusal of the address `url` (of spec field `field`), if any, and
+    /// whether it is only unresolvable for now (hold the events) rather than forbidden.
+    pub async fn address_refused(
+        &self,
+        field: &str,
+        url: &url::Url,
+    ) -> Option<(crate::status::Check, bool)> {
+        let host = url.host_str().unwrap_or_default();
+        let port = url.port_or_known_default().unwrap_or(443);
+        let e = (self.shared.settings.guard)
+            .check_host(host, port, std::time::Duration::from_secs(5))
+            .await
+            .err()?;
+        let unresolvable = matches!(e, crate::ssrf::TargetError::Unresolvable { .. });
+        Some((
+            crate::status::Check::fail(e.reason(), format!("{field}: {e}")),
+            unresolvable,
+        ))
+    }
 }
 
 fn object_key<K: Resource<DynamicType = ()>>(obj: &K) -> String {
