@@ -153,6 +153,8 @@ pub struct ApiEndpoint {
     pub base_url: url::Url,
     pub auth: ApiCredentials,
     pub tls: ApiTlsMaterial,
+    /// `tls.fingerprint()`, computed once: requests find their HTTP client by it.
+    pub tls_id: [u8; 32],
     pub idempotency_header: http::HeaderName,
     pub timeout: Duration,
 }

@@ -267,6 +267,7 @@ async fn validate(
         endpoint: ApiEndpoint {
             base_url,
             auth,
+            tls_id: tls.fingerprint(),
             tls,
             idempotency_header,
             timeout: Duration::from_secs(spec.timeout_seconds.into()),

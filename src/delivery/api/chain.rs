@@ -409,6 +409,7 @@ mod tests {
                 base_url: url::Url::parse(base).unwrap(),
                 auth: ApiCredentials::None,
                 tls: ApiTlsMaterial::default(),
+                tls_id: ApiTlsMaterial::default().fingerprint(),
                 idempotency_header: http::HeaderName::from_static("idempotency-key"),
                 timeout: Duration::from_secs(5),
             },

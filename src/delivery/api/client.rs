@@ -71,9 +71,13 @@ impl Clients {
         &self.guard
     }
 
-    /// The client for `tls`, built on first use.
-    pub(crate) fn get(&self, tls: &ApiTlsMaterial) -> Result<reqwest::Client, TlsMaterialError> {
-        let key = tls.fingerprint();
+    /// The client for `tls` (whose fingerprint is `id`), built on first use.
+    pub(crate) fn get(
+        &self,
+        id: &[u8; 32],
+        tls: &ApiTlsMaterial,
+    ) -> Result<reqwest::Client, TlsMaterialError> {
+        let key = *id;
         let mut map = self.by_tls.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(c) = map.get(&key) {
             return Ok(c.clone());

@@ -109,7 +109,7 @@ pub(super) async fn send(
 ) -> Result<Answer, Fail> {
     let client = inner
         .clients
-        .get(&ep.tls)
+        .get(&ep.tls_id, &ep.tls)
         .map_err(|e| Fail::permanent("TlsConfigInvalid", e.0))?;
     guarded::check_literal(inner.clients.guard(), &req.url)
         .map_err(|e| Fail::permanent(e.reason(), format!("{}: {e}", shown(&req.url))))?;
