@@ -1,4 +1,4 @@
-//! The event catalogue (SPEC "Events").
+//! The event catalogue (docs/events.md).
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};

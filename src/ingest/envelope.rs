@@ -1,4 +1,4 @@
-//! The event envelope (SPEC "Events"): validation of what clients post, with errors that
+//! The event envelope (docs/events.md): validation of what clients post, with errors that
 //! name the field, and the typed form the rest of the operator uses.
 
 use std::str::FromStr;

@@ -123,7 +123,8 @@ impl<'a> NamingContext<'a> {
         }
     }
 
-    /// The SPEC's example vehicle, image 1: what `validate_rules` renders templates with.
+    /// The example vehicle of docs/events.md (examples/events/vehicle.processed.json), image 1:
+    /// what `validate_rules` renders templates with.
     pub fn sample() -> NamingContext<'static> {
         NamingContext {
             vin: Some("WVWZZZ1JZXW000001"),
@@ -137,7 +138,7 @@ impl<'a> NamingContext<'a> {
             model: Some("Golf"),
             year: Some(2021),
             event: EventType::VehicleProcessed,
-            // 2026-11-27T10:15:30Z, the SPEC's example event time.
+            // 2026-11-27T10:15:30Z, the example event's time (docs/events.md).
             time: Timestamp::from_second(1_795_774_530).unwrap_or(Timestamp::UNIX_EPOCH),
         }
     }

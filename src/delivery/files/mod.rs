@@ -3,10 +3,10 @@
 //! by its rules; `vehicle.deleted` removes exactly the files recorded for that vehicle when the
 //! rules ask for it (never files found by a name pattern, which can belong to another vehicle).
 //!
-//! Atomic to the receiver (SPEC "Delivery semantics"): every file is stored under a temporary
-//! name (`.vc-tmp-<unix time>-<attempt key>-<unique>-<n>`, a dot file that most pollers
-//! ignore) in its final directory and renamed once complete, so a final name only ever holds a
-//! whole file. Renames wait until every image of the event is downloaded, verified (size,
+//! Atomic to the receiver (docs/delivery.md, "FTP and SFTP"): every file is stored under a
+//! temporary name (`.vc-tmp-<unix time>-<attempt key>-<unique>-<n>`, a dot file that most
+//! pollers ignore) in its final directory and renamed once complete, so a final name only ever
+//! holds a whole file. Renames wait until every image of the event is downloaded, verified (size,
 //! SHA-256) and stored: a bad image, or a connection that breaks while storing, leaves only
 //! temporaries, never half a vehicle. The metadata file is renamed last and marks the vehicle
 //! complete. Temporaries are unique per attempt; the first session that stores into a
