@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use vehicle_connect::controller::{self, DeleteHook, Settings};
 use vehicle_connect::delivery::api::ApiSender;
 use vehicle_connect::delivery::attempt::Senders;
-use vehicle_connect::delivery::dispatcher::{Dispatcher, Limits};
+use vehicle_connect::delivery::dispatcher::{Dispatcher, ForgetDeliveries, Limits};
 use vehicle_connect::delivery::files::Uploader;
 use vehicle_connect::delivery::webhook::WebhookSender;
 use vehicle_connect::ingest::tokens::{TokenFile, TokenSet};
@@ -104,6 +104,14 @@ struct RunArgs {
     /// cluster-internal targets are refused.
     #[arg(long, env = "VC_ALLOW_TARGETS", default_value = "")]
     allow_targets: String,
+    /// Failed attempts in a row after which a resource shows `Delivering=False`
+    /// (`DeliveryFailing`), with a Warning Event; it turns True on the next success.
+    #[arg(long, env = "VC_DELIVERING_FAILURES", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
+    delivering_failures: u32,
+    /// Seconds the oldest pending event of a resource may wait before it shows
+    /// `Delivering=False` (`DeliveryDelayed`); not counted while it is suspended.
+    #[arg(long, env = "VC_DELIVERING_MAX_WAIT_SECONDS", default_value_t = 900, value_parser = clap::value_parser!(u64).range(1..))]
+    delivering_max_wait_seconds: u64,
     /// Seconds between login probes of a healthy FTP connection.
     #[arg(long, env = "VC_PROBE_INTERVAL_SECONDS", default_value_t = 300)]
     probe_interval_seconds: u64,
@@ -225,7 +233,15 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         .with_context(|| format!("opening the store in {}", args.data_dir.display()))?;
     let registry = Arc::new(Registry::new());
     let metrics = Arc::new(Metrics::new());
-    let counters = CounterWriter::new(client.clone(), store.clone(), registry.clone());
+    let counters = CounterWriter::new(
+        client.clone(),
+        store.clone(),
+        registry.clone(),
+        vehicle_connect::status::DeliveringPolicy {
+            failures: args.delivering_failures,
+            max_wait: Duration::from_secs(args.delivering_max_wait_seconds),
+        },
+    );
     let sender = WebhookSender::new(
         guard.clone(),
         concat!("vehicle-connect/", env!("CARGO_PKG_VERSION")),
@@ -322,11 +338,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         watch_selector,
         ..Settings::default()
     };
-    let d = dispatcher.clone();
-    let on_delete: DeleteHook = Arc::new(move |key| {
-        let d = d.clone();
-        Box::pin(async move { d.drop_target(&key).await })
-    });
+    let on_delete: DeleteHook = Arc::new(ForgetDeliveries(dispatcher.clone()));
     let controllers = tokio::spawn(controller::run(
         client,
         registry.clone(),

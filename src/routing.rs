@@ -274,7 +274,13 @@ struct Index {
     /// Keys a reconciler has concluded on (registered or removed): a start-up
     /// registration from the watch cache never overrides them.
     settled: std::collections::HashSet<TargetKey>,
+    /// Uids of objects seen deleted (most recent last, bounded): a reconcile of one that was
+    /// still running when the deletion arrived must not register it again.
+    deleted: std::collections::VecDeque<String>,
 }
+
+/// Deleted uids remembered; a reconcile outlives its object's deletion by seconds at most.
+const DELETED_REMEMBERED: usize = 4096;
 
 /// Thread-safe registry of targets, indexed by client.
 #[derive(Default)]
@@ -299,9 +305,12 @@ impl Registry {
         self.inner.write().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Adds or replaces a target (a reconciler's conclusion).
+    /// Adds or replaces a target (a reconciler's conclusion), unless its object was deleted.
     pub fn upsert(&self, target: Target) {
         let mut idx = self.write();
+        if !target.uid.is_empty() && idx.deleted.contains(&target.uid) {
+            return;
+        }
         idx.settled.insert(target.key.clone());
         Self::insert(&mut idx, target);
     }
@@ -333,9 +342,25 @@ impl Registry {
         idx.targets.insert(key, Arc::new(target));
     }
 
+    /// The object `uid` named `key` was deleted: removes its target (not a newer object's of
+    /// the same name) and refuses it from now on. True if it was registered.
+    pub fn deleted(&self, key: &TargetKey, uid: &str) -> bool {
+        let mut idx = self.write();
+        if !idx.deleted.iter().any(|u| u == uid) {
+            if idx.deleted.len() >= DELETED_REMEMBERED {
+                idx.deleted.pop_front();
+            }
+            idx.deleted.push_back(uid.to_string());
+        }
+        idx.targets.get(key).is_some_and(|t| t.uid == uid) && Self::remove_from(&mut idx, key)
+    }
+
     /// Removes a target (a reconciler's conclusion); true if it was there.
     pub fn remove(&self, key: &TargetKey) -> bool {
-        let mut idx = self.write();
+        Self::remove_from(&mut self.write(), key)
+    }
+
+    fn remove_from(idx: &mut Index, key: &TargetKey) -> bool {
         idx.settled.insert(key.clone());
         match idx.targets.remove(key) {
             Some(old) => {
@@ -563,5 +588,29 @@ mod tests {
         ] {
             assert!(bad.parse::<TargetId>().is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn a_deleted_object_is_never_registered_again_but_its_successor_is() {
+        let r = Registry::new();
+        let mut old = target("a", "s", "dealer-1", None, &[EventType::VehicleProcessed]);
+        old.uid = "uid-old".into();
+        r.upsert(old.clone());
+        let key = old.key.clone();
+        let mut newer = old.clone();
+        newer.uid = "uid-new".into();
+        // A deletion of another uid leaves the registered object alone.
+        assert!(!r.deleted(&key, "uid-other"));
+        assert!(r.get(&key).is_some());
+        assert!(r.deleted(&key, "uid-old"));
+        assert!(r.get(&key).is_none());
+        // A reconcile of the deleted object that finishes late changes nothing.
+        r.upsert(old);
+        assert!(r.get(&key).is_none());
+        r.upsert(newer);
+        assert_eq!(
+            r.get(&key).map(|t| t.uid.clone()).as_deref(),
+            Some("uid-new")
+        );
     }
 }

@@ -11,6 +11,54 @@ use serde::de::DeserializeOwned;
 
 pub const READY: &str = "Ready";
 pub const CONNECTED: &str = "Connected";
+/// kstatus: present and True while the operator is still working, or retrying on its own
+/// (a probe not done yet, a server not answering); absent otherwise.
+pub const RECONCILING: &str = "Reconciling";
+/// kstatus: present and True when only a change by the user can make progress (a missing
+/// Secret, a refused address, a bad template); absent otherwise.
+pub const STALLED: &str = "Stalled";
+/// Delivery health, written with the counters: False when the last attempts failed or the
+/// oldest pending event waits too long, True once a delivery succeeds.
+pub const DELIVERING: &str = "Delivering";
+
+/// Ready reasons the operator gets past on its own, by retrying: everything else that is not
+/// True waits for the user (or, `Suspended`, is what the user asked for).
+const TRANSIENT: &[&str] = &[
+    "NotProbed",
+    "Pending",
+    "TargetUnresolvable",
+    "DnsFailed",
+    "ConnectionRefused",
+    "ConnectionFailed",
+    "ConnectionLost",
+    "Timeout",
+];
+
+/// The kstatus conditions that go with `ready`: `Reconciling` for what the operator retries
+/// itself, `Stalled` for what only the user can fix; neither when Ready or suspended. Absent
+/// rather than False, as Flux does: the apply that omits them removes them.
+pub fn kstatus_conditions(ready: &Check) -> Option<(&'static str, Check)> {
+    match ready.status {
+        Tri::True => None,
+        _ if ready.reason == "Suspended" => None,
+        Tri::Unknown => Some((
+            RECONCILING,
+            Check::new(Tri::True, &*ready.reason, &*ready.message),
+        )),
+        Tri::False if TRANSIENT.contains(&ready.reason.as_str()) => Some((
+            RECONCILING,
+            Check::new(
+                Tri::True,
+                &*ready.reason,
+                format!("retrying: {}", ready.message),
+            ),
+        )),
+        Tri::False => Some((
+            STALLED,
+            Check::new(Tri::True, &*ready.reason, &*ready.message),
+        )),
+    }
+}
 /// Field manager of the reconcilers' status fields (observedGeneration, conditions).
 pub const RECONCILER_MANAGER: &str = "vehicle-connect";
 
@@ -184,6 +232,32 @@ pub struct ReconcilerStatus {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
     pub conditions: Vec<Condition>,
+    /// Omitted once delivery resumes: the apply without it removes it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub receiver_gone: Option<crate::api::webhook::ReceiverGone>,
+}
+
+/// The value of [`RECEIVER_GONE_ANNOTATION`]: when the receiver answered 410 and the
+/// generation that was delivering then (a later generation resumes).
+pub fn gone_annotation(since: &Time, generation: i64) -> String {
+    let t = serde_json::to_value(since)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default();
+    format!("{t} generation={generation}")
+}
+
+/// (since, generation) of an annotation value; the generation is `None` in values written
+/// before it was recorded (a bare time).
+pub fn parse_gone(value: &str) -> (Option<Time>, Option<i64>) {
+    let mut parts = value.split_whitespace();
+    let since = parts
+        .next()
+        .and_then(|t| serde_json::from_value(serde_json::Value::String(t.to_owned())).ok());
+    let generation = parts
+        .find_map(|p| p.strip_prefix("generation="))
+        .and_then(|g| g.parse().ok());
+    (since, generation)
 }
 
 /// Applies `status` (a fragment owned by `manager`) to the object's status subresource.
@@ -228,6 +302,73 @@ mod tests {
         d.push(&key(0));
         assert_eq!(d.take(10), vec![key(2), key(3), key(4), key(0)]);
         assert!(d.take(10).is_empty());
+    }
+
+    #[test]
+    fn kstatus_conditions_say_who_has_to_act() {
+        let of = |c: Check| kstatus_conditions(&c).map(|(t, c)| (t, c.status, c.reason));
+        assert_eq!(of(Check::ok("Ready", "fine")), None);
+        assert_eq!(of(Check::ok("Suspended", "asked")), None);
+        for user in [
+            "SecretNotFound",
+            "ClientNotAllowed",
+            "InvalidTemplate",
+            "ReceiverGone",
+            "LoginFailed",
+            "TargetNotAllowed",
+        ] {
+            assert_eq!(
+                of(Check::fail(user, "x")),
+                Some((STALLED, Tri::True, user.to_string())),
+                "{user}"
+            );
+        }
+        for retried in ["ConnectionRefused", "TargetUnresolvable", "Timeout"] {
+            assert_eq!(
+                of(Check::fail(retried, "x")),
+                Some((RECONCILING, Tri::True, retried.to_string())),
+                "{retried}"
+            );
+        }
+        assert_eq!(
+            of(Check::unknown("NotProbed", "x")),
+            Some((RECONCILING, Tri::True, "NotProbed".to_string()))
+        );
+    }
+
+    #[test]
+    fn delivering_reads_failures_in_a_row_and_the_oldest_wait() {
+        let p = DeliveringPolicy {
+            failures: 3,
+            max_wait: std::time::Duration::from_secs(60),
+        };
+        let mut c = crate::store::TargetCounters::default();
+        assert_eq!(p.check(&c, None, 0).reason, "NoDeliveries");
+        c.last_delivery = Some(("e1".into(), 1_000, Some(200)));
+        assert_eq!(p.check(&c, None, 2_000).status, Tri::True);
+        c.consecutive_failures = 2;
+        assert_eq!(
+            p.check(&c, Some(1_000), 30_000).reason,
+            "Delivered",
+            "below both thresholds"
+        );
+        assert_eq!(p.check(&c, Some(1_000), 61_000).reason, "DeliveryDelayed");
+        c.consecutive_failures = 3;
+        let failing = p.check(&c, Some(1_000), 2_000);
+        assert_eq!(
+            (failing.status, failing.reason.as_str()),
+            (Tri::False, "DeliveryFailing")
+        );
+    }
+
+    #[test]
+    fn gone_annotation_round_trips_and_reads_bare_times() {
+        let t: Time = serde_json::from_value(serde_json::json!("2026-12-02T10:00:00Z")).unwrap();
+        let v = gone_annotation(&t, 7);
+        assert_eq!(v, "2026-12-02T10:00:00Z generation=7");
+        assert_eq!(parse_gone(&v), (Some(t.clone()), Some(7)));
+        assert_eq!(parse_gone("2026-12-02T10:00:00Z"), (Some(t), None));
+        assert_eq!(parse_gone("garbage"), (None, None));
     }
 
     #[test]
@@ -285,7 +426,8 @@ mod tests {
 
 /// Field manager of the delivery counters (delivered, failed, pending, last*).
 pub const DELIVERY_MANAGER: &str = "vehicle-connect-delivery";
-/// Set by the operator when a receiver answers 410 Gone; remove it to resume delivery.
+/// Set by the operator when a receiver answers 410 Gone (see [`gone_annotation`]): it keeps
+/// the hold across restarts. A spec change (a later generation) or removing it resumes.
 pub const RECEIVER_GONE_ANNOTATION: &str = "connect.vehicles.io/receiver-gone";
 
 /// Status writes of delivery counters per second, over all resources. Each write costs the
@@ -331,8 +473,75 @@ pub struct CounterWriter {
     registry: std::sync::Arc<crate::routing::Registry>,
     recorder: kube::runtime::events::Recorder,
     dirty: std::sync::Mutex<Dirty>,
-    failures: std::sync::Mutex<Vec<(crate::routing::TargetKey, String, crate::store::Why)>>,
     gone: std::sync::Mutex<std::collections::BTreeSet<crate::routing::TargetKey>>,
+    /// Events to publish at the next flush (bounded).
+    notices: std::sync::Mutex<Vec<(crate::routing::TargetKey, Check)>>,
+    policy: DeliveringPolicy,
+    /// The `Delivering` condition last written per target: its transition time is kept while
+    /// it holds, and an Event marks each transition (never each failure).
+    delivering: std::sync::Mutex<std::collections::HashMap<crate::routing::TargetKey, Condition>>,
+}
+
+/// When delivery counts as unhealthy (`Delivering=False`).
+#[derive(Clone, Copy, Debug)]
+pub struct DeliveringPolicy {
+    /// Failed attempts in a row.
+    pub failures: u32,
+    /// Age of the oldest pending event (not counted while the target is suspended).
+    pub max_wait: std::time::Duration,
+}
+
+impl Default for DeliveringPolicy {
+    fn default() -> Self {
+        DeliveringPolicy {
+            failures: 5,
+            max_wait: std::time::Duration::from_secs(900),
+        }
+    }
+}
+
+impl DeliveringPolicy {
+    /// The `Delivering` check for `c`. `oldest_ms`: when the oldest pending event arrived,
+    /// `None` when nothing waits or the wait is what the user asked for (suspended).
+    pub fn check(
+        &self,
+        c: &crate::store::TargetCounters,
+        oldest_ms: Option<u64>,
+        now_ms: u64,
+    ) -> Check {
+        if c.consecutive_failures >= self.failures.max(1) {
+            let last = c
+                .last_failure
+                .as_ref()
+                .map(|f| format!("; last: {}: {}", f.why.reason, f.why.message))
+                .unwrap_or_default();
+            return Check::fail(
+                "DeliveryFailing",
+                format!("the last {} attempts failed{last}", c.consecutive_failures),
+            );
+        }
+        let waited = oldest_ms.map(|ms| now_ms.saturating_sub(ms) / 1000);
+        if let Some(secs) = waited.filter(|s| *s >= self.max_wait.as_secs()) {
+            return Check::fail(
+                "DeliveryDelayed",
+                format!(
+                    "the oldest of {} pending events has waited {secs} s (threshold {} s)",
+                    c.pending,
+                    self.max_wait.as_secs()
+                ),
+            );
+        }
+        match &c.last_delivery {
+            Some((id, ms, _)) => Check::ok(
+                "Delivered",
+                format!(
+                    "last delivered event {id} at {}",
+                    Timestamp::from_millisecond(*ms as i64).unwrap_or(Timestamp::UNIX_EPOCH)
+                ),
+            ),
+            None => Check::unknown("NoDeliveries", "nothing delivered yet"),
+        }
+    }
 }
 
 /// The delivery part of a WebhookSubscription's status.
@@ -371,6 +580,7 @@ pub trait Delivers:
     Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
     + Clone
     + DeserializeOwned
+    + Serialize
     + std::fmt::Debug
 {
     /// The typed delivery part of the status, from the store's counters.
@@ -438,6 +648,13 @@ impl Delivers for crate::api::FtpConnection {
     }
 }
 
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or_default()
+}
+
 fn time_of_ms(ms: u64) -> Time {
     Time(Timestamp::from_millisecond(ms as i64).unwrap_or(Timestamp::UNIX_EPOCH))
 }
@@ -447,6 +664,7 @@ impl CounterWriter {
         client: kube::Client,
         store: crate::store::Store,
         registry: std::sync::Arc<crate::routing::Registry>,
+        policy: DeliveringPolicy,
     ) -> std::sync::Arc<Self> {
         let reporter = kube::runtime::events::Reporter {
             controller: "vehicle-connect".into(),
@@ -458,8 +676,10 @@ impl CounterWriter {
             store,
             registry,
             dirty: Default::default(),
-            failures: Default::default(),
             gone: Default::default(),
+            notices: Default::default(),
+            policy,
+            delivering: Default::default(),
         })
     }
 
@@ -470,18 +690,19 @@ impl CounterWriter {
         }
     }
 
-    /// A delivery was given up: also a Warning Event on the resource.
-    pub fn failure(
-        &self,
-        key: &crate::routing::TargetKey,
-        event_id: &str,
-        why: &crate::store::Why,
-    ) {
-        if let Ok(mut f) = self.failures.lock() {
-            // Bounded: under a storm of failures the Events aggregate anyway.
-            if f.len() < 100 {
-                f.push((key.clone(), event_id.to_string(), why.clone()));
-            }
+    /// A delivery was given up. Not an Event of its own: `Delivering` turning False is one
+    /// (a storm of failures must not become a storm of Events); `lastFailure` names it.
+    pub fn failure(&self, key: &crate::routing::TargetKey) {
+        self.touch(key);
+    }
+
+    /// Something the resource's Events should tell (events expired undelivered); its counters
+    /// changed too.
+    pub fn notice(&self, key: &crate::routing::TargetKey, check: Check) {
+        if let Ok(mut n) = self.notices.lock()
+            && n.len() < 100
+        {
+            n.push((key.clone(), check));
         }
         self.touch(key);
     }
@@ -494,13 +715,56 @@ impl CounterWriter {
         }
     }
 
-    /// Flushes once a second until the process ends.
+    /// Flushes once a second until the process ends; every few seconds also looks at the
+    /// targets with a backlog, whose `Delivering` can change with time alone.
     pub async fn run(self: std::sync::Arc<Self>) {
         let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut n: u64 = 0;
         loop {
             tick.tick().await;
+            n += 1;
+            if n.is_multiple_of(5) {
+                self.recheck_waiting();
+            }
             self.flush().await;
+        }
+    }
+
+    /// Marks due the targets with pending events whose `Delivering` would read otherwise now
+    /// (a backlog that has waited past the threshold): reads only, a write only on change.
+    fn recheck_waiting(&self) {
+        let rows = match self.store.pending_targets() {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not list pending targets");
+                return;
+            }
+        };
+        let now = now_ms();
+        for id in rows
+            .iter()
+            .filter_map(|r| r.parse::<crate::routing::TargetId>().ok())
+        {
+            let Some(target) = self.registry.get(&id.key).filter(|t| id.is(t)) else {
+                continue;
+            };
+            let row = target.id().to_string();
+            let (Ok(c), Ok(oldest)) = (
+                self.store.counters(&row),
+                self.store.oldest_pending_ms(&row),
+            ) else {
+                continue;
+            };
+            let oldest = oldest.filter(|_| target.held.as_deref() != Some("Suspended"));
+            let check = self.policy.check(&c, oldest, now);
+            let changed = self.delivering.lock().is_ok_and(|d| {
+                d.get(&id.key)
+                    .is_none_or(|o| o.status != check.status.as_str() || o.reason != check.reason)
+            });
+            if changed {
+                self.touch(&id.key);
+            }
         }
     }
 
@@ -513,14 +777,12 @@ impl CounterWriter {
         for key in gone {
             self.mark_gone(&key).await;
         }
-        let failures: Vec<_> = self
-            .failures
+        let notices: Vec<_> = self
+            .notices
             .lock()
-            .map(|mut f| std::mem::take(&mut *f))
+            .map(|mut n| std::mem::take(&mut *n))
             .unwrap_or_default();
-        for (key, event_id, why) in failures {
-            // One stable reason for Events (what alerts filter on); the cause is in the note.
-            let check = Check::fail("DeliveryFailed", format!("event {event_id}: {why}"));
+        for (key, check) in notices {
             self.publish(&key, &check).await;
         }
         let due: Vec<_> = self
@@ -539,52 +801,112 @@ impl CounterWriter {
 
     async fn write(&self, key: &crate::routing::TargetKey) -> anyhow::Result<()> {
         // Counters are kept per object (uid); an unregistered target has none to show.
-        let Some(id) = self.registry.get(key).map(|t| t.id().to_string()) else {
+        let Some(target) = self.registry.get(key) else {
             return Ok(());
         };
+        let id = target.id().to_string();
         let c = self.store.counters(&id)?;
+        // A suspended target's backlog waits because the user asked it to.
+        let oldest = match target.held.as_deref() {
+            Some("Suspended") => None,
+            _ => self.store.oldest_pending_ms(&id)?,
+        };
+        let check = self.policy.check(&c, oldest, now_ms());
+        let previous = self
+            .delivering
+            .lock()
+            .ok()
+            .and_then(|d| d.get(key).cloned());
+        let cond = check.to_condition(DELIVERING, Some(target.generation), previous.as_slice());
         let res = match key.kind {
             crate::routing::Kind::Webhook => {
-                self.patch_delivery::<crate::api::WebhookSubscription>(key, &c)
-                    .await
+                self.patch_delivery::<crate::api::WebhookSubscription>(
+                    key,
+                    &c,
+                    &cond,
+                    previous.is_none(),
+                )
+                .await
             }
             crate::routing::Kind::Ftp => {
-                self.patch_delivery::<crate::api::FtpConnection>(key, &c)
+                self.patch_delivery::<crate::api::FtpConnection>(key, &c, &cond, previous.is_none())
                     .await
             }
             crate::routing::Kind::Api => {
-                self.patch_delivery::<crate::api::ApiConnection>(key, &c)
+                self.patch_delivery::<crate::api::ApiConnection>(key, &c, &cond, previous.is_none())
                     .await
             }
         };
-        match res {
+        let (old, cond) = match res {
             // Deleted meanwhile: nothing to report on.
-            Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
-            other => Ok(other?),
+            Err(kube::Error::Api(e)) if e.code == 404 => return Ok(()),
+            other => other?,
+        };
+        let before = previous.or(old);
+        if let Ok(mut d) = self.delivering.lock() {
+            d.insert(key.clone(), cond.clone());
         }
+        // One Event per transition: into trouble (Warning), or out of it (Normal).
+        let into_trouble = check.status == Tri::False;
+        let recovered =
+            check.status == Tri::True && before.as_ref().is_some_and(|b| b.status == "False");
+        if (into_trouble || recovered) && transitioned(before.as_slice(), &cond) {
+            self.publish(key, &check).await;
+        }
+        Ok(())
     }
 
-    /// Server-side applies the delivery part of `K`'s status.
+    /// Server-side applies the delivery part of `K`'s status with its `Delivering`
+    /// condition. With `read_first` (the first write of this process), the condition on the
+    /// object is read before, so its transition time survives a restart; it is returned.
     async fn patch_delivery<K: Delivers>(
         &self,
         key: &crate::routing::TargetKey,
         c: &crate::store::TargetCounters,
-    ) -> kube::Result<()> {
+        cond: &Condition,
+        read_first: bool,
+    ) -> kube::Result<(Option<Condition>, Condition)> {
         let api: Api<K> = Api::namespaced(self.client.clone(), &key.namespace);
+        let mut cond = cond.clone();
+        let mut old = None;
+        if read_first {
+            let obj = api.get_status(&key.name).await?;
+            let conditions: Vec<Condition> = serde_json::to_value(&obj)
+                .ok()
+                .and_then(|v| v.pointer("/status/conditions").cloned())
+                .and_then(|v| serde_json::from_value(v).ok())
+                .unwrap_or_default();
+            old = find(&conditions, DELIVERING).cloned();
+            if let Some(o) = old.as_ref().filter(|o| o.status == cond.status) {
+                cond.last_transition_time = o.last_transition_time.clone();
+            }
+        }
+        let mut status = serde_json::to_value(K::delivery(c)).unwrap_or_default();
+        if let Some(m) = status.as_object_mut() {
+            m.insert(
+                "conditions".into(),
+                serde_json::to_value([&cond]).unwrap_or_default(),
+            );
+        }
         let body = serde_json::json!({
             "apiVersion": K::api_version(&()),
             "kind": K::kind(&()),
-            "status": K::delivery(c),
+            "status": status,
         });
         let pp = PatchParams::apply(DELIVERY_MANAGER).force();
         api.patch_status(&key.name, &pp, &Patch::Apply(&body))
             .await
-            .map(|_| ())
+            .map(|_| (old, cond))
     }
 
     async fn mark_gone(&self, key: &crate::routing::TargetKey) {
         let when = now();
-        let patch = serde_json::json!({ "metadata": { "annotations": { RECEIVER_GONE_ANNOTATION: serde_json::to_value(&when).unwrap_or_default() } } });
+        let generation = self
+            .registry
+            .get(key)
+            .map(|t| t.generation)
+            .unwrap_or_default();
+        let patch = serde_json::json!({ "metadata": { "annotations": { RECEIVER_GONE_ANNOTATION: gone_annotation(&when, generation) } } });
         let res = match key.kind {
             crate::routing::Kind::Webhook => {
                 let api: Api<crate::api::WebhookSubscription> =
@@ -600,9 +922,7 @@ impl CounterWriter {
         }
         let check = Check::fail(
             "ReceiverGone",
-            format!(
-                "the receiver answered 410 Gone; delivery is suspended and events are kept; remove the annotation {RECEIVER_GONE_ANNOTATION} to resume"
-            ),
+            "the receiver answered 410 Gone; delivery is suspended and events are kept; change the spec (e.g. spec.resumeAfterGone) to resume",
         );
         self.publish(key, &check).await;
     }
@@ -631,7 +951,11 @@ impl CounterWriter {
             ..Default::default()
         };
         let ev = kube::runtime::events::Event {
-            type_: kube::runtime::events::EventType::Warning,
+            type_: if check.status == Tri::True {
+                kube::runtime::events::EventType::Normal
+            } else {
+                kube::runtime::events::EventType::Warning
+            },
             reason: check.reason.clone(),
             note: Some(check.message.chars().take(1000).collect()),
             action: "Deliver".into(),

@@ -47,6 +47,11 @@ pub const RESERVED_HEADERS: [&str; 6] = [
         type_ = "string",
         json_path = r#".status.conditions[?(@.type=="Ready")].reason"#
     ),
+    printcolumn(
+        name = "Delivering",
+        type_ = "string",
+        json_path = r#".status.conditions[?(@.type=="Delivering")].status"#
+    ),
     printcolumn(name = "Client", type_ = "string", json_path = ".spec.clientId"),
     printcolumn(
         name = "Events",
@@ -61,6 +66,11 @@ pub const RESERVED_HEADERS: [&str; 6] = [
         name = "Last Delivery",
         type_ = "date",
         json_path = ".status.lastDelivery.time"
+    ),
+    printcolumn(
+        name = "Status",
+        type_ = "string",
+        json_path = r#".status.conditions[?(@.type=="Ready")].message"#
     ),
     printcolumn(
         name = "Age",

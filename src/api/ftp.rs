@@ -38,6 +38,11 @@ use super::event::EventType;
         type_ = "string",
         json_path = r#".status.conditions[?(@.type=="Ready")].reason"#
     ),
+    printcolumn(
+        name = "Delivering",
+        type_ = "string",
+        json_path = r#".status.conditions[?(@.type=="Delivering")].status"#
+    ),
     printcolumn(name = "Client", type_ = "string", json_path = ".spec.clientId"),
     printcolumn(name = "Host", type_ = "string", json_path = ".spec.host"),
     printcolumn(
@@ -52,6 +57,11 @@ use super::event::EventType;
         name = "Last Upload",
         type_ = "date",
         json_path = ".status.lastUpload.time"
+    ),
+    printcolumn(
+        name = "Status",
+        type_ = "string",
+        json_path = r#".status.conditions[?(@.type=="Ready")].message"#
     ),
     printcolumn(
         name = "Age",

@@ -34,8 +34,18 @@ use super::event::EventType;
         type_ = "string",
         json_path = r#".status.conditions[?(@.type=="Ready")].reason"#
     ),
+    printcolumn(
+        name = "Delivering",
+        type_ = "string",
+        json_path = r#".status.conditions[?(@.type=="Delivering")].status"#
+    ),
     printcolumn(name = "Client", type_ = "string", json_path = ".spec.clientId"),
-    printcolumn(name = "Events", type_ = "string", json_path = ".spec.events"),
+    printcolumn(
+        name = "Events",
+        type_ = "string",
+        json_path = ".spec.events",
+        priority = 1
+    ),
     printcolumn(name = "URL", type_ = "string", json_path = ".spec.url", priority = 1),
     printcolumn(name = "Delivered", type_ = "integer", json_path = ".status.delivered"),
     printcolumn(name = "Failed", type_ = "integer", json_path = ".status.failed"),
@@ -43,6 +53,11 @@ use super::event::EventType;
         name = "Last Delivery",
         type_ = "date",
         json_path = ".status.lastDelivery.time"
+    ),
+    printcolumn(
+        name = "Status",
+        type_ = "string",
+        json_path = r#".status.conditions[?(@.type=="Ready")].message"#
     ),
     printcolumn(
         name = "Age",
@@ -115,6 +130,23 @@ pub struct WebhookSubscriptionSpec {
     /// Stop delivering; events are kept and delivered after resuming.
     #[serde(default)]
     pub suspend: bool,
+
+    /// After the receiver answered 410 Gone, delivery holds (`status.receiverGone`) until the
+    /// spec changes: set this to any new value (a date, a ticket number) to resume, from Git
+    /// or with `kubectl patch`. Any other spec change resumes too.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 253))]
+    pub resume_after_gone: Option<String>,
+}
+
+/// The receiver answered 410 Gone: delivery holds until the spec changes past `generation`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ReceiverGone {
+    /// When the receiver answered 410.
+    pub since: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time,
+    /// The `metadata.generation` that was delivering then; a later one resumes.
+    pub generation: i64,
 }
 
 fn default_timeout() -> u32 {
@@ -188,6 +220,9 @@ pub struct WebhookSubscriptionStatus {
     pub last_delivery: Option<DeliveryRecord>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_failure: Option<FailureRecord>,
+    /// Set while delivery holds after a 410 Gone; change the spec (`resumeAfterGone`) to resume.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub receiver_gone: Option<ReceiverGone>,
 }
 
 impl WebhookSubscriptionSpec {

@@ -8,12 +8,10 @@ use std::time::Duration;
 
 use kube::core::DeserializeGuard;
 use kube::runtime::controller::Action;
-use kube::runtime::finalizer::{Event as Finalizer, finalizer};
 use kube::{Api, ResourceExt};
 
 use super::secrets::SecretReader;
 use super::{Context, Error, KindContext, name_ns};
-use crate::api::FINALIZER;
 use crate::api::apiconnection::{ApiConnection, ApiConnectionSpec, ClientAuthMethod};
 use crate::endpoint::{ApiCredentials, ApiEndpoint, ApiTlsMaterial, OAuth2Client};
 use crate::mapping::Compiled;
@@ -96,15 +94,12 @@ async fn reconcile(obj: Arc<Guarded>, ctx: Arc<KindContext>) -> Result<Action, E
     };
     let (_, ns) = name_ns(conn.as_ref())?;
     let api: Api<ApiConnection> = Api::namespaced(ctx.shared.client.clone(), &ns);
-    let action = finalizer(&api, FINALIZER, conn, |ev| async {
-        match ev {
-            Finalizer::Apply(c) => apply(c, &ctx, &api).await,
-            Finalizer::Cleanup(c) => cleanup(c, &ctx).await,
-        }
+    let (name, _) = name_ns(conn.as_ref())?;
+    super::without_finalizer(&ctx, conn, key(&ns, &name), |o| {
+        let (ctx, api) = (&ctx, &api);
+        async move { apply(o, ctx, api).await }
     })
     .await
-    .map_err(|e| Error::Finalizer(Box::new(e)))?;
-    Ok(action)
 }
 
 struct Verdict {
@@ -126,8 +121,12 @@ async fn apply(
         api,
         c.as_ref(),
         (key(&ns, &name), verdict.target),
-        (&old.conditions, old.observed_generation),
-        &[(READY, &verdict.ready)],
+        super::Observed {
+            conditions: &old.conditions,
+            generation: old.observed_generation,
+            receiver_gone: None,
+        },
+        (&[(READY, &verdict.ready)], None),
         verdict.requeue,
     )
     .await
@@ -278,7 +277,8 @@ async fn validate(
     });
     if spec.suspend {
         return Ok(Verdict {
-            ready: Check::fail(
+            // True: what the user asked for, so GitOps tools (kstatus) see it as done.
+            ready: Check::ok(
                 "Suspended",
                 "spec.suspend is true: events are kept and sent after resuming",
             ),
@@ -435,12 +435,6 @@ async fn resolve_tls(
         tls.client_cert = Some((cert, key));
     }
     Ok(Ok(tls))
-}
-
-async fn cleanup(c: Arc<ApiConnection>, ctx: &KindContext) -> Result<Action, Error> {
-    let (name, ns) = name_ns(c.as_ref())?;
-    super::forget(&ctx.shared, key(&ns, &name)).await;
-    Ok(Action::await_change())
 }
 
 /// The target as its spec alone describes it, held until the reconciler has resolved it.

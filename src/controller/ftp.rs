@@ -7,12 +7,10 @@ use std::time::{Duration, Instant};
 
 use kube::core::DeserializeGuard;
 use kube::runtime::controller::Action;
-use kube::runtime::finalizer::{Event as Finalizer, finalizer};
 use kube::{Api, ResourceExt};
 
 use super::secrets::{SSH_PRIVATE_KEY, SecretReader};
 use super::{Context, Error, KindContext, name_ns};
-use crate::api::FINALIZER;
 use crate::api::ftp::{FtpConnection, FtpConnectionSpec, FtpProtocol};
 use crate::delivery::files::probe;
 use crate::endpoint::{FtpEndpoint, SshAuth};
@@ -74,14 +72,12 @@ async fn reconcile(obj: Arc<Guarded>, ctx: Arc<KindContext>) -> Result<Action, E
     };
     let (_, ns) = name_ns(conn.as_ref())?;
     let api: Api<FtpConnection> = Api::namespaced(ctx.shared.client.clone(), &ns);
-    finalizer(&api, FINALIZER, conn, |ev| async {
-        match ev {
-            Finalizer::Apply(c) => apply(c, &ctx, &api).await,
-            Finalizer::Cleanup(c) => cleanup(c, &ctx).await,
-        }
+    let (name, _) = name_ns(conn.as_ref())?;
+    super::without_finalizer(&ctx, conn, key(&ns, &name), |o| {
+        let (ctx, api) = (&ctx, &api);
+        async move { apply(o, ctx, api).await }
     })
     .await
-    .map_err(|e| Error::Finalizer(Box::new(e)))
 }
 
 struct Verdict {
@@ -105,8 +101,15 @@ async fn apply(
         api,
         c.as_ref(),
         (key, verdict.target),
-        (&old.conditions, old.observed_generation),
-        &[(READY, &verdict.ready), (CONNECTED, &verdict.connected)],
+        super::Observed {
+            conditions: &old.conditions,
+            generation: old.observed_generation,
+            receiver_gone: None,
+        },
+        (
+            &[(READY, &verdict.ready), (CONNECTED, &verdict.connected)],
+            None,
+        ),
         verdict.requeue,
     )
     .await
@@ -311,7 +314,8 @@ async fn validate(
     });
     if spec.suspend {
         return Ok(Verdict {
-            ready: Check::fail(
+            // True: what the user asked for, so GitOps tools (kstatus) see it as done.
+            ready: Check::ok(
                 "Suspended",
                 "spec.suspend is true: events are kept and uploaded after resuming",
             ),
@@ -362,12 +366,6 @@ async fn validate(
             requeue: Some(record.next_in),
         },
     })
-}
-
-async fn cleanup(c: Arc<FtpConnection>, ctx: &KindContext) -> Result<Action, Error> {
-    let (name, ns) = name_ns(c.as_ref())?;
-    super::forget(&ctx.shared, key(&ns, &name)).await;
-    Ok(Action::await_change())
 }
 
 /// Result of the last login probe of one endpoint.

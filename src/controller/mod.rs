@@ -31,8 +31,6 @@ use crate::tenancy::AllowedClients;
 pub enum Error {
     #[error("Kubernetes API: {0}")]
     Kube(#[from] kube::Error),
-    #[error("finalizer: {0}")]
-    Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
     #[error("object has no {0}")]
     MissingField(&'static str),
 }
@@ -42,7 +40,6 @@ impl Error {
     pub fn label(&self) -> &'static str {
         match self {
             Error::Kube(_) => "kube",
-            Error::Finalizer(_) => "finalizer",
             Error::MissingField(_) => "missing_field",
         }
     }
@@ -88,8 +85,18 @@ where
         .map(|_| ())
 }
 
-/// Called when a resource is deleted (drops its queued deliveries).
-pub type DeleteHook = Arc<dyn Fn(TargetKey) -> BoxFuture<'static, ()> + Send + Sync>;
+/// What happens to the queued deliveries of objects that are gone (the dispatcher drops
+/// them). There is no finalizer: deletions are seen on the watch, and a full list catches
+/// those that happened while nobody watched.
+pub trait Forget: Send + Sync {
+    /// Object `uid` named `key` was deleted (`None`: every object of that name is done with,
+    /// e.g. its namespace stopped allowing the client).
+    fn object(&self, key: TargetKey, uid: Option<String>) -> BoxFuture<'static, ()>;
+    /// The objects of `kind` that have deliveries queued.
+    fn queued(&self, kind: crate::routing::Kind) -> Vec<crate::routing::TargetId>;
+}
+
+pub type DeleteHook = Arc<dyn Forget>;
 
 /// State shared by both controllers.
 pub struct Context {
@@ -268,11 +275,8 @@ pub(crate) async fn conclude<K>(
     api: &Api<K>,
     obj: &K,
     target: (TargetKey, Option<crate::routing::Target>),
-    old: (
-        &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition],
-        Option<i64>,
-    ),
-    checks: &[(&str, &Check)],
+    old: Observed<'_>,
+    (checks, receiver_gone): (&[(&str, &Check)], Option<crate::api::webhook::ReceiverGone>),
     requeue: Option<Duration>,
 ) -> Result<Action, Error>
 where
@@ -293,16 +297,34 @@ where
             ctx.shared.registry.remove(&key);
         }
     }
-    let (old_conditions, old_generation) = old;
+    let Observed {
+        conditions: old_conditions,
+        generation: old_generation,
+        receiver_gone: old_gone,
+    } = old;
     let generation = obj.meta().generation;
+    let kstatus = checks
+        .first()
+        .and_then(|(_, ready)| crate::status::kstatus_conditions(ready));
     let conditions: Vec<_> = checks
         .iter()
+        .map(|(t, c)| (*t, *c))
+        .chain(kstatus.as_ref().map(|(t, c)| (*t, c)))
         .map(|(t, c)| c.to_condition(t, generation, old_conditions))
         .collect();
     let changed = conditions
         .iter()
         .any(|c| crate::status::transitioned(old_conditions, c));
+    // A Reconciling or Stalled condition that no longer applies goes with this apply.
+    let dropped = [crate::status::RECONCILING, crate::status::STALLED]
+        .iter()
+        .any(|t| {
+            crate::status::find(old_conditions, t).is_some()
+                && !conditions.iter().any(|c| c.type_ == *t)
+        });
     let stale = old_generation != generation
+        || dropped
+        || old_gone != receiver_gone.as_ref()
         || conditions
             .iter()
             .any(|c| crate::status::differs(old_conditions, c));
@@ -310,6 +332,7 @@ where
         let st = crate::status::ReconcilerStatus {
             observed_generation: generation,
             conditions,
+            receiver_gone,
         };
         crate::status::apply(api, obj, crate::status::RECONCILER_MANAGER, &st).await?;
     }
@@ -325,6 +348,14 @@ where
     Ok(requeue
         .map(Action::requeue)
         .unwrap_or_else(Action::await_change))
+}
+
+/// What the object's status showed before this reconcile.
+pub(crate) struct Observed<'a> {
+    pub conditions: &'a [k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition],
+    pub generation: Option<i64>,
+    /// A WebhookSubscription's 410 hold; other kinds have none.
+    pub receiver_gone: Option<&'a crate::api::webhook::ReceiverGone>,
 }
 
 /// Called by reconcilers after a successful pass.
@@ -401,51 +432,88 @@ pub fn name_ns<K: ResourceExt>(obj: &K) -> Result<(String, String), Error> {
     Ok((obj.name_any(), ns))
 }
 
-/// Removes a deleted resource's target and its queued deliveries.
+/// A namespaced kind the operator reads (through `DeserializeGuard` too).
+pub(crate) trait Namespaced:
+    Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+    + Clone
+    + serde::de::DeserializeOwned
+    + std::fmt::Debug
+{
+}
+
+impl<K> Namespaced for K where
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+{
+}
+
+/// Removes a target and the queued deliveries of every object of its name (its namespace no
+/// longer allows its client).
 pub async fn forget(ctx: &Context, key: TargetKey) {
     if ctx.registry.remove(&key) {
         tracing::info!(target = %key, "target removed");
     }
     if let Some(hook) = &ctx.on_delete {
-        hook(key).await;
+        hook.object(key, None).await;
     }
 }
 
-/// An object the types cannot read (written under another schema, or with a value out of
-/// range for them) is skipped, but never blocks its own deletion: once it is being deleted,
-/// its target is forgotten and our finalizer removed (JSON patch on the raw object, tested
-/// at its index so a concurrent change to the list is not clobbered).
-pub(crate) async fn unreadable<K>(
+/// Object `uid` named `key` was deleted: its target and queued deliveries go, and a reconcile
+/// of it still running cannot register it again.
+pub async fn deleted(ctx: &Context, key: TargetKey, uid: &str) {
+    if ctx.registry.deleted(&key, uid) {
+        tracing::info!(target = %key, "deleted: target removed");
+    }
+    if let Some(hook) = &ctx.on_delete {
+        hook.object(key, Some(uid.to_string())).await;
+    }
+}
+
+/// Every reconcile goes through here. The operator adds no finalizer (deletions are seen on
+/// the watch, and missed ones at the next full list), so deleting never waits for it, even
+/// when it is not installed. Objects still carrying the finalizer of earlier versions lose
+/// it: at once when they are being deleted, else on their first reconcile.
+pub(crate) async fn without_finalizer<K, F, Fut>(
     ctx: &KindContext,
-    invalid: &kube::core::error_boundary::InvalidObject,
-    key: impl Fn(&str, &str) -> TargetKey,
+    obj: Arc<K>,
+    key: TargetKey,
+    apply: F,
 ) -> Result<Action, Error>
 where
-    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
-        + Clone
-        + serde::de::DeserializeOwned
-        + std::fmt::Debug,
+    K: Namespaced,
+    F: FnOnce(Arc<K>) -> Fut,
+    Fut: std::future::Future<Output = Result<Action, Error>>,
 {
-    let meta = &invalid.metadata;
-    let kind = K::kind(&());
-    tracing::warn!(%kind, name = ?meta.name, namespace = ?meta.namespace, error = %crate::status::redact(&invalid.error), "unreadable object skipped");
-    let index = meta
+    let legacy = obj
+        .meta()
         .finalizers
         .iter()
         .flatten()
         .position(|f| f == crate::api::FINALIZER);
-    let (Some(_), Some(i)) = (&meta.deletion_timestamp, index) else {
+    if obj.meta().deletion_timestamp.is_some() {
+        if let Some(uid) = obj.meta().uid.as_deref() {
+            deleted(&ctx.shared, key.clone(), uid).await;
+        }
+        if let Some(i) = legacy {
+            remove_finalizer::<K>(ctx, &key.namespace, &key.name, i).await?;
+        }
         return Ok(Action::await_change());
-    };
-    let ns = meta
-        .namespace
-        .as_deref()
-        .ok_or(Error::MissingField("metadata.namespace"))?;
-    let name = meta
-        .name
-        .as_deref()
-        .ok_or(Error::MissingField("metadata.name"))?;
-    forget(&ctx.shared, key(ns, name)).await;
+    }
+    if let Some(i) = legacy {
+        remove_finalizer::<K>(ctx, &key.namespace, &key.name, i).await?;
+    }
+    apply(obj).await
+}
+
+/// Removes our finalizer at index `i` (JSON patch, tested at that index so that a concurrent
+/// change to the list is not clobbered); through `DeserializeGuard`, so it works on objects
+/// the types cannot read too.
+async fn remove_finalizer<K>(ctx: &KindContext, ns: &str, name: &str, i: usize) -> Result<(), Error>
+where
+    K: Namespaced,
+{
     let path =
         json_patch::jsonptr::PointerBuf::from_tokens(["metadata", "finalizers", &i.to_string()]);
     let patch = json_patch::Patch(vec![
@@ -455,7 +523,6 @@ where
         }),
         json_patch::PatchOperation::Remove(json_patch::RemoveOperation { path }),
     ]);
-    // Through DeserializeGuard: the answer is the same unreadable object.
     let api: Api<kube::core::DeserializeGuard<K>> = Api::namespaced(ctx.shared.client.clone(), ns);
     match api
         .patch(
@@ -466,11 +533,50 @@ where
         .await
     {
         Ok(_) => {
-            tracing::info!(%kind, %name, namespace = %ns, "finalizer removed from an unreadable object being deleted");
+            tracing::info!(kind = %K::kind(&()), %name, namespace = %ns, "finalizer of an earlier version removed");
+            Ok(())
         }
         // Already gone.
-        Err(kube::Error::Api(e)) if e.code == 404 => {}
-        Err(e) => return Err(e.into()),
+        Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// An object the types cannot read (written under another schema, or with a value out of
+/// range for them) is skipped, but never blocks its own deletion: once it is being deleted,
+/// its target is forgotten and the finalizer of an earlier version removed.
+pub(crate) async fn unreadable<K>(
+    ctx: &KindContext,
+    invalid: &kube::core::error_boundary::InvalidObject,
+    key: impl Fn(&str, &str) -> TargetKey,
+) -> Result<Action, Error>
+where
+    K: Namespaced,
+{
+    let meta = &invalid.metadata;
+    let kind = K::kind(&());
+    tracing::warn!(%kind, name = ?meta.name, namespace = ?meta.namespace, error = %crate::status::redact(&invalid.error), "unreadable object skipped");
+    if meta.deletion_timestamp.is_none() {
+        return Ok(Action::await_change());
+    }
+    let ns = meta
+        .namespace
+        .as_deref()
+        .ok_or(Error::MissingField("metadata.namespace"))?;
+    let name = meta
+        .name
+        .as_deref()
+        .ok_or(Error::MissingField("metadata.name"))?;
+    if let Some(uid) = meta.uid.as_deref() {
+        deleted(&ctx.shared, key(ns, name), uid).await;
+    }
+    if let Some(i) = meta
+        .finalizers
+        .iter()
+        .flatten()
+        .position(|f| f == crate::api::FINALIZER)
+    {
+        remove_finalizer::<K>(ctx, ns, name, i).await?;
     }
     Ok(Action::await_change())
 }

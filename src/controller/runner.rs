@@ -80,25 +80,102 @@ fn reconcile_inputs<K: Resource>(obj: &K) -> Option<u64> {
     Some(h.finish())
 }
 
-/// Stops routing to those of `keys` the watch no longer holds: with a watch selector, an
-/// object whose labels stopped matching is gone from it (as one deleted without our finalizer
-/// is). Its queued deliveries stay, for when it matches again.
-fn forget_unwatched<K>(
-    registry: &Registry,
-    objects: &reflector::Store<DeserializeGuard<K>>,
-    keys: impl IntoIterator<Item = TargetKey>,
-    label: &str,
+/// After a full list of `kind`: targets and queued deliveries of objects that are not in it
+/// were deleted unseen (there is no finalizer to wait for the operator). With a watch
+/// selector an object missing from the list may only have lost its labels: it is looked up,
+/// and if it still exists it only stops being routed to, its deliveries kept for when it
+/// matches again.
+async fn after_list<K>(
+    ctx: Arc<Context>,
+    objects: reflector::Store<DeserializeGuard<K>>,
+    kind: Kind,
+    label: &'static str,
+    scoped: bool,
 ) where
-    K: Resource<DynamicType = ()> + Clone,
+    K: super::Namespaced,
 {
-    for key in keys {
-        let watched = objects
-            .get(&ObjectRef::new(&key.name).within(&key.namespace))
-            .is_some();
-        if !watched && registry.remove(&key) {
-            tracing::info!(kind = label, target = %key, "no longer matches the watch selector: not routed to any more");
+    let present: std::collections::HashSet<(String, String, String)> = objects
+        .state()
+        .iter()
+        .filter_map(|o| {
+            let m = o.meta();
+            Some((m.namespace.clone()?, m.name.clone()?, m.uid.clone()?))
+        })
+        .collect();
+    let listed = |key: &TargetKey, uid: Option<&str>| {
+        present.iter().any(|(ns, name, u)| {
+            *ns == key.namespace && *name == key.name && uid.is_none_or(|uid| uid == u)
+        })
+    };
+    // What is routed or queued for objects the list does not hold.
+    let mut missing: Vec<(TargetKey, Option<String>)> = ctx
+        .registry
+        .keys()
+        .into_iter()
+        .filter(|k| k.kind == kind)
+        .filter_map(|k| {
+            let uid = ctx.registry.get(&k).map(|t| t.uid.clone())?;
+            (!listed(&k, Some(&uid))).then_some((k, Some(uid)))
+        })
+        .collect();
+    if let Some(hook) = &ctx.on_delete {
+        for id in hook.queued(kind) {
+            if !listed(&id.key, id.uid.as_deref())
+                && !missing.contains(&(id.key.clone(), id.uid.clone()))
+            {
+                missing.push((id.key, id.uid));
+            }
         }
     }
+    for (key, uid) in missing {
+        if scoped && still_exists::<K>(&ctx, &key, uid.as_deref()).await {
+            if ctx.registry.remove(&key) {
+                tracing::info!(kind = label, target = %key, "no longer matches the watch selector: not routed to any more");
+            }
+            continue;
+        }
+        match uid {
+            Some(uid) => super::deleted(&ctx, key, &uid).await,
+            // Rows from before rows carried uids follow the name.
+            None => super::forget(&ctx, key).await,
+        }
+    }
+}
+
+/// Whether object `key` (of `uid`, if given) exists; unsure counts as yes (nothing dropped).
+async fn still_exists<K>(ctx: &Context, key: &TargetKey, uid: Option<&str>) -> bool
+where
+    K: super::Namespaced,
+{
+    let api: Api<K> = Api::namespaced(ctx.client.clone(), &key.namespace);
+    match api.get_metadata_opt(&key.name).await {
+        Ok(Some(o)) => uid.is_none_or(|u| o.metadata.uid.as_deref() == Some(u)),
+        Ok(None) => false,
+        Err(e) => {
+            tracing::warn!(target = %key, error = %e, "could not tell a deletion from a label change");
+            true
+        }
+    }
+}
+
+/// The watch reported object `uid` gone. With a watch selector that may mean its labels no
+/// longer match: if it still exists, it only stops being routed to.
+async fn gone_from_watch<K>(
+    ctx: Arc<Context>,
+    key: TargetKey,
+    uid: String,
+    scoped: bool,
+    label: &'static str,
+) where
+    K: super::Namespaced,
+{
+    if scoped && still_exists::<K>(&ctx, &key, Some(&uid)).await {
+        if ctx.registry.remove(&key) {
+            tracing::info!(kind = label, target = %key, "no longer matches the watch selector: not routed to any more");
+        }
+        return;
+    }
+    super::deleted(&ctx, key, &uid).await;
 }
 
 /// What an object reads besides itself, by name in its namespace: a change to one
@@ -140,36 +217,41 @@ pub async fn run<K, R, F>(
     if let Some(sel) = &ctx.settings.watch_selector {
         watch = watch.labels(sel);
     }
-    let scoped = ctx
-        .settings
-        .watch_selector
-        .is_some()
-        .then(|| (ctx.registry.clone(), store.clone()));
+    let scoped = ctx.settings.watch_selector.is_some();
+    let (on_list, on_delete) = (ctx.clone(), ctx.clone());
+    let listed_store = store.clone();
     let objects = reflector::reflector(
         writer,
         watcher(Api::<DeserializeGuard<K>>::all(client.clone()), watch),
     )
     // The reflector has applied each event to the store before this sees it.
-    .inspect(move |ev| match (ev, &scoped) {
-        (Ok(watcher::Event::InitDone), scoped) => {
+    .inspect(move |ev| match ev {
+        Ok(watcher::Event::InitDone) => {
             let _ = listed_tx.send(true);
-            // A relist (after a broken watch) reports no Delete for what left meanwhile.
-            if let Some((registry, objects)) = scoped {
-                let ours = registry.keys().into_iter().filter(|k| k.kind == kind);
-                forget_unwatched(registry, objects, ours, label);
-            }
+            // A (re)list reports no Delete for what went meanwhile (or before a restart).
+            tokio::spawn(after_list(
+                on_list.clone(),
+                listed_store.clone(),
+                kind,
+                label,
+                scoped,
+            ));
         }
-        // A deletion through our finalizer has a deletionTimestamp and was cleaned up already.
-        (Ok(watcher::Event::Delete(o)), Some((registry, objects)))
-            if o.meta().deletion_timestamp.is_none() =>
-        {
-            if let (Some(ns), Some(name)) = (&o.meta().namespace, &o.meta().name) {
+        Ok(watcher::Event::Delete(o)) => {
+            let m = o.meta();
+            if let (Some(ns), Some(name), Some(uid)) = (&m.namespace, &m.name, &m.uid) {
                 let key = TargetKey {
                     kind,
                     namespace: ns.clone(),
                     name: name.clone(),
                 };
-                forget_unwatched(registry, objects, [key], label);
+                tokio::spawn(gone_from_watch::<K>(
+                    on_delete.clone(),
+                    key,
+                    uid.clone(),
+                    scoped,
+                    label,
+                ));
             }
         }
         _ => {}

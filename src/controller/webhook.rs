@@ -4,15 +4,14 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use kube::api::{Patch, PatchParams};
 use kube::core::DeserializeGuard;
 use kube::runtime::controller::Action;
-use kube::runtime::finalizer::{Event as Finalizer, finalizer};
 use kube::{Api, ResourceExt};
 
 use super::secrets::{SecretReader, decode_whsec};
 use super::{Context, Error, KindContext, name_ns};
-use crate::api::FINALIZER;
-use crate::api::webhook::{WebhookSubscription, WebhookSubscriptionSpec};
+use crate::api::webhook::{ReceiverGone, WebhookSubscription, WebhookSubscriptionSpec};
 use crate::routing::{Kind, Target, TargetConfig, TargetKey, WebhookAuth, WebhookTarget};
 use crate::status::{Check, READY, RECEIVER_GONE_ANNOTATION};
 
@@ -74,15 +73,12 @@ async fn reconcile(obj: Arc<Guarded>, ctx: Arc<KindContext>) -> Result<Action, E
     };
     let (_, ns) = name_ns(whs.as_ref())?;
     let api: Api<WebhookSubscription> = Api::namespaced(ctx.shared.client.clone(), &ns);
-    let action = finalizer(&api, FINALIZER, whs, |ev| async {
-        match ev {
-            Finalizer::Apply(w) => apply(w, &ctx, &api).await,
-            Finalizer::Cleanup(w) => cleanup(w, &ctx).await,
-        }
+    let (name, _) = name_ns(whs.as_ref())?;
+    super::without_finalizer(&ctx, whs, key(&ns, &name), |o| {
+        let (ctx, api) = (&ctx, &api);
+        async move { apply(o, ctx, api).await }
     })
     .await
-    .map_err(|e| Error::Finalizer(Box::new(e)))?;
-    Ok(action)
 }
 
 /// What validation concluded.
@@ -91,6 +87,8 @@ struct Verdict {
     /// `None`: not routed at all; `Some(target)` routed (possibly held).
     target: Option<Target>,
     requeue: Option<Duration>,
+    /// The 410 hold, shown in status.
+    gone: Option<ReceiverGone>,
 }
 
 async fn apply(
@@ -108,8 +106,12 @@ async fn apply(
         api,
         w.as_ref(),
         (key, verdict.target),
-        (&old.conditions, old.observed_generation),
-        &[(READY, &verdict.ready)],
+        super::Observed {
+            conditions: &old.conditions,
+            generation: old.observed_generation,
+            receiver_gone: old.receiver_gone.as_ref(),
+        },
+        (&[(READY, &verdict.ready)], verdict.gone),
         verdict.requeue,
     )
     .await
@@ -135,6 +137,7 @@ async fn validate(
             ready: check,
             target: None,
             requeue: None,
+            gone: None,
         });
     }
 
@@ -144,6 +147,7 @@ async fn validate(
         target: Some(mk(Some(c.reason.clone()), None)),
         ready: c,
         requeue: None,
+        gone: None,
     };
     let auth = match spec.auth.as_ref() {
         Some(a) if a.basic.is_some() => {
@@ -223,17 +227,18 @@ async fn validate(
                 target: Some(mk(Some(check.reason.clone()), None)),
                 ready: check,
                 requeue: Some(Duration::from_secs(30)),
+                gone: None,
             }
         } else {
             Verdict {
                 ready: check,
                 target: None,
                 requeue: Some(recheck),
+                gone: None,
             }
         });
     }
 
-    let gone = w.annotations().get(RECEIVER_GONE_ANNOTATION).cloned();
     let config = TargetConfig::Webhook(WebhookTarget {
         url,
         auth,
@@ -247,26 +252,34 @@ async fn validate(
         retry: spec.retry_policy(),
         max_concurrency: spec.max_concurrency,
     });
-    if let Some(since) = gone {
+    let generation = w.metadata.generation.unwrap_or_default();
+    if let Some(gone) = receiver_gone(w, ctx, ns, name, generation).await? {
+        let since = serde_json::to_value(&gone.since)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default();
         return Ok(Verdict {
             ready: Check::fail(
                 "ReceiverGone",
                 format!(
-                    "the receiver answered 410 Gone at {since}; events are kept; remove the annotation {RECEIVER_GONE_ANNOTATION} to resume"
+                    "the receiver answered 410 Gone at {since}; events are kept; change the spec to resume, e.g. kubectl patch webhooksubscription {name} -n {ns} --type merge -p '{{\"spec\":{{\"resumeAfterGone\":\"<any new value>\"}}}}'"
                 ),
             ),
             target: Some(mk(Some("ReceiverGone".into()), Some(config))),
             requeue: None,
+            gone: Some(gone),
         });
     }
     if spec.suspend {
         return Ok(Verdict {
-            ready: Check::fail(
+            // True: what the user asked for, so GitOps tools (kstatus) see it as done.
+            ready: Check::ok(
                 "Suspended",
                 "spec.suspend is true: events are kept and delivered after resuming",
             ),
             target: Some(mk(Some("Suspended".into()), Some(config))),
             requeue: None,
+            gone: None,
         });
     }
     Ok(Verdict {
@@ -281,13 +294,54 @@ async fn validate(
         ),
         target: Some(mk(None, Some(config))),
         requeue: Some(recheck),
+        gone: None,
     })
 }
 
-async fn cleanup(w: Arc<WebhookSubscription>, ctx: &KindContext) -> Result<Action, Error> {
-    let (name, ns) = name_ns(w.as_ref())?;
-    super::forget(&ctx.shared, key(&ns, &name)).await;
-    Ok(Action::await_change())
+/// The 410 hold, from the annotation that keeps it across restarts: `None` when there is
+/// none, or when the spec changed since (the annotation is then removed). An annotation
+/// from before generations were recorded is stamped with the current one, so that the next
+/// spec change resumes.
+async fn receiver_gone(
+    w: &WebhookSubscription,
+    ctx: &KindContext,
+    ns: &str,
+    name: &str,
+    generation: i64,
+) -> Result<Option<ReceiverGone>, Error> {
+    let Some(value) = w.annotations().get(RECEIVER_GONE_ANNOTATION) else {
+        return Ok(None);
+    };
+    let (since, at) = crate::status::parse_gone(value);
+    let since = since.unwrap_or_else(crate::status::now);
+    let api: Api<WebhookSubscription> = Api::namespaced(ctx.shared.client.clone(), ns);
+    let set = |v: serde_json::Value| serde_json::json!({ "metadata": { "annotations": { RECEIVER_GONE_ANNOTATION: v } } });
+    match at {
+        Some(g) if generation > g => {
+            api.patch(
+                name,
+                &PatchParams::default(),
+                &Patch::Merge(set(serde_json::Value::Null)),
+            )
+            .await?;
+            tracing::info!(namespace = %ns, %name, "spec changed after 410 Gone: delivery resumes");
+            Ok(None)
+        }
+        Some(g) => Ok(Some(ReceiverGone {
+            since,
+            generation: g,
+        })),
+        None => {
+            let stamped = crate::status::gone_annotation(&since, generation);
+            api.patch(
+                name,
+                &PatchParams::default(),
+                &Patch::Merge(set(stamped.into())),
+            )
+            .await?;
+            Ok(Some(ReceiverGone { since, generation }))
+        }
+    }
 }
 
 /// The target as its spec alone describes it, held until the reconciler has resolved it:

@@ -735,10 +735,10 @@ impl Dispatcher {
             .observe(latency);
     }
 
-    /// The delivery failed for good: counted, an Event on the resource, recorded.
+    /// The delivery failed for good: counted, recorded, and the resource's status is due.
     fn give_up(&self, ts: &Arc<TargetState>, job: &Job, kind: &'static str, why: Why) {
         self.count(kind, "failed");
-        self.counters.failure(&ts.id.key, &job.event_id, &why);
+        self.counters.failure(&ts.id.key);
         self.record(ts, job, Outcome::GaveUp { why });
     }
 
@@ -820,9 +820,33 @@ impl Dispatcher {
             .set(self.store.stats().pending as i64);
     }
 
-    /// A target was deleted, or its namespace no longer allows its client: its queued
-    /// deliveries (of every object that had that name) are dropped and counted.
-    pub async fn drop_target(self: &Arc<Self>, key: &TargetKey) {
+    /// A target was deleted (`uid`: that object only, not a newer one of the same name), or
+    /// its namespace no longer allows its client (`None`: every object that had the name):
+    /// its queued deliveries are dropped and counted.
+    pub async fn drop_target(self: &Arc<Self>, key: &TargetKey, uid: Option<&str>) {
+        // Rows written before rows carried uids follow the name.
+        let theirs = |id: &TargetId| {
+            id.key == *key && uid.is_none_or(|u| id.uid.as_deref().is_none_or(|r| r == u))
+        };
+        self.drop_rows(theirs, "TargetRemoved").await;
+    }
+
+    /// The objects of `kind` with deliveries queued.
+    pub fn queued(&self, kind: crate::routing::Kind) -> Vec<TargetId> {
+        match self.store.pending_targets() {
+            Ok(rows) => rows
+                .iter()
+                .filter_map(|r| r.parse::<TargetId>().ok())
+                .filter(|id| id.key.kind == kind)
+                .collect(),
+            Err(e) => {
+                tracing::error!(error = %e, "could not list pending targets");
+                Vec::new()
+            }
+        }
+    }
+
+    async fn drop_rows(self: &Arc<Self>, which: impl Fn(&TargetId) -> bool, why: &str) {
         let mut rows: Vec<String> = match self.store.pending_targets() {
             Ok(r) => r,
             Err(e) => {
@@ -830,13 +854,13 @@ impl Dispatcher {
                 Vec::new()
             }
         };
-        rows.retain(|r| r.parse::<TargetId>().is_ok_and(|id| id.key == *key));
+        rows.retain(|r| r.parse::<TargetId>().is_ok_and(|id| which(&id)));
         let mut known: Vec<Arc<TargetState>> = self
             .targets
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .values()
-            .filter(|t| t.id.key == *key)
+            .filter(|t| which(&t.id))
             .cloned()
             .collect();
         for row in rows {
@@ -847,7 +871,7 @@ impl Dispatcher {
             }
         }
         for ts in known {
-            self.forget_rows(&ts, "TargetRemoved").await;
+            self.forget_rows(&ts, why).await;
         }
     }
 
@@ -907,14 +931,17 @@ impl Dispatcher {
                         result: "expired",
                     })
                     .inc_by(n);
-                let why = Why::new(
-                    "Expired",
-                    format!(
-                        "{n} event(s) older than maxAgeSeconds {} were not delivered",
-                        policy.max_age_seconds
+                // Events lost: worth an Event each time, unlike a failed attempt.
+                self.counters.notice(
+                    &id.key,
+                    crate::status::Check::fail(
+                        "Expired",
+                        format!(
+                            "{n} event(s) older than maxAgeSeconds {} were not delivered",
+                            policy.max_age_seconds
+                        ),
                     ),
                 );
-                self.counters.failure(&id.key, "-", &why);
                 tracing::warn!(target = %id, expired = n, "pending deliveries expired");
                 expired += n;
             }
@@ -1019,5 +1046,22 @@ impl EventSink for Arc<Dispatcher> {
             // drops this future, never the step between the commit and the pumps' wake-up.
             tokio::spawn(me.accept_now(events)).await?
         })
+    }
+}
+/// What the controllers tell the dispatcher about objects that are gone.
+pub struct ForgetDeliveries(pub Arc<Dispatcher>);
+
+impl crate::controller::Forget for ForgetDeliveries {
+    fn object(
+        &self,
+        key: TargetKey,
+        uid: Option<String>,
+    ) -> futures::future::BoxFuture<'static, ()> {
+        let d = self.0.clone();
+        Box::pin(async move { d.drop_target(&key, uid.as_deref()).await })
+    }
+
+    fn queued(&self, kind: crate::routing::Kind) -> Vec<TargetId> {
+        self.0.queued(kind)
     }
 }

@@ -860,6 +860,24 @@ impl Store {
         }
     }
 
+    /// When the oldest event still pending for `target` was received (unix ms): how long its
+    /// backlog has waited. Two point reads, whatever the backlog's size.
+    pub fn oldest_pending_ms(&self, target: &str) -> Result<Option<u64>, StoreError> {
+        let db = self.inner.shared.db()?;
+        let txn = db.begin_read()?;
+        let pending = txn.open_table(PENDING)?;
+        let Some((k, _)) = pending
+            .range::<(&str, u64)>((target, 0)..=(target, u64::MAX))?
+            .next()
+            .transpose()?
+        else {
+            return Ok(None);
+        };
+        let seq = k.value().1;
+        let events = txn.open_table(EVENTS)?;
+        Ok(events.get(seq)?.map(|g| g.value().2))
+    }
+
     pub fn stats(&self) -> StoreStats {
         let s = &self.inner.stats;
         StoreStats {

@@ -375,13 +375,72 @@ async fn gone_suspends_the_subscription_and_keeps_events() {
         "nothing is sent while suspended"
     );
 
-    // Removing the annotation resumes; the kept event is delivered.
+    // The hold is in status, with the generation it holds, and only the user can lift it.
+    let st = w.status.as_ref().unwrap();
+    let held = st.receiver_gone.as_ref().expect("status.receiverGone");
+    assert_eq!(Some(held.generation), w.metadata.generation);
+    assert_eq!(
+        condition(&st.conditions, "Stalled").map(|c| (c.0, c.1)),
+        Some(("True".to_string(), "ReceiverGone".to_string()))
+    );
+
+    // A spec change Git can carry resumes; the kept event is delivered.
     s.api
-        .patch("gone", &kube::api::PatchParams::default(), &kube::api::Patch::Merge(json!({ "metadata": { "annotations": { "connect.vehicles.io/receiver-gone": null } } })))
+        .patch(
+            "gone",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(json!({ "spec": { "resumeAfterGone": "ticket-42" } })),
+        )
         .await
         .unwrap();
     let got = s.receiver.wait_for("gone", 2).await;
     assert_eq!(got[1].body["id"], "evt-gone-1");
+    wait_for(&s.api, "gone", "Ready, the hold lifted", |w| {
+        w.status.as_ref().is_some_and(|st| {
+            st.receiver_gone.is_none()
+                && condition(&st.conditions, "Ready").is_some_and(|c| c.0 == "True")
+                && condition(&st.conditions, "Stalled").is_none()
+        }) && !w
+            .metadata
+            .annotations
+            .as_ref()
+            .is_some_and(|a| a.contains_key("connect.vehicles.io/receiver-gone"))
+    })
+    .await;
+}
+
+/// A 410 recorded before the hold carried a generation (a bare time in the annotation) is
+/// still lifted by removing the annotation, the one-line `kubectl annotate ... -` command.
+#[tokio::test]
+async fn removing_the_gone_annotation_resumes_too() {
+    let s = setup("gone-annot").await;
+    s.receiver.script("g2", vec![Reply::Status(200)]);
+    s.subscribe("g2", "g2", json!({})).await;
+    s.api
+        .patch(
+            "g2",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(json!({ "metadata": { "annotations": { "connect.vehicles.io/receiver-gone": "2026-01-01T00:00:00Z" } } })),
+        )
+        .await
+        .unwrap();
+    wait_for(&s.api, "g2", "ReceiverGone", |w| {
+        w.status
+            .as_ref()
+            .and_then(|st| condition(&st.conditions, "Ready"))
+            .is_some_and(|c| c.1 == "ReceiverGone")
+    })
+    .await;
+    s.post(s.event("evt-g2-1", "vehicle.processed", "veh-1", "u-1"))
+        .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(s.receiver.received_on("g2").is_empty(), "sent while held");
+    s.api
+        .patch("g2", &kube::api::PatchParams::default(), &kube::api::Patch::Merge(json!({ "metadata": { "annotations": { "connect.vehicles.io/receiver-gone": null } } })))
+        .await
+        .unwrap();
+    let got = s.receiver.wait_for("g2", 1).await;
+    assert_eq!(got[0].body["id"], "evt-g2-1");
 }
 
 #[tokio::test]

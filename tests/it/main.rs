@@ -23,6 +23,7 @@ mod ftp_pasv;
 mod ftp_probe;
 mod ftp_upload;
 mod ftp_vsftpd;
+mod gitops_health;
 mod ingest_auth;
 mod kube_basics;
 mod naming_props;

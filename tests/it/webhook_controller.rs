@@ -52,11 +52,10 @@ async fn examples_become_ready_and_track_generation() {
         let st = w.status.unwrap();
         assert_eq!(st.observed_generation, w.metadata.generation);
         assert_eq!(st.conditions[0].observed_generation, w.metadata.generation);
+        // No finalizer: deleting never waits for the operator (installed or not).
         assert!(
-            w.metadata
-                .finalizers
-                .unwrap()
-                .contains(&"connect.vehicles.io/cleanup".to_string())
+            w.metadata.finalizers.unwrap_or_default().is_empty(),
+            "{name} got a finalizer"
         );
         let t = op
             .registry
@@ -274,7 +273,7 @@ async fn internal_targets_are_refused_and_suspend_holds() {
     )
     .await;
     wait_for(&api, "paused", "Suspended", |w| {
-        ready_is(w, "False", "Suspended")
+        ready_is(w, "True", "Suspended")
     })
     .await;
     assert_eq!(
@@ -306,7 +305,7 @@ async fn internal_targets_are_refused_and_suspend_holds() {
 }
 
 #[tokio::test]
-async fn deleting_runs_the_finalizer_and_removes_the_target() {
+async fn deleting_is_immediate_and_removes_the_target() {
     let op = operator();
     let (ns, client) = tenant(op, "delete", "c").await;
     apply_value(
@@ -322,16 +321,66 @@ async fn deleting_runs_the_finalizer_and_removes_the_target() {
     wait_for(&api, "gone", "Ready", |w| ready_is(w, "True", "Ready")).await;
     assert!(op.registry.get(&key(&ns.name, "gone")).is_some());
     api.delete("gone", &DeleteParams::default()).await.unwrap();
+    // Nothing to wait for: the object is gone at once.
+    assert!(api.get_opt("gone").await.unwrap().is_none());
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while api.get_opt("gone").await.unwrap().is_some() {
+    while op.registry.get(&key(&ns.name, "gone")).is_some() {
         assert!(
             std::time::Instant::now() < deadline,
-            "finalizer never released the object"
+            "target survived deletion"
         );
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
-    assert!(
-        op.registry.get(&key(&ns.name, "gone")).is_none(),
-        "target survived deletion"
-    );
+}
+
+/// Objects of an earlier version carry its finalizer: the operator removes it (so deleting
+/// them never hangs once it is uninstalled), and one being deleted is released at once.
+#[tokio::test]
+async fn the_finalizer_of_earlier_versions_is_removed() {
+    let op = operator();
+    let (ns, client) = tenant(op, "legacy-fin", "c").await;
+    let api: Api<WebhookSubscription> = Api::namespaced(client.clone(), &ns.name);
+    for name in ["old-live", "old-deleted"] {
+        let mut v = subscription(
+            name,
+            json!({ "url": "http://127.0.0.1:9/", "clientId": "c", "events": ["vehicle.deleted"] }),
+        );
+        // A second finalizer (not ours) keeps "old-deleted" visible while it is deleted.
+        v["metadata"]["finalizers"] = if name == "old-deleted" {
+            json!(["connect.vehicles.io/cleanup", "example.com/keep"])
+        } else {
+            json!(["connect.vehicles.io/cleanup"])
+        };
+        apply_value(&client, &ns.name, v).await;
+    }
+    wait_for(&api, "old-live", "finalizer removed, Ready", |w| {
+        w.metadata.finalizers.clone().unwrap_or_default().is_empty() && ready_is(w, "True", "Ready")
+    })
+    .await;
+    wait_for(&api, "old-deleted", "Ready", |w| {
+        ready_is(w, "True", "Ready")
+    })
+    .await;
+    api.delete("old-deleted", &DeleteParams::default())
+        .await
+        .unwrap();
+    wait_for(&api, "old-deleted", "only the other finalizer left", |w| {
+        w.metadata.finalizers.clone().unwrap_or_default() == ["example.com/keep"]
+    })
+    .await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while op.registry.get(&key(&ns.name, "old-deleted")).is_some() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a deleted object stayed routed"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    api.patch(
+        "old-deleted",
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(json!({ "metadata": { "finalizers": null } })),
+    )
+    .await
+    .unwrap();
 }
