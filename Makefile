@@ -3,7 +3,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 KUBECONFIG_LOCAL := .local/kubeconfig
 
-.PHONY: demo all build control-plane peers cluster cluster-down test bench-smoke lint fmt crds clean bench openapi helm chart-crds chart-check
+.PHONY: demo all build control-plane peers dms-venv cluster cluster-down test bench-smoke lint fmt crds clean bench openapi helm chart-crds chart-check
 
 all: build
 
@@ -14,9 +14,14 @@ build:
 control-plane:
 	@scripts/build-control-plane.sh >/dev/null
 
-## Install the servers the tests run as peers (vsftpd, openssh-server) if missing (as root).
+## Install the Debian packages of the servers and tools the tests run (vsftpd, openssh-server,
+## …) if missing (as root or with passwordless sudo).
 peers:
 	@scripts/install-peers.sh
+
+## Make the Python venv of the AutoDMS test peer in ~/.cache (once).
+dms-venv:
+	@scripts/dms-venv.sh >/dev/null
 
 ## Start a local control plane; kubeconfig in .local/kubeconfig.
 cluster: control-plane
@@ -30,8 +35,12 @@ cluster-down:
 demo:
 	@scripts/demo.sh
 
-## The whole test suite (what .ci/run calls), then every benchmark at CI size.
-test: control-plane peers
+## The whole test suite (what .ci/run calls), then every benchmark at CI size. First what it
+## needs: the check names whatever the machine lacks before anything is built; then every
+## peer and tool the tests run is installed or built, so no test finds one missing.
+test:
+	@scripts/check-prereqs.sh test
+	@$(MAKE) --no-print-directory control-plane peers helm dms-venv
 	$(CARGO) test --workspace --no-fail-fast
 	$(MAKE) bench-smoke
 

@@ -2,7 +2,8 @@
 # Builds kube-apiserver and etcd from their Go modules, once, into a cache folder
 # outside the repo. Idempotent: a finished build is reused.
 #
-#   scripts/build-control-plane.sh        # builds if needed, prints the bin dir last
+#   scripts/build-control-plane.sh           # builds if needed, prints the bin dir last
+#   scripts/build-control-plane.sh --cached  # builds nothing; fails unless already built
 #
 # Env: VC_K8S_VERSION, VC_ETCD_VERSION, VC_CACHE_DIR override the pins.
 set -euo pipefail
@@ -19,10 +20,12 @@ if [[ -x "$OUT/kube-apiserver" && -x "$OUT/etcd" && -f "$OUT/.complete" ]]; then
   echo "$OUT"
   exit 0
 fi
+# scripts/check-prereqs.sh asks this to know whether Go is still needed.
+[[ "${1:-}" != --cached ]] || exit 1
 
 if ! command -v go >/dev/null 2>&1; then
   log "ERROR: Go is not installed or not on PATH."
-  log "kube-apiserver and etcd are built from source with Go (1.24+). Install Go and retry."
+  log "kube-apiserver and etcd are built from source with Go (1.26+: etcd $ETCD_VERSION's go.mod). Install Go and retry."
   exit 1
 fi
 

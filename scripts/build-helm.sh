@@ -2,7 +2,8 @@
 # Builds helm from its Go module (helm.sh/helm/v3) at a pinned tag, once, into a cache folder
 # outside the repo. Idempotent: a finished build is reused.
 #
-#   scripts/build-helm.sh        # builds if needed, prints the path of the helm binary last
+#   scripts/build-helm.sh           # builds if needed, prints the path of the helm binary last
+#   scripts/build-helm.sh --cached  # builds nothing; fails unless already built
 #
 # Env: VC_HELM_VERSION overrides the pin; VC_CACHE_DIR the cache root.
 set -euo pipefail
@@ -19,6 +20,8 @@ if [[ -x "$BIN" && -f "$OUT/.complete" ]]; then
   echo "$BIN"
   exit 0
 fi
+# scripts/check-prereqs.sh asks this to know whether Go is still needed.
+[[ "${1:-}" != --cached ]] || exit 1
 
 if ! command -v go >/dev/null 2>&1; then
   log "ERROR: Go is not installed or not on PATH."

@@ -14,6 +14,11 @@ K=(kubectl --kubeconfig "$KCFG")
 TOKEN="demo-ingest-token-$(date +%s)"
 API=127.0.0.1:8080
 say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+
+# Before building or starting anything: every missing tool and busy port, named at once.
+scripts/check-prereqs.sh demo --port 8080:"the operator's API" --port 8787:"the webhook receiver" \
+  --port 8788:"the image server" --port 8789:"the demo DMS" --port 2121:"the FTP server"
+
 PIDS=()
 
 cleanup() {
@@ -25,14 +30,17 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-for port in 8080 8787 8788 8789 2121; do
-  if (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null; then
-    echo "port $port is in use; stop what uses it (or a previous demo) first" >&2; exit 1
-  fi
-done
-
 say "building vehicle-connect and the local control plane (first time: several minutes)"
-cargo build -q --bin vehicle-connect
+# Cargo says where it put the binary: CARGO_TARGET_DIR (or a config's target-dir) may move it.
+BIN="$(cargo build -q --bin vehicle-connect --message-format=json-render-diagnostics | python3 -c '
+import json, sys
+for line in sys.stdin:
+    m = json.loads(line)
+    t = m.get("target") or {}
+    if m.get("reason") == "compiler-artifact" and t.get("name") == "vehicle-connect" and "bin" in t.get("kind", []):
+        print(m["executable"])
+')"
+[[ -x "$BIN" ]] || { echo "cargo named no vehicle-connect binary (got '$BIN')" >&2; exit 1; }
 scripts/build-control-plane.sh >/dev/null
 
 say "python tools for the demo's receiver and FTP server (standardwebhooks, pyftpdlib)"
@@ -84,7 +92,7 @@ for _ in $(seq 1 100); do [[ -s "$DEMO/dms.port" ]] && break; sleep 0.1; done
 [[ -s "$DEMO/dms.port" ]] || { echo "the demo DMS did not start; see $DEMO/dms.log" >&2; exit 1; }
 
 say "starting the operator (store in .local/demo/data, API on $API)"
-KUBECONFIG="$KCFG" RUST_LOG=info target/debug/vehicle-connect run \
+KUBECONFIG="$KCFG" RUST_LOG=info "$BIN" run \
   --listen "$API" --data-dir "$DEMO/data" --ingest-token-file "$DEMO/tokens" \
   --allow-targets 127.0.0.0/8 >"$DEMO/operator.log" 2>&1 &
 PIDS+=($!)
@@ -129,7 +137,7 @@ cat <<MSG
 The demo keeps running. Try, in another terminal:
   export KUBECONFIG=$KCFG
   kubectl get whs,ftpc,apic -A                 # status, counters
-  target/debug/vehicle-connect render --connection examples/api/apiconnection-autodms.yaml \\
+  $BIN render --connection examples/api/apiconnection-autodms.yaml \\
        --event examples/events/vehicle.processed.json   # what an event becomes, offline
   kubectl describe whs -n dealer-123 dms-vehicle-processed
   curl -H 'Authorization: Bearer $TOKEN' -H 'content-type: application/json' \\

@@ -28,6 +28,7 @@ mod ingest_auth;
 mod kube_basics;
 mod naming_props;
 mod openapi;
+mod prereqs;
 mod secret_selector;
 mod sftp_controller;
 mod sftp_peer;

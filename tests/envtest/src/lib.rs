@@ -30,9 +30,46 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::runtime::wait::{await_condition, conditions};
 use kube::{Client, Config};
 
-/// Root of the vehicle-connect repository (this crate lives in `tests/envtest`).
-pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+/// The file that marks the repository's root, next to its workspace Cargo.toml.
+const ROOT_MARKER: &str = "scripts/build-control-plane.sh";
+
+/// Root of the vehicle-connect repository, found at run time: `VC_REPO_ROOT` if set, else the
+/// nearest directory at or above the working directory (cargo runs tests and benches in their
+/// package's directory; `make` in the root). Not the path this crate was compiled at: with a
+/// shared `CARGO_TARGET_DIR`, cargo reuses one clone's build in another, whose compile-time
+/// path may name a clone that is gone.
+pub fn repo_root() -> Result<PathBuf> {
+    let cwd = std::env::current_dir().context("reading the working directory")?;
+    find_repo_root(std::env::var_os("VC_REPO_ROOT").map(PathBuf::from), &cwd)
+}
+
+/// [`repo_root`] with its inputs given: the explicit root, or else where the search starts.
+pub fn find_repo_root(explicit: Option<PathBuf>, start: &Path) -> Result<PathBuf> {
+    if let Some(root) = explicit {
+        let root = start.join(root);
+        if is_repo_root(&root) {
+            return Ok(root);
+        }
+        bail!(
+            "VC_REPO_ROOT={} is not a vehicle-connect checkout (no workspace Cargo.toml with {ROOT_MARKER})",
+            root.display()
+        );
+    }
+    match start.ancestors().find(|dir| is_repo_root(dir)) {
+        Some(root) => Ok(root.to_path_buf()),
+        None => bail!(
+            "{} is not inside a vehicle-connect checkout (no workspace Cargo.toml with {ROOT_MARKER} \
+             here or above): run from the repository, or set VC_REPO_ROOT to it",
+            start.display()
+        ),
+    }
+}
+
+/// The workspace root's Cargo.toml, not a member's (tests/envtest has one too).
+fn is_repo_root(dir: &Path) -> bool {
+    dir.join(ROOT_MARKER).is_file()
+        && fs::read_to_string(dir.join("Cargo.toml"))
+            .is_ok_and(|toml| toml.lines().any(|l| l.trim() == "[workspace]"))
 }
 
 /// The two control-plane programs.
@@ -49,7 +86,7 @@ impl Binaries {
         let dir = match std::env::var_os("VC_CONTROL_PLANE_DIR") {
             Some(d) => PathBuf::from(d),
             None => {
-                let script = repo_root().join("scripts/build-control-plane.sh");
+                let script = repo_root()?.join(ROOT_MARKER);
                 let out = Command::new("bash")
                     .arg(&script)
                     .stderr(Stdio::inherit())
@@ -124,9 +161,13 @@ impl ControlPlane {
         if let Some(cp) = SHARED.get() {
             return cp;
         }
-        let root = std::env::var_os("VC_ENVTEST_DIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| repo_root().join("target/envtest"));
+        let root = match std::env::var_os("VC_ENVTEST_DIR") {
+            Some(dir) => PathBuf::from(dir),
+            None => match repo_root() {
+                Ok(repo) => repo.join("target/envtest"),
+                Err(e) => panic!("could not start the test control plane: {e:#}"),
+            },
+        };
         cleanup_stale_runs(&root);
         let dir = root.join(format!("{}-{}", std::process::id(), unix_millis()));
         let cp = match Self::start(&dir, Lifetime::Owned) {
@@ -729,4 +770,122 @@ pub fn tail(path: &Path, n: usize) -> String {
     let _ = f.seek(SeekFrom::Start(len.saturating_sub(64 * 1024)));
     let lines: Vec<String> = BufReader::new(f).lines().map_while(Result::ok).collect();
     lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A scratch directory, removed on drop.
+    struct Scratch(PathBuf);
+
+    impl Scratch {
+        fn new(name: &str) -> Scratch {
+            let dir = std::env::temp_dir().join(format!(
+                "vc-envtest-{name}-{}-{}",
+                std::process::id(),
+                unix_millis()
+            ));
+            fs::create_dir_all(&dir).unwrap();
+            Scratch(dir.canonicalize().unwrap())
+        }
+
+        fn file(&self, path: &str, text: &str) -> PathBuf {
+            let path = self.0.join(path);
+            fs::create_dir_all(path.parent().unwrap()).unwrap();
+            fs::write(&path, text).unwrap();
+            path
+        }
+
+        fn dir(&self, path: &str) -> PathBuf {
+            let path = self.0.join(path);
+            fs::create_dir_all(&path).unwrap();
+            path
+        }
+    }
+
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir_all(&self.0);
+        }
+    }
+
+    /// A checkout: workspace Cargo.toml, the marker script, a member with a Cargo.toml of its
+    /// own (as tests/envtest is) and, inside it, another project's workspace.
+    fn checkout(s: &Scratch) -> PathBuf {
+        s.file(
+            "repo/Cargo.toml",
+            "[package]\nname = \"vehicle-connect\"\n\n[workspace]\n",
+        );
+        s.file("repo/scripts/build-control-plane.sh", "#!/bin/sh\n");
+        s.file(
+            "repo/tests/envtest/Cargo.toml",
+            "[package]\nname = \"vc-envtest\"\n",
+        );
+        s.file("repo/tests/envtest/other/Cargo.toml", "[workspace]\n");
+        s.0.join("repo")
+    }
+
+    #[test]
+    fn walks_up_past_members_and_other_workspaces_to_the_checkout() {
+        let s = Scratch::new("walk");
+        let repo = checkout(&s);
+        let deep = s.dir("repo/tests/envtest/other/src");
+        assert_eq!(find_repo_root(None, &deep).unwrap(), repo);
+        assert_eq!(find_repo_root(None, &repo).unwrap(), repo);
+    }
+
+    #[test]
+    fn vc_repo_root_wins_over_the_working_directory() {
+        let s = Scratch::new("explicit");
+        let repo = checkout(&s);
+        let elsewhere = s.dir("elsewhere");
+        assert_eq!(
+            find_repo_root(Some(repo.clone()), &elsewhere).unwrap(),
+            repo
+        );
+        // Relative to the working directory, as a shell would mean it.
+        assert_eq!(
+            find_repo_root(Some("../repo".into()), &elsewhere).unwrap(),
+            elsewhere.join("../repo")
+        );
+    }
+
+    #[test]
+    fn a_wrong_vc_repo_root_is_an_error_even_inside_a_checkout() {
+        let s = Scratch::new("wrong");
+        let repo = checkout(&s);
+        let not_repo = s.dir("repo/tests/envtest");
+        let err = find_repo_root(Some(not_repo.clone()), &repo).unwrap_err();
+        let msg = format!("{err:#}");
+        assert!(
+            msg.contains("VC_REPO_ROOT") && msg.contains(&not_repo.display().to_string()),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn outside_a_checkout_the_error_says_what_to_do() {
+        let s = Scratch::new("outside");
+        // A workspace, but another project's: no scripts/build-control-plane.sh.
+        s.file("ws/Cargo.toml", "[workspace]\n");
+        let start = s.dir("ws/src");
+        let msg = format!("{:#}", find_repo_root(None, &start).unwrap_err());
+        assert!(msg.contains("set VC_REPO_ROOT"), "{msg}");
+        assert!(msg.contains(&start.display().to_string()), "{msg}");
+    }
+
+    /// Cargo runs this crate's tests in tests/envtest: from there the lookup must land on
+    /// this checkout, two levels up.
+    #[test]
+    fn from_this_crates_directory_it_finds_this_checkout() {
+        let cwd = std::env::current_dir().unwrap();
+        assert!(
+            cwd.ends_with("tests/envtest"),
+            "cargo ran us in {}",
+            cwd.display()
+        );
+        let found = find_repo_root(None, &cwd).unwrap();
+        assert_eq!(found, cwd.parent().unwrap().parent().unwrap());
+    }
 }
