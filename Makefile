@@ -3,7 +3,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 KUBECONFIG_LOCAL := .local/kubeconfig
 
-.PHONY: demo all build control-plane peers cluster cluster-down test bench-smoke lint fmt crds clean bench openapi helm chart-crds chart-check
+.PHONY: demo all build control-plane health-checker peers cluster cluster-down test bench-smoke lint fmt crds clean bench openapi helm chart-crds chart-check
 
 all: build
 
@@ -13,6 +13,10 @@ build:
 ## Build kube-apiserver + etcd from their Go modules into ~/.cache (once).
 control-plane:
 	@scripts/build-control-plane.sh >/dev/null
+
+## Build vc-health (tests/peers/health: kstatus, Argo CD and Flux verdicts) into ~/.cache (once).
+health-checker:
+	@scripts/build-health-checker.sh >/dev/null
 
 ## Install the servers the tests run as peers (vsftpd, openssh-server) if missing (as root).
 peers:
@@ -31,13 +35,13 @@ demo:
 	@scripts/demo.sh
 
 ## The whole test suite (what .ci/run calls), then every benchmark at CI size.
-test: control-plane peers
+test: control-plane health-checker peers
 	$(CARGO) test --workspace --no-fail-fast
 	$(MAKE) bench-smoke
 
 ## Every benchmark in a debug build with small counts: checks that they run and print their
 ## figures (speed is never asserted; `make bench` measures).
-bench-smoke: control-plane peers
+bench-smoke: control-plane health-checker peers
 	VC_BENCH_EVENTS=400 VC_BENCH_REPS=2 VC_BENCH_LATENCY_SECONDS=1 VC_BENCH_BACKLOG_EVENTS=5000 VC_BENCH_BACKLOG_VEHICLES=100 \
 	VC_BENCH_VEHICLES=10 VC_BENCH_IMAGE_KIB=16 VC_BENCH_FTP_CONNECTIONS=10 \
 	VC_BENCH_ZIP_IMAGES=4 VC_BENCH_ZIP_IMAGE_MIB=1 VC_BENCH_WEBHOOKS=50 VC_BENCH_FTP=10 VC_BENCH_SFTP_CONNECTIONS=20 \
