@@ -3,7 +3,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 KUBECONFIG_LOCAL := .local/kubeconfig
 
-.PHONY: demo all build control-plane health-checker peers cluster cluster-down test bench-smoke lint fmt crds clean bench openapi helm chart-crds chart-check
+.PHONY: demo all build control-plane health-checker health-docs peers cluster cluster-down test bench-smoke lint fmt crds clean bench openapi helm chart-crds chart-check
 
 all: build
 
@@ -17,6 +17,10 @@ control-plane:
 ## Build vc-health (tests/peers/health: kstatus, Argo CD and Flux verdicts) into ~/.cache (once).
 health-checker:
 	@scripts/build-health-checker.sh >/dev/null
+
+## Regenerate docs/health/argocd-cm.yaml from docs/health/argocd.lua.
+health-docs:
+	@scripts/sync-health-argocd-cm.sh
 
 ## Install the servers the tests run as peers (vsftpd, openssh-server) if missing (as root).
 peers:
