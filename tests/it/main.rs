@@ -23,6 +23,7 @@ mod ftp_pasv;
 mod ftp_probe;
 mod ftp_upload;
 mod ftp_vsftpd;
+mod health_scripts;
 mod ingest_auth;
 mod kube_basics;
 mod naming_props;
