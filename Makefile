@@ -3,7 +3,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 KUBECONFIG_LOCAL := .local/kubeconfig
 
-.PHONY: demo all build control-plane peers dms-venv cluster cluster-down test bench-smoke lint fmt crds clean bench openapi helm chart-crds chart-check
+.PHONY: demo all build control-plane health-checker health-docs peers dms-venv cluster cluster-down test bench-smoke lint fmt crds clean bench openapi helm chart-crds chart-check
 
 all: build
 
@@ -13,6 +13,14 @@ build:
 ## Build kube-apiserver + etcd from their Go modules into ~/.cache (once).
 control-plane:
 	@scripts/build-control-plane.sh >/dev/null
+
+## Build vc-health (tests/peers/health: kstatus, Argo CD and Flux verdicts) into ~/.cache (once).
+health-checker:
+	@scripts/build-health-checker.sh >/dev/null
+
+## Regenerate docs/health/argocd-cm.yaml from docs/health/argocd.lua.
+health-docs:
+	@scripts/sync-health-argocd-cm.sh
 
 ## Install the Debian packages of the servers and tools the tests run (vsftpd, openssh-server,
 ## …) if missing (as root or with passwordless sudo).
@@ -40,7 +48,7 @@ demo:
 ## peer and tool the tests run is installed or built, so no test finds one missing.
 test:
 	@scripts/check-prereqs.sh test
-	@$(MAKE) --no-print-directory control-plane peers helm dms-venv
+	@$(MAKE) --no-print-directory control-plane peers helm dms-venv health-checker
 	$(CARGO) test --workspace --no-fail-fast
 	$(MAKE) bench-smoke
 

@@ -61,6 +61,10 @@ if [[ "$MODE" == test ]] && ! "$BASH" "$ROOT/scripts/build-helm.sh" --cached >/d
   if [[ -z "$go_min" ]]; then go_min=$GO_MIN_HELM; fi
   go_for="${go_for:+${go_for/ and /, } and }helm"
 fi
+if [[ "$MODE" == test ]] && ! "$BASH" "$ROOT/scripts/build-health-checker.sh" --cached >/dev/null 2>&1; then
+  if [[ -z "$go_min" ]]; then go_min=$GO_MIN_HELM; fi
+  go_for="${go_for:+${go_for/ and /, } and }the health checker"
+fi
 if [[ -n "$go_min" ]]; then
   what="go $go_min or newer (builds $go_for from their Go modules, once, into ~/.cache/vehicle-connect)"
   how="install Go from https://go.dev/dl and put its bin dir on PATH (Debian's golang-go is too old)"

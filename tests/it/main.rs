@@ -24,6 +24,7 @@ mod ftp_probe;
 mod ftp_upload;
 mod ftp_vsftpd;
 mod gitops_health;
+mod health_scripts;
 mod ingest_auth;
 mod kube_basics;
 mod naming_props;

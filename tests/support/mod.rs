@@ -6,6 +6,7 @@
 pub mod dms;
 #[allow(dead_code)]
 pub mod ftp_server;
+pub mod health;
 pub mod lying_ftp;
 pub mod operator;
 pub mod peer_script;
