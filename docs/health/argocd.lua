@@ -51,7 +51,8 @@ if ready == nil then
   return hs
 end
 
-if ready.status == "False" and ready.reason == "Suspended" then
+-- Suspended is what the user asked for (the operator writes it as Ready=True).
+if ready.reason == "Suspended" then
   hs.status = "Suspended"
   hs.message = ready.message or "spec.suspend is true"
   return hs

@@ -308,18 +308,19 @@ fn cases(kind: Kind) -> Vec<Case> {
             want: ["Current", "Degraded", "Current"],
             messages: argocd_says("40 events waiting"),
         },
-        // kstatus (cli-utils v0.37) falls back to the Ready condition when there is neither
-        // Reconciling nor Stalled, and reads Ready=False as InProgress.
+        // Suspended is what the user asked for: the operator writes Ready=True with reason
+        // Suspended, so kstatus (which falls back to Ready when there is neither Reconciling
+        // nor Stalled) and Flux call it done, and Argo CD shows it as Suspended.
         Case {
-            state: "suspended (Ready=False, Suspended)".into(),
+            state: "suspended (Ready=True, Suspended)".into(),
             obj: live(
                 kind,
                 vec![
-                    condition("Ready", "False", "Suspended", "spec.suspend is true"),
+                    condition("Ready", "True", "Suspended", "spec.suspend is true"),
                     condition("Delivering", "Unknown", "NoDeliveries", "suspended"),
                 ],
             ),
-            want: ["InProgress", "Suspended", "Current"],
+            want: ["Current", "Suspended", "Current"],
             messages: argocd_says("spec.suspend is true"),
         },
         // Not a state the operator writes; the script must not call it healthy or wait on it.
