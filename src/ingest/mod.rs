@@ -160,9 +160,7 @@ fn error_code() -> utoipa::openapi::Object {
             "unavailable",
             "storage_full",
         ],
-        "Machine-readable: `invalid_event`, `invalid_request` (feed parameters), `unauthorized`, \
-         `forbidden_client`, `timeout`, `too_large`, `unsupported_media_type`, `backlog_full`, \
-         `busy`, `unavailable`, `storage_full`.",
+        "Machine-readable; `invalid_request` is the feed's (its parameters).",
     )
 }
 
@@ -504,9 +502,11 @@ async fn post_events(State(st): State<ApiState>, req: Request) -> Response {
     }
 }
 
-/// Liveness: fails when the store could not reopen its file for longer than the bound (a
-/// restart is the remedy left). A store that cannot write because the disk is full stays live
-/// (a restart would not free the disk) and says so in the body.
+/// Liveness.
+///
+/// Fails when the store could not reopen its file for longer than the bound (a restart is
+/// the remedy left). A store that cannot write because the disk is full stays live (a restart
+/// would not free the disk) and says so in the body.
 #[utoipa::path(get, path = "/healthz", tag = "operations", responses(
     (status = 200, description = "The process is alive; the body says if the store is degraded (writes refused and retried, e.g. a full disk)", body = String, content_type = "text/plain", example = "ok"),
     (status = 503, description = "The store cannot reopen its file; a restart is the remedy left", body = String, content_type = "text/plain",

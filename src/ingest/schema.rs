@@ -82,6 +82,20 @@ fn about(t: EventType) -> String {
     s
 }
 
+/// A line on what a type's webhook carries, for the lists renderers show.
+fn summary(t: EventType) -> String {
+    let of = match t.as_str().split('.').next() {
+        Some("vehicle" | "image") => "Vehicle event",
+        Some("user") => "User event",
+        _ => "Data event",
+    };
+    match t {
+        EventType::VehicleDeleted => format!("{of}; FtpConnections may remove its files"),
+        _ if EventType::FTP.contains(&t) => format!("{of}; FtpConnections upload its images"),
+        _ => of.to_string(),
+    }
+}
+
 fn ident(description: &str, example: &str) -> Value {
     json!({
         "type": "string", "minLength": 1, "maxLength": 128, "pattern": IDENT,
@@ -316,8 +330,11 @@ pub fn event_schemas() -> Map<String, Value> {
             "description": "The body of `POST /v1/events`: one event, or an array of 1-1000 events \
                 (accepted or refused as a whole).",
             "oneOf": [
-                schema_ref("EventInput"),
-                { "type": "array", "items": schema_ref("EventInput"), "minItems": 1, "maxItems": 1000 },
+                { "title": "One event", "$ref": "#/components/schemas/EventInput" },
+                {
+                    "title": "A batch", "type": "array", "items": schema_ref("EventInput"),
+                    "minItems": 1, "maxItems": 1000,
+                },
             ],
             "example": input_example(true),
         }),
@@ -447,7 +464,7 @@ fn webhooks() -> Map<String, Value> {
             let op = json!({
                 "post": {
                     "operationId": format!("webhook_{}", t.as_str().replace('.', "_")),
-                    "summary": t.as_str(),
+                    "summary": summary(t),
                     "description": format!(
                         "{} POSTed to the `url` of each WebhookSubscription whose `events` include \
                          `{t}` and whose `clientId` (and `userIds`, if set) match the event.\n\n\
