@@ -468,10 +468,11 @@ fn webhooks() -> Map<String, Value> {
                     "description": format!(
                         "{} POSTed to the `url` of each WebhookSubscription whose `events` include \
                          `{t}` and whose `clientId` (and `userIds`, if set) match the event.\n\n\
-                         Headers: `content-type: application/json`; `accept: */*` and the \
-                         `user-agent`; `webhook-id`, `webhook-timestamp` and `webhook-signature` \
-                         with `spec.signing`; `authorization` (Basic or Bearer) with `spec.auth`; \
-                         the subscription's `spec.headers` as given (they cannot replace these).\n\n\
+                         Headers: `content-type: application/json` and the `user-agent`; \
+                         `webhook-id`, `webhook-timestamp` and `webhook-signature` with \
+                         `spec.signing`; `authorization` (Basic or Bearer) with `spec.auth`; the \
+                         subscription's `spec.headers` as given (they cannot replace these); \
+                         `accept: */*` unless `spec.headers` sets it.\n\n\
                          At least once: dedupe on `webhook-id`. Events of one vehicle (events \
                          without one: of one user, else of one client) arrive one at a time, in \
                          the order they were accepted.",
