@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Makes, once, the Python venv that runs the AutoDMS test peer (tests/peers/dms/server.py):
-# openapi-core (the independent OpenAPI request validator) and werkzeug, at pinned versions,
-# from PyPI. Prints the venv's python on stdout (last line); everything else goes to stderr.
+# Makes, once, the Python venv that runs the AutoDMS test peer (tests/peers/dms/server.py)
+# and the checker of our own OpenAPI document (tests/peers/openapi/check.py): openapi-core
+# (the independent OpenAPI request validator, with jsonschema) and werkzeug, at pinned
+# versions, from PyPI. Prints the venv's python on stdout (last line); everything else goes
+# to stderr.
 #
 #   scripts/dms-venv.sh                 # -> ~/.cache/vehicle-connect/dms-venv/bin/python
 #   "$(scripts/dms-venv.sh)" tests/peers/dms/server.py --port 0 --ready-file /tmp/port
@@ -100,6 +102,7 @@ fi
 import sys
 from importlib.metadata import version
 import openapi_core.contrib.werkzeug  # noqa: F401  (what server.py uses)
+import jsonschema, openapi_spec_validator, referencing  # noqa: F401,E401  (and check.py)
 for pin in sys.argv[1:]:
     name, want = pin.split("==")
     got = version(name)

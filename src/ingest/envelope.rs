@@ -5,30 +5,20 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use utoipa::ToSchema;
 
 use crate::api::EventType;
 
 /// Largest batch accepted in one request.
 pub const MAX_BATCH: usize = 1000;
 
-/// One vehicle event, as posted to `POST /v1/events` and as delivered in webhook bodies.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+/// One vehicle event, as posted to `POST /v1/events` and as delivered in webhook bodies. Its
+/// OpenAPI schemas, one per type, are in [`super::schema`]: keep them in step with [`validate`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
-#[schema(example = json!({
-    "id": "evt_01JD2Y6W9Q4M5T7V8X0Z1A2B3C", "type": "vehicle.processed",
-    "timestamp": "2026-11-27T10:15:30Z", "clientId": "dealer-123", "userId": "u-42",
-    "data": { "vehicle": { "id": "veh-9", "vin": "WVWZZZ1JZXW000001", "stockNumber": "A1234",
-        "make": "Volkswagen", "model": "Golf", "year": 2021 },
-        "user": { "id": "u-42", "name": "Ana Pérez", "email": "ana@dealer-123.example" },
-        "images": [{ "index": 1, "url": "https://cdn.example/veh-9/1.jpg", "contentType": "image/jpeg", "bytes": 183022 }] }
-}))]
 pub struct Envelope {
-    /// Unique per event; the idempotency key (1-128 of `A-Z a-z 0-9 _ . : -`).
+    /// Unique per event; the idempotency key (1-128 of `A-Z a-z 0-9 _ . : - @`).
     pub id: String,
-    /// One of the eleven event types.
     #[serde(rename = "type")]
-    #[schema(value_type = String, example = "vehicle.processed")]
     pub type_: EventType,
     /// When it happened, RFC 3339.
     pub timestamp: String,
@@ -39,24 +29,11 @@ pub struct Envelope {
     pub user_id: Option<String>,
     /// Depends on the type; `vehicle.*` and `image.*` carry `vehicle`, and `images` where
     /// images exist.
-    #[schema(value_type = Object)]
     pub data: Value,
 }
 
-/// `data.vehicle` (documentation of the shape; extra fields are kept).
-#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct Vehicle {
-    pub id: String,
-    pub vin: Option<String>,
-    pub stock_number: Option<String>,
-    pub make: Option<String>,
-    pub model: Option<String>,
-    pub year: Option<u16>,
-}
-
 /// One entry of `data.images`.
-#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Image {
     /// 1-based position.
@@ -70,7 +47,7 @@ pub struct Image {
 }
 
 /// A refused request body: what is wrong and where.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, ToSchema)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct FieldError {
     /// Path of the bad field, e.g. `[2].data.vehicle.id` (`$` for the whole body).
     pub field: String,

@@ -105,6 +105,7 @@ pub struct FeedParams {
 pub struct FeedResponse {
     /// The client's events after the cursor, in the order they were accepted, each as it was
     /// accepted (the same envelope webhooks carry).
+    #[schema(schema_with = delivered_events)]
     pub events: Vec<Envelope>,
     /// Pass as `after` for the next page: resumes after the last event returned (the same
     /// cursor again when nothing was returned). Opaque.
@@ -116,6 +117,16 @@ pub struct FeedResponse {
     /// The page ended at `limit` (or at its size or scan bound) with events possibly left:
     /// ask again with `next` at once instead of waiting.
     pub more: bool,
+}
+
+fn delivered_events() -> utoipa::openapi::Array {
+    utoipa::openapi::ArrayBuilder::new()
+        .items(utoipa::openapi::Ref::from_schema_name("Event"))
+        .description(Some(
+            "The client's events after the cursor, in the order they were accepted, each as \
+             webhooks carry it.",
+        ))
+        .build()
 }
 
 /// Read one client's events (the pull feed).

@@ -3,6 +3,7 @@
 
 pub mod envelope;
 pub mod feed;
+pub mod schema;
 pub mod tokens;
 
 use std::sync::Arc;
@@ -91,30 +92,76 @@ async fn read_body(mut body: axum::body::Body, max: usize) -> BodyRead {
 pub struct EventResult {
     pub id: String,
     /// `accepted` (new, durable) or `duplicate` (this id was accepted before).
+    #[schema(schema_with = result_status)]
     pub status: &'static str,
     /// Delivery targets it was routed to (0 for duplicates).
     pub deliveries: usize,
 }
 
+fn result_status() -> utoipa::openapi::Object {
+    string_enum(
+        &["accepted", "duplicate"],
+        "`accepted` (new, durable) or `duplicate` (this id was accepted before, nothing is delivered again).",
+    )
+}
+
+fn string_enum(values: &[&str], description: &str) -> utoipa::openapi::Object {
+    utoipa::openapi::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::Type::String)
+        .enum_values(Some(values.iter().copied()))
+        .description(Some(description))
+        .build()
+}
+
 /// Body of a 202.
 #[derive(Clone, Debug, Serialize, ToSchema)]
+#[schema(example = json!({
+    "accepted": 1, "duplicates": 1,
+    "events": [
+        { "id": "evt_sample_vehicle_created", "status": "duplicate", "deliveries": 0 },
+        { "id": "evt_sample_vehicle_processed_2", "status": "accepted", "deliveries": 3 }
+    ]
+}))]
 pub struct AcceptResponse {
+    /// Events accepted now.
     pub accepted: usize,
+    /// Events whose id was accepted before (not stored or delivered again).
     pub duplicates: usize,
+    /// One per event of the request, in its order.
     pub events: Vec<EventResult>,
 }
 
 /// Body of every error response.
 #[derive(Clone, Debug, Serialize, ToSchema)]
 pub struct ErrorBody {
-    /// Machine-readable: `invalid_event`, `invalid_request` (feed parameters),
-    /// `unauthorized`, `forbidden_client`, `timeout`, `too_large`, `unsupported_media_type`,
-    /// `backlog_full`, `busy`, `unavailable`, `storage_full`.
+    /// Machine-readable code.
+    #[schema(schema_with = error_code)]
     pub error: &'static str,
+    /// For people: what is wrong and what to do.
     pub message: String,
-    /// The bad field, for `invalid_event`; the bad query parameter, for `invalid_request`.
+    /// The bad field, for `invalid_event` (e.g. `[2].data.vehicle.id`, `$` for the whole body)
+    /// and `forbidden_client`; the bad query parameter, for `invalid_request`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub field: Option<String>,
+}
+
+fn error_code() -> utoipa::openapi::Object {
+    string_enum(
+        &[
+            "invalid_event",
+            "invalid_request",
+            "unauthorized",
+            "forbidden_client",
+            "timeout",
+            "too_large",
+            "unsupported_media_type",
+            "backlog_full",
+            "busy",
+            "unavailable",
+            "storage_full",
+        ],
+        "Machine-readable; `invalid_request` is the feed's (its parameters).",
+    )
 }
 
 /// Where accepted events go: routes them, stores them durably, schedules delivery.
@@ -195,20 +242,44 @@ fn bearer(headers: &header::HeaderMap) -> Option<&str> {
 }
 
 /// Accept one event or a batch.
+///
+/// Each event is checked (errors name the field), routed to the delivery targets that select
+/// it and stored durably before the answer: `202` means every event of the request is either
+/// accepted or a `duplicate` of an id accepted before, and will be delivered at least once. A
+/// request is accepted or refused as a whole.
 #[utoipa::path(
     post, path = "/v1/events", tag = "ingest",
-    request_body(content = Vec<Envelope>, description = "One event object, or an array of 1-1000 events", content_type = "application/json"),
+    request_body(
+        content = ref("#/components/schemas/EventsInput"), content_type = "application/json",
+        description = "One event, or an array of 1-1000 events; the whole body at most `--max-body-bytes` (default 1 MiB)",
+        examples(
+            ("one" = (summary = "One event", value = json!(schema::input_example(false)))),
+            ("batch" = (summary = "A batch", value = json!(schema::input_example(true)))),
+        ),
+    ),
     responses(
         (status = 202, description = "Stored durably; delivery follows (at least once)", body = AcceptResponse),
-        (status = 400, description = "Invalid event; `field` names the bad field", body = ErrorBody),
-        (status = 401, description = "Missing or unknown bearer token (answered before the body is read)", body = ErrorBody),
-        (status = 403, description = "`forbidden_client`: the token may not post for the `clientId` of an event (`field` names it); the whole batch is refused", body = ErrorBody),
-        (status = 408, description = "The body did not arrive within the read timeout", body = ErrorBody),
-        (status = 413, description = "Body larger than the limit", body = ErrorBody),
-        (status = 415, description = "Content-Type is not application/json", body = ErrorBody),
-        (status = 429, description = "`backlog_full`: the backlog of pending deliveries is at its limit; nothing was accepted, retry after `Retry-After` seconds", body = ErrorBody),
-        (status = 503, description = "Not ready, too many concurrent ingest requests (`busy`), or the store cannot write; retry after `Retry-After` seconds", body = ErrorBody),
-        (status = 507, description = "`storage_full`: the operator's disk is full; nothing was accepted, retry after `Retry-After` seconds", body = ErrorBody),
+        (status = 400, description = "`invalid_event`: not JSON, not an event or a batch of 1-1000, or an event fails a check; `field` names the bad field", body = ErrorBody,
+            example = json!({ "error": "invalid_event", "message": "[1].data.vehicle.id: required: a non-empty string of at most 128 characters", "field": "[1].data.vehicle.id" })),
+        (status = 401, description = "`unauthorized`: missing or unknown bearer token (answered before the body is read)", body = ErrorBody,
+            example = json!({ "error": "unauthorized", "message": "a valid bearer token is required (Authorization: Bearer <token>)" })),
+        (status = 403, description = "`forbidden_client`: the token may not post for the `clientId` of an event (`field` names it); the whole request is refused", body = ErrorBody,
+            example = json!({ "error": "forbidden_client", "message": "this token may not post events for client \"dealer-9\"; nothing in this request was accepted", "field": "[3].clientId" })),
+        (status = 408, description = "`timeout`: the body did not arrive within 30 s", body = ErrorBody,
+            example = json!({ "error": "timeout", "message": "the body did not arrive within 30s" })),
+        (status = 413, description = "`too_large`: body larger than `--max-body-bytes`", body = ErrorBody,
+            example = json!({ "error": "too_large", "message": "body larger than 1048576 bytes" })),
+        (status = 415, description = "`unsupported_media_type`: Content-Type is not application/json", body = ErrorBody,
+            example = json!({ "error": "unsupported_media_type", "message": "Content-Type must be application/json" })),
+        (status = 429, description = "`backlog_full`: the backlog of pending deliveries is at its limit; nothing was accepted, retry after `Retry-After` seconds", body = ErrorBody,
+            headers(("Retry-After" = u32, description = "Seconds (30)")),
+            example = json!({ "error": "backlog_full", "message": "5000000 deliveries are pending, the limit is 5000000; nothing was accepted, retry later" })),
+        (status = 503, description = "`unavailable` (starting up, or the store cannot write) or `busy` (too many ingest requests in flight); nothing was accepted, retry (after `Retry-After` seconds, when given)", body = ErrorBody,
+            headers(("Retry-After" = u32, description = "Seconds; sent with `busy` (1) and when the store cannot write")),
+            example = json!({ "error": "busy", "message": "more than 64 ingest requests in flight; retry shortly" })),
+        (status = 507, description = "`storage_full`: the operator's disk is full; nothing was accepted, retry after `Retry-After` seconds", body = ErrorBody,
+            headers(("Retry-After" = u32, description = "Seconds")),
+            example = json!({ "error": "storage_full", "message": "the operator's disk is full; nothing was accepted, retry in 5s" })),
     ),
     security(("bearer" = []))
 )]
@@ -431,10 +502,16 @@ async fn post_events(State(st): State<ApiState>, req: Request) -> Response {
     }
 }
 
-/// Liveness: fails when the store could not reopen its file for longer than the bound (a
-/// restart is the remedy left). A store that cannot write because the disk is full stays live
-/// (a restart would not free the disk) and says so in the body.
-#[utoipa::path(get, path = "/healthz", responses((status = 200, description = "The process is alive (the body says if the store is degraded)"), (status = 503, description = "The store cannot recover; the body says why")))]
+/// Liveness.
+///
+/// Fails when the store could not reopen its file for longer than the bound (a restart is
+/// the remedy left). A store that cannot write because the disk is full stays live (a restart
+/// would not free the disk) and says so in the body.
+#[utoipa::path(get, path = "/healthz", tag = "operations", responses(
+    (status = 200, description = "The process is alive; the body says if the store is degraded (writes refused and retried, e.g. a full disk)", body = String, content_type = "text/plain", example = "ok"),
+    (status = 503, description = "The store cannot reopen its file; a restart is the remedy left", body = String, content_type = "text/plain",
+        example = "store failed for 312s and cannot reopen its file: Input/output error (os error 5)"),
+))]
 async fn healthz(State(st): State<ApiState>) -> Response {
     match st.store.health() {
         StoreHealth::Healthy => "ok".into_response(),
@@ -455,7 +532,10 @@ async fn healthz(State(st): State<ApiState>) -> Response {
 }
 
 /// Readiness: the store is open and pending deliveries are loaded.
-#[utoipa::path(get, path = "/readyz", responses((status = 200, description = "Ready"), (status = 503, description = "Starting")))]
+#[utoipa::path(get, path = "/readyz", tag = "operations", responses(
+    (status = 200, description = "Ready: events posted now reach every target that exists", body = String, content_type = "text/plain", example = "ok"),
+    (status = 503, description = "Starting", body = String, content_type = "text/plain", example = "starting"),
+))]
 async fn readyz(State(st): State<ApiState>) -> Response {
     if st.ready.load(Ordering::Acquire) {
         "ok".into_response()
@@ -465,7 +545,10 @@ async fn readyz(State(st): State<ApiState>) -> Response {
 }
 
 /// Prometheus metrics.
-#[utoipa::path(get, path = "/metrics", responses((status = 200, description = "Prometheus text format", content_type = "text/plain")))]
+#[utoipa::path(get, path = "/metrics", tag = "operations", responses(
+    (status = 200, description = "OpenMetrics text (`application/openmetrics-text; version=1.0.0; charset=utf-8`), which Prometheus reads", body = String, content_type = "application/openmetrics-text",
+        example = "# TYPE vehicle_connect_events counter\nvehicle_connect_events_total{result=\"accepted\"} 42\n# EOF\n"),
+))]
 async fn metrics(State(st): State<ApiState>) -> Response {
     st.metrics.store_state.set(st.store.health().level());
     (
@@ -479,7 +562,9 @@ async fn metrics(State(st): State<ApiState>) -> Response {
 }
 
 /// This document.
-#[utoipa::path(get, path = "/openapi.json", responses((status = 200, description = "The OpenAPI document")))]
+#[utoipa::path(get, path = "/openapi.json", tag = "operations", responses(
+    (status = 200, description = "This document (OpenAPI 3.1)", body = Object, content_type = "application/json"),
+))]
 async fn openapi_json() -> Response {
     (
         [(header::CONTENT_TYPE, "application/json")],
@@ -503,9 +588,15 @@ impl utoipa::Modify for BearerAuth {
 
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "vehicle-connect", description = "HTTP API of the vehicle-connect operator: the platform posts vehicle events; they are delivered to the clients' webhooks and FTP servers, and clients whose systems cannot receive webhooks read them with GET /v1/events (the pull feed, with its own feed tokens)."),
+    info(title = "vehicle-connect", description = "HTTP API of the vehicle-connect operator: the platform posts vehicle events; they are delivered to the clients' webhooks (described under `webhooks`: what a client's receiver gets and how its answers are taken), FTP servers and APIs, and clients whose systems cannot receive webhooks read them with GET /v1/events (the pull feed, with its own feed tokens)."),
     paths(post_events, feed::get_feed, healthz, readyz, metrics, openapi_json),
-    components(schemas(Envelope, envelope::Vehicle, envelope::Image, AcceptResponse, EventResult, ErrorBody, feed::FeedResponse)),
+    components(schemas(AcceptResponse, EventResult, ErrorBody, feed::FeedResponse)),
+    tags(
+        (name = "ingest", description = "The platform posts events (ingest tokens, `--ingest-token-file`)."),
+        (name = "feed", description = "A client reads its events (feed tokens, `--feed-token-file`)."),
+        (name = "operations", description = "Probes, metrics and this document; no token."),
+        (name = "webhooks", description = "What a client's receiver gets: one signed POST per event and subscription (Standard Webhooks), and how the operator takes its answer."),
+    ),
     modifiers(&BearerAuth)
 )]
 pub struct ApiDoc;
@@ -514,6 +605,42 @@ pub struct ApiDoc;
 pub fn openapi_document() -> String {
     let mut doc = ApiDoc::openapi();
     doc.info.version = env!("CARGO_PKG_VERSION").to_string();
-    doc.to_pretty_json()
+    let mut doc = match serde_json::to_value(&doc) {
+        Ok(serde_json::Value::Object(map)) => map,
+        Ok(_) => serde_json::Map::new(),
+        Err(e) => return format!("{{\"error\": \"{e}\"}}"),
+    };
+    schema::complete(&mut doc);
+    serde_json::to_string_pretty(&TopLevel(&doc))
         .unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"))
+}
+
+/// The document's sections in the order the specification lists them (a JSON map would sort
+/// them, putting `components` first).
+struct TopLevel<'a>(&'a serde_json::Map<String, serde_json::Value>);
+
+impl Serialize for TopLevel<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        const ORDER: [&str; 8] = [
+            "openapi",
+            "info",
+            "servers",
+            "tags",
+            "paths",
+            "webhooks",
+            "components",
+            "security",
+        ];
+        let mut m = s.serialize_map(Some(self.0.len()))?;
+        for k in ORDER {
+            if let Some(v) = self.0.get(k) {
+                m.serialize_entry(k, v)?;
+            }
+        }
+        for (k, v) in self.0.iter().filter(|(k, _)| !ORDER.contains(&k.as_str())) {
+            m.serialize_entry(k, v)?;
+        }
+        m.end()
+    }
 }

@@ -35,19 +35,20 @@ async fn operator_url() -> String {
     g.as_ref().unwrap().url("")
 }
 
-struct Setup {
+pub(crate) struct Setup {
     /// Each test has its own client, so tests running side by side never see each
     /// other's events (routing is by client across namespaces).
-    client_id: String,
+    pub(crate) client_id: String,
     ns: String,
     client: kube::Client,
     api: Api<WebhookSubscription>,
-    receiver: Receiver,
+    pub(crate) receiver: Receiver,
     base: String,
 }
 
-/// A namespace allowing `dealer-1`, Secrets, a receiver, and the operator.
-async fn setup(prefix: &str) -> Setup {
+/// A namespace allowing `dealer-<prefix>`, Secrets (`basic`, `signing` with [`WHSEC`]), a
+/// receiver, and the operator.
+pub(crate) async fn setup(prefix: &str) -> Setup {
     let base = operator_url().await;
     let cp = ControlPlane::shared();
     let client_id = format!("dealer-{prefix}");
@@ -77,7 +78,7 @@ impl Setup {
     }
 
     /// Creates a subscription to `path` on the receiver and waits until it is Ready.
-    async fn subscribe(&self, name: &str, path: &str, extra: Value) {
+    pub(crate) async fn subscribe(&self, name: &str, path: &str, extra: Value) {
         let mut spec = json!({
             "url": self.receiver.url(path), "clientId": self.client_id,
             "events": ["vehicle.processed", "vehicle.deleted"],
@@ -106,7 +107,7 @@ impl Setup {
         .await;
     }
 
-    async fn post(&self, body: Value) -> (u16, Value) {
+    pub(crate) async fn post(&self, body: Value) -> (u16, Value) {
         post_raw(
             &self.base,
             Some(TOKEN),

@@ -35,8 +35,9 @@ pub fn openapi_yaml() -> String {
 }
 
 /// The venv's python, made by `scripts/dms-venv.sh` once per process; an error (no Python, no
-/// PyPI) is kept and repeated to every caller.
-fn venv_python() -> Result<PathBuf, String> {
+/// PyPI) is kept and repeated to every caller. The OpenAPI checker
+/// (`tests/peers/openapi/check.py`) runs in it too.
+pub fn venv_python() -> Result<PathBuf, String> {
     static PYTHON: OnceLock<Result<PathBuf, String>> = OnceLock::new();
     PYTHON
         .get_or_init(|| {

@@ -18,6 +18,8 @@ pub struct Received {
     pub path: String,
     pub headers: HeaderMap,
     pub body: serde_json::Value,
+    /// The body as sent.
+    pub raw: Bytes,
     pub at: Instant,
     /// `Some(true)` when the signature verified with the configured secret.
     pub signature_ok: Option<bool>,
@@ -137,6 +139,7 @@ async fn handle(
         path: path.clone(),
         headers: headers.clone(),
         body: serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null),
+        raw: body.clone(),
         at: Instant::now(),
         signature_ok,
         status: match &reply {
