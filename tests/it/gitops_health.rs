@@ -69,6 +69,17 @@ fn pair(s: &str, r: &str) -> Option<(String, String)> {
     Some((s.to_string(), r.to_string()))
 }
 
+/// What kstatus, Argo CD (docs/health/argocd.lua) and Flux (docs/health/flux-health-checks.yaml)
+/// say about the object as the API server returned it.
+fn judged<K: serde::Serialize>(obj: &K) -> [String; 3] {
+    let v = crate::support::health::verdicts(&serde_json::to_value(obj).unwrap());
+    [v.kstatus, v.argocd, v.flux]
+}
+
+fn says(k: &str, a: &str, f: &str) -> [String; 3] {
+    [k.to_string(), a.to_string(), f.to_string()]
+}
+
 /// Events of `reason` on object `name`.
 async fn events(kube: &kube::Client, ns: &str, name: &str, reason: &str) -> Vec<Event> {
     let api: Api<Event> = Api::namespaced(kube.clone(), ns);
@@ -111,6 +122,8 @@ async fn delivering_follows_the_receiver_with_one_event_per_transition() {
             == pair("False", "DeliveryFailing")
     })
     .await;
+    // Applied and configured (kstatus, Flux), but Argo CD shows the receiver's trouble.
+    assert_eq!(judged(&w), says("Current", "Degraded", "Current"));
     let st = w.status.unwrap();
     assert_eq!(cond(Some(&st.conditions), "Ready"), pair("True", "Ready"));
     let (_, _, message) = condition(&st.conditions, "Delivering").unwrap();
@@ -131,6 +144,7 @@ async fn delivering_follows_the_receiver_with_one_event_per_transition() {
         cond(w.status.as_ref().map(|s| &s.conditions), "Delivering") == pair("True", "Delivered")
     })
     .await;
+    assert_eq!(judged(&w), says("Current", "Healthy", "Current"));
     assert_eq!(w.status.unwrap().delivered, 1);
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     loop {
@@ -203,7 +217,7 @@ async fn a_backlog_waiting_too_long_is_delayed_unless_suspended() {
     );
     assert_eq!(
         cond(Some(&st.conditions), "Ready"),
-        pair("False", "Suspended")
+        pair("True", "Suspended")
     );
     assert_eq!(cond(Some(&st.conditions), "Stalled"), None);
     assert_eq!(cond(Some(&st.conditions), "Reconciling"), None);
@@ -224,6 +238,7 @@ async fn stalled_and_reconciling_say_who_has_to_act() {
         cond(w.status.as_ref().map(|s| &s.conditions), "Stalled") == pair("True", "SecretNotFound")
     })
     .await;
+    assert_eq!(judged(&w), says("Failed", "Degraded", "Failed"));
     let st = w.status.unwrap();
     assert_eq!(cond(Some(&st.conditions), "Reconciling"), None);
     assert_eq!(st.observed_generation, w.metadata.generation);
@@ -233,11 +248,12 @@ async fn stalled_and_reconciling_say_who_has_to_act() {
         json!({ "apiVersion": "v1", "kind": "Secret", "metadata": { "name": "later" }, "stringData": { "secret": WHSEC } }),
     )
     .await;
-    wait_for(&hooks, "nosecret", "Ready, Stalled gone", |w| {
+    let w = wait_for(&hooks, "nosecret", "Ready, Stalled gone", |w| {
         let c = w.status.as_ref().map(|s| &s.conditions);
         cond(c, "Ready") == pair("True", "Ready") && cond(c, "Stalled").is_none()
     })
     .await;
+    assert_eq!(judged(&w), says("Current", "Healthy", "Current"));
 
     // An FTP server that is not there: the operator keeps probing.
     let port = {
@@ -265,6 +281,7 @@ async fn stalled_and_reconciling_say_who_has_to_act() {
             .is_some_and(|(s, r)| s == "True" && r == "ConnectionRefused")
     })
     .await;
+    assert_eq!(judged(&c), says("InProgress", "Progressing", "InProgress"));
     let st = c.status.unwrap();
     assert_eq!(cond(Some(&st.conditions), "Stalled"), None);
     assert_eq!(
@@ -281,11 +298,12 @@ async fn stalled_and_reconciling_say_who_has_to_act() {
         )
         .await
         .unwrap();
-    wait_for(&conns, "down", "Suspended at generation 2", |c| {
+    let c = wait_for(&conns, "down", "Suspended at generation 2", |c| {
         let s = c.status.as_ref();
         s.and_then(|s| s.observed_generation) == Some(2)
             && cond(s.map(|s| &s.conditions), "Ready") == pair("True", "Suspended")
             && cond(s.map(|s| &s.conditions), "Reconciling").is_none()
     })
     .await;
+    assert_eq!(judged(&c), says("Current", "Suspended", "Current"));
 }
