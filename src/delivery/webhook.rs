@@ -26,9 +26,10 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
-use super::http::GuardedResolver;
+use super::http::{GuardedResolver, TlsMaterialError, tls_config};
 use super::retry::parse_retry_after;
 use super::signing::{hmac_keys, sign_with};
+use crate::endpoint::TlsMaterial;
 use crate::routing::{WebhookAuth, WebhookTarget};
 use crate::ssrf::{TargetError, TargetGuard};
 
@@ -109,7 +110,7 @@ pub enum SenderError {
     #[error("user agent {0:?} is not a valid header value")]
     InvalidUserAgent(String),
     #[error("TLS configuration: {0}")]
-    Tls(#[from] rustls::Error),
+    Tls(#[from] TlsMaterialError),
 }
 
 type Connector = HttpsConnector<HttpConnector<GuardedResolver>>;
@@ -157,7 +158,7 @@ impl WebhookSender {
         http.set_tcp_user_timeout(Some(Duration::from_secs(30)));
         // Not hyper-rustls's builder: it requires an empty ALPN list, and ours offers
         // `http/1.1` (as the reqwest client did).
-        let https = HttpsConnector::from((http, Arc::new(super::http::tls_config()?)));
+        let https = HttpsConnector::from((http, Arc::new(tls_config(&TlsMaterial::default())?)));
         // Redirects are never followed (a redirect could lead anywhere, past the guard's
         // view of the URL): hyper's client does not follow them.
         let client = Client::builder(TokioExecutor::new())
@@ -686,7 +687,6 @@ fn classify_error(err: &hyper_util::client::legacy::Error, start: Instant) -> At
     let mut message = String::from("error sending request");
     let mut target_error = None;
     let mut io_kind = None;
-    let mut tls = false;
     let mut timeout = false;
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);
     while let Some(e) = source {
@@ -697,9 +697,6 @@ fn classify_error(err: &hyper_util::client::legacy::Error, start: Instant) -> At
         }
         if let Some(io) = e.downcast_ref::<std::io::Error>() {
             io_kind.get_or_insert(io.kind());
-        }
-        if e.downcast_ref::<rustls::Error>().is_some() {
-            tls = true;
         }
         if e.downcast_ref::<hyper::Error>()
             .is_some_and(hyper::Error::is_timeout)
@@ -731,9 +728,13 @@ fn classify_error(err: &hyper_util::client::legacy::Error, start: Instant) -> At
     }
 
     use std::io::ErrorKind as K;
+    let tls = super::http::tls_error(err);
+    if let Some(t) = tls {
+        message.push_str(super::http::tls_hint(t));
+    }
     let reason = if timeout || matches!(io_kind, Some(K::TimedOut)) {
         "Timeout"
-    } else if tls {
+    } else if tls.is_some() {
         "TlsError"
     } else {
         match io_kind {
@@ -1078,7 +1079,7 @@ mod tests {
         assert_eq!(
             send(format!("https://{plain}/")).await,
             (
-                "ConnectionFailed".into(),
+                "TlsError".into(),
                 "error sending request: client error (Connect): received corrupt message of type InvalidContentType".into()
             )
         );
