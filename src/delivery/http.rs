@@ -146,6 +146,11 @@ impl<C: Clone> PerTls<C> {
         map.insert(*id, client.clone());
         Ok(client)
     }
+
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.map.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
 }
 
 /// Checks a URL whose host is an IP literal; names are checked by [`GuardedResolver`].
