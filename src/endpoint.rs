@@ -152,7 +152,7 @@ pub struct ApiEndpoint {
     /// `baseUrl`, with a trailing `/` removed: request paths start with `/`.
     pub base_url: url::Url,
     pub auth: ApiCredentials,
-    pub tls: ApiTlsMaterial,
+    pub tls: TlsMaterial,
     /// `tls.fingerprint()`, computed once: requests find their HTTP client by it.
     pub tls_id: [u8; 32],
     pub idempotency_header: http::HeaderName,
@@ -189,15 +189,16 @@ pub struct OAuth2Client {
     pub basic: bool,
 }
 
-/// PEM material for an API's TLS: CA bundle (system roots when `None`) and client identity.
+/// PEM material for TLS to a client's system (an API, a webhook receiver): CA bundle (trusted
+/// instead of the system roots; those when `None`) and client identity.
 #[derive(Clone, Default, PartialEq, Eq, Hash)]
-pub struct ApiTlsMaterial {
+pub struct TlsMaterial {
     pub ca_pem: Option<Vec<u8>>,
     /// Certificate chain and private key, both PEM.
     pub client_cert: Option<(Vec<u8>, Vec<u8>)>,
 }
 
-impl ApiTlsMaterial {
+impl TlsMaterial {
     /// Identifies the material without holding it, to share one HTTP client per material.
     pub fn fingerprint(&self) -> [u8; 32] {
         use sha2::{Digest, Sha256};

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use crate::api::ftp::FtpRules;
 use crate::api::{EventType, RetryPolicy};
-use crate::endpoint::{ApiEndpoint, FtpEndpoint};
+use crate::endpoint::{ApiEndpoint, FtpEndpoint, TlsMaterial};
 use crate::mapping::Compiled;
 
 /// Which resource a target belongs to.
@@ -180,6 +180,10 @@ pub struct WebhookTarget {
     pub timeout: Duration,
     pub retry: RetryPolicy,
     pub max_concurrency: u32,
+    /// The receiver's CA bundle (`spec.tls`), none for the system roots.
+    pub tls: TlsMaterial,
+    /// `tls.fingerprint()`, computed once: attempts find their HTTP client by it.
+    pub tls_id: [u8; 32],
 }
 
 impl std::fmt::Debug for WebhookTarget {
@@ -189,6 +193,7 @@ impl std::fmt::Debug for WebhookTarget {
             .field("auth", &self.auth)
             .field("signing_keys", &self.signing_keys.len())
             .field("timeout", &self.timeout)
+            .field("ca", &self.tls.ca_pem.is_some())
             .finish_non_exhaustive()
     }
 }

@@ -65,6 +65,9 @@ use super::event::EventType;
         json_path = ".metadata.creationTimestamp"
     )
 )]
+#[x_kube(
+    validation = Rule::new("!has(self.tls) || self.url.lowerAscii().startsWith('https://')").message("spec.tls needs an https:// URL").field_path(".tls")
+)]
 #[serde(rename_all = "camelCase")]
 pub struct WebhookSubscriptionSpec {
     /// Where events are POSTed: an absolute http(s) URL without credentials or fragment.
@@ -101,6 +104,11 @@ pub struct WebhookSubscriptionSpec {
     /// Standard Webhooks signing (`webhook-id`, `webhook-timestamp`, `webhook-signature`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signing: Option<Signing>,
+
+    /// The receiver's private CA, for an https `url` whose certificate the system roots do
+    /// not vouch for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<WebhookTls>,
 
     /// Extra static headers. Authentication, content and `webhook-*` headers are set by the
     /// operator and cannot be overridden here.
@@ -191,6 +199,15 @@ pub struct Signing {
     /// Secret and key (default `secret`) holding one or more `whsec_<base64>` secrets,
     /// separated by spaces or newlines; each signs every request, so a receiver can rotate.
     pub secret_ref: SecretKeyRef,
+}
+
+/// TLS material from a Secret in the resource's namespace.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WebhookTls {
+    /// CA certificate(s) to trust (PEM, key `ca.crt` unless set) instead of the system
+    /// roots, as `caSecretRef` does for ApiConnections and FtpConnections.
+    pub ca_secret_ref: SecretKeyRef,
 }
 
 /// What the operator observed and did.

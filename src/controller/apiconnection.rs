@@ -13,7 +13,7 @@ use kube::{Api, ResourceExt};
 use super::secrets::SecretReader;
 use super::{Context, Error, KindContext, name_ns};
 use crate::api::apiconnection::{ApiConnection, ApiConnectionSpec, ClientAuthMethod};
-use crate::endpoint::{ApiCredentials, ApiEndpoint, ApiTlsMaterial, OAuth2Client};
+use crate::endpoint::{ApiCredentials, ApiEndpoint, OAuth2Client, TlsMaterial};
 use crate::mapping::Compiled;
 use crate::routing::{ApiTarget, Kind, Target, TargetConfig, TargetKey};
 use crate::status::{Check, READY};
@@ -177,7 +177,7 @@ async fn validate(
         Ok(t) => t,
         Err(check) => return Ok(held(check)),
     };
-    if let Err(e) = crate::delivery::api::tls_config(&tls) {
+    if let Err(e) = crate::delivery::http::tls_config(&tls) {
         return Ok(held(Check::fail("SecretInvalid", format!("spec.tls: {e}"))));
     }
 
@@ -408,16 +408,13 @@ async fn resolve_auth(
 async fn resolve_tls(
     spec: &ApiConnectionSpec,
     secrets: &mut SecretReader<'_>,
-) -> Result<Result<ApiTlsMaterial, Check>, kube::Error> {
-    let mut tls = ApiTlsMaterial::default();
+) -> Result<Result<TlsMaterial, Check>, kube::Error> {
+    let mut tls = TlsMaterial::default();
     let Some(t) = &spec.tls else {
         return Ok(Ok(tls));
     };
     if let Some(r) = &t.ca_secret_ref {
-        match secrets
-            .bytes(&r.name, r.key_or("ca.crt"), "spec.tls.caSecretRef")
-            .await?
-        {
+        match secrets.ca_bundle(r, "spec.tls.caSecretRef").await? {
             Ok(b) => tls.ca_pem = Some(b),
             Err(c) => return Ok(Err(c)),
         }

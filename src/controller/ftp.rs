@@ -244,24 +244,10 @@ async fn validate(
         _ => None,
     };
     let ca_pem = match &spec.ca_secret_ref {
-        Some(r) => {
-            let k = r.key_or("ca.crt");
-            let pem = match secrets.bytes(&r.name, k, "spec.caSecretRef").await? {
-                Ok(v) => v,
-                Err(c) => return Ok(held(c)),
-            };
-            let certs = <rustls_pki_types::CertificateDer as rustls_pki_types::pem::PemObject>::pem_slice_iter(&pem).filter(Result::is_ok).count();
-            if certs == 0 {
-                return Ok(held(Check::fail(
-                    "SecretInvalid",
-                    format!(
-                        "key {k:?} of Secret {:?} (spec.caSecretRef) holds no PEM certificate",
-                        r.name
-                    ),
-                )));
-            }
-            Some(pem)
-        }
+        Some(r) => match secrets.ca_bundle(r, "spec.caSecretRef").await? {
+            Ok(pem) => Some(pem),
+            Err(c) => return Ok(held(c)),
+        },
         None => None,
     };
 

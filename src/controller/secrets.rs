@@ -13,6 +13,7 @@ use kube::api::ListParams;
 use kube::runtime::reflector::ObjectRef;
 
 use super::KindContext;
+use crate::api::SecretKeyRef;
 use crate::status::Check;
 
 /// Secrets already read, kept while the Secret's resourceVersion (from the metadata watch)
@@ -154,6 +155,27 @@ impl<'a> SecretReader<'a> {
         self.raw(name, key, field, true)
             .await
             .map(|r| r.and_then(|b| text(name, key, field, b)))
+    }
+
+    /// The PEM CA bundle `r` names (key `ca.crt` unless set), checked now, so that a
+    /// bundle no connection could use is reported naming `field`, not at the first attempt.
+    pub async fn ca_bundle(
+        &mut self,
+        r: &SecretKeyRef,
+        field: &str,
+    ) -> Result<Result<Vec<u8>, Check>, kube::Error> {
+        let key = r.key_or("ca.crt");
+        let pem = match self.bytes(&r.name, key, field).await? {
+            Ok(b) => b,
+            Err(c) => return Ok(Err(c)),
+        };
+        Ok(match crate::delivery::http::root_store(Some(&pem)) {
+            Ok(_) => Ok(pem),
+            Err(why) => Err(Check::fail(
+                "SecretInvalid",
+                format!("key {key:?} of Secret {:?} ({field}): {why}", r.name),
+            )),
+        })
     }
 
     /// Raw bytes of `key` in Secret `name`.

@@ -12,6 +12,7 @@ use kube::{Api, ResourceExt};
 use super::secrets::{SecretReader, decode_whsec};
 use super::{Context, Error, KindContext, name_ns};
 use crate::api::webhook::{ReceiverGone, WebhookSubscription, WebhookSubscriptionSpec};
+use crate::endpoint::TlsMaterial;
 use crate::routing::{Kind, Target, TargetConfig, TargetKey, WebhookAuth, WebhookTarget};
 use crate::status::{Check, READY, RECEIVER_GONE_ANNOTATION};
 
@@ -60,6 +61,9 @@ fn secret_names(spec: &WebhookSubscriptionSpec) -> Vec<&str> {
     }
     if let Some(s) = &spec.signing {
         v.push(s.secret_ref.name.as_str());
+    }
+    if let Some(t) = &spec.tls {
+        v.push(t.ca_secret_ref.name.as_str());
     }
     v
 }
@@ -215,6 +219,19 @@ async fn validate(
         }
         None => Vec::new(),
     };
+    let tls = match &spec.tls {
+        Some(t) => match secrets
+            .ca_bundle(&t.ca_secret_ref, "spec.tls.caSecretRef")
+            .await?
+        {
+            Ok(pem) => TlsMaterial {
+                ca_pem: Some(pem),
+                client_cert: None,
+            },
+            Err(c) => return Ok(held(c)),
+        },
+        None => TlsMaterial::default(),
+    };
 
     // The target address: refused outright when it points inside.
     let url = match url::Url::parse(&spec.url) {
@@ -251,6 +268,8 @@ async fn validate(
         timeout: Duration::from_secs(spec.timeout_seconds.into()),
         retry: spec.retry_policy(),
         max_concurrency: spec.max_concurrency,
+        tls_id: tls.fingerprint(),
+        tls,
     });
     let generation = w.metadata.generation.unwrap_or_default();
     if let Some(gone) = receiver_gone(w, ctx, ns, name, generation).await? {

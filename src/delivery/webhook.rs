@@ -1,9 +1,10 @@
 //! Webhook delivery: one signed HTTP POST per attempt, its classification, and the retry
 //! schedule (backoff, when to give up).
 //!
-//! One [`WebhookSender`] (one connection-pooling HTTP/1.1 client, hyper's) serves every
-//! target; what does not change between a target's requests (URI, static headers, auth) is
-//! built on its first attempt and reused. The SSRF guard runs at connect time through a
+//! One [`WebhookSender`] serves every target: one connection-pooling HTTP/1.1 client
+//! (hyper's) for those that trust the system roots, one per CA bundle for those with a
+//! private CA (`spec.tls`). What does not change between a target's requests (URI, static
+//! headers, auth, client) is built on its first attempt and reused. The SSRF guard runs at connect time through a
 //! custom DNS resolver, so a name that re-resolves to a forbidden address after the
 //! reconciler checked it (DNS rebinding) is still refused; IP literals, which bypass the
 //! resolver, are checked before each request.
@@ -26,9 +27,10 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
-use super::http::GuardedResolver;
+use super::http::{GuardedResolver, PerTls, TlsMaterialError, tls_config};
 use super::retry::parse_retry_after;
 use super::signing::{hmac_keys, sign_with};
+use crate::endpoint::TlsMaterial;
 use crate::routing::{WebhookAuth, WebhookTarget};
 use crate::ssrf::{TargetError, TargetGuard};
 
@@ -109,22 +111,77 @@ pub enum SenderError {
     #[error("user agent {0:?} is not a valid header value")]
     InvalidUserAgent(String),
     #[error("TLS configuration: {0}")]
-    Tls(#[from] rustls::Error),
+    Tls(#[from] TlsMaterialError),
 }
 
 type Connector = HttpsConnector<HttpConnector<GuardedResolver>>;
+type HttpClient = Client<Connector, Full<Bytes>>;
 
 const WEBHOOK_ID: HeaderName = HeaderName::from_static("webhook-id");
 const WEBHOOK_TIMESTAMP: HeaderName = HeaderName::from_static("webhook-timestamp");
 const WEBHOOK_SIGNATURE: HeaderName = HeaderName::from_static("webhook-signature");
 
-/// Sends webhook attempts. Cheap to clone; clones share one client, one connection pool.
+/// Sends webhook attempts. Cheap to clone; clones share the clients and their connection
+/// pools.
 #[derive(Clone)]
 pub struct WebhookSender {
-    client: Client<Connector, Full<Bytes>>,
+    clients: Arc<Clients>,
     guard: Arc<TargetGuard>,
     user_agent: HeaderValue,
     prepared: Arc<PreparedCache>,
+}
+
+/// One client for every target that trusts the system roots, and one per CA bundle of the
+/// targets that bring their own.
+struct Clients {
+    system: HttpClient,
+    private: PerTls<HttpClient>,
+    guard: Arc<TargetGuard>,
+}
+
+impl Clients {
+    /// The client of a target with TLS material `tls` (fingerprint `id`): `None` for the
+    /// shared one.
+    fn get(&self, id: &[u8; 32], tls: &TlsMaterial) -> Result<Option<HttpClient>, Failure> {
+        if tls.ca_pem.is_none() && tls.client_cert.is_none() {
+            return Ok(None);
+        }
+        self.private
+            .get(id, || Ok(client(&self.guard, tls_config(tls)?)))
+            .map(Some)
+            .map_err(|e: TlsMaterialError| Failure::new("TlsConfigInvalid", e.0))
+    }
+}
+
+/// A pooling HTTP/1.1 client that resolves through the guard and speaks TLS with `tls`.
+fn client(guard: &Arc<TargetGuard>, tls: rustls::ClientConfig) -> HttpClient {
+    // No proxy: one would resolve the target itself, bypassing the guarded resolver.
+    let mut http = HttpConnector::new_with_resolver(GuardedResolver {
+        guard: guard.clone(),
+    });
+    // https URLs are passed on to the TLS layer.
+    http.enforce_http(false);
+    http.set_nodelay(true);
+    // The TCP keepalive and user timeout reqwest set, which notice a dead peer on a
+    // pooled connection.
+    http.set_keepalive(Some(Duration::from_secs(15)));
+    http.set_keepalive_interval(Some(Duration::from_secs(15)));
+    http.set_keepalive_retries(Some(3));
+    #[cfg(any(target_os = "android", target_os = "fuchsia", target_os = "linux"))]
+    http.set_tcp_user_timeout(Some(Duration::from_secs(30)));
+    // Not hyper-rustls's builder: it requires an empty ALPN list, and ours offers
+    // `http/1.1` (as the reqwest client did).
+    let https = HttpsConnector::from((http, Arc::new(tls)));
+    // Redirects are never followed (a redirect could lead anywhere, past the guard's
+    // view of the URL): hyper's client does not follow them.
+    Client::builder(TokioExecutor::new())
+        .pool_timer(TokioTimer::new())
+        .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+        // A receiver's answer is a status line and a few headers: reading it 2 KiB at a
+        // time, not into hyper's adaptive 8 KiB-and-up buffer, keeps each of up to 1,024
+        // pooled connections small (longer answers are read in more steps).
+        .http1_read_buf_exact_size(2048)
+        .build(https)
 }
 
 impl std::fmt::Debug for WebhookSender {
@@ -140,36 +197,13 @@ impl WebhookSender {
         let user_agent = HeaderValue::from_str(user_agent)
             .map_err(|_| SenderError::InvalidUserAgent(user_agent.to_string()))?;
         let guard = Arc::new(guard);
-
-        // No proxy: one would resolve the target itself, bypassing the guarded resolver.
-        let mut http = HttpConnector::new_with_resolver(GuardedResolver {
-            guard: guard.clone(),
-        });
-        // https URLs are passed on to the TLS layer.
-        http.enforce_http(false);
-        http.set_nodelay(true);
-        // The TCP keepalive and user timeout reqwest set, which notice a dead peer on a
-        // pooled connection.
-        http.set_keepalive(Some(Duration::from_secs(15)));
-        http.set_keepalive_interval(Some(Duration::from_secs(15)));
-        http.set_keepalive_retries(Some(3));
-        #[cfg(any(target_os = "android", target_os = "fuchsia", target_os = "linux"))]
-        http.set_tcp_user_timeout(Some(Duration::from_secs(30)));
-        // Not hyper-rustls's builder: it requires an empty ALPN list, and ours offers
-        // `http/1.1` (as the reqwest client did).
-        let https = HttpsConnector::from((http, Arc::new(super::http::tls_config()?)));
-        // Redirects are never followed (a redirect could lead anywhere, past the guard's
-        // view of the URL): hyper's client does not follow them.
-        let client = Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
-            // A receiver's answer is a status line and a few headers: reading it 2 KiB at a
-            // time, not into hyper's adaptive 8 KiB-and-up buffer, keeps each of up to 1,024
-            // pooled connections small (longer answers are read in more steps).
-            .http1_read_buf_exact_size(2048)
-            .build(https);
+        let system = client(&guard, tls_config(&TlsMaterial::default())?);
         Ok(WebhookSender {
-            client,
+            clients: Arc::new(Clients {
+                system,
+                private: PerTls::default(),
+                guard: guard.clone(),
+            }),
             guard,
             user_agent,
             prepared: Arc::default(),
@@ -180,12 +214,13 @@ impl WebhookSender {
     pub async fn send(&self, target: &WebhookTarget, event_id: &str, body: &[u8]) -> AttemptResult {
         let start = Instant::now();
         let deadline = tokio::time::Instant::now() + target.timeout;
-        let request = match self.build(target, event_id, body) {
+        let (request, private) = match self.build(target, event_id, body) {
             Ok(r) => r,
             Err(fail) => return fail.permanent(start.elapsed()),
         };
+        let client = private.as_ref().unwrap_or(&self.clients.system);
 
-        let response = match tokio::time::timeout_at(deadline, self.client.request(request)).await {
+        let response = match tokio::time::timeout_at(deadline, client.request(request)).await {
             Ok(Ok(r)) => r,
             Ok(Err(e)) => return classify_error(&e, start),
             Err(_) => {
@@ -205,21 +240,23 @@ impl WebhookSender {
         mask_credentials(result, &target.auth)
     }
 
-    /// The request, or why it cannot be sent; failures are checked in a fixed order, so
-    /// that a target with several problems always reports the same one.
+    /// The request and the client of its target (`None`: the shared one), or why it cannot
+    /// be sent; failures are checked in a fixed order, so that a target with several
+    /// problems always reports the same one.
     fn build(
         &self,
         target: &WebhookTarget,
         event_id: &str,
         body: &[u8],
-    ) -> Result<Request<Full<Bytes>>, Failure> {
-        let prepared = self.prepared.get(target, &self.user_agent);
+    ) -> Result<(Request<Full<Bytes>>, Option<HttpClient>), Failure> {
+        let prepared = self.prepared.get(target, &self.user_agent, &self.clients);
         // IP literals never reach the resolver, so the guard sees them here.
         if let Some(ip) = prepared.literal.clone()? {
             self.guard
                 .check_ip(target.url.host_str().unwrap_or_default(), ip)
                 .map_err(|e| Failure::new(e.reason(), e.to_string()))?;
         }
+        let client = prepared.client.clone()?;
         let parts = prepared.parts.as_ref().map_err(Failure::clone)?;
 
         // Sized once: growing a clone of the static headers was a rehash per request.
@@ -252,7 +289,7 @@ impl WebhookSender {
         *request.method_mut() = Method::POST;
         *request.uri_mut() = fixed.uri.clone();
         *request.headers_mut() = headers;
-        Ok(request)
+        Ok((request, client))
     }
 }
 
@@ -273,7 +310,12 @@ struct PreparedCache {
 const PREPARED_SWEEP_MIN: usize = 1024;
 
 impl PreparedCache {
-    fn get(&self, target: &WebhookTarget, user_agent: &HeaderValue) -> Arc<Prepared> {
+    fn get(
+        &self,
+        target: &WebhookTarget,
+        user_agent: &HeaderValue,
+        clients: &Clients,
+    ) -> Arc<Prepared> {
         let key = std::ptr::from_ref(target) as usize;
         {
             let map = self.map.read().unwrap_or_else(|e| e.into_inner());
@@ -288,7 +330,7 @@ impl PreparedCache {
                 return p.clone();
             }
         }
-        let prepared = Arc::new(Prepared::new(target, user_agent));
+        let prepared = Arc::new(Prepared::new(target, user_agent, clients));
         let mut map = self.map.write().unwrap_or_else(|e| e.into_inner());
         let sweep_at = self
             .sweep_at
@@ -309,7 +351,10 @@ struct Prepared {
     auth: WebhookAuth,
     static_headers: Vec<(String, String)>,
     signing_keys: Vec<Vec<u8>>,
+    tls_id: [u8; 32],
     hmac_keys: Vec<ring::hmac::Key>,
+    /// The target's own client (`None`: the shared one), or why its TLS material is unusable.
+    client: Result<Option<HttpClient>, Failure>,
     /// Used since the last sweep.
     used: AtomicBool,
     /// The host as an IP literal, to check before each request; or why the URL is unusable.
@@ -334,7 +379,7 @@ struct Fixed {
 }
 
 impl Prepared {
-    fn new(target: &WebhookTarget, user_agent: &HeaderValue) -> Self {
+    fn new(target: &WebhookTarget, user_agent: &HeaderValue, clients: &Clients) -> Self {
         let url = &target.url;
         let (url_auth, bare_url) = split_credentials(url);
         let parts = base_headers(&target.headers, url_auth).map(|headers| {
@@ -346,7 +391,9 @@ impl Prepared {
             auth: target.auth.clone(),
             static_headers: target.headers.clone(),
             signing_keys: target.signing_keys.clone(),
+            tls_id: target.tls_id,
             hmac_keys: hmac_keys(&target.signing_keys),
+            client: clients.get(&target.tls_id, &target.tls),
             used: AtomicBool::new(true),
             literal: literal_host(url),
             parts,
@@ -358,6 +405,7 @@ impl Prepared {
             && self.auth == target.auth
             && self.static_headers == target.headers
             && self.signing_keys == target.signing_keys
+            && self.tls_id == target.tls_id
     }
 }
 
@@ -686,7 +734,6 @@ fn classify_error(err: &hyper_util::client::legacy::Error, start: Instant) -> At
     let mut message = String::from("error sending request");
     let mut target_error = None;
     let mut io_kind = None;
-    let mut tls = false;
     let mut timeout = false;
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);
     while let Some(e) = source {
@@ -697,9 +744,6 @@ fn classify_error(err: &hyper_util::client::legacy::Error, start: Instant) -> At
         }
         if let Some(io) = e.downcast_ref::<std::io::Error>() {
             io_kind.get_or_insert(io.kind());
-        }
-        if e.downcast_ref::<rustls::Error>().is_some() {
-            tls = true;
         }
         if e.downcast_ref::<hyper::Error>()
             .is_some_and(hyper::Error::is_timeout)
@@ -731,9 +775,13 @@ fn classify_error(err: &hyper_util::client::legacy::Error, start: Instant) -> At
     }
 
     use std::io::ErrorKind as K;
+    let tls = super::http::tls_error(err);
+    if let Some(t) = tls {
+        message.push_str(super::http::tls_hint(t));
+    }
     let reason = if timeout || matches!(io_kind, Some(K::TimedOut)) {
         "Timeout"
-    } else if tls {
+    } else if tls.is_some() {
         "TlsError"
     } else {
         match io_kind {
@@ -825,6 +873,8 @@ mod tests {
             timeout: Duration::from_secs(5),
             retry: crate::api::RetryPolicy::default(),
             max_concurrency: 1,
+            tls: TlsMaterial::default(),
+            tls_id: TlsMaterial::default().fingerprint(),
         }
     }
 
@@ -839,7 +889,9 @@ mod tests {
             .collect()
     }
 
-    fn failure(r: Result<Request<Full<Bytes>>, Failure>) -> (&'static str, String) {
+    fn failure(
+        r: Result<(Request<Full<Bytes>>, Option<HttpClient>), Failure>,
+    ) -> (&'static str, String) {
         match r {
             Ok(_) => panic!("built"),
             Err(f) => (f.reason, f.message),
@@ -857,7 +909,7 @@ mod tests {
             ("Accept".into(), "text/plain".into()),
         ];
         t.auth = WebhookAuth::Bearer("tok".into());
-        let r = s.build(&t, "evt_1", b"{}").unwrap();
+        let r = s.build(&t, "evt_1", b"{}").unwrap().0;
         assert_eq!(r.method(), Method::POST);
         assert_eq!(r.uri(), "http://127.0.0.1:9/hook?x=1");
         assert_eq!(
@@ -880,7 +932,7 @@ mod tests {
         t.signing_keys.clear();
         t.headers = vec![("webhook-id".into(), "static".into())];
         t.auth = WebhookAuth::None;
-        let r = s.build(&t, "evt_1", b"{}").unwrap();
+        let r = s.build(&t, "evt_1", b"{}").unwrap().0;
         assert_eq!(
             header_lines(&r),
             [
@@ -897,7 +949,7 @@ mod tests {
         let s = sender("127.0.0.0/8");
         let mut t = target("http://us%20er:p%40ss@127.0.0.1:9/h");
         t.signing_keys.clear();
-        let r = s.build(&t, "evt_1", b"{}").unwrap();
+        let r = s.build(&t, "evt_1", b"{}").unwrap().0;
         assert_eq!(r.uri(), "http://127.0.0.1:9/h");
         // base64("us er:p@ss")
         assert_eq!(r.headers()[header::AUTHORIZATION], "Basic dXMgZXI6cEBzcw==");
@@ -909,7 +961,7 @@ mod tests {
             password: "".into(),
         };
         t.headers = vec![("Authorization".into(), "Static x".into())];
-        let r = s.build(&t, "evt_1", b"{}").unwrap();
+        let r = s.build(&t, "evt_1", b"{}").unwrap().0;
         let auth: Vec<_> = r.headers().get_all(header::AUTHORIZATION).iter().collect();
         assert_eq!(auth, ["Static x", "Basic dTo="]);
     }
@@ -966,18 +1018,18 @@ mod tests {
         let s = sender("127.0.0.0/8");
         let ua = s.user_agent.clone();
         let mut t = target("http://127.0.0.1:9/h");
-        let first = s.prepared.get(&t, &ua);
-        assert!(Arc::ptr_eq(&first, &s.prepared.get(&t, &ua)));
+        let first = s.prepared.get(&t, &ua, &s.clients);
+        assert!(Arc::ptr_eq(&first, &s.prepared.get(&t, &ua, &s.clients)));
         // The same address with other contents (a target dropped, another allocated there).
         t.headers = vec![("x-new".into(), "1".into())];
-        let second = s.prepared.get(&t, &ua);
+        let second = s.prepared.get(&t, &ua, &s.clients);
         assert!(!Arc::ptr_eq(&first, &second));
-        let r = s.build(&t, "evt_1", b"{}").unwrap();
+        let r = s.build(&t, "evt_1", b"{}").unwrap().0;
         assert_eq!(r.headers()["x-new"], "1");
         // Rotated signing keys at the same address: signed with the new key, never the cached one.
         t.signing_keys = vec![b"fedcba9876543210".to_vec()];
-        assert!(!Arc::ptr_eq(&second, &s.prepared.get(&t, &ua)));
-        let r = s.build(&t, "evt_1", b"{}").unwrap();
+        assert!(!Arc::ptr_eq(&second, &s.prepared.get(&t, &ua, &s.clients)));
+        let r = s.build(&t, "evt_1", b"{}").unwrap().0;
         let ts: i64 = r.headers()["webhook-timestamp"]
             .to_str()
             .unwrap()
@@ -990,6 +1042,7 @@ mod tests {
     #[test]
     fn prepared_parts_of_targets_no_longer_used_are_dropped() {
         let cache = PreparedCache::default();
+        let s = sender("");
         let ua = HeaderValue::from_static("ua");
         let make = |set: &str| -> Vec<WebhookTarget> {
             (0..PREPARED_SWEEP_MIN)
@@ -998,14 +1051,14 @@ mod tests {
         };
         let (old, new) = (make("old"), make("new"));
         for t in old.iter().chain(&new) {
-            cache.get(t, &ua);
+            cache.get(t, &ua, &s.clients);
         }
         // The first sweep (at the old ones' count) kept them all: they had just been added.
         assert_eq!(cache.map.read().unwrap().len(), 2 * PREPARED_SWEEP_MIN);
         for t in &new {
-            cache.get(t, &ua);
+            cache.get(t, &ua, &s.clients);
         }
-        cache.get(&target("http://another.example/"), &ua);
+        cache.get(&target("http://another.example/"), &ua, &s.clients);
         assert_eq!(cache.map.read().unwrap().len(), PREPARED_SWEEP_MIN + 1);
         assert!(new.iter().all(|t| {
             let key = std::ptr::from_ref(t) as usize;
@@ -1078,7 +1131,7 @@ mod tests {
         assert_eq!(
             send(format!("https://{plain}/")).await,
             (
-                "ConnectionFailed".into(),
+                "TlsError".into(),
                 "error sending request: client error (Connect): received corrupt message of type InvalidContentType".into()
             )
         );
@@ -1088,5 +1141,110 @@ mod tests {
             message.starts_with("cannot resolve no-such-host.invalid: "),
             "{message}"
         );
+    }
+
+    /// An HTTPS server on 127.0.0.1 answering 200 to every request, with a self-signed
+    /// certificate (its own CA, in PEM).
+    async fn tls_server() -> (std::net::SocketAddr, String) {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let cert = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).unwrap();
+        let key = rustls_pki_types::PrivateKeyDer::Pkcs8(cert.signing_key.serialize_der().into());
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![cert.cert.der().clone()], key)
+        .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((s, _)) = l.accept().await {
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    let Ok(mut s) = acceptor.accept(s).await else {
+                        return;
+                    };
+                    let mut buf = [0u8; 4096];
+                    let _ = s.read(&mut buf).await;
+                    let _ = s
+                        .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+                        .await;
+                    let _ = s.shutdown().await;
+                });
+            }
+        });
+        (addr, cert.cert.pem())
+    }
+
+    fn with_ca(mut t: WebhookTarget, ca_pem: &str) -> WebhookTarget {
+        t.tls = TlsMaterial {
+            ca_pem: Some(ca_pem.as_bytes().to_vec()),
+            client_cert: None,
+        };
+        t.tls_id = t.tls.fingerprint();
+        t
+    }
+
+    #[tokio::test]
+    async fn a_private_ca_is_trusted_only_by_the_targets_that_name_it() {
+        let s = sender("127.0.0.0/8");
+        let (addr, ca) = tls_server().await;
+        let url = format!("https://{addr}/hook");
+
+        let (reason, message) = retryable(s.send(&target(&url), "evt_1", b"{}").await);
+        assert_eq!(reason, "TlsError", "{message}");
+        assert!(message.contains("UnknownIssuer"), "{message}");
+        assert!(
+            message.ends_with("put its CA in spec.tls.caSecretRef)"),
+            "{message}"
+        );
+
+        let own = with_ca(target(&url), &ca);
+        let r = s.send(&own, "evt_1", b"{}").await;
+        assert!(r.is_delivered(), "{r:?}");
+        // The shared client did not learn the CA.
+        let r = s.send(&target(&url), "evt_2", b"{}").await;
+        assert_eq!(r.reason(), Some("TlsError"), "{r:?}");
+
+        // A bundle that is not PEM fails before anything is sent, naming the problem.
+        let r = s
+            .send(&with_ca(target(&url), "not a certificate"), "evt_1", b"{}")
+            .await;
+        let AttemptResult::Permanent {
+            reason, message, ..
+        } = r
+        else {
+            panic!("{r:?}");
+        };
+        assert_eq!(reason, "TlsConfigInvalid");
+        assert_eq!(message, "CA bundle holds no PEM certificate");
+    }
+
+    #[test]
+    fn a_rotated_ca_gets_a_client_of_its_own() {
+        let s = sender("127.0.0.0/8");
+        let ua = s.user_agent.clone();
+        let pem = |name: &str| {
+            rcgen::generate_simple_self_signed(vec![name.to_string()])
+                .unwrap()
+                .cert
+                .pem()
+        };
+        let t = target("https://127.0.0.1:9/h");
+        let shared = s.prepared.get(&t, &ua, &s.clients);
+        assert!(
+            matches!(shared.client, Ok(None)),
+            "system roots: the shared client"
+        );
+        let old = with_ca(t, &pem("old"));
+        let first = s.prepared.get(&old, &ua, &s.clients);
+        assert!(matches!(first.client, Ok(Some(_))));
+        assert!(Arc::ptr_eq(&first, &s.prepared.get(&old, &ua, &s.clients)));
+        let new = with_ca(old, &pem("new"));
+        assert!(!Arc::ptr_eq(&first, &s.prepared.get(&new, &ua, &s.clients)));
+        assert_eq!(s.clients.private.len(), 2);
     }
 }

@@ -11,7 +11,6 @@
 //! must refuse without a packet leaving.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
-use std::net::SocketAddr;
 use std::sync::{Arc, LazyLock, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -30,6 +29,7 @@ use vehicle_connect::api::{ApiConnection, ApiConnectionStatus};
 use crate::support::operator::{apply_value, put_secret};
 use crate::support::process::{Launch, OperatorProcess, TOKEN, binary, start_launch};
 use crate::support::scope::Scope;
+use crate::support::tls::{ServerTls, new_ca, serve, server_identity};
 
 /// The only addresses the module's operators may reach.
 const ALLOWED: &str = "127.0.0.1/32";
@@ -126,52 +126,34 @@ struct PeerState {
     /// Idempotency key → (method, path, body) of its first request.
     requests_by_key: HashMap<String, (String, String, Vec<u8>)>,
     created: usize,
-    /// TLS handshakes: Ok, or the server's error.
-    handshakes: Vec<Result<(), String>>,
 }
 
 #[derive(Clone)]
 struct Peer {
     state: Arc<Mutex<PeerState>>,
     port: u16,
-    tls: bool,
+    tls: Option<ServerTls>,
 }
 
 impl Peer {
     async fn start() -> Peer {
-        let state: Arc<Mutex<PeerState>> = Arc::default();
-        let app = Router::new().fallback(handle).with_state(state.clone());
-        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = l.local_addr().unwrap().port();
-        tokio::spawn(async move { axum::serve(l, app).await });
-        Peer {
-            state,
-            port,
-            tls: false,
-        }
+        Self::start_on(None).await
     }
 
     /// HTTPS with `config` (which may require client certificates).
     async fn start_tls(config: rustls::ServerConfig) -> Peer {
+        Self::start_on(Some(ServerTls::new(config))).await
+    }
+
+    async fn start_on(tls: Option<ServerTls>) -> Peer {
         let state: Arc<Mutex<PeerState>> = Arc::default();
         let app = Router::new().fallback(handle).with_state(state.clone());
-        let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = tcp.local_addr().unwrap().port();
-        let listener = TlsListener {
-            tcp,
-            acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(config)),
-            state: state.clone(),
-        };
-        tokio::spawn(async move { axum::serve(listener, app).await });
-        Peer {
-            state,
-            port,
-            tls: true,
-        }
+        let port = serve(app, tls.as_ref()).await;
+        Peer { state, port, tls }
     }
 
     fn base_url(&self) -> String {
-        let scheme = if self.tls { "https" } else { "http" };
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
         format!("{scheme}://127.0.0.1:{}", self.port)
     }
 
@@ -215,8 +197,12 @@ impl Peer {
         }
     }
 
+    /// TLS handshakes: Ok, or the server's error.
     fn handshakes(&self) -> Vec<Result<(), String>> {
-        self.state.lock().unwrap().handshakes.clone()
+        self.tls
+            .as_ref()
+            .map(ServerTls::handshakes)
+            .unwrap_or_default()
     }
 }
 
@@ -374,50 +360,6 @@ async fn handle(State(state): State<Arc<Mutex<PeerState>>>, req: Request) -> Res
     }
 }
 
-/// TLS in front of the peer: handshakes one connection at a time, recording failures.
-struct TlsListener {
-    tcp: tokio::net::TcpListener,
-    acceptor: tokio_rustls::TlsAcceptor,
-    state: Arc<Mutex<PeerState>>,
-}
-
-impl axum::serve::Listener for TlsListener {
-    type Io = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        loop {
-            let Ok((tcp, addr)) = self.tcp.accept().await else {
-                continue;
-            };
-            let handshake =
-                tokio::time::timeout(Duration::from_secs(10), self.acceptor.accept(tcp)).await;
-            match handshake {
-                Ok(Ok(tls)) => {
-                    self.state.lock().unwrap().handshakes.push(Ok(()));
-                    return (tls, addr);
-                }
-                Ok(Err(e)) => self
-                    .state
-                    .lock()
-                    .unwrap()
-                    .handshakes
-                    .push(Err(e.to_string())),
-                Err(_) => self
-                    .state
-                    .lock()
-                    .unwrap()
-                    .handshakes
-                    .push(Err("handshake timed out".into())),
-            }
-        }
-    }
-
-    fn local_addr(&self) -> std::io::Result<SocketAddr> {
-        self.tcp.local_addr()
-    }
-}
-
 // ---------------------------------------------------------------------------------------
 // Images: served from memory on 127.0.0.1, possibly other bytes than the event announces.
 
@@ -452,9 +394,7 @@ impl Images {
                 }
             }
         });
-        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = l.local_addr().unwrap().port();
-        tokio::spawn(async move { axum::serve(l, app).await });
+        let port = serve(app, None).await;
         Images { files, port }
     }
 
@@ -1049,26 +989,11 @@ struct Pki {
     other_key_pem: String,
 }
 
-fn new_ca(name: &str) -> rcgen::CertifiedIssuer<'static, rcgen::KeyPair> {
-    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose};
-    let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
-    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    p.distinguished_name.push(DnType::CommonName, name);
-    p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-    rcgen::CertifiedIssuer::self_signed(p, KeyPair::generate().unwrap()).unwrap()
-}
-
 fn pki() -> Pki {
     use rcgen::{CertificateParams, DnType, ExtendedKeyUsagePurpose, KeyPair};
-    use rustls_pki_types::pem::PemObject;
-    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
     let ca = new_ca("api test CA");
-    let mut sp = CertificateParams::new(vec!["127.0.0.1".to_string()]).unwrap();
-    sp.distinguished_name.push(DnType::CommonName, "api peer");
-    sp.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-    let server_key = KeyPair::generate().unwrap();
-    let server_cert = sp.signed_by(&server_key, &ca).unwrap();
+    let (server_chain, server_key) = server_identity(&ca);
 
     let mut cp = CertificateParams::new(Vec::<String>::new()).unwrap();
     cp.distinguished_name
@@ -1090,13 +1015,7 @@ fn pki() -> Pki {
         .with_safe_default_protocol_versions()
         .unwrap()
         .with_client_cert_verifier(verifier)
-        .with_single_cert(
-            vec![
-                CertificateDer::from_pem_slice(server_cert.pem().as_bytes()).unwrap(),
-                ca.der().clone(),
-            ],
-            PrivateKeyDer::from_pem_slice(server_key.serialize_pem().as_bytes()).unwrap(),
-        )
+        .with_single_cert(server_chain, server_key)
         .unwrap();
     let other = new_ca("another CA");
     Pki {

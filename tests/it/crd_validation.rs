@@ -68,6 +68,7 @@ fn webhook_base() -> Value {
             "userIds": ["u-42"],
             "auth": { "basic": { "secretRef": { "name": "hook-basic" } } },
             "signing": { "secretRef": { "name": "hook-signing" } },
+            "tls": { "caSecretRef": { "name": "hook-ca", "key": "ca.pem" } },
             "headers": { "X-Dealer": "123" },
             "timeoutSeconds": 10,
             "retry": { "maxAttempts": 5, "initialBackoffSeconds": 2, "maxBackoffSeconds": 60 },
@@ -291,6 +292,28 @@ fn cases() -> Vec<Case> {
             "/spec/signing/secretRef/name",
             json!("hook_signing"),
             "spec.signing.secretRef.name",
+        ),
+        // A private CA for a receiver reached in clear text protects nothing.
+        case(
+            "tls-with-http-url",
+            Webhook,
+            "/spec/url",
+            json!("http://hooks.dealer-123.example/vehicles"),
+            "spec.tls",
+        ),
+        case(
+            "tls-no-ca-secret-ref",
+            Webhook,
+            "/spec/tls",
+            json!({}),
+            "spec.tls.caSecretRef",
+        ),
+        case(
+            "tls-ca-bad-key",
+            Webhook,
+            "/spec/tls/caSecretRef/key",
+            json!("a/b"),
+            "spec.tls.caSecretRef.key",
         ),
         case(
             "header-authorization",
@@ -858,6 +881,11 @@ async fn valid_specs_are_accepted_as_written() {
         vec![EventType::VehicleProcessed, EventType::VehicleDeleted]
     );
     assert_eq!(got.spec.headers.unwrap()["X-Dealer"], "123");
+    let ca = got.spec.tls.unwrap().ca_secret_ref;
+    assert_eq!(
+        (ca.name.as_str(), ca.key_or("ca.crt")),
+        ("hook-ca", "ca.pem")
+    );
 
     // The ApiConnection of examples/api/ as written there.
     let example = std::fs::read_to_string(
@@ -1003,7 +1031,7 @@ async fn the_api_server_applies_the_schema_defaults() {
     assert_eq!(spec["timeoutSeconds"], json!(15));
     assert_eq!(spec["maxConcurrency"], json!(8));
     assert_eq!(spec["suspend"], json!(false));
-    for absent in ["auth", "signing", "headers", "retry", "userIds"] {
+    for absent in ["auth", "signing", "tls", "headers", "retry", "userIds"] {
         assert!(spec.get(absent).is_none(), "{absent} defaulted: {spec}");
     }
     assert_eq!(

@@ -39,3 +39,4 @@ mod trust_delivery;
 mod watch_selector;
 mod webhook_controller;
 mod webhook_delivery;
+mod webhook_tls;

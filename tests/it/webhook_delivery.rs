@@ -15,6 +15,7 @@ use standardwebhooks::Webhook;
 use vehicle_connect::api::RetryPolicy;
 use vehicle_connect::controller::secrets::decode_whsec;
 use vehicle_connect::delivery::webhook::{AttemptResult, WebhookSender};
+use vehicle_connect::endpoint::TlsMaterial;
 use vehicle_connect::routing::{WebhookAuth, WebhookTarget};
 use vehicle_connect::ssrf::{TargetGuard, parse_allow_list};
 
@@ -106,6 +107,8 @@ fn target(url: &str) -> WebhookTarget {
         timeout: Duration::from_secs(5),
         retry: RetryPolicy::default(),
         max_concurrency: 4,
+        tls: TlsMaterial::default(),
+        tls_id: TlsMaterial::default().fingerprint(),
     }
 }
 

@@ -15,5 +15,6 @@ pub mod receiver;
 pub mod scope;
 #[allow(dead_code)]
 pub mod sshd;
+pub mod tls;
 #[allow(dead_code)]
 pub mod vsftpd;

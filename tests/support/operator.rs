@@ -89,8 +89,18 @@ pub async fn tenant(
     prefix: &str,
     clients: &str,
 ) -> (vc_envtest::TestNamespace, Client) {
-    let ns = op.scope.namespace(op.cp, prefix, clients).await;
-    (ns, op.cp.client().await.expect("client"))
+    tenant_in(op.cp, &op.scope, prefix, clients).await
+}
+
+/// A fresh namespace of `scope` (served by an operator process, say), as [`tenant`] makes.
+pub async fn tenant_in(
+    cp: &ControlPlane,
+    scope: &Scope,
+    prefix: &str,
+    clients: &str,
+) -> (vc_envtest::TestNamespace, Client) {
+    let ns = scope.namespace(cp, prefix, clients).await;
+    (ns, cp.client().await.expect("client"))
 }
 
 /// Applies a Secret `name` of `type_` (None: untyped) with `string_data` into `ns`.

@@ -1,5 +1,6 @@
 //! A real webhook receiver on 127.0.0.1: records every request, verifies signatures with the
-//! independent `standardwebhooks` crate, and answers as each test scripts it.
+//! independent `standardwebhooks` crate, and answers as each test scripts it; over HTTPS
+//! when started so, and serving files to GET (event images) when given some.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -12,13 +13,15 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 
+use super::tls::{ServerTls, serve};
+
 /// One received request.
 #[derive(Clone, Debug)]
 pub struct Received {
     pub path: String,
     pub headers: HeaderMap,
     pub body: serde_json::Value,
-    /// The body as sent.
+    /// The body as received.
     pub raw: Bytes,
     pub at: Instant,
     /// `Some(true)` when the signature verified with the configured secret.
@@ -41,36 +44,71 @@ struct Inner {
     script: HashMap<String, Vec<Reply>>,
     calls: HashMap<String, usize>,
     secret: Option<String>,
+    /// Path → (bytes, content type) answered to GET.
+    files: HashMap<String, (Bytes, String)>,
 }
 
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct Receiver {
     inner: Arc<Mutex<Inner>>,
     pub port: u16,
+    scheme: &'static str,
 }
 
 impl Receiver {
     /// Starts a receiver; `whsec` is the signing secret used to verify requests.
     pub async fn start(whsec: Option<&str>) -> Receiver {
+        Self::start_on(whsec, None).await
+    }
+
+    /// An HTTPS receiver behind `tls`. Every answer closes its connection, so that each
+    /// request shakes hands with the certificate `tls` presents at that time.
+    pub async fn start_tls(whsec: Option<&str>, tls: &ServerTls) -> Receiver {
+        Self::start_on(whsec, Some(tls)).await
+    }
+
+    async fn start_on(whsec: Option<&str>, tls: Option<&ServerTls>) -> Receiver {
         let inner = Arc::new(Mutex::new(Inner {
             secret: whsec.map(str::to_string),
             ..Default::default()
         }));
-        let app = Router::new()
-            .route("/{*path}", post(handle))
+        let mut app = Router::new()
+            .route("/{*path}", post(handle).get(file))
             .with_state(inner.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        tokio::spawn(async move { axum::serve(listener, app).await });
-        Receiver { inner, port }
+        if tls.is_some() {
+            app = app.layer(axum::middleware::map_response(
+                |mut r: Response| async move {
+                    r.headers_mut()
+                        .insert("connection", "close".parse().unwrap());
+                    r
+                },
+            ));
+        }
+        let port = serve(app, tls).await;
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        Receiver {
+            inner,
+            port,
+            scheme,
+        }
     }
 
     pub fn url(&self, path: &str) -> String {
         format!(
-            "http://127.0.0.1:{}/{}",
+            "{}://127.0.0.1:{}/{}",
+            self.scheme,
             self.port,
             path.trim_start_matches('/')
         )
+    }
+
+    /// Answers GET `path` with `bytes` of `content_type`; returns its URL.
+    pub fn serve_file(&self, path: &str, bytes: &[u8], content_type: &str) -> String {
+        self.inner.lock().unwrap().files.insert(
+            format!("/{}", path.trim_start_matches('/')),
+            (Bytes::copy_from_slice(bytes), content_type.into()),
+        );
+        self.url(path)
     }
 
     pub fn script(&self, path: &str, replies: Vec<Reply>) {
@@ -160,5 +198,18 @@ async fn handle(
             tokio::time::sleep(d).await;
             StatusCode::OK.into_response()
         }
+    }
+}
+
+async fn file(State(inner): State<Arc<Mutex<Inner>>>, Path(path): Path<String>) -> Response {
+    let found = inner
+        .lock()
+        .unwrap()
+        .files
+        .get(&format!("/{path}"))
+        .cloned();
+    match found {
+        Some((bytes, ct)) => ([("content-type", ct)], bytes).into_response(),
+        None => StatusCode::NOT_FOUND.into_response(),
     }
 }

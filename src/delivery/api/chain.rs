@@ -365,7 +365,7 @@ mod tests {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
-    use crate::endpoint::{ApiCredentials, ApiEndpoint, ApiTlsMaterial};
+    use crate::endpoint::{ApiCredentials, ApiEndpoint, TlsMaterial};
     use crate::mapping::Compiled;
     use crate::ssrf::{TargetGuard, parse_allow_list};
     use crate::store::{Store, StoreOptions};
@@ -408,8 +408,8 @@ mod tests {
             endpoint: ApiEndpoint {
                 base_url: url::Url::parse(base).unwrap(),
                 auth: ApiCredentials::None,
-                tls: ApiTlsMaterial::default(),
-                tls_id: ApiTlsMaterial::default().fingerprint(),
+                tls: TlsMaterial::default(),
+                tls_id: TlsMaterial::default().fingerprint(),
                 idempotency_header: http::HeaderName::from_static("idempotency-key"),
                 timeout: Duration::from_secs(5),
             },

@@ -9,7 +9,7 @@
 
 mod auth;
 mod chain;
-pub mod client;
+mod client;
 mod send;
 
 use std::sync::Arc;
@@ -19,8 +19,6 @@ use crate::delivery::files::images::Downloader;
 use crate::routing::ApiTarget;
 use crate::ssrf::TargetGuard;
 use crate::store::Store;
-
-pub use client::{TlsMaterialError, tls_config};
 
 /// Why the API sender could not be built.
 #[derive(Debug, thiserror::Error)]

@@ -301,6 +301,11 @@ fn request_error(url: &str, e: reqwest::Error) -> Fail {
     let chain = guarded::error_chain(&e);
     if e.is_timeout() {
         Fail::retry("Timeout", format!("{url}: {chain}"))
+    } else if let Some(t) = guarded::tls_error(&e) {
+        Fail::retry(
+            "TlsError",
+            format!("{url}: {chain}{}", guarded::tls_hint(t)),
+        )
     } else if e.is_connect() {
         Fail::retry("ConnectionFailed", format!("{url}: {chain}"))
     } else {

@@ -34,7 +34,7 @@ const JANITOR_TICK: Duration = Duration::from_secs(10);
 #[derive(Debug, thiserror::Error)]
 pub enum UploadError {
     #[error("TLS configuration: {0}")]
-    Tls(#[from] rustls::Error),
+    Tls(#[from] crate::delivery::http::TlsMaterialError),
     #[error("cannot build the image download client: {0}")]
     Client(#[source] reqwest::Error),
 }

@@ -13,6 +13,7 @@ use super::outcome::Failure;
 use super::pool::Lease;
 use super::transport::Transport;
 use crate::delivery::http::{self, GuardedResolver};
+use crate::endpoint::TlsMaterial;
 use crate::ingest::envelope::Image;
 use crate::ssrf::TargetGuard;
 
@@ -48,7 +49,7 @@ impl Downloader {
             }
         });
         let client = reqwest::Client::builder()
-            .tls_backend_preconfigured(http::tls_config()?)
+            .tls_backend_preconfigured(http::tls_config(&TlsMaterial::default())?)
             .redirect(redirects)
             // A proxy would resolve the target itself, bypassing the guarded resolver.
             .no_proxy()

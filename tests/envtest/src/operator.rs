@@ -25,6 +25,8 @@ pub struct Launch {
     pub allow_targets: String,
     /// `RUST_LOG` of the process.
     pub rust_log: String,
+    /// More environment variables of the process (e.g. `SSL_CERT_FILE`, its trust store).
+    pub env: Vec<(String, String)>,
 }
 
 impl Launch {
@@ -34,6 +36,7 @@ impl Launch {
             args: Vec::new(),
             allow_targets: "127.0.0.0/8".into(),
             rust_log: "info,vehicle_connect=debug".into(),
+            env: Vec::new(),
         }
     }
 
@@ -51,6 +54,11 @@ impl Launch {
 
     pub fn rust_log(mut self, level: &str) -> Self {
         self.rust_log = level.into();
+        self
+    }
+
+    pub fn env(mut self, name: &str, value: &str) -> Self {
+        self.env.push((name.into(), value.into()));
         self
     }
 }
@@ -110,6 +118,7 @@ impl OperatorProcess {
         .args(&launch.args)
         .env("KUBECONFIG", &cp.kubeconfig)
         .env("RUST_LOG", &launch.rust_log)
+        .envs(launch.env.iter().map(|(k, v)| (k, v)))
         .stdout(Stdio::from(out.try_clone()?))
         .stderr(Stdio::from(out));
         // Dies with the test process even when held in a static that is never dropped.
