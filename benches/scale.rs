@@ -90,10 +90,13 @@ async fn apply_all(client: &Client, objects: Vec<(String, Value)>) -> anyhow::Re
         })
         .buffer_unordered(32)
         .filter_map(|e| async move { e })
-        .count()
+        .collect::<Vec<_>>()
         .await;
-    if errors > 0 {
-        anyhow::bail!("{errors} objects could not be created");
+    if let Some(first) = errors.first() {
+        anyhow::bail!(
+            "{} objects could not be created; the first error: {first}",
+            errors.len()
+        );
     }
     Ok(started.elapsed().as_secs_f64())
 }
