@@ -298,7 +298,7 @@ for _ in $(seq 30); do
 done
 [[ "$n" -gt 0 ]] || die "the operator published no Event"
 "${K[@]}" -n "$NS" delete webhooksubscriptions --all --timeout=60s >&2 \
-  || { cat "$OUTDIR/operator.log" >&2; die "finalizers were not removed"; }
+  || { cat "$OUTDIR/operator.log" >&2; die "deleting the resources did not finish"; }
 # kube-rs prints a refused request as `reason: "Forbidden", code: 403`; a bare
 # `403` would also match uids and namespace names (a uid with "4033" failed CI).
 DENIED='forbidden|code: 403\b'
@@ -306,5 +306,5 @@ if grep -qiE "$DENIED" "$OUTDIR/operator.log"; then
   grep -iE "$DENIED" "$OUTDIR/operator.log" | head -5 >&2
   die "the operator hit a permission the chart's ClusterRole does not grant"
 fi
-log "operator under the chart's RBAC: Ready, ClientNotAllowed, unlabelled left alone, 202, $n Event(s), finalizers removed, nothing forbidden"
+log "operator under the chart's RBAC: Ready, ClientNotAllowed, unlabelled left alone, 202, $n Event(s), deleted, nothing forbidden"
 log "OK (with server dry run and operator run against $VC_KUBECONFIG)"
