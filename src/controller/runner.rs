@@ -220,9 +220,12 @@ pub async fn run<K, R, F>(
     let scoped = ctx.settings.watch_selector.is_some();
     let (on_list, on_delete) = (ctx.clone(), ctx.clone());
     let listed_store = store.clone();
+    // managedFields are most of an object's size and nothing here reads them: 11,000 cached
+    // objects kept ~40 MiB of them.
     let objects = reflector::reflector(
         writer,
-        watcher(Api::<DeserializeGuard<K>>::all(client.clone()), watch),
+        watcher(Api::<DeserializeGuard<K>>::all(client.clone()), watch)
+            .modify(|o| o.managed_fields_mut().clear()),
     )
     // The reflector has applied each event to the store before this sees it.
     .inspect(move |ev| match ev {
@@ -268,7 +271,8 @@ pub async fn run<K, R, F>(
         watcher(
             Api::<Namespace>::all(client.clone()),
             watcher::Config::default(),
-        ),
+        )
+        .modify(|n| n.managed_fields_mut().clear()),
     )
     .default_backoff()
     .touched_objects();
@@ -284,7 +288,8 @@ pub async fn run<K, R, F>(
         watcher(
             Api::<PartialObjectMeta<Secret>>::all(client.clone()),
             secret_watch,
-        ),
+        )
+        .modify(|s| s.managed_fields_mut().clear()),
     )
     .default_backoff()
     .touched_objects();
@@ -314,7 +319,8 @@ pub async fn run<K, R, F>(
             watcher(
                 Api::<PartialObjectMeta<ConfigMap>>::all(client),
                 watcher::Config::default(),
-            ),
+            )
+            .modify(|c| c.managed_fields_mut().clear()),
         )
         .default_backoff()
         .touched_objects();
