@@ -334,6 +334,16 @@ impl Metrics {
         for result in ["accepted", "duplicate", "rejected", "unavailable"] {
             let _ = self.events.get_or_create(&ResultLabel { result });
         }
+        for result in [
+            "ok",
+            "unauthorized",
+            "forbidden",
+            "invalid",
+            "busy",
+            "unavailable",
+        ] {
+            let _ = self.feed_requests.get_or_create(&ResultLabel { result });
+        }
         for code in INGEST_CODES {
             let _ = self.ingest_requests.get_or_create(&CodeLabel { code });
         }
@@ -405,6 +415,11 @@ impl Metrics {
         self.resources.clear();
         self.resources_not_ready.clear();
         for kind in KINDS.map(Kind::label) {
+            // An empty family is not printed at all; this zero keeps it visible.
+            let _ = self.resources_not_ready.get_or_create(&KindReason {
+                kind,
+                reason: String::new(),
+            });
             for condition in [READY, DELIVERING] {
                 for status in ["True", "False", "Unknown"] {
                     let _ = self.resources.get_or_create(&ConditionLabels {
@@ -566,6 +581,8 @@ mod tests {
             "vehicle_connect_ingest_requests_total{code=\"503\"} 0",
             "vehicle_connect_resources{kind=\"ftp\",condition=\"Delivering\",status=\"False\"} 0",
             "vehicle_connect_file_sessions_open{protocol=\"sftp\"} 0",
+            "vehicle_connect_resources_not_ready{kind=\"api\",reason=\"\"} 0",
+            "vehicle_connect_feed_requests_total{result=\"busy\"} 0",
             "vehicle_connect_ftp_login_probes_total{result=\"ok\"} 0",
             "vehicle_connect_store_failed_commits_total 0",
             "vehicle_connect_attempt_duration_seconds_bucket{le=\"600.0\",kind=\"webhook\"} 0",
