@@ -54,7 +54,7 @@ hasnt() { ! grep -qE -- "$2" "$OUTDIR/$1.yaml" || die "$1: did not expect /$2/";
 
 render default
 for k in ServiceAccount ClusterRole ClusterRoleBinding Service StatefulSet; do has default "^kind: $k\$"; done
-for k in Secret ServiceMonitor NetworkPolicy; do hasnt default "^kind: $k\$"; done
+for k in Secret ServiceMonitor PrometheusRule ConfigMap NetworkPolicy; do hasnt default "^kind: $k\$"; done
 has default 'replicas: 1$'
 has default 'volumeClaimTemplates:'
 has default 'fieldPath: metadata.name'
@@ -77,7 +77,11 @@ grep -B1 'verbs: \["create", "patch"\]' "$OUTDIR/default.yaml" | grep -q 'resour
   || die "default: create must be on events only"
 
 render all -f "$ALL"
-for k in Secret ServiceMonitor NetworkPolicy; do has all "^kind: $k\$"; done
+for k in Secret ServiceMonitor PrometheusRule ConfigMap NetworkPolicy; do has all "^kind: $k\$"; done
+has all 'alert: VehicleConnectResourceNotReady$'
+has all 'vehicle_connect_queue_depth > 500$'
+has all '"title": "vehicle-connect",$'
+has all 'grafana_dashboard: "1"$'
 has all 'name: VC_INGEST_TOKEN_FILE'
 has all 'value: /etc/vehicle-connect/ingest-tokens/tokens$'
 has all 'secretName: vehicle-connect-vc-ingest-tokens$'
@@ -190,6 +194,10 @@ if "${K[@]}" get crd servicemonitors.monitoring.coreos.com >/dev/null 2>&1; then
 else
   log "ServiceMonitor CRD (monitoring.coreos.com) absent on this server: dry run renders without it"
   extra=(--set metrics.serviceMonitor.enabled=false)
+fi
+if ! "${K[@]}" get crd prometheusrules.monitoring.coreos.com >/dev/null 2>&1; then
+  log "PrometheusRule CRD absent on this server: dry run renders without it"
+  extra+=(--set prometheusRule.enabled=false)
 fi
 for set in default all; do
   args=(); [[ "$set" == all ]] && args=(-f "$ALL" "${extra[@]}")

@@ -143,9 +143,15 @@ struct RunArgs {
     /// (a full disk alone never fails it: a restart would not free the disk).
     #[arg(long, env = "VC_STORE_UNHEALTHY_AFTER_SECONDS", default_value_t = 60)]
     store_unhealthy_after_seconds: u64,
-    /// Log format: `text` or `json`.
-    #[arg(long, env = "VC_LOG_FORMAT", default_value = "text")]
-    log_format: String,
+    /// Log format: `text`, or `json` (one object a line, fields at the top level).
+    #[arg(long, env = "VC_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -167,7 +173,7 @@ fn main() -> anyhow::Result<()> {
             remote,
         } => render(&connection, &event, remote.into_iter().collect())?,
         Command::Run(args) => {
-            init_tracing(&args.log_format);
+            init_tracing(args.log_format);
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?;
@@ -182,19 +188,35 @@ fn non_empty(flag: &Option<String>) -> Option<String> {
     flag.clone().filter(|s| !s.trim().is_empty())
 }
 
-fn init_tracing(format: &str) {
+fn init_tracing(format: LogFormat) {
     use tracing_subscriber::prelude::*;
     let filter = log_filter(std::env::var("RUST_LOG").ok().as_deref());
     let layer = tracing_subscriber::fmt::layer();
-    if format == "json" {
+    if format == LogFormat::Json {
         tracing_subscriber::registry()
-            .with(layer.json().with_filter(filter))
+            .with(json_layer(std::io::stdout).with_filter(filter))
             .init();
     } else {
         tracing_subscriber::registry()
             .with(layer.with_filter(filter))
             .init();
     }
+}
+
+/// JSON lines with the event's fields at the top level (`"namespace"`, not
+/// `"fields":{"namespace"}`), so log queries need no nesting; the current span's fields
+/// follow under `span`.
+fn json_layer<S, W>(writer: W) -> impl tracing_subscriber::Layer<S>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
+{
+    tracing_subscriber::fmt::layer()
+        .with_writer(writer)
+        .json()
+        .flatten_event(true)
+        .with_current_span(true)
+        .with_span_list(false)
 }
 
 /// `RUST_LOG` (our default when unset or invalid), and, whatever it says, nothing from suppaftp
@@ -241,12 +263,22 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             failures: args.delivering_failures,
             max_wait: Duration::from_secs(args.delivering_max_wait_seconds),
         },
+        metrics.clone(),
     );
     let sender = WebhookSender::new(
         guard.clone(),
         concat!("vehicle-connect/", env!("CARGO_PKG_VERSION")),
     )?;
     let uploader = Uploader::new(guard.clone(), args.max_image_bytes)?;
+    let sessions = uploader.clone();
+    metrics.on_scrape(move |m| {
+        let (ftp, sftp) = sessions.sessions_open();
+        for (protocol, n) in [("ftp", ftp), ("sftp", sftp)] {
+            m.file_sessions_open
+                .get_or_create(&vehicle_connect::metrics::ProtocolLabel { protocol })
+                .set(n);
+        }
+    });
     let api = ApiSender::new(
         guard.clone(),
         store.clone(),
@@ -344,6 +376,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         registry.clone(),
         settings,
         Some(on_delete),
+        metrics.clone(),
     ));
 
     // Resume what was pending before a restart; the reconcilers re-register targets meanwhile
@@ -460,6 +493,49 @@ mod tests {
         fn flush(&mut self) -> std::io::Result<()> {
             Ok(())
         }
+    }
+
+    #[test]
+    fn json_logs_have_the_fields_at_the_top_level() {
+        use tracing_subscriber::prelude::*;
+        let out = Captured::default();
+        let writer = out.clone();
+        let subscriber =
+            tracing_subscriber::registry().with(super::json_layer(move || writer.clone()));
+        tracing::subscriber::with_default(subscriber, || {
+            let span = tracing::info_span!("reconcile", attempt = 3);
+            let _in = span.enter();
+            tracing::info!(
+                kind = "webhook",
+                namespace = "team-a",
+                name = "orders",
+                "status changed"
+            );
+        });
+        let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
+        let line: serde_json::Value = serde_json::from_str(text.trim()).unwrap();
+        assert_eq!(line["namespace"], "team-a", "{line}");
+        assert_eq!(line["name"], "orders", "{line}");
+        assert_eq!(line["kind"], "webhook", "{line}");
+        assert_eq!(line["message"], "status changed", "{line}");
+        assert!(line.get("fields").is_none(), "fields nested: {line}");
+        assert_eq!(line["span"]["attempt"], 3, "{line}");
+    }
+
+    #[test]
+    fn an_unknown_log_format_is_refused_at_start() {
+        use clap::Parser;
+        let err =
+            match super::Cli::try_parse_from(["vehicle-connect", "run", "--log-format", "yaml"]) {
+                Ok(_) => panic!("--log-format yaml was accepted"),
+                Err(e) => e.to_string(),
+            };
+        assert!(
+            err.contains("invalid value 'yaml'") && err.contains("json"),
+            "{err}"
+        );
+        let ok = super::Cli::try_parse_from(["vehicle-connect", "run", "--log-format", "json"]);
+        assert!(ok.is_ok(), "--log-format json refused");
     }
 
     /// An FTP server on 127.0.0.1 that logs anyone in, for one session.

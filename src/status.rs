@@ -78,7 +78,7 @@ pub enum Tri {
 }
 
 impl Tri {
-    fn as_str(self) -> &'static str {
+    pub fn as_str(self) -> &'static str {
         match self {
             Tri::True => "True",
             Tri::False => "False",
@@ -480,6 +480,7 @@ pub struct CounterWriter {
     /// The `Delivering` condition last written per target: its transition time is kept while
     /// it holds, and an Event marks each transition (never each failure).
     delivering: std::sync::Mutex<std::collections::HashMap<crate::routing::TargetKey, Condition>>,
+    metrics: std::sync::Arc<crate::metrics::Metrics>,
 }
 
 /// When delivery counts as unhealthy (`Delivering=False`).
@@ -665,6 +666,7 @@ impl CounterWriter {
         store: crate::store::Store,
         registry: std::sync::Arc<crate::routing::Registry>,
         policy: DeliveringPolicy,
+        metrics: std::sync::Arc<crate::metrics::Metrics>,
     ) -> std::sync::Arc<Self> {
         let reporter = kube::runtime::events::Reporter {
             controller: "vehicle-connect".into(),
@@ -680,6 +682,7 @@ impl CounterWriter {
             notices: Default::default(),
             policy,
             delivering: Default::default(),
+            metrics,
         })
     }
 
@@ -793,7 +796,7 @@ impl CounterWriter {
         futures::stream::iter(due)
             .for_each_concurrent(STATUS_WRITE_CONCURRENCY, |key| async move {
                 if let Err(e) = self.write(&key).await {
-                    tracing::warn!(target = %key, error = %e, "could not write delivery status");
+                    tracing::warn!(kind = key.kind.label(), namespace = %key.namespace, name = %key.name, error = %e, "could not write delivery status");
                 }
             })
             .await;
@@ -843,6 +846,7 @@ impl CounterWriter {
             other => other?,
         };
         let before = previous.or(old);
+        self.metrics.delivering(key, &cond.status);
         if let Ok(mut d) = self.delivering.lock() {
             d.insert(key.clone(), cond.clone());
         }
@@ -918,7 +922,7 @@ impl CounterWriter {
             crate::routing::Kind::Ftp | crate::routing::Kind::Api => Ok(()),
         };
         if let Err(e) = res {
-            tracing::warn!(target = %key, error = %e, "could not mark the subscription as suspended");
+            tracing::warn!(kind = key.kind.label(), namespace = %key.namespace, name = %key.name, error = %e, "could not mark the subscription as suspended");
         }
         let check = Check::fail(
             "ReceiverGone",

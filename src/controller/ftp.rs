@@ -319,6 +319,7 @@ async fn validate(
             s.probe_interval,
             &ctx.shared.probe_permits,
             &s.guard,
+            &ctx.shared.metrics,
         )
         .await;
     let target = Some(mk(None, Some(config)));
@@ -383,6 +384,7 @@ impl ProbeCache {
         interval: Duration,
         permits: &tokio::sync::Semaphore,
         target_guard: &crate::ssrf::TargetGuard,
+        metrics: &crate::metrics::Metrics,
     ) -> ProbeRecord {
         let slot = {
             let mut m = self.entries.lock().unwrap_or_else(|e| e.into_inner());
@@ -414,6 +416,14 @@ impl ProbeCache {
                 )),
             }
         };
+        let counted = match &result {
+            Ok(()) => "ok".to_string(),
+            Err((reason, _)) => reason.clone(),
+        };
+        metrics
+            .ftp_login_probes
+            .get_or_create(&crate::metrics::ProbeResult { result: counted })
+            .inc();
         let failures = if result.is_ok() { 0 } else { prev_failures + 1 };
         let next_in = if failures == 0 {
             interval

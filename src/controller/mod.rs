@@ -112,6 +112,7 @@ pub struct Context {
     pub probe_permits: Semaphore,
     /// Consecutive reconcile errors per object, for the error policy's backoff.
     failures: Mutex<HashMap<String, u32>>,
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl Context {
@@ -120,6 +121,7 @@ impl Context {
         registry: Arc<Registry>,
         settings: Settings,
         on_delete: Option<DeleteHook>,
+        metrics: Arc<crate::metrics::Metrics>,
     ) -> Arc<Self> {
         let reporter = Reporter {
             controller: "vehicle-connect".into(),
@@ -135,6 +137,7 @@ impl Context {
             secret_values: secrets::SecretCache::default(),
             probe_permits: Semaphore::new(64),
             failures: Mutex::new(HashMap::new()),
+            metrics,
         })
     }
 
@@ -263,7 +266,8 @@ where
     let delay =
         Duration::from_secs(1u64 << n.min(9).saturating_sub(1)).min(Duration::from_secs(300));
     // API errors may quote the object (its URL, say): redacted like every shown message.
-    tracing::warn!(object = %key, error = %crate::status::redact(&err.to_string()), kind = err.label(), retry_in = ?delay, "reconcile failed");
+    let m = obj.meta();
+    tracing::warn!(kind = %K::kind(&()), namespace = m.namespace.as_deref().unwrap_or_default(), name = m.name.as_deref().unwrap_or_default(), error = %crate::status::redact(&err.to_string()), error_kind = err.label(), retry_in = ?delay, "reconcile failed");
     Action::requeue(delay)
 }
 
@@ -336,13 +340,18 @@ where
         };
         crate::status::apply(api, obj, crate::status::RECONCILER_MANAGER, &st).await?;
     }
+    if let Some((_, ready)) = checks.first() {
+        ctx.shared
+            .metrics
+            .ready(&key, ready.status.as_str(), &ready.reason);
+    }
     if let Some((_, ready)) = checks.first()
         && changed
     {
         if crate::status::worth_an_event(old_conditions, ready) {
             ctx.shared.publish(obj, ready, "Reconcile").await;
         }
-        tracing::info!(target = %key, ready = ?ready.status, reason = %ready.reason, "status changed");
+        tracing::info!(kind = key.kind.label(), namespace = %key.namespace, name = %key.name, ready = ?ready.status, reason = %ready.reason, "status changed");
     }
     reconciled(ctx, obj);
     Ok(requeue
@@ -452,8 +461,9 @@ impl<K> Namespaced for K where
 /// Removes a target and the queued deliveries of every object of its name (its namespace no
 /// longer allows its client).
 pub async fn forget(ctx: &Context, key: TargetKey) {
+    ctx.metrics.forget(&key);
     if ctx.registry.remove(&key) {
-        tracing::info!(target = %key, "target removed");
+        tracing::info!(kind = key.kind.label(), namespace = %key.namespace, name = %key.name, "target removed");
     }
     if let Some(hook) = &ctx.on_delete {
         hook.object(key, None).await;
@@ -464,7 +474,11 @@ pub async fn forget(ctx: &Context, key: TargetKey) {
 /// of it still running cannot register it again.
 pub async fn deleted(ctx: &Context, key: TargetKey, uid: &str) {
     if ctx.registry.deleted(&key, uid) {
-        tracing::info!(target = %key, "deleted: target removed");
+        tracing::info!(kind = key.kind.label(), namespace = %key.namespace, name = %key.name, "deleted: target removed");
+    }
+    // Unless a newer object of the name is registered: its state is the one counted.
+    if ctx.registry.get(&key).is_none() {
+        ctx.metrics.forget(&key);
     }
     if let Some(hook) = &ctx.on_delete {
         hook.object(key, Some(uid.to_string())).await;
@@ -587,8 +601,9 @@ pub async fn run(
     registry: Arc<Registry>,
     settings: Settings,
     on_delete: Option<DeleteHook>,
+    metrics: Arc<crate::metrics::Metrics>,
 ) {
-    let ctx = Context::new(client, registry, settings, on_delete);
+    let ctx = Context::new(client, registry, settings, on_delete, metrics);
     tokio::join!(
         webhook::run(ctx.clone()),
         ftp::run(ctx.clone()),

@@ -129,8 +129,9 @@ async fn after_list<K>(
     }
     for (key, uid) in missing {
         if scoped && still_exists::<K>(&ctx, &key, uid.as_deref()).await {
+            ctx.metrics.forget(&key);
             if ctx.registry.remove(&key) {
-                tracing::info!(kind = label, target = %key, "no longer matches the watch selector: not routed to any more");
+                tracing::info!(kind = label, namespace = %key.namespace, name = %key.name, "no longer matches the watch selector: not routed to any more");
             }
             continue;
         }
@@ -152,7 +153,7 @@ where
         Ok(Some(o)) => uid.is_none_or(|u| o.metadata.uid.as_deref() == Some(u)),
         Ok(None) => false,
         Err(e) => {
-            tracing::warn!(target = %key, error = %e, "could not tell a deletion from a label change");
+            tracing::warn!(kind = key.kind.label(), namespace = %key.namespace, name = %key.name, error = %e, "could not tell a deletion from a label change");
             true
         }
     }
@@ -170,8 +171,9 @@ async fn gone_from_watch<K>(
     K: super::Namespaced,
 {
     if scoped && still_exists::<K>(&ctx, &key, Some(&uid)).await {
+        ctx.metrics.forget(&key);
         if ctx.registry.remove(&key) {
-            tracing::info!(kind = label, target = %key, "no longer matches the watch selector: not routed to any more");
+            tracing::info!(kind = label, namespace = %key.namespace, name = %key.name, "no longer matches the watch selector: not routed to any more");
         }
         return;
     }
@@ -305,6 +307,18 @@ pub async fn run<K, R, F>(
     let by_config_map = store.clone();
     let by_ns = store;
     let secret_names = reads.secrets;
+    // Every reconcile of every kind passes here: counted once, by its result.
+    let metrics = ctx.metrics.clone();
+    let mut reconcile = reconcile;
+    let counted = move |obj: Arc<DeserializeGuard<K>>, kctx: Arc<KindContext>| {
+        let fut = reconcile(obj, kctx);
+        let metrics = metrics.clone();
+        async move {
+            let result = fut.await;
+            metrics.reconciled(label, result.as_ref().err().map(Error::label));
+            result
+        }
+    };
     let kctx = Arc::new(KindContext {
         shared: ctx,
         namespaces: ns_reader,
@@ -359,7 +373,7 @@ pub async fn run<K, R, F>(
     })
     .with_config(controller_config())
     .shutdown_on_signal()
-    .run(reconcile, error_policy, kctx)
+    .run(counted, error_policy, kctx)
     .for_each(|r| async move {
         if let Err(e) = r {
             tracing::debug!(error = %crate::status::redact(&e.to_string()), kind = label, "reconcile");

@@ -551,7 +551,7 @@ impl Dispatcher {
                     return true;
                 }
                 Ok(None) => {
-                    tracing::error!(target = %ts.id, seq = job.seq, "event missing from the store; dropping the delivery");
+                    tracing::error!(kind = ts.id.key.kind.label(), namespace = %ts.id.key.namespace, name = %ts.id.key.name, seq = job.seq, "event missing from the store; dropping the delivery");
                     let outcome = Outcome::GaveUp {
                         why: Why::new("EventMissing", "the event is no longer in the store"),
                     };
@@ -627,8 +627,8 @@ impl Dispatcher {
             .selector
             .matches(&head.client_id, head.user_id.as_deref(), head.type_)
         {
-            self.count(kind, "dropped");
-            tracing::info!(target = %ts.id, event = %job.event_id, client = %head.client_id, "queued event no longer selected by its target; dropped");
+            self.ended(kind, "dropped", 1);
+            tracing::info!(kind = ts.id.key.kind.label(), namespace = %ts.id.key.namespace, name = %ts.id.key.name, event = %job.event_id, client = %head.client_id, "queued event no longer selected by its target; dropped");
             let why = Why::new(
                 "NotSelected",
                 format!(
@@ -685,10 +685,10 @@ impl Dispatcher {
             Attempt::Done {
                 outcome, skipped, ..
             } => {
-                if skipped {
-                    self.count(kind, "skipped");
-                } else {
-                    self.count(kind, "delivered");
+                let result = if skipped { "skipped" } else { "delivered" };
+                self.count(kind, result);
+                self.ended(kind, result, 1);
+                if !skipped {
                     self.observe_latency(kind, job);
                 }
                 self.record(ts, job, outcome);
@@ -698,6 +698,7 @@ impl Dispatcher {
                 why, retry_after, ..
             } => self.retry_or_give_up(ts, job, kind, policy, why, retry_after),
             Attempt::Fail { why, .. } => {
+                self.count(kind, "failed");
                 self.give_up(ts, job, kind, why);
                 Step::Done
             }
@@ -712,11 +713,23 @@ impl Dispatcher {
         }
     }
 
+    /// Counts an attempt's result.
     fn count(&self, kind: &'static str, result: &'static str) {
         self.metrics
-            .deliveries
+            .delivery_attempts
             .get_or_create(&KindResult { kind, result })
             .inc();
+    }
+
+    /// Counts `n` deliveries that ended (none is attempted again) with `outcome`.
+    fn ended(&self, kind: &'static str, outcome: &'static str, n: u64) {
+        self.metrics
+            .deliveries
+            .get_or_create(&KindResult {
+                kind,
+                result: outcome,
+            })
+            .inc_by(n);
     }
 
     fn observe_attempt(&self, kind: &'static str, elapsed: Duration) {
@@ -737,7 +750,7 @@ impl Dispatcher {
 
     /// The delivery failed for good: counted, recorded, and the resource's status is due.
     fn give_up(&self, ts: &Arc<TargetState>, job: &Job, kind: &'static str, why: Why) {
-        self.count(kind, "failed");
+        self.ended(kind, "failed", 1);
         self.counters.failure(&ts.id.key);
         self.record(ts, job, Outcome::GaveUp { why });
     }
@@ -754,6 +767,7 @@ impl Dispatcher {
         retry_after: Option<Duration>,
     ) -> Step {
         if should_give_up(policy, job.attempts, Duration::ZERO) {
+            self.count(kind, "failed");
             let message = format!("{} (gave up after {} attempts)", why.message, job.attempts);
             self.give_up(ts, job, kind, Why::new(why.reason, message));
             return Step::Done;
@@ -785,7 +799,7 @@ impl Dispatcher {
         {
             // Only at shutdown: the delivery is repeated after the restart (at-least-once).
             ts.recording.fetch_sub(1, Ordering::AcqRel);
-            tracing::warn!(target = %ts.id, seq = update.seq, "outcome not recorded: the recorder has stopped");
+            tracing::warn!(kind = ts.id.key.kind.label(), namespace = %ts.id.key.namespace, name = %ts.id.key.name, seq = update.seq, "outcome not recorded: the recorder has stopped");
         }
     }
 
@@ -800,19 +814,12 @@ impl Dispatcher {
         }
         match self.store.drop_target(&ts.row).await {
             Ok(n) if n > 0 => {
-                let kind = ts.id.key.kind.label();
-                self.metrics
-                    .deliveries
-                    .get_or_create(&KindResult {
-                        kind,
-                        result: "dropped",
-                    })
-                    .inc_by(n);
-                tracing::info!(target = %ts.id, dropped = n, reason = why, "pending deliveries dropped");
+                self.ended(ts.id.key.kind.label(), "dropped", n);
+                tracing::info!(kind = ts.id.key.kind.label(), namespace = %ts.id.key.namespace, name = %ts.id.key.name, dropped = n, reason = why, "pending deliveries dropped");
             }
             Ok(_) => {}
             Err(e) => {
-                tracing::error!(error = %e, target = %ts.id, "could not drop pending deliveries")
+                tracing::error!(error = %e, kind = ts.id.key.kind.label(), namespace = %ts.id.key.namespace, name = %ts.id.key.name, "could not drop pending deliveries")
             }
         }
         self.metrics
@@ -923,14 +930,7 @@ impl Dispatcher {
                 }
             }
             if n > 0 {
-                let kind = id.key.kind.label();
-                self.metrics
-                    .deliveries
-                    .get_or_create(&KindResult {
-                        kind,
-                        result: "expired",
-                    })
-                    .inc_by(n);
+                self.ended(id.key.kind.label(), "expired", n);
                 // Events lost: worth an Event each time, unlike a failed attempt.
                 self.counters.notice(
                     &id.key,
@@ -942,7 +942,7 @@ impl Dispatcher {
                         ),
                     ),
                 );
-                tracing::warn!(target = %id, expired = n, "pending deliveries expired");
+                tracing::warn!(kind = id.key.kind.label(), namespace = %id.key.namespace, name = %id.key.name, expired = n, "pending deliveries expired");
                 expired += n;
             }
             self.wake(&row);

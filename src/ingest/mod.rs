@@ -284,6 +284,17 @@ fn bearer(headers: &header::HeaderMap) -> Option<&str> {
     security(("bearer" = []))
 )]
 async fn post_events(State(st): State<ApiState>, req: Request) -> Response {
+    let response = accept_events(&st, req).await;
+    st.metrics
+        .ingest_requests
+        .get_or_create(&crate::metrics::CodeLabel {
+            code: response.status().as_u16(),
+        })
+        .inc();
+    response
+}
+
+async fn accept_events(st: &ApiState, req: Request) -> Response {
     let rejected = || {
         st.metrics
             .events
@@ -550,7 +561,8 @@ async fn readyz(State(st): State<ApiState>) -> Response {
         example = "# TYPE vehicle_connect_events counter\nvehicle_connect_events_total{result=\"accepted\"} 42\n# EOF\n"),
 ))]
 async fn metrics(State(st): State<ApiState>) -> Response {
-    st.metrics.store_state.set(st.store.health().level());
+    st.metrics
+        .store(st.store.health().level(), st.store.stats());
     (
         [(
             header::CONTENT_TYPE,

@@ -330,12 +330,7 @@ async fn a_long_poll_returns_within_a_second_of_a_post_and_empty_after_its_wait(
 
 /// `vehicle_connect_feed_waiting` from `/metrics`.
 async fn waiting(op: &OperatorProcess) -> i64 {
-    let text = reqwest::get(op.url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = crate::support::process::metrics(op).await;
     text.lines()
         .find_map(|l| l.strip_prefix("vehicle_connect_feed_waiting "))
         .and_then(|v| v.trim().parse().ok())

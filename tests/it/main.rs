@@ -27,6 +27,7 @@ mod gitops_health;
 mod health_scripts;
 mod ingest_auth;
 mod kube_basics;
+mod metrics;
 mod naming_props;
 mod openapi;
 mod prereqs;

@@ -656,12 +656,7 @@ async fn a_subscription_deleted_while_the_operator_is_down_loses_its_queue_at_st
     let op = op.restart(cp).await.expect("operator restarted");
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let metrics = reqwest::get(op.url("/metrics"))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let metrics = crate::support::process::metrics(&op).await;
         let dropped = metrics.lines().any(|l| {
             l.starts_with("vehicle_connect_deliveries_total{")
                 && l.contains("result=\"dropped\"")

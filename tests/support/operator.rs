@@ -69,7 +69,14 @@ fn start(name: &str, adjust: fn(Settings) -> Settings) -> Operator {
                     watch_selector: Some(selector),
                     ..Settings::default()
                 });
-                controller::run(client, reg, settings, None).await;
+                controller::run(
+                    client,
+                    reg,
+                    settings,
+                    None,
+                    Arc::new(vehicle_connect::metrics::Metrics::new()),
+                )
+                .await;
             })
         })
         .expect("operator thread");

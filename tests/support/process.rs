@@ -44,3 +44,13 @@ pub async fn start_launch(
         .await
         .expect("operator started")
 }
+
+/// The text of `op`'s `/metrics`.
+pub async fn metrics(op: &OperatorProcess) -> String {
+    reqwest::get(op.url("/metrics"))
+        .await
+        .expect("GET /metrics")
+        .text()
+        .await
+        .expect("/metrics body")
+}

@@ -91,6 +91,11 @@ impl Uploader {
         self.inner.ftp.opened() + self.inner.sftp.opened()
     }
 
+    /// FTP and SFTP sessions open now (in use or idle).
+    pub fn sessions_open(&self) -> (i64, i64) {
+        (self.inner.ftp.open(), self.inner.sftp.open())
+    }
+
     /// Sessions waiting in the pools for reuse.
     pub fn idle_sessions(&self) -> usize {
         self.inner.ftp.idle() + self.inner.sftp.idle()

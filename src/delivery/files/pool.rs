@@ -3,7 +3,7 @@
 //! session ([`Lease`]) caches the directories it made and cleaned.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -28,6 +28,8 @@ const NOOP_TIMEOUT: Duration = Duration::from_secs(5);
 pub(super) struct Pools<T: Transport> {
     pools: Mutex<HashMap<PoolKey, Arc<Pool<T>>>>,
     opened: AtomicU64,
+    /// Sessions alive now (each decrements it when it drops), for metrics.
+    open: Arc<AtomicI64>,
 }
 
 impl<T: Transport> Default for Pools<T> {
@@ -35,6 +37,7 @@ impl<T: Transport> Default for Pools<T> {
         Pools {
             pools: Mutex::new(HashMap::new()),
             opened: AtomicU64::new(0),
+            open: Arc::new(AtomicI64::new(0)),
         }
     }
 }
@@ -43,6 +46,11 @@ impl<T: Transport> Pools<T> {
     /// Sessions opened so far (logins).
     pub(super) fn opened(&self) -> u64 {
         self.opened.load(Ordering::Relaxed)
+    }
+
+    /// Sessions open now, in use or idle.
+    pub(super) fn open(&self) -> i64 {
+        self.open.load(Ordering::Relaxed)
     }
 
     /// Sessions waiting for reuse.
@@ -100,7 +108,11 @@ impl<T: Transport> Pools<T> {
         }
         let session = T::connect(ep, guard).await?;
         self.opened.fetch_add(1, Ordering::Relaxed);
-        Ok(Lease::new(pool, Conn::new(session), permit))
+        Ok(Lease::new(
+            pool,
+            Conn::new(session, OpenSession::new(&self.open)),
+            permit,
+        ))
     }
 
     /// Takes the idle sessions that `expired` selects, and forgets pools that are unused.
@@ -169,15 +181,33 @@ pub(super) struct Conn<T> {
     dirs: HashSet<String>,
     /// Directories whose stale temporaries this session has deleted.
     cleaned: HashSet<String>,
+    _open: OpenSession,
 }
 
 impl<T> Conn<T> {
-    fn new(session: T) -> Self {
+    fn new(session: T, open: OpenSession) -> Self {
         Conn {
             session,
             dirs: HashSet::new(),
             cleaned: HashSet::new(),
+            _open: open,
         }
+    }
+}
+
+/// Counts a session open while it lives, however it ends (quit, dropped, failed).
+struct OpenSession(Arc<AtomicI64>);
+
+impl OpenSession {
+    fn new(open: &Arc<AtomicI64>) -> Self {
+        open.fetch_add(1, Ordering::Relaxed);
+        OpenSession(open.clone())
+    }
+}
+
+impl Drop for OpenSession {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
