@@ -71,7 +71,7 @@ crds:
 helm:
 	@scripts/build-helm.sh >/dev/null
 
-## Copy crds/ into the Helm chart (charts/vehicle-connect/crds).
+## Copy crds/ into the Helm chart (charts/vehicle-connect/files/crds).
 chart-crds:
 	@scripts/sync-chart-crds.sh
 

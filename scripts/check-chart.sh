@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Checks the Helm chart charts/vehicle-connect:
 #   1. builds helm if needed (scripts/build-helm.sh, cached);
-#   2. the chart's crds/ are exact copies of the generated crds/ (scripts/sync-chart-crds.sh);
+#   2. the chart's files/crds/ are exact copies of the generated crds/ (scripts/sync-chart-crds.sh),
+#      and its README.md documents values.yaml as scripts/chart-readme.py generates it;
 #   3. `helm lint --strict` with the default values and with every optional feature on
 #      (charts/vehicle-connect/ci/all-features-values.yaml);
 #   4. `helm template` of several value sets, with checks of what each must (not) render,
 #      and values that values.schema.json must refuse;
-#   5. only when VC_KUBECONFIG points at a running API server: applies the CRDs, then
+#   5. only when VC_KUBECONFIG points at a running API server: applies the CRDs as the chart
+#      renders them (refusing any warning of the API server about them), then
 #      `kubectl apply --dry-run=server` of the rendered manifests (all features on; the
 #      ServiceMonitor only if its CRD is installed there).
 #
@@ -30,6 +32,7 @@ trap 'rm -rf "$OUTDIR"' EXIT
 
 # --- 2. CRDs ------------------------------------------------------------------------------
 scripts/sync-chart-crds.sh --check
+python3 scripts/chart-readme.py --check
 
 # --- 3. lint ------------------------------------------------------------------------------
 log "helm lint --strict (default values)"
@@ -53,7 +56,20 @@ secret_tokens() {
 hasnt() { ! grep -qE -- "$2" "$OUTDIR/$1.yaml" || die "$1: did not expect /$2/"; }
 
 render default
-for k in ServiceAccount ClusterRole ClusterRoleBinding Service StatefulSet; do has default "^kind: $k\$"; done
+for k in ServiceAccount ClusterRole ClusterRoleBinding Service StatefulSet CustomResourceDefinition; do has default "^kind: $k\$"; done
+# The CRDs are templates (so upgrades update them), kept on uninstall by default.
+count() { grep -cE -- "$2" "$OUTDIR/$1.yaml" || true; }
+[[ "$(count default '^kind: CustomResourceDefinition$')" == "$(ls "$CHART"/files/crds/*.yaml | wc -l)" ]] \
+  || die "default: not every CRD of files/crds rendered"
+[[ "$(count default '^    helm.sh/resource-policy: keep$')" == "$(count default '^kind: CustomResourceDefinition$')" ]] \
+  || die "default: a CRD lacks helm.sh/resource-policy: keep"
+has default '^  name: webhooksubscriptions.connect.vehicles.io$'
+# Two Services: the API, and the StatefulSet's headless governing one.
+[[ "$(count default '^kind: Service$')" == 2 ]] || die "default: expected 2 Services"
+has default '^  name: vehicle-connect-headless$'
+has default '^  clusterIP: None$'
+has default '^  serviceName: vehicle-connect-headless$'
+has default 'image: "vehicle-connect:0.1.0"$'
 for k in Secret ServiceMonitor PrometheusRule ConfigMap NetworkPolicy; do hasnt default "^kind: $k\$"; done
 has default 'replicas: 1$'
 has default 'volumeClaimTemplates:'
@@ -82,6 +98,28 @@ has all 'alert: VehicleConnectResourceNotReady$'
 has all 'vehicle_connect_queue_depth > 500$'
 has all '"title": "vehicle-connect",$'
 has all 'grafana_dashboard: "1"$'
+# image.digest replaces the tag.
+has all 'image: "registry.example.com/platform/vehicle-connect@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"$'
+hasnt all '0\.1\.0-test'
+# commonLabels: on every object's own labels (CRDs included), and on the pod.
+objects="$(count all '^kind:')"
+[[ "$(count all '^    example.com/cost-center: ops-1$')" == "$objects" ]] \
+  || die "all: commonLabels on $(count all '^    example.com/cost-center: ops-1$') of $objects objects"
+has all '^        example.com/cost-center: ops-1$'
+# Not in the StatefulSet's selector, which cannot change after install.
+awk '/^  selector:/{f=1;next} f&&/^  [a-z]/{f=0} f' "$OUTDIR/all.yaml" | grep -q cost-center \
+  && die "all: commonLabels reached a selector"
+# extraVolumes / extraVolumeMounts.
+# (toYaml sorts keys: the name comes last.)
+grep -B1 '^          name: ca-bundle$' "$OUTDIR/all.yaml" | grep -q '^            name: corporate-ca$' \
+  || die "all: extraVolumes not rendered"
+grep -A1 '^            - mountPath: /etc/ssl/corporate$' "$OUTDIR/all.yaml" | grep -q '^              name: ca-bundle$' \
+  || die "all: extraVolumeMounts not rendered"
+# ServiceMonitor: relabelings, metricRelabelings, and never the headless Service.
+grep -A3 '^      relabelings:$' "$OUTDIR/all.yaml" | grep -q 'replacement: check-chart$' || die "all: relabelings not rendered"
+grep -A4 '^      metricRelabelings:$' "$OUTDIR/all.yaml" | grep -q 'action: drop$' || die "all: metricRelabelings not rendered"
+grep -A2 'key: connect.vehicles.io/headless$' "$OUTDIR/all.yaml" | grep -q 'operator: DoesNotExist$' \
+  || die "all: the ServiceMonitor would select the headless Service"
 has all 'name: VC_INGEST_TOKEN_FILE'
 has all 'value: /etc/vehicle-connect/ingest-tokens/tokens$'
 has all 'secretName: vehicle-connect-vc-ingest-tokens$'
@@ -123,6 +161,13 @@ has existing 'value: /etc/vehicle-connect/ingest-tokens/tokens.txt$'
 has existing 'secretName: my-feed-tokens$'
 has existing 'value: /etc/vehicle-connect/feed-tokens/feed.txt$'
 
+render nocrds --set crds.enabled=false
+hasnt nocrds '^kind: CustomResourceDefinition$'
+hasnt nocrds 'resource-policy'
+render crdsnokeep --set crds.keep=false
+has crdsnokeep '^kind: CustomResourceDefinition$'
+hasnt crdsnokeep 'helm.sh/resource-policy'
+
 render ephemeral --set persistence.enabled=false
 hasnt ephemeral 'volumeClaimTemplates:'
 has ephemeral 'emptyDir: \{\}'
@@ -149,6 +194,10 @@ refuse "a feed client that is not a clientId" --set 'feedTokens[0].token=long-en
 refuse "a bad log format" --set operator.logFormat=xml
 refuse "a bad CIDR" --set 'operator.allowTargets[0]=not a cidr'
 refuse "a bad port" --set service.port=70000
+refuse "a digest that is not sha256:<64 hex>" --set image.digest=latest
+refuse "crds.enabled that is not a boolean" --set crds.enabled=maybe
+refuse "an extra volume mount without mountPath" --set 'extraVolumeMounts[0].name=x'
+refuse "a commonLabels value that is not a string" --set-json 'commonLabels={"a":{"b":1}}'
 
 # --- 5. server dry run --------------------------------------------------------------------
 if [[ -z "${VC_KUBECONFIG:-}" ]]; then
@@ -182,11 +231,15 @@ else
   log "namespace $NS (Pod Security: restricted) for the dry run"
 fi
 
-log "applying the chart's CRDs to the server"
-"${K[@]}" apply --server-side --force-conflicts -f "$CHART/crds/" >&2
-for f in "$CHART"/crds/*.yaml; do
-  "${K[@]}" wait --for=condition=Established --timeout=60s -f "$f" >&2
-done
+# The CRDs as the chart renders them (not the files): the template's YAML round trip must
+# keep them valid. Any warning (e.g. "unrecognized format") fails the check.
+log "applying the chart's rendered CRDs to the server"
+"$HELM" template vehicle-connect "$CHART" --namespace "$NS" --show-only templates/crds.yaml >"$OUTDIR/crds.yaml"
+"${K[@]}" apply --server-side --force-conflicts -f "$OUTDIR/crds.yaml" >"$OUTDIR/crds.out" 2>&1 \
+  || { cat "$OUTDIR/crds.out" >&2; die "the API server refused the rendered CRDs"; }
+cat "$OUTDIR/crds.out" >&2
+! grep -qi 'warning' "$OUTDIR/crds.out" || die "the API server warned about the CRDs"
+"${K[@]}" wait --for=condition=Established --timeout=60s -f "$OUTDIR/crds.yaml" >&2
 
 extra=()
 if "${K[@]}" get crd servicemonitors.monitoring.coreos.com >/dev/null 2>&1; then

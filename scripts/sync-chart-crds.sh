@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Copies the generated CRDs (crds/*.yaml, the source of truth: `make crds`) into the Helm
-# chart's crds/ folder, replacing what was there.
+# chart's files/crds/ folder, replacing what was there. templates/crds.yaml renders them (not
+# Helm's crds/ folder, which Helm installs once and never upgrades).
 #
 #   scripts/sync-chart-crds.sh           # copy
 #   scripts/sync-chart-crds.sh --check   # copy nothing; fail if the chart's copies differ
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SRC=crds
-DST=charts/vehicle-connect/crds
+DST=charts/vehicle-connect/files/crds
 
 if [[ "${1:-}" == "--check" ]]; then
   if diff -r -q "$SRC" "$DST" >/dev/null 2>&1; then

@@ -146,13 +146,27 @@ fn redact_after_scheme(s: &str) -> String {
     out
 }
 
+/// The CRDs refuse a condition message longer than metav1.Condition's limit, and with it
+/// the whole status patch: cut it (bytes bound characters, so the cut always fits).
+fn cap(mut message: String) -> String {
+    if message.len() > crate::api::CONDITION_MESSAGE_MAX {
+        let mut end = crate::api::CONDITION_MESSAGE_MAX - "…".len();
+        while !message.is_char_boundary(end) {
+            end -= 1;
+        }
+        message.truncate(end);
+        message.push('…');
+    }
+    message
+}
+
 impl Check {
     /// Every constructor redacts the message: a Check ends up in a condition or an Event.
     fn new(status: Tri, reason: impl Into<String>, message: impl Into<String>) -> Self {
         Check {
             status,
             reason: reason.into(),
-            message: redact(&message.into()),
+            message: cap(redact(&message.into())),
         }
     }
     pub fn ok(reason: impl Into<String>, message: impl Into<String>) -> Self {
@@ -283,6 +297,25 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn condition_messages_fit_the_crd_limit() {
+        let max = crate::api::CONDITION_MESSAGE_MAX;
+        let long = Check::fail("Bad", "é".repeat(max));
+        assert!(
+            long.message.chars().count() <= max,
+            "{}",
+            long.message.len()
+        );
+        assert!(long.message.len() <= max);
+        assert!(long.message.ends_with('…'));
+        let short = Check::fail("Bad", "x".repeat(max));
+        assert_eq!(
+            short.message.len(),
+            max,
+            "a message at the limit is kept whole"
+        );
+    }
 
     #[test]
     fn busy_resources_take_turns_for_status_writes() {

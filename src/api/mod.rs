@@ -4,12 +4,14 @@
 
 pub mod apiconnection;
 pub mod common;
+mod crd_schema;
 pub mod event;
 pub mod ftp;
 pub mod webhook;
 
 pub use apiconnection::{ApiConnection, ApiConnectionSpec, ApiConnectionStatus};
 pub use common::*;
+pub use crd_schema::CONDITION_MESSAGE_MAX;
 pub use event::EventType;
 pub use ftp::{FtpConnection, FtpConnectionSpec, FtpConnectionStatus};
 pub use webhook::{WebhookSubscription, WebhookSubscriptionSpec, WebhookSubscriptionStatus};
@@ -31,7 +33,8 @@ pub fn crd_files() -> Result<Vec<(String, String)>, serde_yaml::Error> {
         ApiConnection::crd(),
     ]
     .into_iter()
-    .map(|crd| {
+    .map(|mut crd| {
+        crd_schema::tighten(&mut crd);
         let name = format!("{}.yaml", crd.metadata.name.as_deref().unwrap_or("crd"));
         let mut value = serde_yaml::to_value(&crd)?;
         unwrap_descriptions(&mut value);

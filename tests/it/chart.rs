@@ -29,3 +29,20 @@ fn chart_lints_renders_and_applies_to_a_real_api_server() {
         "the server-side dry run did not run:\n{text}"
     );
 }
+
+/// charts/vehicle-connect/README.md's values table is what scripts/chart-readme.py makes of
+/// values.yaml (every value documented, no stale default); needs neither helm nor a cluster.
+#[test]
+fn chart_readme_documents_the_values() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let out = std::process::Command::new("python3")
+        .arg(root.join("scripts/chart-readme.py"))
+        .arg("--check")
+        .output()
+        .expect("run python3 scripts/chart-readme.py --check");
+    assert!(
+        out.status.success(),
+        "charts/vehicle-connect/README.md is stale; run scripts/chart-readme.py:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

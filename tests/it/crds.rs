@@ -58,3 +58,50 @@ fn sample_events_cover_the_catalogue_and_validate() {
         assert_eq!(events[0].type_, t);
     }
 }
+
+/// Every `format` in the CRDs is one the API server knows (1.36 warns about the others,
+/// such as schemars' uint32), and the bounds those formats implied are still there.
+#[test]
+fn crds_use_only_formats_the_api_server_knows() {
+    fn walk(v: &serde_yaml::Value, path: &str, found: &mut Vec<String>) {
+        match v {
+            serde_yaml::Value::Mapping(m) => {
+                if let Some(f) = m.get("format").and_then(|f| f.as_str()) {
+                    found.push(format!("{path}: {f}"));
+                }
+                for (k, child) in m {
+                    walk(
+                        child,
+                        &format!("{path}.{}", k.as_str().unwrap_or("?")),
+                        found,
+                    );
+                }
+            }
+            serde_yaml::Value::Sequence(items) => items.iter().for_each(|i| walk(i, path, found)),
+            _ => {}
+        }
+    }
+    let mut text = String::new();
+    for (name, yaml) in crd_files().unwrap() {
+        let value: serde_yaml::Value = serde_yaml::from_str(&yaml).unwrap();
+        let mut found = Vec::new();
+        walk(&value, &name, &mut found);
+        let odd: Vec<_> = found
+            .iter()
+            .filter(|f| {
+                !["int32", "int64", "date-time"]
+                    .iter()
+                    .any(|k| f.ends_with(&format!(": {k}")))
+            })
+            .collect();
+        assert!(odd.is_empty(), "formats unknown to Kubernetes: {odd:#?}");
+        text.push_str(&yaml);
+    }
+    // The u32 counter keeps its range, condition statuses their enum.
+    assert!(text.contains("maximum: 4294967295.0"), "u32 maximum lost");
+    assert!(text.contains("- Unknown"), "condition status enum missing");
+    assert!(
+        text.contains("maxLength: 32768"),
+        "condition message limit missing"
+    );
+}

@@ -157,9 +157,10 @@ async fn secrets_that_are_never_credentials_are_refused() {
     }
 }
 
-/// Makes `name` unreadable for the operator's types: `status.consecutiveFailures` is a
-/// uint32 there, while the schema (format uint32, no maximum) lets the API server store 2^32.
-/// Returns an untyped Api of that kind (which can still read and delete it).
+/// Makes `name` unreadable for the operator's types, through a time the API server takes
+/// for a `date-time` (its check lets any character through before a fraction's digits) but
+/// no RFC 3339 parser does. The schema bounds every other status field to what the types
+/// hold. Returns an untyped Api of that kind (which can still read and delete it).
 async fn make_unreadable(
     client: &kube::Client,
     ns: &str,
@@ -169,13 +170,21 @@ async fn make_unreadable(
     let gvk = GroupVersionKind::gvk("connect.vehicles.io", "v1alpha1", kind);
     let ar = ApiResource::from_gvk_with_plural(&gvk, &format!("{}s", kind.to_lowercase()));
     let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns, &ar);
-    api.patch_status(
-        name,
-        &PatchParams::default(),
-        &Patch::Merge(json!({ "status": { "consecutiveFailures": 4_294_967_296u64 } })),
-    )
-    .await
-    .unwrap();
+    let odd_time = "2026-01-01T10:00:00x1Z";
+    let failure =
+        json!({ "eventId": "evt_odd", "time": odd_time, "reason": "Odd", "message": "odd" });
+    if let Err(e) = api
+        .patch_status(
+            name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "status": { "lastFailure": failure } })),
+        )
+        .await
+    {
+        panic!(
+            "the API server no longer stores {odd_time:?} as a date-time ({e}): find another way"
+        );
+    }
     api
 }
 

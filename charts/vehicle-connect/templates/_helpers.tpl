@@ -21,13 +21,16 @@
 {{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
 {{- end }}
 
-{{/* Labels every object carries. */}}
+{{/* Labels every object carries (not the selector, which a StatefulSet cannot change). */}}
 {{- define "vehicle-connect.labels" -}}
 helm.sh/chart: {{ include "vehicle-connect.chart" . }}
 {{ include "vehicle-connect.selectorLabels" . }}
 app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
 app.kubernetes.io/managed-by: {{ .Release.Service }}
 app.kubernetes.io/part-of: vehicle-connect
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
 {{- end }}
 
 {{/* Labels that select the operator pod (immutable in the StatefulSet). */}}
@@ -44,8 +47,18 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end }}
 {{- end }}
 
+{{/* repository@digest when a digest is set (it pins the exact image), else repository:tag. */}}
 {{- define "vehicle-connect.image" -}}
+{{- if .Values.image.digest }}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest }}
+{{- else }}
 {{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- end }}
+{{- end }}
+
+{{/* The headless Service the StatefulSet names (serviceName): gives the pod its DNS name. */}}
+{{- define "vehicle-connect.headlessServiceName" -}}
+{{- printf "%s-headless" (include "vehicle-connect.fullname" .) | trunc 63 | trimSuffix "-" }}
 {{- end }}
 
 {{/* The Secret holding the ingest tokens, or "" when there is none. */}}
