@@ -54,7 +54,11 @@ async fn operator_url() -> String {
         let dir = cp
             .dir
             .join(format!("operator-api-delivery-{}", std::process::id()));
-        let launch = Launch::new(binary()).allow_targets(ALLOWED);
+        // Delivering turns False (a Warning Event naming the last failure) at the first
+        // failure, so that every failure's message can be checked in an Event.
+        let launch = Launch::new(binary())
+            .allow_targets(ALLOWED)
+            .args(&["--delivering-failures", "1"]);
         *g = Some(start_launch(cp, dir, &SCOPE, launch).await);
     }
     g.as_ref().unwrap().url("/v1/events")
