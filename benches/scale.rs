@@ -271,12 +271,12 @@ async fn main() -> anyhow::Result<()> {
     if let (Some(a), Some(b)) = (t_whs, t_ftp) {
         let t = a.max(b);
         println!(
-            "RESULT all {total} Ready in {:.1}s (aim: 60s); {:.0} resources/s through their first reconcile",
+            "RESULT all {total} Ready in {:.1}s (aim: 30 s); {:.0} resources/s through their first reconcile",
             t.as_secs_f64(),
             total as f64 / t.as_secs_f64()
         );
     }
-    println!("RESULT operator RSS: peak {peak:.1} MiB, settled {settled:.1} MiB (aim: < 256 MiB)");
+    println!("RESULT operator RSS: peak {peak:.1} MiB, settled {settled:.1} MiB (aim: ≤ 128 MiB)");
     for s in ftp {
         s.stop().await;
     }

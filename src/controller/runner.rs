@@ -222,8 +222,8 @@ pub async fn run<K, R, F>(
     let scoped = ctx.settings.watch_selector.is_some();
     let (on_list, on_delete) = (ctx.clone(), ctx.clone());
     let listed_store = store.clone();
-    // managedFields are most of an object's size and nothing here reads them: 11,000 cached
-    // objects kept ~40 MiB of them.
+    // managedFields are most of a cached object's size and nothing here reads them (the
+    // scale bench's 11,000 resources: peak RSS 94 MiB without them, 167 MiB with).
     let objects = reflector::reflector(
         writer,
         watcher(Api::<DeserializeGuard<K>>::all(client.clone()), watch)
