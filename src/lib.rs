@@ -13,6 +13,7 @@ pub mod controller;
 pub mod delivery;
 pub mod endpoint;
 pub mod ingest;
+pub mod manage;
 pub mod mapping;
 pub mod metrics;
 pub mod naming;

@@ -14,6 +14,7 @@ use vehicle_connect::delivery::files::Uploader;
 use vehicle_connect::delivery::webhook::WebhookSender;
 use vehicle_connect::ingest::tokens::{TokenFile, TokenSet};
 use vehicle_connect::ingest::{self, ApiState, FeedState};
+use vehicle_connect::manage::{self, ManageState};
 use vehicle_connect::metrics::Metrics;
 use vehicle_connect::routing::Registry;
 use vehicle_connect::ssrf::{TargetGuard, parse_allow_list};
@@ -80,6 +81,12 @@ struct RunArgs {
     /// changes. Without it, every feed read is refused with 401.
     #[arg(long, env = "VC_FEED_TOKEN_FILE")]
     feed_token_file: Option<PathBuf>,
+    /// File of manage tokens (delivery log, retry, replay, test sends, self-service, the
+    /// console): the feed's format; `*` is the platform operator, a client list limits the
+    /// token to those clients' targets. Re-read when it changes. Without it, every management
+    /// request is refused with 401.
+    #[arg(long, env = "VC_MANAGE_TOKEN_FILE")]
+    manage_token_file: Option<PathBuf>,
     /// Feed long-polls (`wait=`) waiting at once; more are answered 503 with Retry-After.
     #[arg(long, env = "VC_MAX_FEED_WAITERS", default_value_t = ingest::feed::DEFAULT_MAX_WAITERS)]
     max_feed_waiters: usize,
@@ -320,6 +327,22 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             TokenSet::default()
         }
     };
+    let manage_tokens = match &args.manage_token_file {
+        Some(f) => TokenSet::watch_file_as(f.clone(), TokenFile::Manage)
+            .with_context(|| format!("reading {}", f.display()))?,
+        None => {
+            tracing::info!("no --manage-token-file: every management request is refused with 401");
+            TokenSet::default()
+        }
+    };
+    let manage_state = ManageState {
+        tokens: manage_tokens,
+        store: store.clone(),
+        dispatcher: dispatcher.clone(),
+        registry: registry.clone(),
+        client: client.clone(),
+        metrics: metrics.clone(),
+    };
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let ready = Arc::new(AtomicBool::new(false));
     let state = ApiState {
@@ -341,11 +364,14 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         .with_context(|| format!("listening on {}", args.listen))?;
     let mut api_stop = stop_rx.clone();
     let api = tokio::spawn(async move {
-        axum::serve(listener, ingest::router(state))
-            .with_graceful_shutdown(async move {
-                let _ = api_stop.changed().await;
-            })
-            .await
+        axum::serve(
+            listener,
+            ingest::router(state).merge(manage::router(manage_state)),
+        )
+        .with_graceful_shutdown(async move {
+            let _ = api_stop.changed().await;
+        })
+        .await
     });
 
     let secret_selector = non_empty(&args.secret_selector);

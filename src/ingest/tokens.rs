@@ -62,6 +62,9 @@ pub enum TokenFile {
     Ingest,
     /// `--feed-token-file`: every token names its clients, or `*`.
     Feed,
+    /// `--manage-token-file`: as the feed's; `*` is the platform operator, a client list is
+    /// that client's self-service.
+    Manage,
 }
 
 impl TokenFile {
@@ -69,6 +72,7 @@ impl TokenFile {
         match self {
             TokenFile::Ingest => "ingest",
             TokenFile::Feed => "feed",
+            TokenFile::Manage => "manage",
         }
     }
 }
@@ -125,11 +129,11 @@ pub fn parse_as(text: &str, kind: TokenFile) -> Result<Vec<(String, Grant)>, Tok
             }
             clients.push(c);
         }
-        if clients.is_empty() && kind == TokenFile::Feed {
-            return Err(bad(
-                "a feed token must name its clients (`<token> dealer-1`), or `*` for any client"
-                    .into(),
-            ));
+        if clients.is_empty() && kind != TokenFile::Ingest {
+            return Err(bad(format!(
+                "a {} token must name its clients (`<token> dealer-1`), or `*` for any client",
+                kind.name()
+            )));
         }
         let grant = if clients.is_empty() || clients == ["*"] {
             Grant::AnyClient
