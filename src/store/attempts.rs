@@ -144,7 +144,8 @@ pub struct EntryTarget {
 }
 
 impl EntryTarget {
-    fn from_row(row: &str) -> Self {
+    /// The parts of a store target row `kind/namespace/name[/uid]`.
+    pub fn from_row(row: &str) -> Self {
         let mut parts = row.splitn(4, '/');
         let mut next = || parts.next().unwrap_or_default().to_owned();
         let (kind, namespace, name) = (next(), next(), next());
