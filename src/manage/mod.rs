@@ -7,6 +7,8 @@
 //! source of truth: this API reads the store and the routing registry, and writes resources
 //! through the Kubernetes API like any other client.
 
+pub mod selfservice;
+
 use std::sync::Arc;
 
 use axum::Router;
@@ -29,6 +31,8 @@ pub struct ManageState {
     pub registry: Arc<Registry>,
     pub client: kube::Client,
     pub metrics: Arc<Metrics>,
+    /// Labels what self-service writes needs for this operator's own selectors.
+    pub self_service: selfservice::SelfServiceSettings,
 }
 
 /// Who is asking, by their token.
@@ -134,5 +138,5 @@ impl IntoResponse for ApiError {
 
 /// The management routes; each part adds its own.
 pub fn router(state: ManageState) -> Router {
-    Router::new().with_state(state)
+    Router::new().merge(selfservice::routes()).with_state(state)
 }
