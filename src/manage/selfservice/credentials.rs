@@ -13,7 +13,7 @@ use crate::manage::ApiError;
 
 /// One credential of a request's `credentials`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Key {
+pub enum Credential {
     Basic,
     BearerToken,
     SigningSecret,
@@ -28,59 +28,59 @@ pub enum Key {
     ClientCertificate,
 }
 
-const ALL: [Key; 12] = [
-    Key::Basic,
-    Key::BearerToken,
-    Key::SigningSecret,
-    Key::ApiKey,
-    Key::OAuth2,
-    Key::Username,
-    Key::Password,
-    Key::PrivateKey,
-    Key::Passphrase,
-    Key::KnownHosts,
-    Key::CaCertificate,
-    Key::ClientCertificate,
+const ALL: [Credential; 12] = [
+    Credential::Basic,
+    Credential::BearerToken,
+    Credential::SigningSecret,
+    Credential::ApiKey,
+    Credential::OAuth2,
+    Credential::Username,
+    Credential::Password,
+    Credential::PrivateKey,
+    Credential::Passphrase,
+    Credential::KnownHosts,
+    Credential::CaCertificate,
+    Credential::ClientCertificate,
 ];
 
-impl Key {
+impl Credential {
     /// Its field in `credentials`.
     pub fn name(self) -> &'static str {
         match self {
-            Key::Basic => "basic",
-            Key::BearerToken => "bearerToken",
-            Key::SigningSecret => "signingSecret",
-            Key::ApiKey => "apiKey",
-            Key::OAuth2 => "oauth2",
-            Key::Username => "username",
-            Key::Password => "password",
-            Key::PrivateKey => "privateKey",
-            Key::Passphrase => "passphrase",
-            Key::KnownHosts => "knownHosts",
-            Key::CaCertificate => "caCertificate",
-            Key::ClientCertificate => "clientCertificate",
+            Credential::Basic => "basic",
+            Credential::BearerToken => "bearerToken",
+            Credential::SigningSecret => "signingSecret",
+            Credential::ApiKey => "apiKey",
+            Credential::OAuth2 => "oauth2",
+            Credential::Username => "username",
+            Credential::Password => "password",
+            Credential::PrivateKey => "privateKey",
+            Credential::Passphrase => "passphrase",
+            Credential::KnownHosts => "knownHosts",
+            Credential::CaCertificate => "caCertificate",
+            Credential::ClientCertificate => "clientCertificate",
         }
     }
 
-    fn from_name(s: &str) -> Option<Key> {
+    fn from_name(s: &str) -> Option<Credential> {
         ALL.into_iter().find(|k| k.name() == s)
     }
 
     /// The Secret keys it is written to (the operator's defaults where it has one).
     pub fn secret_keys(self) -> &'static [&'static str] {
         match self {
-            Key::Basic => &["username", "password"],
-            Key::BearerToken => &["token"],
-            Key::SigningSecret => &["signing-secret"],
-            Key::ApiKey => &["apiKey"],
-            Key::OAuth2 => &["client-id", "client-secret"],
-            Key::Username => &["username"],
-            Key::Password => &["password"],
-            Key::PrivateKey => &["ssh-privatekey"],
-            Key::Passphrase => &["passphrase"],
-            Key::KnownHosts => &["known_hosts"],
-            Key::CaCertificate => &["ca.crt"],
-            Key::ClientCertificate => &["tls.crt", "tls.key"],
+            Credential::Basic => &["username", "password"],
+            Credential::BearerToken => &["token"],
+            Credential::SigningSecret => &["signing-secret"],
+            Credential::ApiKey => &["apiKey"],
+            Credential::OAuth2 => &["client-id", "client-secret"],
+            Credential::Username => &["username"],
+            Credential::Password => &["password"],
+            Credential::PrivateKey => &["ssh-privatekey"],
+            Credential::Passphrase => &["passphrase"],
+            Credential::KnownHosts => &["known_hosts"],
+            Credential::CaCertificate => &["ca.crt"],
+            Credential::ClientCertificate => &["tls.crt", "tls.key"],
         }
     }
 
@@ -88,17 +88,17 @@ impl Key {
     fn is_http_auth(self) -> bool {
         matches!(
             self,
-            Key::Basic | Key::BearerToken | Key::ApiKey | Key::OAuth2
+            Credential::Basic | Credential::BearerToken | Credential::ApiKey | Credential::OAuth2
         )
     }
 }
 
 /// Credentials a resource has (its Secret's [`super::labels::CREDENTIALS_ANNOTATION`]).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct KeySet(BTreeSet<Key>);
+pub struct CredentialSet(BTreeSet<Credential>);
 
-impl KeySet {
-    pub fn has(&self, k: Key) -> bool {
+impl CredentialSet {
+    pub fn has(&self, k: Credential) -> bool {
         self.0.contains(&k)
     }
 
@@ -116,17 +116,17 @@ impl KeySet {
     }
 
     /// From the annotation's value (unknown names are dropped).
-    pub fn parse(annotation: &str) -> KeySet {
+    pub fn parse(annotation: &str) -> CredentialSet {
         annotation
             .split(',')
-            .filter_map(|n| Key::from_name(n.trim()))
+            .filter_map(|n| Credential::from_name(n.trim()))
             .collect()
     }
 }
 
-impl FromIterator<Key> for KeySet {
-    fn from_iter<I: IntoIterator<Item = Key>>(iter: I) -> Self {
-        KeySet(iter.into_iter().collect())
+impl FromIterator<Credential> for CredentialSet {
+    fn from_iter<I: IntoIterator<Item = Credential>>(iter: I) -> Self {
+        CredentialSet(iter.into_iter().collect())
     }
 }
 
@@ -135,8 +135,8 @@ impl FromIterator<Key> for KeySet {
 pub struct Change {
     /// Secret key → value.
     pub data: BTreeMap<&'static str, String>,
-    pub set: KeySet,
-    pub removed: KeySet,
+    pub set: CredentialSet,
+    pub removed: CredentialSet,
 }
 
 impl Change {
@@ -154,7 +154,7 @@ impl Change {
         };
         for (name, value) in map {
             let field = format!("credentials.{name}");
-            let key = Key::from_name(name)
+            let key = Credential::from_name(name)
                 .filter(|k| kind.takes(*k))
                 .ok_or_else(|| {
                     ApiError::invalid(
@@ -176,20 +176,20 @@ impl Change {
     }
 
     /// The credentials a resource has after this change to `before`.
-    pub fn apply_to(&self, before: &KeySet) -> KeySet {
+    pub fn apply_to(&self, before: &CredentialSet) -> CredentialSet {
         let replaces_auth = self.set.0.iter().any(|k| k.is_http_auth());
-        let mut after: BTreeSet<Key> = before
+        let mut after: BTreeSet<Credential> = before
             .0
             .iter()
             .copied()
-            .filter(|k| !self.removed.has(*k) && !(replaces_auth && k.is_http_auth()))
+            .filter(|k| !(self.removed.has(*k) || (replaces_auth && k.is_http_auth())))
             .collect();
         after.extend(self.set.0.iter().copied());
-        KeySet(after)
+        CredentialSet(after)
     }
 
     /// Secret keys to remove: those of credentials `before` had and `after` has not.
-    pub fn stale_keys(before: &KeySet, after: &KeySet) -> Vec<&'static str> {
+    pub fn stale_keys(before: &CredentialSet, after: &CredentialSet) -> Vec<&'static str> {
         let kept: BTreeSet<&str> = after
             .0
             .iter()
@@ -207,22 +207,22 @@ impl Change {
 }
 
 /// Checks what `kind` needs of the credentials it ends with.
-pub fn check_complete(kind: Kind, keys: &KeySet) -> Result<(), ApiError> {
+pub fn check_complete(kind: Kind, keys: &CredentialSet) -> Result<(), ApiError> {
     if kind == Kind::Ftp {
-        if !keys.has(Key::Username) {
+        if !keys.has(Credential::Username) {
             return Err(ApiError::invalid(
                 "credentials.username",
                 "an FTP connection needs credentials.username",
             ));
         }
-        if !keys.has(Key::Password) && !keys.has(Key::PrivateKey) {
+        if !keys.has(Credential::Password) && !keys.has(Credential::PrivateKey) {
             return Err(ApiError::invalid(
                 "credentials.password",
                 "an FTP connection needs credentials.password (or, for sftp, credentials.privateKey)",
             ));
         }
     }
-    if keys.has(Key::Basic) && keys.has(Key::BearerToken) {
+    if keys.has(Credential::Basic) && keys.has(Credential::BearerToken) {
         return Err(ApiError::invalid(
             "credentials.bearerToken",
             "send one of credentials.basic or credentials.bearerToken",
@@ -231,19 +231,19 @@ pub fn check_complete(kind: Kind, keys: &KeySet) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// The values of one credential, in the order of [`Key::secret_keys`]. A refusal says what
+/// The values of one credential, in the order of [`Credential::secret_keys`]. A refusal says what
 /// was expected, never what was sent.
-fn values_of(key: Key, value: &Value) -> Result<Vec<String>, String> {
+fn values_of(key: Credential, value: &Value) -> Result<Vec<String>, String> {
     let values = match key {
-        Key::Basic => {
+        Credential::Basic => {
             let b: UserPassword = parse(value, r#"{"username": "…", "password": "…"}"#)?;
             vec![b.username, b.password]
         }
-        Key::OAuth2 => {
+        Credential::OAuth2 => {
             let o: OAuth2Client = parse(value, r#"{"clientId": "…", "clientSecret": "…"}"#)?;
             vec![o.client_id, o.client_secret]
         }
-        Key::ClientCertificate => {
+        Credential::ClientCertificate => {
             let c: ClientCertificate =
                 parse(value, r#"{"certificate": "PEM", "privateKey": "PEM"}"#)?;
             vec![c.certificate, c.private_key]
@@ -336,10 +336,10 @@ pub struct Credentials {
 }
 
 /// The `credentials` of a stored resource's Secret, as names.
-pub fn names_of(annotations: Option<&BTreeMap<String, String>>) -> KeySet {
+pub fn names_of(annotations: Option<&BTreeMap<String, String>>) -> CredentialSet {
     annotations
         .and_then(|a| a.get(super::labels::CREDENTIALS_ANNOTATION))
-        .map(|v| KeySet::parse(v))
+        .map(|v| CredentialSet::parse(v))
         .unwrap_or_default()
 }
 
@@ -371,7 +371,7 @@ mod tests {
         .unwrap();
         assert_eq!(c.data["username"], "u");
         assert_eq!(c.data["signing-secret"], "whsec_x");
-        let keys = c.apply_to(&KeySet::default());
+        let keys = c.apply_to(&CredentialSet::default());
         assert_eq!(keys.annotation(), "basic,signingSecret");
         // A bearer token replaces Basic; null removes the signing secret.
         let c2 = Change::parse(
@@ -385,7 +385,7 @@ mod tests {
             Change::stale_keys(&keys, &after),
             ["username", "password", "signing-secret"]
         );
-        assert_eq!(KeySet::parse(&after.annotation()), after);
+        assert_eq!(CredentialSet::parse(&after.annotation()), after);
     }
 
     #[test]
@@ -406,7 +406,7 @@ mod tests {
                 .contains("empty")
         );
         let ftp = Change::parse(Kind::Ftp, Some(&json!({ "password": "p" }))).unwrap();
-        let err = check_complete(Kind::Ftp, &ftp.apply_to(&KeySet::default())).unwrap_err();
+        let err = check_complete(Kind::Ftp, &ftp.apply_to(&CredentialSet::default())).unwrap_err();
         assert_eq!(err.field.as_deref(), Some("credentials.username"));
     }
 }

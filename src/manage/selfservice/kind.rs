@@ -7,7 +7,7 @@ use kube::Resource;
 use kube::discovery::ApiResource;
 use serde_json::{Map, Value, json};
 
-use super::credentials::{Key, KeySet};
+use super::credentials::{Credential, CredentialSet};
 use crate::api::{ApiConnection, FtpConnection, WebhookSubscription};
 use crate::manage::ApiError;
 
@@ -73,8 +73,8 @@ impl Kind {
     }
 
     /// Which credentials this kind takes.
-    pub fn takes(self, key: Key) -> bool {
-        use Key::*;
+    pub fn takes(self, key: Credential) -> bool {
+        use Credential::*;
         match self {
             Kind::Webhook => matches!(key, Basic | BearerToken | SigningSecret | CaCertificate),
             Kind::Ftp => matches!(
@@ -149,61 +149,61 @@ impl Kind {
     }
 
     /// Sets the spec's references to Secret `secret` for the credentials in `keys`.
-    pub fn set_refs(self, spec: &mut Map<String, Value>, secret: &str, keys: &KeySet) {
+    pub fn set_refs(self, spec: &mut Map<String, Value>, secret: &str, keys: &CredentialSet) {
         let key_ref = |key: &str| json!({ "name": secret, "key": key });
         let name_ref = json!({ "name": secret });
         match self {
             Kind::Webhook => {
-                if keys.has(Key::Basic) {
+                if keys.has(Credential::Basic) {
                     spec.insert("auth".into(), json!({ "basic": { "secretRef": name_ref } }));
-                } else if keys.has(Key::BearerToken) {
-                    let r = key_ref(Key::BearerToken.secret_keys()[0]);
+                } else if keys.has(Credential::BearerToken) {
+                    let r = key_ref(Credential::BearerToken.secret_keys()[0]);
                     spec.insert("auth".into(), json!({ "bearer": { "secretRef": r } }));
                 }
-                if keys.has(Key::SigningSecret) {
-                    let r = key_ref(Key::SigningSecret.secret_keys()[0]);
+                if keys.has(Credential::SigningSecret) {
+                    let r = key_ref(Credential::SigningSecret.secret_keys()[0]);
                     spec.insert("signing".into(), json!({ "secretRef": r }));
                 }
-                if keys.has(Key::CaCertificate) {
-                    let r = key_ref(Key::CaCertificate.secret_keys()[0]);
+                if keys.has(Credential::CaCertificate) {
+                    let r = key_ref(Credential::CaCertificate.secret_keys()[0]);
                     spec.insert("tls".into(), json!({ "caSecretRef": r }));
                 }
             }
             Kind::Ftp => {
                 spec.insert("credentialsSecretRef".into(), name_ref);
-                if keys.has(Key::CaCertificate) {
+                if keys.has(Credential::CaCertificate) {
                     spec.insert(
                         "caSecretRef".into(),
-                        key_ref(Key::CaCertificate.secret_keys()[0]),
+                        key_ref(Credential::CaCertificate.secret_keys()[0]),
                     );
                 }
-                if keys.has(Key::KnownHosts) {
-                    let r = key_ref(Key::KnownHosts.secret_keys()[0]);
+                if keys.has(Credential::KnownHosts) {
+                    let r = key_ref(Credential::KnownHosts.secret_keys()[0]);
                     object_at(spec, "ssh").insert("knownHostsSecretRef".into(), r);
                 }
             }
             Kind::Api => {
-                if keys.has(Key::Basic) {
+                if keys.has(Credential::Basic) {
                     object_at(spec, "auth")
                         .insert("basic".into(), json!({ "secretRef": name_ref }));
                 }
-                if keys.has(Key::BearerToken) {
-                    let r = key_ref(Key::BearerToken.secret_keys()[0]);
+                if keys.has(Credential::BearerToken) {
+                    let r = key_ref(Credential::BearerToken.secret_keys()[0]);
                     object_at(spec, "auth").insert("bearer".into(), json!({ "secretRef": r }));
                 }
-                if keys.has(Key::ApiKey) {
-                    let r = key_ref(Key::ApiKey.secret_keys()[0]);
+                if keys.has(Credential::ApiKey) {
+                    let r = key_ref(Credential::ApiKey.secret_keys()[0]);
                     object_at(object_at(spec, "auth"), "apiKey").insert("secretRef".into(), r);
                 }
-                if keys.has(Key::OAuth2) {
+                if keys.has(Credential::OAuth2) {
                     object_at(object_at(spec, "auth"), "oauth2")
                         .insert("clientSecretRef".into(), json!({ "name": secret }));
                 }
-                if keys.has(Key::CaCertificate) {
-                    let r = key_ref(Key::CaCertificate.secret_keys()[0]);
+                if keys.has(Credential::CaCertificate) {
+                    let r = key_ref(Credential::CaCertificate.secret_keys()[0]);
                     object_at(spec, "tls").insert("caSecretRef".into(), r);
                 }
-                if keys.has(Key::ClientCertificate) {
+                if keys.has(Credential::ClientCertificate) {
                     object_at(spec, "tls")
                         .insert("clientCertSecretRef".into(), json!({ "name": secret }));
                 }
@@ -281,7 +281,9 @@ mod tests {
 
     #[test]
     fn refs_round_trip() {
-        let keys: KeySet = [Key::ApiKey, Key::CaCertificate].into_iter().collect();
+        let keys: CredentialSet = [Credential::ApiKey, Credential::CaCertificate]
+            .into_iter()
+            .collect();
         let sent = obj(
             json!({ "baseUrl": "https://api.example", "auth": { "apiKey": { "header": "X-Key" } } }),
         );
@@ -298,9 +300,13 @@ mod tests {
 
         let mut ftp =
             obj(json!({ "host": "ftp.example", "ssh": { "insecureSkipHostKeyCheck": false } }));
-        let keys: KeySet = [Key::Username, Key::Password, Key::KnownHosts]
-            .into_iter()
-            .collect();
+        let keys: CredentialSet = [
+            Credential::Username,
+            Credential::Password,
+            Credential::KnownHosts,
+        ]
+        .into_iter()
+        .collect();
         let before = ftp.clone();
         Kind::Ftp.set_refs(&mut ftp, "vc-ftpc-x", &keys);
         assert_eq!(ftp["credentialsSecretRef"], json!({ "name": "vc-ftpc-x" }));

@@ -35,7 +35,7 @@ use serde_json::{Map, Value, json};
 pub use labels::{CLIENT_LABEL, NAMESPACE_ANNOTATION, SELF_SERVICE_LABEL};
 
 use super::{ApiError, Caller, ManageState};
-use credentials::{Change, KeySet};
+use credentials::{Change, CredentialSet};
 use kind::Kind;
 use kube_errors::from_kube;
 use namespace::Home;
@@ -191,7 +191,12 @@ impl Ctx {
 
     /// The spec to write: the client's, its `clientId` forced to the caller's client, its
     /// Secret references set for `keys`.
-    fn spec(&self, sent: Value, name: &str, keys: &KeySet) -> Result<Map<String, Value>, ApiError> {
+    fn spec(
+        &self,
+        sent: Value,
+        name: &str,
+        keys: &CredentialSet,
+    ) -> Result<Map<String, Value>, ApiError> {
         let Value::Object(mut spec) = sent else {
             return Err(ApiError::invalid(
                 "spec",
@@ -269,7 +274,7 @@ impl Ctx {
         &self,
         name: &str,
         owner: &DynamicObject,
-        keys: &KeySet,
+        keys: &CredentialSet,
         change: &Change,
     ) -> Result<(), ApiError> {
         let secret_name = self.kind.secret_name(name);
@@ -499,7 +504,7 @@ async fn create(
         .ok_or_else(|| ApiError::invalid("name", "name is required"))?;
     check_name(&name)?;
     let change = Change::parse(ctx.kind, body.credentials.as_ref())?;
-    let keys = change.apply_to(&KeySet::default());
+    let keys = change.apply_to(&CredentialSet::default());
     credentials::check_complete(ctx.kind, &keys)?;
     let spec = ctx.spec(body.spec, &name, &keys)?;
     let object = json!({

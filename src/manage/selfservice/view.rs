@@ -6,7 +6,7 @@ use serde::Serialize;
 use serde_json::{Value, json};
 use utoipa::ToSchema;
 
-use super::credentials::KeySet;
+use super::credentials::CredentialSet;
 use super::kind::Kind;
 
 /// One self-service resource.
@@ -65,7 +65,7 @@ pub struct Health {
 }
 
 impl ResourceView {
-    pub fn of(kind: Kind, client_id: &str, o: DynamicObject, keys: &KeySet) -> ResourceView {
+    pub fn of(kind: Kind, client_id: &str, o: DynamicObject, keys: &CredentialSet) -> ResourceView {
         let mut spec = o.data.get("spec").cloned().unwrap_or_else(|| json!({}));
         if let Some(m) = spec.as_object_mut() {
             kind.strip_refs(m);
