@@ -13,7 +13,7 @@ use kube::Api;
 use serde_json::{Value, json};
 use tokio::sync::OnceCell;
 use vc_envtest::{ControlPlane, TestNamespace};
-use vehicle_connect::api::{FtpConnection, WebhookSubscription};
+use vehicle_connect::api::{ApiConnection, FtpConnection, WebhookSubscription};
 
 use crate::support::ftp_server::FtpServer;
 use crate::support::operator::{apply_value, condition};
@@ -27,6 +27,7 @@ const FTP: &str = "ss-ftp-token-0123456789";
 const NONE: &str = "ss-none-token-0123456789";
 const TWICE: &str = "ss-twice-token-0123456789";
 const BARRED: &str = "ss-barred-token-0123456789";
+const API: &str = "ss-api-token-0123456789";
 const PLATFORM: &str = "ss-platform-token-0123456789";
 const MANAGE_TOKENS: &str = "\
 ss-a-token-0123456789 ss-a
@@ -35,6 +36,7 @@ ss-ftp-token-0123456789 ss-ftp
 ss-none-token-0123456789 ss-none
 ss-twice-token-0123456789 ss-twice
 ss-barred-token-0123456789 ss-barred
+ss-api-token-0123456789 ss-api
 ss-platform-token-0123456789 *
 ";
 const WHSEC: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
@@ -572,6 +574,89 @@ async fn a_user_level_ftp_connection_logs_in_with_the_users_credentials() {
     assert_eq!(status, 204);
     assert!(ftpc.get_opt("anna").await.unwrap().is_none());
     assert!(secrets.get_opt("vc-ftpc-anna").await.unwrap().is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_api_connection_sends_the_clients_api_key_and_cel_errors_name_the_field() {
+    let env = env().await;
+    let op = &env.op;
+    let ns = home(env, "ss-api", "ss-api").await;
+    let receiver = Receiver::start(None).await;
+    let kube = kube().await;
+    let mapping = json!([{ "events": ["vehicle.processed"], "requests": [{
+        "name": "notify", "method": "POST", "path": "/vehicles/{{ vehicle.id }}",
+        "body": "{\"id\": {{ vehicle.id }}}" }] }]);
+    let spec = json!({ "baseUrl": receiver.url("/api"), "events": ["vehicle.processed"],
+                       "auth": { "apiKey": { "header": "X-Api-Key", "prefix": "Key " } },
+                       "mappings": mapping });
+
+    // A CEL rule of the CRD (every event needs a mapping), named by its field path.
+    let mut unmapped = spec.clone();
+    unmapped["events"] = json!(["vehicle.processed", "vehicle.created"]);
+    let (status, body) = post(
+        op,
+        API,
+        "api-connections",
+        &json!({ "name": "dms", "spec": unmapped, "credentials": { "apiKey": "k-1" } }),
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"].as_str(), body["field"].as_str()),
+        (422, Some("invalid_resource"), Some("spec.events")),
+        "{body}"
+    );
+    // A credential this kind does not take.
+    let (status, body) = post(
+        op,
+        API,
+        "api-connections",
+        &json!({ "name": "dms", "spec": spec, "credentials": { "signingSecret": WHSEC } }),
+    )
+    .await;
+    assert_eq!(
+        (status, body["field"].as_str()),
+        (400, Some("credentials.signingSecret")),
+        "{body}"
+    );
+
+    let (status, created) = post(
+        op,
+        API,
+        "api-connections",
+        &json!({ "name": "dms", "spec": spec, "credentials": { "apiKey": "k-7f3a9c" } }),
+    )
+    .await;
+    assert_eq!(status, 201, "{created}");
+    assert_eq!(created["credentials"], json!(["apiKey"]));
+    // What GET returns is what was sent (plus defaults): no Secret reference.
+    assert_eq!(created["spec"]["auth"], spec["auth"], "{created}");
+    let apic: Api<ApiConnection> = Api::namespaced(kube.clone(), &ns.name);
+    let res = apic.get("dms").await.unwrap();
+    let key = res
+        .spec
+        .auth
+        .as_ref()
+        .and_then(|a| a.api_key.as_ref())
+        .expect("auth.apiKey");
+    assert_eq!(
+        (key.secret_ref.name.as_str(), key.secret_ref.key.as_deref()),
+        ("vc-apic-dms", Some("apiKey"))
+    );
+    let secrets: Api<Secret> = Api::namespaced(kube.clone(), &ns.name);
+    assert_eq!(
+        secret_text(&secrets.get("vc-apic-dms").await.unwrap(), "apiKey"),
+        "k-7f3a9c"
+    );
+
+    wait_view(op, API, "api-connections/dms", "Ready", ready_and_current).await;
+    post_event(op, "ss-api-1", "ss-api").await;
+    let got = receiver.wait_for("/api/vehicles/veh-ss-api-1", 1).await;
+    assert_eq!(got[0].headers["x-api-key"], "Key k-7f3a9c");
+
+    let (status, _) = delete(op, API, "api-connections/dms").await;
+    assert_eq!(status, 204);
+    assert!(apic.get_opt("dms").await.unwrap().is_none());
+    assert!(secrets.get_opt("vc-apic-dms").await.unwrap().is_none());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
