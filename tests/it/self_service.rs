@@ -63,7 +63,14 @@ async fn env() -> &'static Env {
             cp,
             dir.path().join("data"),
             &scope,
-            &["--manage-token-file", tokens.to_str().unwrap()],
+            // With a Secret selector: the Secrets self-service writes must carry its label,
+            // or the operator could not read the credentials it wrote.
+            &[
+                "--manage-token-file",
+                tokens.to_str().unwrap(),
+                "--secret-selector",
+                "connect.vehicles.io/credential=true",
+            ],
         )
         .await;
         Env {
@@ -265,10 +272,9 @@ async fn a_client_manages_its_own_webhook_and_its_credentials_reach_the_receiver
         ("WebhookSubscription", "hook")
     );
     assert_eq!(Some(&owner.uid), res.metadata.uid.as_ref());
-    assert_eq!(
-        secret.metadata.labels.as_ref().unwrap()["connect.vehicles.io/self-service"],
-        "true"
-    );
+    let secret_labels = secret.metadata.labels.as_ref().unwrap();
+    assert_eq!(secret_labels["connect.vehicles.io/self-service"], "true");
+    assert_eq!(secret_labels["connect.vehicles.io/credential"], "true");
 
     // Ready, seen through the API; an event of the client reaches the receiver with the
     // Basic auth, signed.
@@ -337,6 +343,10 @@ async fn a_client_manages_its_own_webhook_and_its_credentials_reach_the_receiver
         .filter_map(|i| i["name"].as_str())
         .collect();
     assert_eq!(names, ["hook"], "{list}");
+    assert!(
+        !list.to_string().contains("pa55-a"),
+        "credentials leaked: {list}"
+    );
     assert_eq!(
         list["items"][0]["credentials"],
         json!(["basic", "signingSecret"])
@@ -725,4 +735,49 @@ async fn tokens_and_namespaces_that_do_not_fit_are_refused_clearly() {
     );
     assert_eq!(get(op, PLATFORM, "webhooks?client=ss-barred").await.0, 200);
     assert_eq!(get(op, BARRED, "gateways").await.0, 404);
+}
+
+#[test]
+fn the_openapi_document_has_every_self_service_operation_with_examples() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/openapi.json");
+    let doc: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    for kind in ["webhooks", "ftp-connections", "api-connections"] {
+        let collection = &doc["paths"][format!("/v1/self-service/{kind}")];
+        let item = &doc["paths"][format!("/v1/self-service/{kind}/{{name}}")];
+        for (op, method) in [
+            (collection, "get"),
+            (collection, "post"),
+            (item, "get"),
+            (item, "put"),
+            (item, "delete"),
+        ] {
+            assert_eq!(
+                op[method]["tags"],
+                json!(["self-service"]),
+                "{method} {kind}"
+            );
+            assert!(
+                op[method]["responses"]["401"].is_object(),
+                "{method} {kind}"
+            );
+        }
+        for method in ["post", "put"] {
+            let body = &collection.get(method).unwrap_or(&item[method])["requestBody"]["content"]["application/json"];
+            assert!(
+                body["example"]["spec"].is_object(),
+                "{method} {kind}: no example"
+            );
+        }
+        assert!(collection["post"]["responses"]["422"]["content"]["application/json"]["example"]["field"].is_string());
+    }
+    let schemas = &doc["components"]["schemas"];
+    for s in [
+        "ResourceView",
+        "Credentials",
+        "SelfServiceWebhookSubscriptionSpec",
+        "SelfServiceFtpConnectionRequest",
+    ] {
+        assert!(schemas[s].is_object(), "{s} missing");
+    }
+    assert!(schemas["ResourceView"]["example"].is_object());
 }
