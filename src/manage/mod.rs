@@ -7,6 +7,8 @@
 //! source of truth: this API reads the store and the routing registry, and writes resources
 //! through the Kubernetes API like any other client.
 
+pub mod replay;
+
 use std::sync::Arc;
 
 use axum::Router;
@@ -134,5 +136,5 @@ impl IntoResponse for ApiError {
 
 /// The management routes; each part adds its own.
 pub fn router(state: ManageState) -> Router {
-    Router::new().with_state(state)
+    Router::new().merge(replay::routes()).with_state(state)
 }
