@@ -394,6 +394,12 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         probe_interval: Duration::from_secs(args.probe_interval_seconds.max(5)),
         secret_selector,
         watch_selector,
+        replay: Some(controller::replay::ReplayHook(Arc::new(
+            manage::replay::ReplayDeliveries {
+                store: store.clone(),
+                dispatcher: dispatcher.clone(),
+            },
+        ))),
         ..Settings::default()
     };
     let on_delete: DeleteHook = Arc::new(ForgetDeliveries(dispatcher.clone()));

@@ -290,7 +290,7 @@ pub struct Replayed {
 /// Queues again every stored event of `target`'s client accepted in `window` that the
 /// target takes now, oldest first (the store's order, so each vehicle's order is kept).
 pub async fn replay_window(
-    state: &crate::store::Store,
+    store: &crate::store::Store,
     dispatcher: &Arc<crate::delivery::dispatcher::Dispatcher>,
     target: &Target,
     window: &Window,
@@ -306,9 +306,9 @@ pub async fn replay_window(
         max_scan: 20_000,
     };
     'pages: loop {
-        let page = state.feed(&query)?;
+        let page = store.feed(&query)?;
         for e in &page.events {
-            let Some(stored) = state.event(e.seq)? else {
+            let Some(stored) = store.event(e.seq)? else {
                 continue;
             };
             if stored.received_unix_ms < window.since_ms {
@@ -341,11 +341,32 @@ pub async fn replay_window(
     }
     let row = target.id().to_string();
     for chunk in seqs.chunks(10_000) {
-        out.queued += state.add_deliveries(&row, chunk.to_vec()).await?;
+        out.queued += store.add_deliveries(&row, chunk.to_vec()).await?;
         dispatcher.requeued(&row, chunk);
     }
     tracing::info!(kind = target.key.kind.label(), namespace = %target.key.namespace, name = %target.key.name, queued = out.queued, matched = out.matched, "window replayed");
     Ok(out)
+}
+
+/// What the reconcilers use for `spec.replay`.
+pub struct ReplayDeliveries {
+    pub store: crate::store::Store,
+    pub dispatcher: Arc<crate::delivery::dispatcher::Dispatcher>,
+}
+
+impl crate::controller::replay::Replay for ReplayDeliveries {
+    fn replay(
+        &self,
+        target: Arc<Target>,
+        window: Window,
+    ) -> futures::future::BoxFuture<'static, Result<Replayed, String>> {
+        let (store, dispatcher) = (self.store.clone(), self.dispatcher.clone());
+        Box::pin(async move {
+            replay_window(&store, &dispatcher, &target, &window)
+                .await
+                .map_err(|e| e.to_string())
+        })
+    }
 }
 
 async fn replay(

@@ -415,3 +415,88 @@ async fn test_send_returns_the_receivers_answer_or_a_timeout() {
         "{ok_answer}"
     );
 }
+
+/// `status.lastReplay` of `name` once its id is `id`.
+async fn last_replay(api: &Api<WebhookSubscription>, name: &str, id: &str) -> Value {
+    let w = wait_for(api, name, &format!("lastReplay {id}"), |w| {
+        w.status
+            .as_ref()
+            .and_then(|s| s.last_replay.as_ref())
+            .is_some_and(|l| l.id == id)
+    })
+    .await;
+    serde_json::to_value(w.status.unwrap().last_replay.unwrap()).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spec_replay_is_carried_out_once_per_id() {
+    let cp = ControlPlane::shared();
+    let Op { op, scope, _dir } = start("spec-replay", &[]).await;
+    let ns = scope.namespace(cp, "specreplay", "rp-a").await;
+    let client = cp.client().await.unwrap();
+    let rx = Receiver::start(Some(WHSEC)).await;
+    let spec = |replay: Value| json!({ "url": rx.url("git"), "clientId": "rp-a", "events": ["vehicle.processed"], "replay": replay });
+    subscription(&client, &ns.name, "git", spec(Value::Null)).await;
+    // Resource times are whole seconds: the window is a little wider than the events (its
+    // own operator's store holds no others).
+    let second = k8s_openapi::jiff::SignedDuration::from_secs(1);
+    let since = k8s_openapi::jiff::Timestamp::now() - second;
+    ingest(
+        &op,
+        vec![
+            event("evt-g-1", "rp-a", "vehicle.processed", "veh-g"),
+            event("evt-g-2", "rp-a", "vehicle.processed", "veh-g"),
+            event("evt-g-other", "rp-a", "vehicle.created", "veh-g"),
+        ],
+    )
+    .await;
+    rx.wait_for("git", 2).await;
+    let until = k8s_openapi::jiff::Timestamp::now() + second;
+
+    // Applied as from Git: the window goes out again, once.
+    let window =
+        |id: &str| json!({ "id": id, "since": since.to_string(), "until": until.to_string() });
+    subscription(&client, &ns.name, "git", spec(window("ticket-1"))).await;
+    let api: Api<WebhookSubscription> = Api::namespaced(client.clone(), &ns.name);
+    let last = last_replay(&api, "git", "ticket-1").await;
+    assert_eq!(last["queued"], 2, "{last}");
+    let got = rx.wait_for("git", 4).await;
+    assert_eq!(ids(&got[2..]), ["evt-g-1", "evt-g-2"]);
+    assert!(got.iter().all(|r| r.signature_ok == Some(true)));
+    // Re-reconciles (another spec change) do not repeat it.
+    let mut changed = spec(window("ticket-1"));
+    changed["maxConcurrency"] = 3.into();
+    subscription(&client, &ns.name, "git", changed.clone()).await;
+    stays_at(&rx, "git", 4).await;
+
+    // Nor does a restart of the operator (its memory is gone; the status remembers).
+    let op = op.restart(cp).await.expect("operator restarted");
+    let generation = api.get("git").await.unwrap().metadata.generation;
+    wait_for(&api, "git", "reconciled after the restart", |w| {
+        w.status
+            .as_ref()
+            .is_some_and(|s| s.observed_generation == generation)
+    })
+    .await;
+    ingest(
+        &op,
+        vec![event("evt-g-3", "rp-a", "vehicle.processed", "veh-g")],
+    )
+    .await;
+    let got = rx.wait_for("git", 5).await;
+    assert_eq!(ids(&got[4..]), ["evt-g-3"]);
+    stays_at(&rx, "git", 5).await;
+
+    // A new id replays again.
+    changed["replay"] = window("ticket-2");
+    subscription(&client, &ns.name, "git", changed).await;
+    let last = last_replay(&api, "git", "ticket-2").await;
+    assert_eq!(last["queued"], 2, "{last}");
+    assert!(
+        last["at"].as_str().is_some() && last["until"].as_str().is_some(),
+        "{last}"
+    );
+    let got = rx.wait_for("git", 7).await;
+    assert_eq!(ids(&got[5..]), ["evt-g-1", "evt-g-2"]);
+    stays_at(&rx, "git", 7).await;
+}
