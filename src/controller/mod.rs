@@ -65,6 +65,8 @@ pub struct Settings {
     pub watch_selector: Option<String>,
     /// Carries out `spec.replay` (none: the field is ignored).
     pub replay: Option<replay::ReplayHook>,
+    /// The platform's operational webhook, told when a resource is suspended.
+    pub ops: Option<Arc<crate::status::ops::OpsWebhook>>,
 }
 
 impl Default for Settings {
@@ -76,6 +78,7 @@ impl Default for Settings {
             secret_selector: None,
             watch_selector: None,
             replay: None,
+            ops: None,
         }
     }
 }
@@ -358,6 +361,14 @@ where
     if let Some((_, ready)) = checks.first()
         && changed
     {
+        let was_suspended = crate::status::find(old_conditions, crate::status::READY)
+            .is_some_and(|c| c.reason == "Suspended");
+        if let Some(ops) = &ctx.shared.settings.ops
+            && ready.reason == "Suspended"
+            && !was_suspended
+        {
+            ops.signal(crate::status::ops::SignalType::Suspended, &key, ready);
+        }
         if crate::status::worth_an_event(old_conditions, ready) {
             ctx.shared.publish(obj, ready, "Reconcile").await;
         }

@@ -500,3 +500,78 @@ async fn spec_replay_is_carried_out_once_per_id() {
     assert_eq!(ids(&got[5..]), ["evt-g-1", "evt-g-2"]);
     stays_at(&rx, "git", 7).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ops_webhook_tells_the_platform_of_failing_and_recovered_signed() {
+    let cp = ControlPlane::shared();
+    let platform = Receiver::start(Some(WHSEC)).await;
+    let secret = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(secret.path(), format!("{WHSEC}\n")).unwrap();
+    let url = platform.url("ops");
+    let Op { op, scope, _dir } = start(
+        "ops-webhook",
+        &[
+            "--ops-webhook-url",
+            &url,
+            "--ops-webhook-secret-file",
+            secret.path().to_str().unwrap(),
+            "--delivering-failures",
+            "1",
+        ],
+    )
+    .await;
+    let ns = scope.namespace(cp, "opshook", "rp-a").await;
+    let client = cp.client().await.unwrap();
+    let rx = Receiver::start(Some(WHSEC)).await;
+    // Failing for a few seconds (three refusals, 1-2 s apart), then delivered.
+    rx.script(
+        "flaky",
+        vec![
+            Reply::Status(503),
+            Reply::Status(503),
+            Reply::Status(503),
+            Reply::Status(200),
+        ],
+    );
+    subscription(
+        &client,
+        &ns.name,
+        "flaky",
+        json!({
+            "url": rx.url("flaky"), "clientId": "rp-a", "events": ["vehicle.processed"],
+        }),
+    )
+    .await;
+    ingest(
+        &op,
+        vec![event("evt-ops-1", "rp-a", "vehicle.processed", "veh-o")],
+    )
+    .await;
+    rx.wait_for("flaky", 4).await;
+
+    let got = platform.wait_for("ops", 2).await;
+    let types: Vec<&str> = got
+        .iter()
+        .map(|r| r.body["type"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        types,
+        ["target.delivery_failing", "target.recovered"],
+        "{got:#?}"
+    );
+    for r in &got {
+        assert_eq!(
+            r.signature_ok,
+            Some(true),
+            "verified by standardwebhooks: {r:?}"
+        );
+        assert_eq!(
+            r.body["target"],
+            json!({ "kind": "webhooksubscription", "namespace": ns.name, "name": "flaky" })
+        );
+        assert!(r.body["at"].as_str().is_some() && r.body["reason"].as_str().is_some());
+    }
+    assert_eq!(got[0].body["reason"], "DeliveryFailing");
+    assert_eq!(got[1].body["reason"], "Delivered");
+    assert_ne!(got[0].headers["webhook-id"], got[1].headers["webhook-id"]);
+}
