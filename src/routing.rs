@@ -49,7 +49,8 @@ impl Kind {
         }
     }
 
-    fn as_str(self) -> &'static str {
+    /// The kind's resource name (`webhooksubscription`, ...), as target references use it.
+    pub fn as_str(self) -> &'static str {
         match self {
             Kind::Webhook => "webhooksubscription",
             Kind::Ftp => "ftpconnection",

@@ -8,6 +8,7 @@
 //! through the Kubernetes API like any other client.
 
 pub mod deliveries;
+pub mod replay;
 pub mod selfservice;
 
 use std::sync::Arc;
@@ -141,6 +142,7 @@ impl IntoResponse for ApiError {
 pub fn router(state: ManageState) -> Router {
     Router::new()
         .merge(deliveries::routes())
+        .merge(replay::routes())
         .merge(selfservice::routes())
         .with_state(state)
 }

@@ -31,6 +31,7 @@ mod metrics;
 mod naming_props;
 mod openapi;
 mod prereqs;
+mod replay;
 mod secret_selector;
 mod self_service;
 mod sftp_controller;
