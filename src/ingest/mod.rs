@@ -607,12 +607,23 @@ impl utoipa::Modify for BearerAuth {
 #[derive(OpenApi)]
 #[openapi(
     info(title = "vehicle-connect", description = "HTTP API of the vehicle-connect operator: the platform posts vehicle events; they are delivered to the clients' webhooks (described under `webhooks`: what a client's receiver gets and how its answers are taken), FTP servers and APIs, and clients whose systems cannot receive webhooks read them with GET /v1/events (the pull feed, with its own feed tokens)."),
-    paths(post_events, feed::get_feed, healthz, readyz, metrics, openapi_json),
-    components(schemas(AcceptResponse, EventResult, ErrorBody, feed::FeedResponse)),
+    paths(
+        post_events, feed::get_feed, healthz, readyz, metrics, openapi_json,
+        crate::manage::deliveries::list, crate::manage::deliveries::one,
+        crate::manage::deliveries::event,
+    ),
+    components(schemas(
+        AcceptResponse, EventResult, ErrorBody, feed::FeedResponse,
+        crate::manage::deliveries::DeliveriesPage, crate::manage::deliveries::EventView,
+        crate::manage::deliveries::TargetAttempts, crate::store::AttemptEntry,
+        crate::store::EntryEvent, crate::store::EntryTarget, crate::store::FtpReply,
+        crate::store::LogResult,
+    )),
     tags(
         (name = "ingest", description = "The platform posts events (ingest tokens, `--ingest-token-file`)."),
         (name = "feed", description = "A client reads its events (feed tokens, `--feed-token-file`)."),
         (name = "operations", description = "Probes, metrics and this document; no token."),
+        (name = "management", description = "What operators and clients use to see deliveries (manage tokens, `--manage-token-file`; a client token sees only its clients)."),
         (name = "webhooks", description = "What a client's receiver gets: one signed POST per event and subscription (Standard Webhooks), and how the operator takes its answer."),
     ),
     modifiers(&BearerAuth)

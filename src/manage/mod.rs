@@ -7,6 +7,7 @@
 //! source of truth: this API reads the store and the routing registry, and writes resources
 //! through the Kubernetes API like any other client.
 
+pub mod deliveries;
 pub mod selfservice;
 
 use std::sync::Arc;
@@ -138,5 +139,8 @@ impl IntoResponse for ApiError {
 
 /// The management routes; each part adds its own.
 pub fn router(state: ManageState) -> Router {
-    Router::new().merge(selfservice::routes()).with_state(state)
+    Router::new()
+        .merge(deliveries::routes())
+        .merge(selfservice::routes())
+        .with_state(state)
 }
