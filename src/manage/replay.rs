@@ -19,7 +19,7 @@ use serde_json::{Value, json};
 
 use super::{ApiError, Caller, ManageState};
 use crate::api::EventType;
-use crate::delivery::attempt::{Attempt, Delivery};
+use crate::delivery::attempt::{Answer, Attempt, Delivery};
 use crate::routing::{Kind, Target, TargetKey};
 use crate::store::{FeedQuery, Outcome, StoreError};
 
@@ -476,6 +476,8 @@ struct TestAnswer {
     /// Whether the dispatcher would have tried again.
     retryable: bool,
     http_status: Option<u16>,
+    /// The FTP server's last reply, for FTP connections.
+    ftp_reply: Option<crate::store::FtpReply>,
     duration_ms: Option<u64>,
     reason: Option<String>,
     message: Option<String>,
@@ -485,18 +487,19 @@ struct TestAnswer {
     event: Value,
 }
 
-fn answer_of(attempt: Attempt, event_id: String, event: Value) -> TestAnswer {
+fn answer_of(attempt: Attempt, answer: Answer, event_id: String, event: Value) -> TestAnswer {
     let duration_ms = attempt
         .elapsed()
         .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
     let mut a = TestAnswer {
         result: "failed",
         retryable: false,
-        http_status: None,
+        http_status: answer.http_status,
+        ftp_reply: answer.ftp_reply,
         duration_ms,
         reason: None,
         message: None,
-        response: None,
+        response: answer.response,
         event_id,
         event,
     };
@@ -573,18 +576,21 @@ async fn test_send(
         body: &body,
         uploaded: &[],
     };
-    let attempt = tokio::time::timeout(
+    let (attempt, answer) = tokio::time::timeout(
         TEST_DEADLINE,
         state.dispatcher.senders().attempt(config, delivery),
     )
     .await
-    .unwrap_or_else(|_| Attempt::Retry {
-        why: crate::store::Why::new(
-            "Timeout",
-            format!("no result within {} s", TEST_DEADLINE.as_secs()),
-        ),
-        retry_after: None,
-        elapsed: Some(TEST_DEADLINE),
+    .unwrap_or_else(|_| {
+        let timeout = Attempt::Retry {
+            why: crate::store::Why::new(
+                "Timeout",
+                format!("no result within {} s", TEST_DEADLINE.as_secs()),
+            ),
+            retry_after: None,
+            elapsed: Some(TEST_DEADLINE),
+        };
+        (timeout, Answer::default())
     });
     if matches!(target.key.kind, Kind::Api) {
         for key in [
@@ -595,7 +601,7 @@ async fn test_send(
         }
     }
     tracing::info!(kind = target.key.kind.label(), namespace = %target.key.namespace, name = %target.key.name, event = %event_id, "test event sent");
-    Ok(axum::Json(answer_of(attempt, event_id, event)).into_response())
+    Ok(axum::Json(answer_of(attempt, answer, event_id, event)).into_response())
 }
 
 #[cfg(test)]
