@@ -91,8 +91,21 @@ verbs="$(grep -oE '^    verbs: \[.*\]' "$OUTDIR/default.yaml" | grep -oE '"[a-z]
 [[ "$(grep -c '"create"' "$OUTDIR/default.yaml")" == 1 ]] || die "default: create granted beyond events"
 grep -B1 'verbs: \["create", "patch"\]' "$OUTDIR/default.yaml" | grep -q 'resources: \["events"\]' \
   || die "default: create must be on events only"
+hasnt default '^kind: Role$'
 
 render all -f "$ALL"
+# Self-service writes: in the ClusterRole when no namespaces are listed (all features on)...
+grep -A1 'resources: \["webhooksubscriptions", "ftpconnections", "apiconnections"\]$' "$OUTDIR/all.yaml" \
+  | grep -q 'verbs: \["create", "update", "delete"\]' || die "all: self-service writes not granted"
+hasnt all '^kind: Role$'
+# ...else a Role (and RoleBinding) in each listed namespace, and nothing cluster-wide.
+render selfservice --set rbac.selfService.enabled=true --set 'rbac.selfService.namespaces={dealer-1-self,dealer-2-self}'
+[[ "$(count selfservice '^kind: Role$')" == 2 && "$(count selfservice '^kind: RoleBinding$')" == 2 ]] \
+  || die "selfservice: expected a Role and RoleBinding per listed namespace"
+has selfservice '^  namespace: dealer-1-self$'
+has selfservice '^  namespace: dealer-2-self$'
+[[ "$(count selfservice 'verbs: \["create", "update", "delete"\]')" == 2 ]] \
+  || die "selfservice: self-service writes granted beyond the two Roles"
 for k in Secret ServiceMonitor PrometheusRule ConfigMap NetworkPolicy; do has all "^kind: $k\$"; done
 has all 'alert: VehicleConnectResourceNotReady$'
 has all 'vehicle_connect_queue_depth > 500$'
@@ -131,6 +144,11 @@ has all 'mountPath: /etc/vehicle-connect/feed-tokens$'
 feed_secret="$(secret_tokens all vehicle-connect-vc-feed-tokens)"
 grep -qx 'check-chart-feed-token-dealer-1-0123 dealer-1' <<<"$feed_secret" || die "all: feed token line not rendered"
 grep -qx 'check-chart-feed-token-platform-0123 \*' <<<"$feed_secret" || die "all: any-client feed token not rendered"
+has all 'value: /etc/vehicle-connect/manage-tokens/tokens$'
+has all 'secretName: vehicle-connect-vc-manage-tokens$'
+manage_secret="$(secret_tokens all vehicle-connect-vc-manage-tokens)"
+grep -qx 'check-chart-manage-token-dealer-1-0123 dealer-1' <<<"$manage_secret" || die "all: manage token line not rendered"
+grep -qx 'check-chart-manage-token-platform-0123 \*' <<<"$manage_secret" || die "all: platform manage token not rendered"
 ! grep -q 'check-chart-token-0123456789abcdef' <<<"$feed_secret" || die "all: an ingest token is in the feed tokens"
 has all 'value: "10.20.0.0/16,192.168.1.10"'
 has all 'name: VC_MAX_BODY_BYTES'
@@ -154,8 +172,11 @@ has all 'connect.vehicles.io/ingest: "true"'
 has all 'egress:'
 
 render existing -f "$ALL" --set ingestTokenSecret.existingSecret=my-tokens --set ingestTokenSecret.key=tokens.txt \
-  --set feedTokenSecret.existingSecret=my-feed-tokens --set feedTokenSecret.key=feed.txt
+  --set feedTokenSecret.existingSecret=my-feed-tokens --set feedTokenSecret.key=feed.txt \
+  --set manageTokenSecret.existingSecret=my-manage-tokens --set manageTokenSecret.key=manage.txt
 hasnt existing '^kind: Secret$'
+has existing 'secretName: my-manage-tokens$'
+has existing 'value: /etc/vehicle-connect/manage-tokens/manage.txt$'
 has existing 'secretName: my-tokens$'
 has existing 'value: /etc/vehicle-connect/ingest-tokens/tokens.txt$'
 has existing 'secretName: my-feed-tokens$'
@@ -190,6 +211,7 @@ refuse "a bad pullPolicy" --set image.pullPolicy=Sometimes
 refuse "a short ingest token" --set 'ingestTokens[0]=short'
 refuse "a client that is not a clientId" --set 'ingestTokens[0].token=long-enough-token-0123' --set 'ingestTokens[0].clients[0]=a b'
 refuse "a feed token without clients" --set 'feedTokens[0]=long-enough-feed-token-0123'
+refuse "a manage token without clients" --set 'manageTokens[0].token=long-enough-manage-token-0123'
 refuse "a feed client that is not a clientId" --set 'feedTokens[0].token=long-enough-token-0123' --set 'feedTokens[0].clients[0]=a/b'
 refuse "a bad log format" --set operator.logFormat=xml
 refuse "a bad CIDR" --set 'operator.allowTargets[0]=not a cidr'
@@ -198,6 +220,7 @@ refuse "a digest that is not sha256:<64 hex>" --set image.digest=latest
 refuse "crds.enabled that is not a boolean" --set crds.enabled=maybe
 refuse "an extra volume mount without mountPath" --set 'extraVolumeMounts[0].name=x'
 refuse "a commonLabels value that is not a string" --set-json 'commonLabels={"a":{"b":1}}'
+refuse "a self-service namespace that is not a namespace name" --set 'rbac.selfService.namespaces[0]=Dealer 1'
 
 # --- 5. server dry run --------------------------------------------------------------------
 if [[ -z "${VC_KUBECONFIG:-}" ]]; then

@@ -348,6 +348,10 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         registry: registry.clone(),
         client: client.clone(),
         metrics: metrics.clone(),
+        self_service: manage::selfservice::SelfServiceSettings::for_selectors(
+            non_empty(&args.watch_label_selector).as_deref(),
+            non_empty(&args.secret_selector).as_deref(),
+        ),
     };
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let ready = Arc::new(AtomicBool::new(false));

@@ -159,6 +159,12 @@ fn error_code() -> utoipa::openapi::Object {
             "busy",
             "unavailable",
             "storage_full",
+            "not_found",
+            "conflict",
+            "invalid_resource",
+            "self_service_disabled",
+            "client_not_allowed",
+            "misconfigured",
         ],
         "Machine-readable; `invalid_request` is the feed's (its parameters).",
     )
@@ -634,6 +640,7 @@ pub fn openapi_document() -> String {
         Err(e) => return format!("{{\"error\": \"{e}\"}}"),
     };
     schema::complete(&mut doc);
+    crate::manage::selfservice::openapi::complete(&mut doc);
     serde_json::to_string_pretty(&TopLevel(&doc))
         .unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"))
 }

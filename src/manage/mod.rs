@@ -8,6 +8,7 @@
 //! through the Kubernetes API like any other client.
 
 pub mod deliveries;
+pub mod selfservice;
 
 use std::sync::Arc;
 
@@ -31,6 +32,8 @@ pub struct ManageState {
     pub registry: Arc<Registry>,
     pub client: kube::Client,
     pub metrics: Arc<Metrics>,
+    /// Labels what self-service writes needs for this operator's own selectors.
+    pub self_service: selfservice::SelfServiceSettings,
 }
 
 /// Who is asking, by their token.
@@ -136,5 +139,8 @@ impl IntoResponse for ApiError {
 
 /// The management routes; each part adds its own.
 pub fn router(state: ManageState) -> Router {
-    Router::new().merge(deliveries::routes()).with_state(state)
+    Router::new()
+        .merge(deliveries::routes())
+        .merge(selfservice::routes())
+        .with_state(state)
 }
