@@ -15,6 +15,7 @@ mod crash_safety;
 mod crd_validation;
 mod crds;
 mod delivery_e2e;
+mod delivery_log;
 mod disk_full;
 mod feed;
 mod ftp_controller;
