@@ -7,7 +7,9 @@
 //! source of truth: this API reads the store and the routing registry, and writes resources
 //! through the Kubernetes API like any other client.
 
+pub mod deliveries;
 pub mod replay;
+pub mod selfservice;
 
 use std::sync::Arc;
 
@@ -31,6 +33,8 @@ pub struct ManageState {
     pub registry: Arc<Registry>,
     pub client: kube::Client,
     pub metrics: Arc<Metrics>,
+    /// Labels what self-service writes needs for this operator's own selectors.
+    pub self_service: selfservice::SelfServiceSettings,
 }
 
 /// Who is asking, by their token.
@@ -136,5 +140,9 @@ impl IntoResponse for ApiError {
 
 /// The management routes; each part adds its own.
 pub fn router(state: ManageState) -> Router {
-    Router::new().merge(replay::routes()).with_state(state)
+    Router::new()
+        .merge(deliveries::routes())
+        .merge(replay::routes())
+        .merge(selfservice::routes())
+        .with_state(state)
 }

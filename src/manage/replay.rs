@@ -19,7 +19,7 @@ use serde_json::{Value, json};
 
 use super::{ApiError, Caller, ManageState};
 use crate::api::EventType;
-use crate::delivery::attempt::{Attempt, Delivery};
+use crate::delivery::attempt::{Answer, Attempt, Delivery};
 use crate::routing::{Kind, Target, TargetKey};
 use crate::store::{FeedQuery, Outcome, StoreError};
 
@@ -39,6 +39,55 @@ pub fn routes() -> Router<ManageState> {
         .route("/v1/targets/{kind}/{ns}/{name}/redeliver", post(redeliver))
         .route("/v1/targets/{kind}/{ns}/{name}/replay", post(replay))
         .route("/v1/targets/{kind}/{ns}/{name}/test", post(test_send))
+        .route("/v1/deliveries/{id}/retry", post(retry))
+}
+
+/// A delivery log entry's event, to that entry's target, again: a redeliver named by the
+/// entry.
+async fn retry(
+    State(state): State<ManageState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let caller = state.caller(&headers)?;
+    let missing = || ApiError::not_found(format!("no delivery log entry {id:?}"));
+    let n = id.parse::<u64>().map_err(|_| missing())?;
+    let entry = state
+        .store
+        .attempt(n)
+        .map_err(store_error)?
+        .filter(|e| caller.may_see(&e.event.client))
+        .ok_or_else(missing)?;
+    let row: crate::routing::TargetId = entry.target.row.parse().map_err(|_| missing())?;
+    let target = state
+        .registry
+        .get(&row.key)
+        .filter(|t| caller.may_see(&t.selector.client_id))
+        .ok_or_else(|| ApiError::not_found(format!("no target {}", row.key)))?;
+    if !row.is(&target) {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "target_replaced",
+            format!(
+                "{} was deleted and created again since this attempt; redeliver to the new one by event id",
+                row.key
+            ),
+        ));
+    }
+    let (client, event_id) = (&entry.event.client, &entry.event.id);
+    let queued = redeliver_event(&state, &caller, &target, client, event_id).await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        axum::Json(json!({
+            "queued": queued,
+            "entry": id,
+            "eventId": event_id,
+            "client": client,
+            "target": target_json(&target),
+            "note": (queued == 0).then_some("the event is already pending for this target"),
+        })),
+    )
+        .into_response())
 }
 
 /// `{kind}/{ns}/{name}` of a request; the kind by its full or short name.
@@ -476,6 +525,8 @@ struct TestAnswer {
     /// Whether the dispatcher would have tried again.
     retryable: bool,
     http_status: Option<u16>,
+    /// An FTP server's last reply, for an upload that failed.
+    ftp_reply: Option<crate::store::FtpReply>,
     duration_ms: Option<u64>,
     reason: Option<String>,
     message: Option<String>,
@@ -485,18 +536,19 @@ struct TestAnswer {
     event: Value,
 }
 
-fn answer_of(attempt: Attempt, event_id: String, event: Value) -> TestAnswer {
+fn answer_of((attempt, answer): (Attempt, Answer), event_id: String, event: Value) -> TestAnswer {
     let duration_ms = attempt
         .elapsed()
         .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
     let mut a = TestAnswer {
         result: "failed",
         retryable: false,
-        http_status: None,
+        http_status: answer.http_status,
+        ftp_reply: answer.ftp_reply,
         duration_ms,
         reason: None,
         message: None,
-        response: None,
+        response: answer.response,
         event_id,
         event,
     };
@@ -505,8 +557,11 @@ fn answer_of(attempt: Attempt, event_id: String, event: Value) -> TestAnswer {
             outcome, skipped, ..
         } => {
             a.result = if skipped { "skipped" } else { "delivered" };
-            if let Outcome::Delivered { status } = outcome {
-                a.http_status = status;
+            if let Outcome::Delivered {
+                status: Some(status),
+            } = outcome
+            {
+                a.http_status = Some(status);
             }
         }
         Attempt::Retry { why, .. } => {
@@ -578,13 +633,16 @@ async fn test_send(
         state.dispatcher.senders().attempt(config, delivery),
     )
     .await
-    .unwrap_or_else(|_| Attempt::Retry {
-        why: crate::store::Why::new(
-            "Timeout",
-            format!("no result within {} s", TEST_DEADLINE.as_secs()),
-        ),
-        retry_after: None,
-        elapsed: Some(TEST_DEADLINE),
+    .unwrap_or_else(|_| {
+        let attempt = Attempt::Retry {
+            why: crate::store::Why::new(
+                "Timeout",
+                format!("no result within {} s", TEST_DEADLINE.as_secs()),
+            ),
+            retry_after: None,
+            elapsed: Some(TEST_DEADLINE),
+        };
+        (attempt, Answer::default())
     });
     if matches!(target.key.kind, Kind::Api) {
         for key in [
