@@ -554,22 +554,15 @@ async fn ops_webhook_tells_the_platform_of_failing_and_recovered_signed() {
     let ns = scope.namespace(cp, "opshook", "rp-a").await;
     let client = cp.client().await.unwrap();
     let rx = Receiver::start(Some(WHSEC)).await;
-    // Failing for a few seconds (three refusals, 1-2 s apart), then delivered.
-    rx.script(
-        "flaky",
-        vec![
-            Reply::Status(503),
-            Reply::Status(503),
-            Reply::Status(503),
-            Reply::Status(200),
-        ],
-    );
+    // Refused until the platform has heard that delivery is failing, then delivered.
+    rx.script("flaky", vec![Reply::Status(503)]);
     subscription(
         &client,
         &ns.name,
         "flaky",
         json!({
             "url": rx.url("flaky"), "clientId": "rp-a", "events": ["vehicle.processed"],
+            "retry": { "maxAttempts": 100, "initialBackoffSeconds": 1, "maxBackoffSeconds": 2 },
         }),
     )
     .await;
@@ -578,9 +571,10 @@ async fn ops_webhook_tells_the_platform_of_failing_and_recovered_signed() {
         vec![event("evt-ops-1", "rp-a", "vehicle.processed", "veh-o")],
     )
     .await;
-    rx.wait_for("flaky", 4).await;
-
+    platform.wait_for("ops", 1).await;
+    rx.script("flaky", vec![Reply::Status(200)]);
     let got = platform.wait_for("ops", 2).await;
+    assert_eq!(rx.received_on("flaky").last().map(|r| r.status), Some(200));
     let types: Vec<&str> = got
         .iter()
         .map(|r| r.body["type"].as_str().unwrap())
