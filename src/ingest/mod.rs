@@ -610,14 +610,17 @@ impl utoipa::Modify for BearerAuth {
     paths(
         post_events, feed::get_feed, healthz, readyz, metrics, openapi_json,
         crate::manage::deliveries::list, crate::manage::deliveries::one,
-        crate::manage::deliveries::event,
+        crate::manage::deliveries::event, crate::manage::replay::retry,
+        crate::manage::replay::redeliver, crate::manage::replay::replay,
+        crate::manage::replay::test_send,
     ),
     components(schemas(
         AcceptResponse, EventResult, ErrorBody, feed::FeedResponse,
         crate::manage::deliveries::DeliveriesPage, crate::manage::deliveries::EventView,
         crate::manage::deliveries::TargetAttempts, crate::store::AttemptEntry,
         crate::store::EntryEvent, crate::store::EntryTarget, crate::store::FtpReply,
-        crate::store::LogResult,
+        crate::store::LogResult, crate::manage::replay::RedeliverRequest,
+        crate::manage::replay::ReplayRequest, crate::manage::replay::TestRequest,
     )),
     tags(
         (name = "ingest", description = "The platform posts events (ingest tokens, `--ingest-token-file`)."),
