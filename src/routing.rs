@@ -49,7 +49,7 @@ impl Kind {
         }
     }
 
-    fn as_str(self) -> &'static str {
+    pub fn as_str(self) -> &'static str {
         match self {
             Kind::Webhook => "webhooksubscription",
             Kind::Ftp => "ftpconnection",

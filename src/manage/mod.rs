@@ -7,6 +7,10 @@
 //! source of truth: this API reads the store and the routing registry, and writes resources
 //! through the Kubernetes API like any other client.
 
+pub mod console;
+pub mod preview;
+pub mod targets;
+
 use std::sync::Arc;
 
 use axum::Router;
@@ -134,5 +138,9 @@ impl IntoResponse for ApiError {
 
 /// The management routes; each part adds its own.
 pub fn router(state: ManageState) -> Router {
-    Router::new().with_state(state)
+    Router::new()
+        .merge(targets::routes())
+        .merge(preview::routes())
+        .merge(console::routes())
+        .with_state(state)
 }
