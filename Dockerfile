@@ -4,7 +4,8 @@
 # minimal on purpose (two stages, nothing clever). Build and push it where Docker/BuildKit
 # or another OCI builder runs:
 #
-#   docker build -t registry.example.com/platform/vehicle-connect:0.1.0 .
+#   docker build --build-arg GIT_SHA=$(git rev-parse HEAD) \
+#     -t registry.example.com/platform/vehicle-connect:0.1.0 .
 #   docker push registry.example.com/platform/vehicle-connect:0.1.0
 #
 # The binary links glibc and libgcc only (TLS is rustls; CA roots come from the image's
@@ -13,6 +14,9 @@
 
 FROM rust:1-bookworm AS build
 WORKDIR /src
+# The commit, read at compile time into the build_info metric (empty when not given).
+ARG GIT_SHA=""
+ENV VC_GIT_SHA=${GIT_SHA}
 COPY . .
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \

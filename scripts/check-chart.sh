@@ -131,6 +131,11 @@ has all 'mountPath: /etc/vehicle-connect/feed-tokens$'
 feed_secret="$(secret_tokens all vehicle-connect-vc-feed-tokens)"
 grep -qx 'check-chart-feed-token-dealer-1-0123 dealer-1' <<<"$feed_secret" || die "all: feed token line not rendered"
 grep -qx 'check-chart-feed-token-platform-0123 \*' <<<"$feed_secret" || die "all: any-client feed token not rendered"
+has all 'value: /etc/vehicle-connect/manage-tokens/tokens$'
+has all 'secretName: vehicle-connect-vc-manage-tokens$'
+manage_secret="$(secret_tokens all vehicle-connect-vc-manage-tokens)"
+grep -qx 'check-chart-manage-token-dealer-1-0123 dealer-1' <<<"$manage_secret" || die "all: manage token line not rendered"
+grep -qx 'check-chart-manage-token-platform-0123 \*' <<<"$manage_secret" || die "all: platform manage token not rendered"
 ! grep -q 'check-chart-token-0123456789abcdef' <<<"$feed_secret" || die "all: an ingest token is in the feed tokens"
 has all 'value: "10.20.0.0/16,192.168.1.10"'
 has all 'name: VC_MAX_BODY_BYTES'
@@ -154,8 +159,11 @@ has all 'connect.vehicles.io/ingest: "true"'
 has all 'egress:'
 
 render existing -f "$ALL" --set ingestTokenSecret.existingSecret=my-tokens --set ingestTokenSecret.key=tokens.txt \
-  --set feedTokenSecret.existingSecret=my-feed-tokens --set feedTokenSecret.key=feed.txt
+  --set feedTokenSecret.existingSecret=my-feed-tokens --set feedTokenSecret.key=feed.txt \
+  --set manageTokenSecret.existingSecret=my-manage-tokens --set manageTokenSecret.key=manage.txt
 hasnt existing '^kind: Secret$'
+has existing 'secretName: my-manage-tokens$'
+has existing 'value: /etc/vehicle-connect/manage-tokens/manage.txt$'
 has existing 'secretName: my-tokens$'
 has existing 'value: /etc/vehicle-connect/ingest-tokens/tokens.txt$'
 has existing 'secretName: my-feed-tokens$'
@@ -190,6 +198,7 @@ refuse "a bad pullPolicy" --set image.pullPolicy=Sometimes
 refuse "a short ingest token" --set 'ingestTokens[0]=short'
 refuse "a client that is not a clientId" --set 'ingestTokens[0].token=long-enough-token-0123' --set 'ingestTokens[0].clients[0]=a b'
 refuse "a feed token without clients" --set 'feedTokens[0]=long-enough-feed-token-0123'
+refuse "a manage token without clients" --set 'manageTokens[0].token=long-enough-manage-token-0123'
 refuse "a feed client that is not a clientId" --set 'feedTokens[0].token=long-enough-token-0123' --set 'feedTokens[0].clients[0]=a/b'
 refuse "a bad log format" --set operator.logFormat=xml
 refuse "a bad CIDR" --set 'operator.allowTargets[0]=not a cidr'

@@ -8,6 +8,8 @@ pub mod dispatcher;
 pub mod fair;
 pub mod files;
 pub(crate) mod http;
+/// The rustls setup of every HTTP client here (also the kubectl plugin's).
+pub use http::tls_config;
 mod recent;
 pub mod retry;
 pub mod signing;

@@ -87,6 +87,23 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end }}
 {{- end }}
 
+{{/* The Secret holding the manage tokens, or "" when there is none. */}}
+{{- define "vehicle-connect.manageTokenSecretName" -}}
+{{- if .Values.manageTokenSecret.existingSecret }}
+{{- .Values.manageTokenSecret.existingSecret }}
+{{- else if .Values.manageTokens }}
+{{- printf "%s-manage-tokens" (include "vehicle-connect.fullname" .) }}
+{{- end }}
+{{- end }}
+
+{{- define "vehicle-connect.manageTokenKey" -}}
+{{- if .Values.manageTokenSecret.existingSecret }}
+{{- .Values.manageTokenSecret.key }}
+{{- else }}
+{{- "tokens" }}
+{{- end }}
+{{- end }}
+
 {{- define "vehicle-connect.ingestTokenKey" -}}
 {{- if .Values.ingestTokenSecret.existingSecret }}
 {{- .Values.ingestTokenSecret.key }}
