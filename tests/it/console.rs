@@ -196,7 +196,7 @@ async fn targets_api_shows_each_caller_only_its_targets_with_health() {
 
     let (code, mine) = w.get(DEALER_A, "/v1/targets").await;
     assert_eq!(code, 200, "{mine}");
-    assert_eq!(names(&mine), [a.clone()], "dealer A sees only its own");
+    assert_eq!(names(&mine), [a], "dealer A sees only its own");
     let t = &mine["targets"][0];
     assert_eq!(t["kind"], "webhooksubscription");
     assert_eq!(t["client"], w.client_a.as_str());
