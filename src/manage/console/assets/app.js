@@ -210,6 +210,10 @@ function testForm(t) {
 
 function answerView(r, what) {
   r = r || {};
+  if (r.queued !== undefined && r.result === undefined) {
+    return h("p", { class: "notice" }, `${what}: queued again`,
+      r.queued === 0 && r.note ? ` — ${r.note}` : "", ". It shows in the delivery log once tried.");
+  }
   const status = r.httpStatus ?? r.status ?? r.ftpReply ?? null;
   const ok = r.result ? r.result === "delivered" : (typeof status === "number" && status < 300);
   const lines = [
@@ -239,8 +243,12 @@ function replayForm(t) {
     if (until.value) body.until = new Date(until.value).toISOString();
     try {
       const r = await api("POST", `/v1/targets/${t.kind}/${enc(t.namespace)}/${enc(t.name)}/replay`, body);
-      const n = r && (r.events ?? r.queued ?? r.count);
-      out.replaceChildren(h("p", { class: "notice" }, `Replay started${n !== undefined ? `: ${n} events` : ""}.`));
+      r = r || {};
+      const n = r.queued ?? r.events ?? r.count;
+      out.replaceChildren(h("p", { class: "notice" }, `Replay started${n !== undefined ? `: ${n} events queued` : ""}`,
+        r.matched !== undefined ? ` of ${r.matched} matching` : "",
+        r.tooOld ? `, ${r.tooOld} too old for the retry policy` : "",
+        r.truncated ? " (the window was cut short; replay the rest again)" : "", "."));
       announce("Replay started");
     } catch (e) {
       out.replaceChildren(errorBox(e, "Replay"));
@@ -431,15 +439,22 @@ async function pageEvent(id) {
     setPage(`Event ${id}`, errorBox(e, "Event"));
     return;
   }
-  const ev = data.event || data;
-  const facts = h("dl", { class: "panel" },
-    ["id", "type", "client", "vehicle", "acceptedAt", "receivedAt"].filter((k) => ev[k] !== undefined && ev[k] !== null)
-      .flatMap((k) => [h("dt", {}, k), h("dd", { class: "mono" }, k.endsWith("At") ? fmtTime(ev[k]) : String(ev[k]))]));
+  const body = data.event && typeof data.event === "object" ? data.event : null;
+  const vehicle = (body && body.data && body.data.vehicle) || {};
+  const ev = {
+    id: data.id || (body && body.id) || id,
+    type: body && body.type,
+    client: data.client || (body && body.clientId) || client,
+    vehicle: vehicle.vin || vehicle.id,
+    accepted: data.accepted,
+  };
+  const facts = h("dl", { class: "panel", id: "event-facts" },
+    [["id", "Event"], ["type", "Type"], ["client", "Client"], ["vehicle", "Vehicle"], ["accepted", "Accepted"]]
+      .filter(([k]) => ev[k] !== undefined && ev[k] !== null)
+      .flatMap(([k, label]) => [h("dt", {}, label), h("dd", { class: "mono" }, k === "accepted" ? fmtTime(ev[k]) : String(ev[k]))]));
   const parts = [facts];
-  const body = data.body ?? ev.body;
   if (body) {
-    parts.push(h("details", {}, h("summary", {}, "Event body"),
-      h("pre", {}, typeof body === "string" ? body : JSON.stringify(body, null, 2))));
+    parts.push(h("details", {}, h("summary", {}, "Event body"), h("pre", {}, JSON.stringify(body, null, 2))));
   }
   const groups = groupAttempts(data);
   if (!groups.length) parts.push(h("p", {}, "No delivery attempts recorded."));
@@ -450,7 +465,7 @@ async function pageEvent(id) {
     redeliver.addEventListener("click", async () => {
       redeliver.disabled = true;
       try {
-        const r = await api("POST", `/v1/targets/${t.kind}/${enc(t.namespace)}/${enc(t.name)}/redeliver`, { eventId: ev.id || id, client: ev.client || client });
+        const r = await api("POST", `/v1/targets/${t.kind}/${enc(t.namespace)}/${enc(t.name)}/redeliver`, { eventId: ev.id, client: ev.client });
         out.replaceChildren(answerView(r, "Redelivery"));
         announce("Redelivered");
       } catch (e) {
@@ -469,6 +484,7 @@ async function pageEvent(id) {
       h("td", { "data-label": "Receiver's answer" }, a.response ? h("pre", {}, a.response) : "—")));
     parts.push(h("section", { "aria-label": `Attempts to ${t.name || "target"}` },
       h("h2", {}, `${KIND_LABEL[t.kind] || t.kind || "Target"} ${t.namespace || ""}/${t.name || ""}`),
+      g.pending ? h("p", { class: "warn" }, "Still pending for this target.") : null,
       h("table", { class: "cards" },
         h("thead", {}, h("tr", {}, ["Time", "Attempt", "Result", "Answer", "Receiver's answer"].map((x) => h("th", { scope: "col" }, x)))),
         h("tbody", {}, rows)),
@@ -521,14 +537,21 @@ function showFieldError(form, e) {
   return null;
 }
 
+// `?client=` for a token of several clients (or the platform's), from the form's Client field.
+function clientQuery(form) {
+  const c = form.querySelector("input[name=client]");
+  return c && c.value.trim() ? `?client=${enc(c.value.trim())}` : "";
+}
+
 async function submitResource(form, out, kind, name, body) {
   const base = `/v1/self-service/${SELF_SERVICE_PATH[kind]}`;
+  const q = clientQuery(form);
   const button = form.querySelector("button[type=submit]");
   button.disabled = true;
   out.replaceChildren(h("p", {}, "Saving…"));
   try {
-    if (name) await api("PUT", `${base}/${enc(name)}`, body);
-    else await api("POST", base, body);
+    if (name) await api("PUT", `${base}/${enc(name)}${q}`, body);
+    else await api("POST", `${base}${q}`, body);
     showFieldError(form, {});
     out.replaceChildren(h("p", { class: "notice", role: "status" }, `Saved ${body.name}. `, h("a", { href: "#/targets" }, "See its health on Targets"), "."));
     announce(`Saved ${body.name}`);
@@ -541,36 +564,66 @@ async function submitResource(form, out, kind, name, body) {
   }
 }
 
+// `{name, spec, credentials: [names set], resourceVersion, clientId, …}`.
 async function loadResource(kind, name) {
-  const r = await api("GET", `/v1/self-service/${SELF_SERVICE_PATH[kind]}/${enc(name)}`);
-  return r && r.spec ? { ...r.spec, name: (r.metadata && r.metadata.name) || r.name || name } : r;
+  const q = hashQuery().get("client");
+  return await api("GET", `/v1/self-service/${SELF_SERVICE_PATH[kind]}/${enc(name)}${q ? `?client=${enc(q)}` : ""}`) || {};
+}
+
+function clientField(cur) {
+  const c = h("input", { name: "client", autocomplete: "off", value: cur.clientId || hashQuery().get("client") || "" });
+  return field("Client id", c, "Only for a token of several clients (or the platform's).");
+}
+
+function deleteButton(kind, name, out) {
+  if (!name) return null;
+  const b = h("button", { type: "button", class: "secondary", id: "delete" }, `Delete ${name}`);
+  b.addEventListener("click", async () => {
+    if (!confirm(`Delete ${name}? Its credentials are deleted with it.`)) return;
+    b.disabled = true;
+    try {
+      const q = b.form ? clientQuery(b.form) : "";
+      await api("DELETE", `/v1/self-service/${SELF_SERVICE_PATH[kind]}/${enc(name)}${q}`);
+      announce(`Deleted ${name}`);
+      location.hash = "#/targets";
+    } catch (e) {
+      out.replaceChildren(errorBox(e, "Not deleted"));
+      b.disabled = false;
+    }
+  });
+  return b;
 }
 
 async function pageWebhook(name) {
   const title = name ? `Edit webhook ${name}` : "Add a webhook";
   let cur = {};
   if (name) {
-    try { cur = await loadResource("webhooksubscription", name) || {}; } catch (e) { setPage(title, errorBox(e, "Webhook")); return; }
+    try { cur = await loadResource("webhooksubscription", name); } catch (e) { setPage(title, errorBox(e, "Webhook")); return; }
   }
-  const basic = (cur.auth && cur.auth.basic) || cur.basicAuth || {};
+  const spec = cur.spec || {};
+  const hasBasic = (cur.credentials || []).includes("basic");
   const nameIn = h("input", { name: "name", required: true, value: name || "", readonly: !!name, pattern: "[a-z0-9]([-a-z0-9]*[a-z0-9])?", autocomplete: "off" });
-  const url = h("input", { name: "url", type: "url", required: true, value: cur.url || "", placeholder: "https://crm.example.com/hooks/vehicles", autocomplete: "off" });
-  const user = h("input", { name: "username", autocomplete: "off", value: basic.username || "", "data-field": "auth.basic.username" });
-  const pass = h("input", { name: "password", type: "password", autocomplete: "new-password", "data-field": "auth.basic.password" });
+  const url = h("input", { name: "url", type: "url", required: true, value: spec.url || "", placeholder: "https://crm.example.com/hooks/vehicles", autocomplete: "off", "data-field": "spec.url" });
+  const user = h("input", { name: "username", autocomplete: "off", "data-field": "credentials.basic.username" });
+  const pass = h("input", { name: "password", type: "password", autocomplete: "new-password", "data-field": "credentials.basic.password" });
   const out = h("div", { "aria-live": "polite" });
-  const events = checks("events", "Events", EVENT_TYPES, cur.events || ["vehicle.processed"]);
-  events.setAttribute("data-field", "events");
+  const events = checks("events", "Events", EVENT_TYPES, spec.events || ["vehicle.processed"]);
+  events.setAttribute("data-field", "spec.events");
   const form = h("form", { class: "stack", id: "webhook-form", novalidate: true },
     field("Name", nameIn, "Lower-case letters, digits and dashes."),
     field("URL", url, "Where events are POSTed, signed (Standard Webhooks)."),
     events,
     h("fieldset", {}, h("legend", {}, "Basic authentication (optional)"),
-      field("Username", user), field("Password", pass, name ? "Leave empty to keep the current one." : null)),
-    h("div", { class: "actions" }, h("button", { type: "submit" }, name ? "Save" : "Add webhook")), out);
+      field("Username", user, hasBasic ? "Set now; leave both empty to keep it." : null), field("Password", pass)),
+    clientField(cur),
+    h("div", { class: "actions" }, h("button", { type: "submit" }, name ? "Save" : "Add webhook"),
+      deleteButton("webhooksubscription", name, out)), out);
   form.addEventListener("submit", (ev) => {
     ev.preventDefault();
-    const body = { name: nameIn.value.trim(), url: url.value.trim(), events: checked(form, "events") };
-    if (user.value.trim()) body.basicAuth = { username: user.value.trim(), password: pass.value };
+    // A PUT replaces the spec: what the form does not show is sent back as it was.
+    const body = { name: nameIn.value.trim(), spec: { ...spec, url: url.value.trim(), events: checked(form, "events") } };
+    if (cur.resourceVersion) body.resourceVersion = cur.resourceVersion;
+    if (user.value.trim()) body.credentials = { basic: { username: user.value.trim(), password: pass.value } };
     submitResource(form, out, "webhooksubscription", name, body);
   });
   setPage(title, form);
@@ -580,16 +633,17 @@ async function pageFtp(name) {
   const title = name ? `Edit FTP connection ${name}` : "Add an FTP connection";
   let cur = {};
   if (name) {
-    try { cur = await loadResource("ftpconnection", name) || {}; } catch (e) { setPage(title, errorBox(e, "FTP connection")); return; }
+    try { cur = await loadResource("ftpconnection", name); } catch (e) { setPage(title, errorBox(e, "FTP connection")); return; }
   }
-  const rules = cur.rules || {};
+  const spec = cur.spec || {};
+  const rules = spec.rules || {};
   const inp = (n, attrs) => h("input", { name: n, autocomplete: "off", ...attrs });
   const nameIn = inp("name", { required: true, value: name || "", readonly: !!name });
-  const host = inp("host", { required: true, value: cur.host || "", placeholder: "ftp.dealer.example" });
-  const port = inp("port", { type: "number", min: 1, max: 65535, value: cur.port || "", inputmode: "numeric" });
-  const protocol = h("select", { name: "protocol" }, ["ftp", "ftps", "ftps-implicit", "sftp"].map((p) => h("option", { value: p, selected: (cur.protocol || "ftp") === p }, p)));
-  const user = inp("username", { value: cur.username || "" });
-  const pass = h("input", { name: "password", type: "password", autocomplete: "new-password" });
+  const host = inp("host", { required: true, value: spec.host || "", placeholder: "ftp.dealer.example", "data-field": "spec.host" });
+  const port = inp("port", { type: "number", min: 1, max: 65535, value: spec.port || "", inputmode: "numeric", "data-field": "spec.port" });
+  const protocol = h("select", { name: "protocol", "data-field": "spec.protocol" }, ["ftp", "ftps", "ftps-implicit", "sftp"].map((p) => h("option", { value: p, selected: (spec.protocol || "ftp") === p }, p)));
+  const user = inp("username", { "data-field": "credentials.username" });
+  const pass = h("input", { name: "password", type: "password", autocomplete: "new-password", "data-field": "credentials.password" });
   const base = inp("rules.baseDirectory", { value: rules.baseDirectory || "", "data-field": "baseDirectory" });
   const dir = inp("rules.directory", { value: rules.directory || "", placeholder: "{vin}", "data-field": "directory" });
   const layout = h("select", { name: "rules.layout", "data-field": "layout" }, ["files", "zip"].map((l) => h("option", { value: l, selected: (rules.layout || "files") === l }, l)));
@@ -604,12 +658,13 @@ async function pageFtp(name) {
   };
   const preview = h("div", { id: "preview", class: "panel preview", "aria-live": "polite" });
   const out = h("div", { "aria-live": "polite" });
-  const events = checks("events", "Events", FTP_EVENT_TYPES, cur.events || ["vehicle.processed"]);
+  const events = checks("events", "Events", FTP_EVENT_TYPES, spec.events || ["vehicle.processed"]);
+  events.setAttribute("data-field", "spec.events");
   const form = h("form", { class: "stack", id: "ftp-form", novalidate: true },
     field("Name", nameIn),
     h("fieldset", {}, h("legend", {}, "Server"),
       field("Host", host), field("Port", port, "Empty: 21, or 22 for sftp."), field("Protocol", protocol),
-      field("Username", user), field("Password", pass, name ? "Leave empty to keep the current one." : null)),
+      field("Username", user, name ? "Leave both empty to keep the current ones." : null), field("Password", pass)),
     events,
     h("fieldset", {}, h("legend", {}, "Naming rules"),
       h("p", { class: "hint" }, "Placeholders: {vin} {stock} {index} {index:02} {ext} {client} {user} {vehicle} {make} {model} {year} {event} {date} {time}"),
@@ -620,7 +675,9 @@ async function pageFtp(name) {
       field("VIN", sample.vin), field("Stock number", sample.stockNumber), field("Make", sample.make),
       field("Model", sample.model), field("Year", sample.year)),
     h("section", { "aria-label": "File name preview" }, h("h2", {}, "Preview"), preview),
-    h("div", { class: "actions" }, h("button", { type: "submit" }, name ? "Save" : "Add FTP connection")), out);
+    clientField(cur),
+    h("div", { class: "actions" }, h("button", { type: "submit" }, name ? "Save" : "Add FTP connection"),
+      deleteButton("ftpconnection", name, out)), out);
 
   const rulesOf = () => {
     const r = { baseDirectory: base.value, directory: dir.value, layout: layout.value, fileName: fileName.value, archiveName: archive.value };
@@ -656,12 +713,12 @@ async function pageFtp(name) {
   form.addEventListener("change", (ev) => { if (ev.target === layout || ev.target === meta) refresh(); });
   form.addEventListener("submit", (ev) => {
     ev.preventDefault();
-    const body = {
-      name: nameIn.value.trim(), host: host.value.trim(), protocol: protocol.value,
-      events: checked(form, "events"), rules: rulesOf(),
-    };
-    if (port.value) body.port = Number(port.value);
-    if (user.value.trim()) body.credentials = { username: user.value.trim(), password: pass.value };
+    const s2 = { ...spec, host: host.value.trim(), protocol: protocol.value, events: checked(form, "events"), rules: { ...rules, ...rulesOf() } };
+    if (port.value) s2.port = Number(port.value); else delete s2.port;
+    if (!meta.checked) delete s2.rules.metadata;
+    const body = { name: nameIn.value.trim(), spec: s2 };
+    if (cur.resourceVersion) body.resourceVersion = cur.resourceVersion;
+    if (user.value.trim() || pass.value) body.credentials = { username: user.value.trim(), password: pass.value };
     submitResource(form, out, "ftpconnection", name, body);
   });
   setPage(title, form);
