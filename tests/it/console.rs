@@ -14,12 +14,14 @@ use vehicle_connect::api::WebhookSubscription;
 use crate::support::browser::Browser;
 use crate::support::operator::{apply_value, condition, wait_for};
 use crate::support::process::{OperatorProcess, TOKEN};
-use crate::support::receiver::Receiver;
-use crate::support::scope::Scope;
+use crate::support::receiver::{Receiver, Reply};
+use crate::support::scope::{LABEL, Scope};
 
 const OPS: &str = "console-ops-token-0123456789";
 const DEALER_A: &str = "console-dealer-a-token-0123456789";
 const DEALER_B: &str = "console-dealer-b-token-0123456789";
+/// Dealer C manages its own webhook through the console (self-service).
+const DEALER_C: &str = "console-dealer-c-token-0123456789";
 
 static SCOPE: LazyLock<Scope> = LazyLock::new(|| Scope::new("console"));
 
@@ -31,6 +33,9 @@ struct World {
     client_b: String,
     ns_a: String,
     ns_b: String,
+    client_c: String,
+    /// Dealer C's self-service namespace.
+    ns_c: String,
 }
 
 static WORLD: OnceLock<World> = OnceLock::new();
@@ -62,10 +67,11 @@ async fn build_world() -> World {
     let n = std::process::id();
     let client_a = format!("dealer-console-a-{n}");
     let client_b = format!("dealer-console-b-{n}");
+    let client_c = format!("dealer-console-c-{n}");
     let tokens = cp.dir.join(format!("console-manage-{n}.tokens"));
     std::fs::write(
         &tokens,
-        format!("{OPS} *\n{DEALER_A} {client_a}\n{DEALER_B} {client_b}\n"),
+        format!("{OPS} *\n{DEALER_A} {client_a}\n{DEALER_B} {client_b}\n{DEALER_C} {client_c}\n"),
     )
     .expect("manage tokens");
     let ns_a = SCOPE
@@ -76,6 +82,19 @@ async fn build_world() -> World {
     let ns_b = SCOPE
         .namespace(cp, "console-b", &client_b)
         .await
+        .name
+        .clone();
+    let ns_c = cp
+        .namespace_labelled(
+            "console-c",
+            &[(LABEL, &SCOPE.to_string())],
+            &[
+                ("connect.vehicles.io/clients", &client_c),
+                ("connect.vehicles.io/self-service-client", &client_c),
+            ],
+        )
+        .await
+        .expect("self-service namespace")
         .name
         .clone();
     let dir = cp.dir.join(format!("operator-console-{n}"));
@@ -94,6 +113,8 @@ async fn build_world() -> World {
         client_b,
         ns_a,
         ns_b,
+        client_c,
+        ns_c,
     };
     let kube = cp.client().await.expect("client");
     w.webhook(&kube, &w.ns_a, "crm-a", &w.client_a, "a").await;
@@ -429,5 +450,154 @@ async fn console_in_a_real_browser() {
         .await
         .expect("script");
     assert_eq!(token, Value::Null);
+    browser.close().await;
+}
+
+/// Self-service and the delivery log in a real Chromium: dealer C adds a webhook through the
+/// form, an event to a receiver that refuses it shows as failed in the log, "Retry" delivers
+/// it, the event page shows both attempts with the receiver's answers, "Send test event"
+/// returns the receiver's answer; a screenshot of each page.
+#[tokio::test]
+async fn console_self_service_log_retry_and_test_in_a_real_browser() {
+    let w = world();
+    // The first request is refused for good (400: not retried), later ones are taken.
+    w.receiver
+        .script("c", vec![Reply::Status(400), Reply::Status(200)]);
+    let browser = Browser::start(1280, 900).await;
+    let b = &browser;
+    b.goto(&w.url("/console/")).await;
+    b.fill("#signin input[name=token]", DEALER_C).await;
+    b.click("#signin button[type=submit]").await;
+    b.wait_css("#targets, #main p").await;
+
+    // Add a webhook through the form.
+    b.goto(&w.url("/console/#/webhook")).await;
+    b.fill("#webhook-form input[name=name]", "crm-c").await;
+    b.fill("#webhook-form input[name=url]", &w.receiver.url("c"))
+        .await;
+    b.fill("#webhook-form input[name=username]", "dms").await;
+    b.fill("#webhook-form input[name=password]", "s3cret").await;
+    b.screenshot("07-webhook-form").await;
+    b.click("#webhook-form button[type=submit]").await;
+    b.wait_text("#webhook-form .notice", "saved", |t| {
+        t.contains("Saved crm-c")
+    })
+    .await;
+    b.screenshot("08-webhook-saved").await;
+
+    // It is a real resource, and the operator makes it Ready.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (code, t) = w
+            .get(DEALER_C, &format!("/v1/targets/whs/{}/crm-c", w.ns_c))
+            .await;
+        let ready = t["conditions"].as_array().is_some_and(|c| {
+            c.iter()
+                .any(|c| c["type"] == "Ready" && c["status"] == "True")
+        });
+        if code == 200 && ready {
+            assert_eq!(t["selfService"], true, "{t}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "crm-c never Ready: {code} {t}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    b.goto(&w.url("/console/#/targets")).await;
+    b.wait_text("#targets", "crm-c, ready", |t| {
+        t.contains("crm-c") && t.contains("Ready: True")
+    })
+    .await;
+
+    // An event the receiver refuses shows in the log as failed, with its answer.
+    w.post_event(&w.client_c, "evt-console-c-1", "WVWZZZ1JZXW000301")
+        .await;
+    let first = w.receiver.wait_for("c", 1).await;
+    assert_eq!(first[0].status, 400);
+    assert!(
+        first[0].headers.get("authorization").is_some(),
+        "the form's Basic auth was not sent"
+    );
+    let log = format!("/console/#/log?target=webhooksubscription/{}/crm-c", w.ns_c);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        b.goto(&w.url(&log)).await;
+        let shown = b
+            .wait_text("#log-entries", "a result", |t| !t.is_empty())
+            .await;
+        if shown.contains("evt-console-c-1") && shown.contains("failed") {
+            assert!(shown.contains("400"), "{shown}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the failed delivery never showed: {shown}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    b.screenshot("09-delivery-log-failed").await;
+
+    // Retry it: the receiver takes it this time.
+    b.click("#log tr[data-result=failed] button[data-retry]")
+        .await;
+    b.wait_text("#log tr[data-result=failed] .result", "queued", |t| {
+        t.contains("queued again")
+    })
+    .await;
+    let got = w.receiver.wait_for("c", 2).await;
+    assert_eq!(got[1].status, 200);
+    assert_eq!(got[1].body["id"], "evt-console-c-1");
+    b.screenshot("10-delivery-log-retried").await;
+
+    // The event page shows both attempts and the receiver's answers.
+    let event = format!("/console/#/event/evt-console-c-1?client={}", w.client_c);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        b.goto(&w.url(&event)).await;
+        let shown = b
+            .wait_text("#main", "the event", |t| t.contains("Event"))
+            .await;
+        if shown.contains("delivered") && shown.contains("failed") {
+            assert!(shown.contains("WVWZZZ1JZXW000301"), "{shown}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "both attempts never showed: {shown}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    b.screenshot("11-event").await;
+
+    // Send a test event from the targets page; the receiver's answer is shown.
+    b.goto(&w.url("/console/#/targets")).await;
+    let row = format!(
+        "#targets tr[data-target='webhooksubscription/{}/crm-c']",
+        w.ns_c
+    );
+    b.click(&format!("{row} summary")).await;
+    b.click(&format!("{row} form[aria-label^='Send a test'] button"))
+        .await;
+    let answer = b
+        .wait_text(&format!("{row} .result"), "the answer", |t| {
+            t.contains("answer 200")
+        })
+        .await;
+    assert!(answer.contains("delivered"), "{answer}");
+    let got = w.receiver.wait_for("c", 3).await;
+    assert!(
+        got[2].body["id"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("evt_test_"),
+        "{:?}",
+        got[2].body
+    );
+    b.screenshot("12-test-event").await;
+
+    // Dealer A's token does not see dealer C's webhook.
+    let (code, _) = w
+        .get(DEALER_A, &format!("/v1/targets/whs/{}/crm-c", w.ns_c))
+        .await;
+    assert_eq!(code, 404);
     browser.close().await;
 }
