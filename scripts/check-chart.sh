@@ -91,8 +91,21 @@ verbs="$(grep -oE '^    verbs: \[.*\]' "$OUTDIR/default.yaml" | grep -oE '"[a-z]
 [[ "$(grep -c '"create"' "$OUTDIR/default.yaml")" == 1 ]] || die "default: create granted beyond events"
 grep -B1 'verbs: \["create", "patch"\]' "$OUTDIR/default.yaml" | grep -q 'resources: \["events"\]' \
   || die "default: create must be on events only"
+hasnt default '^kind: Role$'
 
 render all -f "$ALL"
+# Self-service writes: in the ClusterRole when no namespaces are listed (all features on)...
+grep -A1 'resources: \["webhooksubscriptions", "ftpconnections", "apiconnections"\]$' "$OUTDIR/all.yaml" \
+  | grep -q 'verbs: \["create", "update", "delete"\]' || die "all: self-service writes not granted"
+hasnt all '^kind: Role$'
+# ...else a Role (and RoleBinding) in each listed namespace, and nothing cluster-wide.
+render selfservice --set rbac.selfService.enabled=true --set 'rbac.selfService.namespaces={dealer-1-self,dealer-2-self}'
+[[ "$(count selfservice '^kind: Role$')" == 2 && "$(count selfservice '^kind: RoleBinding$')" == 2 ]] \
+  || die "selfservice: expected a Role and RoleBinding per listed namespace"
+has selfservice '^  namespace: dealer-1-self$'
+has selfservice '^  namespace: dealer-2-self$'
+[[ "$(count selfservice 'verbs: \["create", "update", "delete"\]')" == 2 ]] \
+  || die "selfservice: self-service writes granted beyond the two Roles"
 for k in Secret ServiceMonitor PrometheusRule ConfigMap NetworkPolicy; do has all "^kind: $k\$"; done
 has all 'alert: VehicleConnectResourceNotReady$'
 has all 'vehicle_connect_queue_depth > 500$'
@@ -207,6 +220,7 @@ refuse "a digest that is not sha256:<64 hex>" --set image.digest=latest
 refuse "crds.enabled that is not a boolean" --set crds.enabled=maybe
 refuse "an extra volume mount without mountPath" --set 'extraVolumeMounts[0].name=x'
 refuse "a commonLabels value that is not a string" --set-json 'commonLabels={"a":{"b":1}}'
+refuse "a self-service namespace that is not a namespace name" --set 'rbac.selfService.namespaces[0]=Dealer 1'
 
 # --- 5. server dry run --------------------------------------------------------------------
 if [[ -z "${VC_KUBECONFIG:-}" ]]; then

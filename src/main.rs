@@ -103,6 +103,12 @@ struct RunArgs {
     /// of theirs is pending): their ids dedupe and the pull feed returns them meanwhile.
     #[arg(long, env = "VC_RETENTION_HOURS", default_value_t = 168)]
     retention_hours: u64,
+    /// How long delivery log entries are kept, in hours.
+    #[arg(long, env = "VC_DELIVERY_LOG_RETENTION_HOURS", default_value_t = 168)]
+    delivery_log_retention_hours: u64,
+    /// Most delivery log entries kept; the oldest go first.
+    #[arg(long, env = "VC_DELIVERY_LOG_MAX_ENTRIES", default_value_t = 1_000_000)]
+    delivery_log_max_entries: u64,
     /// Seconds between the store's removals of events past the retention.
     #[arg(long, env = "VC_GC_INTERVAL_SECONDS", default_value_t = 600)]
     gc_interval_seconds: u64,
@@ -342,6 +348,10 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         registry: registry.clone(),
         client: client.clone(),
         metrics: metrics.clone(),
+        self_service: manage::selfservice::SelfServiceSettings::for_selectors(
+            non_empty(&args.watch_label_selector).as_deref(),
+            non_empty(&args.secret_selector).as_deref(),
+        ),
     };
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let ready = Arc::new(AtomicBool::new(false));
@@ -413,6 +423,8 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let gc_store = store.clone();
     let retention = Duration::from_secs(args.retention_hours.saturating_mul(3600));
     let gc_every = Duration::from_secs(args.gc_interval_seconds.max(1));
+    let log_retention = Duration::from_secs(args.delivery_log_retention_hours.saturating_mul(3600));
+    let log_max = args.delivery_log_max_entries;
     tokio::spawn(async move {
         loop {
             tokio::time::sleep(gc_every).await;
@@ -420,6 +432,11 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
                 Ok(n) if n > 0 => tracing::info!(forgotten = n, "old delivered events forgotten"),
                 Ok(_) => {}
                 Err(e) => tracing::warn!(error = %e, "store gc failed"),
+            }
+            match gc_store.gc_attempts(log_retention, log_max).await {
+                Ok(n) if n > 0 => tracing::info!(removed = n, "old delivery log entries removed"),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "delivery log gc failed"),
             }
         }
     });

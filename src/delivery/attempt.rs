@@ -8,7 +8,17 @@ use crate::delivery::files::{UploadResult, Uploader};
 use crate::delivery::webhook::{AttemptResult, WebhookSender};
 use crate::ingest::Envelope;
 use crate::routing::{Kind, TargetConfig};
-use crate::store::{Outcome, Why};
+use crate::store::{FtpReply, Outcome, Why};
+
+/// What the receiver answered, for the delivery log: whatever of it the kind knows.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Answer {
+    pub http_status: Option<u16>,
+    pub ftp_reply: Option<FtpReply>,
+    /// At most [`crate::store::MAX_RESPONSE_SNIPPET`] bytes of the answer's body, credentials
+    /// masked.
+    pub response: Option<String>,
+}
 
 /// How one attempt ended.
 #[derive(Debug)]
@@ -111,12 +121,16 @@ impl From<UploadResult> for Attempt {
                     elapsed: None,
                 }
             }
-            UploadResult::Retryable { reason, message } => Attempt::Retry {
+            UploadResult::Retryable {
+                reason, message, ..
+            } => Attempt::Retry {
                 why: Why::new(reason, message),
                 retry_after: None,
                 elapsed: None,
             },
-            UploadResult::Permanent { reason, message } => Attempt::Fail {
+            UploadResult::Permanent {
+                reason, message, ..
+            } => Attempt::Fail {
                 why: Why::new(reason, message),
                 elapsed: None,
             },
@@ -160,18 +174,45 @@ impl Senders {
         matches!(config, TargetConfig::Ftp(_))
     }
 
-    /// One attempt of `d` to the target `config` describes.
-    pub async fn attempt(&self, config: &TargetConfig, d: Delivery<'_>) -> Attempt {
+    /// One attempt of `d` to the target `config` describes, and the receiver's answer.
+    pub async fn attempt(&self, config: &TargetConfig, d: Delivery<'_>) -> (Attempt, Answer) {
         match config {
-            TargetConfig::Webhook(w) => self.webhook.send(w, d.event_id, d.body).await.into(),
+            TargetConfig::Webhook(w) => {
+                let (result, response) = self.webhook.send_answered(w, d.event_id, d.body).await;
+                let answer = Answer {
+                    http_status: result.status(),
+                    ftp_reply: None,
+                    response,
+                };
+                (result.into(), answer)
+            }
             TargetConfig::Ftp(f) => match serde_json::from_slice::<Envelope>(d.body) {
-                Ok(event) => self.files.deliver(f, &event, d.uploaded).await.into(),
-                Err(e) => Attempt::Fail {
-                    why: Why::new("BadEvent", format!("stored event cannot be read: {e}")),
-                    elapsed: None,
-                },
+                Ok(event) => {
+                    let result = self.files.deliver(f, &event, d.uploaded).await;
+                    let ftp_reply = match &result {
+                        UploadResult::Retryable { reply, .. }
+                        | UploadResult::Permanent { reply, .. } => reply.clone(),
+                        _ => None,
+                    };
+                    let answer = Answer {
+                        ftp_reply,
+                        ..Answer::default()
+                    };
+                    (result.into(), answer)
+                }
+                Err(e) => (
+                    Attempt::Fail {
+                        why: Why::new("BadEvent", format!("stored event cannot be read: {e}")),
+                        elapsed: None,
+                    },
+                    Answer::default(),
+                ),
             },
-            TargetConfig::Api(a) => self.api.deliver(a, d).await,
+            TargetConfig::Api(a) => {
+                let mut answer = Answer::default();
+                let attempt = self.api.deliver_answered(a, d, &mut answer).await;
+                (attempt, answer)
+            }
         }
     }
 }

@@ -20,7 +20,7 @@ use futures::future::BoxFuture;
 use tokio::sync::{Notify, Semaphore, mpsc};
 
 use crate::api::RetryPolicy;
-use crate::delivery::attempt::{Attempt, Delivery, Senders};
+use crate::delivery::attempt::{Answer, Attempt, Delivery, Senders};
 use crate::delivery::fair::FairPool;
 use crate::delivery::recent::{FRESH_BYTES, Head, Loaded, Recent};
 use crate::delivery::retry::{backoff, should_give_up};
@@ -28,7 +28,9 @@ use crate::ingest::{EventResult, EventSink, Incoming};
 use crate::metrics::{KindLabel, KindResult, Metrics};
 use crate::routing::{Kind, Registry, Target, TargetId, TargetKey};
 use crate::status::CounterWriter;
-use crate::store::{AcceptOutcome, DeliveryUpdate, NewEvent, Outcome, Store, Why};
+use crate::store::{
+    AcceptOutcome, AttemptLog, DeliveryUpdate, LogResult, NewEvent, Outcome, Store, Why,
+};
 
 pub fn now_ms() -> u64 {
     SystemTime::now()
@@ -162,6 +164,31 @@ pub struct Dispatcher {
     runners: Mutex<Runners>,
     /// Outcomes on their way to the store (see [`record_outcomes`]).
     outcomes: mpsc::UnboundedSender<(DeliveryUpdate, Arc<TargetState>)>,
+}
+
+/// The delivery log entry of an attempt's end (or of a delivery ended without one). `head`:
+/// the event's, when it could be read.
+fn log_entry(
+    job: &Job,
+    lane: &str,
+    head: Option<&Head>,
+    result: LogResult,
+    elapsed: Option<Duration>,
+    answer: Answer,
+) -> Box<AttemptLog> {
+    Box::new(AttemptLog {
+        result,
+        event_id: job.event_id.clone(),
+        client: head.map(|h| h.client_id.clone()).unwrap_or_default(),
+        event_type: head.map_or("", |h| h.type_.as_str()),
+        lane: lane.to_owned(),
+        attempt: job.attempts,
+        duration_ms: elapsed.map_or(0, |d| u32::try_from(d.as_millis()).unwrap_or(u32::MAX)),
+        http_status: answer.http_status,
+        ftp_reply: answer.ftp_reply,
+        response: answer.response,
+        why: None,
+    })
 }
 
 /// Most outcomes written in one store request.
@@ -547,7 +574,9 @@ impl Dispatcher {
                 Ok(Some(Ok(e))) => e,
                 Ok(Some(Err(e))) => {
                     let why = Why::new("BadEvent", format!("the stored event cannot be read: {e}"));
-                    self.give_up(ts, &job, ts.id.key.kind.label(), why);
+                    let log =
+                        log_entry(&job, lane, None, LogResult::Failed, None, Answer::default());
+                    self.give_up(ts, &job, ts.id.key.kind.label(), why, log);
                     return true;
                 }
                 Ok(None) => {
@@ -555,7 +584,9 @@ impl Dispatcher {
                     let outcome = Outcome::GaveUp {
                         why: Why::new("EventMissing", "the event is no longer in the store"),
                     };
-                    self.record(ts, &job, outcome);
+                    let log =
+                        log_entry(&job, lane, None, LogResult::Failed, None, Answer::default());
+                    self.record(ts, &job, outcome, Some(log));
                     return true;
                 }
                 Err(e) => {
@@ -617,7 +648,15 @@ impl Dispatcher {
                     max_age.as_secs()
                 ),
             );
-            self.give_up(ts, job, kind, why);
+            let log = log_entry(
+                job,
+                lane,
+                Some(&event.head),
+                LogResult::Expired,
+                None,
+                Answer::default(),
+            );
+            self.give_up(ts, job, kind, why, log);
             return Step::Done;
         }
         let head = &event.head;
@@ -636,7 +675,15 @@ impl Dispatcher {
                     head.type_, head.client_id
                 ),
             );
-            self.record(ts, job, Outcome::Dropped { why });
+            let log = log_entry(
+                job,
+                lane,
+                Some(head),
+                LogResult::Dropped,
+                None,
+                Answer::default(),
+            );
+            self.record(ts, job, Outcome::Dropped { why }, Some(log));
             return Step::Done;
         }
         let Some(config) = &target.config else {
@@ -664,8 +711,13 @@ impl Dispatcher {
         };
         // Boxed: a lane waiting for its turn keeps only a small future, not the state of a
         // request or an upload (thousands of lanes wait at once).
-        let attempt = Box::pin(self.senders.attempt(config, delivery)).await;
-        self.conclude(ts, job, kind, &target.retry, attempt)
+        let (attempt, answer) = Box::pin(self.senders.attempt(config, delivery)).await;
+        // One entry per attempt: the answer moves into it.
+        let answer = std::cell::Cell::new(answer);
+        let log = |job: &Job, result, elapsed| {
+            log_entry(job, lane, Some(&event.head), result, elapsed, answer.take())
+        };
+        self.conclude(ts, job, kind, &target.retry, attempt, log)
     }
 
     /// Schedules, retries, records and counts one attempt's end, the same for every kind.
@@ -676,30 +728,39 @@ impl Dispatcher {
         kind: &'static str,
         policy: &RetryPolicy,
         attempt: Attempt,
+        log: impl Fn(&Job, LogResult, Option<Duration>) -> Box<AttemptLog>,
     ) -> Step {
         job.attempts += 1;
-        if let Some(elapsed) = attempt.elapsed() {
+        let elapsed = attempt.elapsed();
+        if let Some(elapsed) = elapsed {
             self.observe_attempt(kind, elapsed);
         }
         match attempt {
             Attempt::Done {
                 outcome, skipped, ..
             } => {
-                let result = if skipped { "skipped" } else { "delivered" };
+                let (result, logged) = if skipped {
+                    ("skipped", LogResult::Skipped)
+                } else {
+                    ("delivered", LogResult::Delivered)
+                };
                 self.count(kind, result);
                 self.ended(kind, result, 1);
                 if !skipped {
                     self.observe_latency(kind, job);
                 }
-                self.record(ts, job, outcome);
+                self.record(ts, job, outcome, Some(log(job, logged, elapsed)));
                 Step::Done
             }
             Attempt::Retry {
                 why, retry_after, ..
-            } => self.retry_or_give_up(ts, job, kind, policy, why, retry_after),
+            } => {
+                let log = |job: &Job, result| log(job, result, elapsed);
+                self.retry_or_give_up(ts, job, kind, policy, (why, retry_after), log)
+            }
             Attempt::Fail { why, .. } => {
                 self.count(kind, "failed");
-                self.give_up(ts, job, kind, why);
+                self.give_up(ts, job, kind, why, log(job, LogResult::Failed, elapsed));
                 Step::Done
             }
             Attempt::Gone { .. } => {
@@ -707,6 +768,12 @@ impl Dispatcher {
                 // The receiver says this endpoint is gone: suspend the target (an annotation
                 // the reconciler turns into a held target) and keep the event.
                 self.counters.receiver_gone(&ts.id.key);
+                let mut entry = log(job, LogResult::Gone, elapsed);
+                entry.why = Some(Why::new(
+                    "Gone",
+                    "HTTP 410 Gone: the receiver says the endpoint is gone; the target is held",
+                ));
+                self.record(ts, job, Outcome::Held, Some(entry));
                 job.attempts -= 1;
                 Step::Again
             }
@@ -749,10 +816,17 @@ impl Dispatcher {
     }
 
     /// The delivery failed for good: counted, recorded, and the resource's status is due.
-    fn give_up(&self, ts: &Arc<TargetState>, job: &Job, kind: &'static str, why: Why) {
+    fn give_up(
+        &self,
+        ts: &Arc<TargetState>,
+        job: &Job,
+        kind: &'static str,
+        why: Why,
+        log: Box<AttemptLog>,
+    ) {
         self.ended(kind, "failed", 1);
         self.counters.failure(&ts.id.key);
-        self.record(ts, job, Outcome::GaveUp { why });
+        self.record(ts, job, Outcome::GaveUp { why }, Some(log));
     }
 
     /// After a retryable failure: schedules the next attempt by the policy, or gives up when
@@ -763,13 +837,14 @@ impl Dispatcher {
         job: &mut Job,
         kind: &'static str,
         policy: &RetryPolicy,
-        why: Why,
-        retry_after: Option<Duration>,
+        (why, retry_after): (Why, Option<Duration>),
+        log: impl Fn(&Job, LogResult) -> Box<AttemptLog>,
     ) -> Step {
         if should_give_up(policy, job.attempts, Duration::ZERO) {
             self.count(kind, "failed");
             let message = format!("{} (gave up after {} attempts)", why.message, job.attempts);
-            self.give_up(ts, job, kind, Why::new(why.reason, message));
+            let entry = log(job, LogResult::Failed);
+            self.give_up(ts, job, kind, Why::new(why.reason, message), entry);
             return Step::Done;
         }
         self.count(kind, "retry");
@@ -779,7 +854,7 @@ impl Dispatcher {
             next_attempt_unix_ms: job.next_attempt_ms,
             why,
         };
-        self.record(ts, job, outcome);
+        self.record(ts, job, outcome, Some(log(job, LogResult::Retry)));
         Step::Again
     }
 
@@ -787,12 +862,19 @@ impl Dispatcher {
     /// out while this one commits (group commit batches them). A crash before the commit
     /// only repeats a delivery, which at-least-once allows; updates for a delivery that is
     /// no longer pending are ignored by the store, so their order does not matter.
-    fn record(&self, ts: &Arc<TargetState>, job: &Job, outcome: Outcome) {
+    fn record(
+        &self,
+        ts: &Arc<TargetState>,
+        job: &Job,
+        outcome: Outcome,
+        log: Option<Box<AttemptLog>>,
+    ) {
         let update = DeliveryUpdate {
             target: ts.row.clone(),
             seq: job.seq,
             outcome,
             at_unix_ms: now_ms(),
+            log,
         };
         ts.recording.fetch_add(1, Ordering::AcqRel);
         if let Err(mpsc::error::SendError((update, ts))) = self.outcomes.send((update, ts.clone()))

@@ -212,32 +212,55 @@ impl WebhookSender {
 
     /// One attempt: POST `body` (the event JSON, bytes as given) to the target.
     pub async fn send(&self, target: &WebhookTarget, event_id: &str, body: &[u8]) -> AttemptResult {
+        self.send_answered(target, event_id, body).await.0
+    }
+
+    /// [`Self::send`], with the start of the receiver's answer (at most
+    /// [`crate::store::MAX_RESPONSE_SNIPPET`] bytes, credentials masked) for the delivery log.
+    pub async fn send_answered(
+        &self,
+        target: &WebhookTarget,
+        event_id: &str,
+        body: &[u8],
+    ) -> (AttemptResult, Option<String>) {
         let start = Instant::now();
         let deadline = tokio::time::Instant::now() + target.timeout;
         let (request, private) = match self.build(target, event_id, body) {
             Ok(r) => r,
-            Err(fail) => return fail.permanent(start.elapsed()),
+            Err(fail) => return (fail.permanent(start.elapsed()), None),
         };
         let client = private.as_ref().unwrap_or(&self.clients.system);
 
         let response = match tokio::time::timeout_at(deadline, client.request(request)).await {
             Ok(Ok(r)) => r,
-            Ok(Err(e)) => return classify_error(&e, start),
+            Ok(Err(e)) => return (classify_error(&e, start), None),
             Err(_) => {
-                return AttemptResult::Retryable {
+                let result = AttemptResult::Retryable {
                     reason: "Timeout".into(),
                     message: format!("no response within {:?}", target.timeout),
                     status: None,
                     retry_after: None,
                     elapsed: start.elapsed(),
                 };
+                return (result, None);
             }
         };
-        let result = classify_response(response, deadline, start).await;
+        let (result, answered) = classify_response(response, deadline, start).await;
+        // Only worked out when there is something to mask (it allocates).
+        let secrets = if answered.is_empty() && result.is_delivered() {
+            Vec::new()
+        } else {
+            secrets(&target.auth)
+        };
+        let response = (!answered.is_empty()).then(|| {
+            let text = String::from_utf8_lossy(&answered);
+            let text = crate::delivery::http::mask(&text, &secrets);
+            crate::store::truncate(&text, crate::store::MAX_RESPONSE_SNIPPET).to_owned()
+        });
         if result.is_delivered() {
-            return result;
+            return (result, response);
         }
-        mask_credentials(result, &target.auth)
+        (mask_credentials(result, &secrets), response)
     }
 
     /// The request and the client of its target (`None`: the shared one), or why it cannot
@@ -573,13 +596,14 @@ impl Failure {
     }
 }
 
+/// The verdict on a response, and the first [`crate::store::MAX_RESPONSE_SNIPPET`] bytes of
+/// its body.
 async fn classify_response(
     response: Response<Incoming>,
     deadline: tokio::time::Instant,
     start: Instant,
-) -> AttemptResult {
+) -> (AttemptResult, Vec<u8>) {
     let status = response.status();
-    let code = status.as_u16();
     let retry_after = response
         .headers()
         .get(header::RETRY_AFTER)
@@ -593,28 +617,46 @@ async fn classify_response(
     // Read (a bounded part of) the body: for the failure message, and so that a fully read
     // response hands its keep-alive connection back to the pool. The receiver has already
     // answered, so a slow or broken body changes nothing about the outcome.
+    // What is kept is bounded: a failure's message needs a little more than the log.
     let mut incoming = response.into_body();
     let mut body = Vec::new();
-    let keep = !status.is_success();
+    let keep = if status.is_success() {
+        crate::store::MAX_RESPONSE_SNIPPET
+    } else {
+        MAX_RESPONSE_BODY
+    };
     let _ = tokio::time::timeout_at(deadline, read_capped(&mut incoming, &mut body, keep)).await;
     drop(incoming);
     let elapsed = start.elapsed();
+    let (result, mut body) = verdict(status, retry_after, location, body, elapsed);
+    body.truncate(crate::store::MAX_RESPONSE_SNIPPET);
+    (result, body)
+}
 
+fn verdict(
+    status: StatusCode,
+    retry_after: Option<Duration>,
+    location: Option<String>,
+    body: Vec<u8>,
+    elapsed: Duration,
+) -> (AttemptResult, Vec<u8>) {
+    let code = status.as_u16();
     if status.is_success() {
-        return AttemptResult::Delivered {
+        let result = AttemptResult::Delivered {
             status: code,
             elapsed,
         };
+        return (result, body);
     }
     if status == StatusCode::GONE {
-        return AttemptResult::Gone { elapsed };
+        return (AttemptResult::Gone { elapsed }, body);
     }
     if status.is_redirection() {
         let to = location.map_or_else(
             || "without a Location".to_string(),
             |l| format!("to {}", snippet(l.as_bytes())),
         );
-        return AttemptResult::Permanent {
+        let result = AttemptResult::Permanent {
             reason: "Redirect".into(),
             message: format!(
                 "HTTP {} redirects {to}; redirects are not followed",
@@ -623,6 +665,7 @@ async fn classify_response(
             status: Some(code),
             elapsed,
         };
+        return (result, body);
     }
     let mut message = format!("HTTP {}", status_text(status));
     let text = snippet(&body);
@@ -633,7 +676,7 @@ async fn classify_response(
     let retryable = status.is_server_error()
         || status == StatusCode::REQUEST_TIMEOUT
         || status == StatusCode::TOO_MANY_REQUESTS;
-    if retryable {
+    let result = if retryable {
         AttemptResult::Retryable {
             reason: "HttpStatus".into(),
             message,
@@ -648,15 +691,15 @@ async fn classify_response(
             status: Some(code),
             elapsed,
         }
-    }
+    };
+    (result, body)
 }
 
-/// A receiver that repeats what it refused (a 401 echoing the Authorization header) must not
-/// put the credentials into status and Events.
-fn mask_credentials(mut r: AttemptResult, auth: &WebhookAuth) -> AttemptResult {
+/// What a receiver's answer must never show: the target's credentials, in every form sent.
+fn secrets(auth: &WebhookAuth) -> Vec<String> {
     use base64::Engine as _;
-    let secrets = match auth {
-        WebhookAuth::None => return r,
+    match auth {
+        WebhookAuth::None => Vec::new(),
         WebhookAuth::Basic { username, password } => {
             let pair = format!("{username}:{password}");
             vec![
@@ -666,11 +709,19 @@ fn mask_credentials(mut r: AttemptResult, auth: &WebhookAuth) -> AttemptResult {
             ]
         }
         WebhookAuth::Bearer(token) => vec![token.clone()],
-    };
+    }
+}
+
+/// A receiver that repeats what it refused (a 401 echoing the Authorization header) must not
+/// put the credentials into status and Events.
+fn mask_credentials(mut r: AttemptResult, secrets: &[String]) -> AttemptResult {
+    if secrets.is_empty() {
+        return r;
+    }
     if let AttemptResult::Retryable { message, .. } | AttemptResult::Permanent { message, .. } =
         &mut r
     {
-        *message = crate::delivery::http::mask(message, &secrets);
+        *message = crate::delivery::http::mask(message, secrets);
     }
     r
 }
@@ -682,10 +733,10 @@ fn status_text(status: StatusCode) -> String {
     }
 }
 
-/// Reads at most [`MAX_RESPONSE_BODY`] bytes of the body, into `buf` if `keep` (else they
-/// are discarded); `buf` keeps what arrived when the read fails or is cancelled by the
-/// deadline.
-async fn read_capped(body: &mut Incoming, buf: &mut Vec<u8>, keep: bool) {
+/// Reads at most [`MAX_RESPONSE_BODY`] bytes of the body, the first `keep` of them into `buf`
+/// (the rest are discarded); `buf` keeps what arrived when the read fails or is cancelled by
+/// the deadline.
+async fn read_capped(body: &mut Incoming, buf: &mut Vec<u8>, keep: usize) {
     let mut read = 0;
     while read < MAX_RESPONSE_BODY {
         match body.frame().await {
@@ -694,9 +745,8 @@ async fn read_capped(body: &mut Incoming, buf: &mut Vec<u8>, keep: bool) {
                     continue;
                 };
                 let take = chunk.len().min(MAX_RESPONSE_BODY - read);
-                if keep {
-                    buf.extend_from_slice(&chunk[..take]);
-                }
+                let room = keep.saturating_sub(buf.len()).min(take);
+                buf.extend_from_slice(&chunk[..room]);
                 read += take;
             }
             Some(Err(_)) | None => break,
@@ -819,7 +869,7 @@ mod tests {
             status: Some(401),
             elapsed: Duration::ZERO,
         };
-        let masked = mask_credentials(echoed, &basic);
+        let masked = mask_credentials(echoed, &secrets(&basic));
         let AttemptResult::Permanent { message, .. } = &masked else {
             panic!("{masked:?}");
         };
@@ -840,7 +890,8 @@ mod tests {
             retry_after: None,
             elapsed: Duration::ZERO,
         };
-        let AttemptResult::Retryable { message, .. } = mask_credentials(echoed, &bearer) else {
+        let AttemptResult::Retryable { message, .. } = mask_credentials(echoed, &secrets(&bearer))
+        else {
             panic!("kind changed");
         };
         assert_eq!(message, "HTTP 503: token *** rejected");

@@ -159,6 +159,12 @@ fn error_code() -> utoipa::openapi::Object {
             "busy",
             "unavailable",
             "storage_full",
+            "not_found",
+            "conflict",
+            "invalid_resource",
+            "self_service_disabled",
+            "client_not_allowed",
+            "misconfigured",
         ],
         "Machine-readable; `invalid_request` is the feed's (its parameters).",
     )
@@ -601,12 +607,23 @@ impl utoipa::Modify for BearerAuth {
 #[derive(OpenApi)]
 #[openapi(
     info(title = "vehicle-connect", description = "HTTP API of the vehicle-connect operator: the platform posts vehicle events; they are delivered to the clients' webhooks (described under `webhooks`: what a client's receiver gets and how its answers are taken), FTP servers and APIs, and clients whose systems cannot receive webhooks read them with GET /v1/events (the pull feed, with its own feed tokens)."),
-    paths(post_events, feed::get_feed, healthz, readyz, metrics, openapi_json),
-    components(schemas(AcceptResponse, EventResult, ErrorBody, feed::FeedResponse)),
+    paths(
+        post_events, feed::get_feed, healthz, readyz, metrics, openapi_json,
+        crate::manage::deliveries::list, crate::manage::deliveries::one,
+        crate::manage::deliveries::event,
+    ),
+    components(schemas(
+        AcceptResponse, EventResult, ErrorBody, feed::FeedResponse,
+        crate::manage::deliveries::DeliveriesPage, crate::manage::deliveries::EventView,
+        crate::manage::deliveries::TargetAttempts, crate::store::AttemptEntry,
+        crate::store::EntryEvent, crate::store::EntryTarget, crate::store::FtpReply,
+        crate::store::LogResult,
+    )),
     tags(
         (name = "ingest", description = "The platform posts events (ingest tokens, `--ingest-token-file`)."),
         (name = "feed", description = "A client reads its events (feed tokens, `--feed-token-file`)."),
         (name = "operations", description = "Probes, metrics and this document; no token."),
+        (name = "management", description = "What operators and clients use to see deliveries (manage tokens, `--manage-token-file`; a client token sees only its clients)."),
         (name = "webhooks", description = "What a client's receiver gets: one signed POST per event and subscription (Standard Webhooks), and how the operator takes its answer."),
     ),
     modifiers(&BearerAuth)
@@ -623,6 +640,7 @@ pub fn openapi_document() -> String {
         Err(e) => return format!("{{\"error\": \"{e}\"}}"),
     };
     schema::complete(&mut doc);
+    crate::manage::selfservice::openapi::complete(&mut doc);
     serde_json::to_string_pretty(&TopLevel(&doc))
         .unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"))
 }

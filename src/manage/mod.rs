@@ -8,7 +8,9 @@
 //! through the Kubernetes API like any other client.
 
 pub mod console;
+pub mod deliveries;
 pub mod preview;
+pub mod selfservice;
 pub mod targets;
 
 use std::sync::Arc;
@@ -33,6 +35,8 @@ pub struct ManageState {
     pub registry: Arc<Registry>,
     pub client: kube::Client,
     pub metrics: Arc<Metrics>,
+    /// Labels what self-service writes needs for this operator's own selectors.
+    pub self_service: selfservice::SelfServiceSettings,
 }
 
 /// Who is asking, by their token.
@@ -142,5 +146,7 @@ pub fn router(state: ManageState) -> Router {
         .merge(targets::routes())
         .merge(preview::routes())
         .merge(console::routes())
+        .merge(deliveries::routes())
+        .merge(selfservice::routes())
         .with_state(state)
 }

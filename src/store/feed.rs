@@ -156,6 +156,11 @@ impl<'txn> FeedTables<'txn> {
         Ok(())
     }
 
+    /// The type of `client`'s event `seq`, while it is stored.
+    pub(super) fn type_of(&self, client: &str, seq: u64) -> Result<Option<String>, StoreError> {
+        Ok(self.index.get((client, seq))?.map(|g| g.value().to_owned()))
+    }
+
     /// gc forgot event `seq` of `client` (`None`: unknown): its row goes, and the client's
     /// readers with a cursor before it learn that they missed it.
     pub(super) fn removed(&mut self, client: Option<&str>, seq: u64) -> Result<(), StoreError> {

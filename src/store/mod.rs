@@ -20,15 +20,22 @@
 //!
 //! Table layout: see `tables.rs`.
 
+mod attempts;
 mod feed;
 mod tables;
 mod writer;
 
 #[cfg(test)]
+mod attempts_tests;
+#[cfg(test)]
 mod feed_tests;
 #[cfg(test)]
 mod tests;
 
+pub use attempts::{
+    AttemptCursor, AttemptEntry, AttemptLog, AttemptPage, AttemptQuery, EntryEvent, EntryTarget,
+    FtpReply, LogResult, MAX_RESPONSE_SNIPPET, rfc3339, truncate,
+};
 pub use feed::{FeedCursor, FeedEvent, FeedPage, FeedQuery, FeedWaiter};
 
 use std::path::{Path, PathBuf};
@@ -127,6 +134,9 @@ pub enum Outcome {
     GaveUp {
         why: Why,
     },
+    /// The attempt changed nothing (410 Gone: the target is held, the delivery stays
+    /// pending as it was); only its log entry is written.
+    Held,
 }
 
 /// Why an attempt failed or a delivery was dropped: a CamelCase reason for machines and
@@ -202,6 +212,8 @@ pub struct DeliveryUpdate {
     pub seq: u64,
     pub outcome: Outcome,
     pub at_unix_ms: u64,
+    /// The attempt's delivery log entry, written in the same transaction; `None` writes none.
+    pub log: Option<Box<AttemptLog>>,
 }
 
 /// Persisted per-target counters. `Default` is what a target with no history has.
@@ -337,6 +349,8 @@ pub enum StoreError {
     },
     #[error("store file has schema version {found}, this build reads {expected}")]
     Schema { found: u64, expected: u64 },
+    #[error("delivery log entry {id} cannot be read")]
+    BadAttempt { id: u64 },
     #[error("counters of target {target} cannot be encoded or decoded: {source}")]
     Counters {
         target: String,

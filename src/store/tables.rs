@@ -81,3 +81,19 @@ pub(super) fn encode_counters(
         source,
     })
 }
+
+/// `meta` key: the next delivery log entry id to hand out (absent: 1).
+pub(super) const META_NEXT_ATTEMPT: &str = "next_attempt";
+
+/// `attempts`: entry id → one delivery log entry (`attempts.rs`'s binary layout). Tables added
+/// to layout 2 without a version bump: opening creates them, and older versions ignore them.
+pub(super) const ATTEMPTS: TableDefinition<u64, &[u8]> = TableDefinition::new("attempts");
+
+/// `attempts_by_target`: (`kind/namespace/name`, entry id) → (); the log of one target, newest
+/// first by a reverse range. Keyed without the uid: a recreated object keeps its history.
+pub(super) const ATTEMPTS_BY_TARGET: TableDefinition<(&str, u64), ()> =
+    TableDefinition::new("attempts_by_target");
+
+/// `attempts_by_seq`: (event seq, entry id) → (); every entry of one event.
+pub(super) const ATTEMPTS_BY_SEQ: TableDefinition<(u64, u64), ()> =
+    TableDefinition::new("attempts_by_seq");

@@ -36,6 +36,7 @@ fn update(target: &str, seq: u64, at: u64, outcome: Outcome) -> DeliveryUpdate {
         seq,
         outcome,
         at_unix_ms: at,
+        log: None,
     }
 }
 
@@ -739,6 +740,7 @@ async fn uploads_count_files_and_bytes() {
                     paths: vec![format!("/v/{files}.jpg")],
                 },
                 at_unix_ms: 1,
+                log: None,
             }])
             .await
             .unwrap();

@@ -12,14 +12,16 @@ use redb::{
 use tokio::sync::mpsc::error::TryRecvError;
 use tokio::sync::{mpsc, oneshot};
 
+use super::attempts::{LogResult, LogTables, NewEntry};
 use super::feed::{self, FeedTables};
 use super::tables::{
-    self, CLIENT_EVENTS, COUNTERS, EVENT_IDS, EVENT_REFS, EVENTS, FEED_GONE, META, META_NEXT_SEQ,
-    META_SCHEMA, META_STORE_ID, PENDING, SCHEMA_V1, SCHEMA_VERSION, TARGET_STATE, UPLOADED,
+    self, ATTEMPTS, ATTEMPTS_BY_SEQ, ATTEMPTS_BY_TARGET, CLIENT_EVENTS, COUNTERS, EVENT_IDS,
+    EVENT_REFS, EVENTS, FEED_GONE, META, META_NEXT_ATTEMPT, META_NEXT_SEQ, META_SCHEMA,
+    META_STORE_ID, PENDING, SCHEMA_V1, SCHEMA_VERSION, TARGET_STATE, UPLOADED,
 };
 use super::{
-    AcceptOutcome, DeliveryUpdate, LastFailure, NewEvent, Outcome, Shared, Stats, StoreError,
-    TargetCounters, Why,
+    AcceptOutcome, AttemptLog, DeliveryUpdate, LastFailure, NewEvent, Outcome, Shared, Stats,
+    StoreError, TargetCounters, Why,
 };
 
 /// Answer slot of one request: filled while the transaction is applied, sent after commit.
@@ -81,6 +83,12 @@ pub(crate) enum Job {
         limit: usize,
         reply: Reply<u64>,
     },
+    GcAttempts {
+        cutoff_unix_ms: u64,
+        max_entries: u64,
+        limit: usize,
+        reply: Reply<u64>,
+    },
     SetState {
         target: String,
         key: String,
@@ -110,7 +118,8 @@ impl Job {
             Job::DropTarget { reply, .. }
             | Job::AddDeliveries { reply, .. }
             | Job::Gc { reply, .. }
-            | Job::Expire { reply, .. } => reply.send_committed(),
+            | Job::Expire { reply, .. }
+            | Job::GcAttempts { reply, .. } => reply.send_committed(),
             Job::SetState { reply, .. } => reply.send_committed(),
         }
     }
@@ -122,7 +131,8 @@ impl Job {
             Job::DropTarget { reply, .. }
             | Job::AddDeliveries { reply, .. }
             | Job::Gc { reply, .. }
-            | Job::Expire { reply, .. } => reply.send_err(err),
+            | Job::Expire { reply, .. }
+            | Job::GcAttempts { reply, .. } => reply.send_err(err),
             Job::SetState { reply, .. } => reply.send_err(err),
         }
     }
@@ -152,6 +162,12 @@ impl Job {
                 limit,
                 reply,
             } => reply.set(t.expire(target, *cutoff_unix_ms, *limit)?),
+            Job::GcAttempts {
+                cutoff_unix_ms,
+                max_entries,
+                limit,
+                reply,
+            } => reply.set(t.log.gc(*cutoff_unix_ms, *max_entries, *limit)?),
             Job::SetState {
                 target,
                 key,
@@ -199,6 +215,9 @@ pub(super) fn init_schema(db: &Database) -> Result<(), StoreError> {
         txn.open_table(CLIENT_EVENTS)?;
         txn.open_table(FEED_GONE)?;
         txn.open_table(TARGET_STATE)?;
+        txn.open_table(ATTEMPTS)?;
+        txn.open_table(ATTEMPTS_BY_TARGET)?;
+        txn.open_table(ATTEMPTS_BY_SEQ)?;
     }
     txn.commit()?;
     Ok(())
@@ -672,6 +691,9 @@ struct Tables<'txn> {
     state: Table<'txn, (&'static str, &'static str), &'static [u8]>,
     counters_table: Table<'txn, &'static str, &'static [u8]>,
     feed: FeedTables<'txn>,
+    log: LogTables<'txn>,
+    /// `meta`'s next log entry id when the transaction began.
+    log_first_id: u64,
     /// Counters touched in this transaction; `None` = delete. Written once in `finish`.
     counters: BTreeMap<String, Option<TargetCounters>>,
     /// Pending deliveries gone per event in this transaction, not yet taken off `refs`: an
@@ -686,6 +708,7 @@ impl<'txn> Tables<'txn> {
     fn open(txn: &'txn WriteTransaction, now: u64) -> Result<Self, StoreError> {
         let meta = txn.open_table(META)?;
         let next_seq = meta.get(META_NEXT_SEQ)?.map(|g| g.value()).unwrap_or(1);
+        let log_first_id = meta.get(META_NEXT_ATTEMPT)?.map_or(1, |g| g.value());
         Ok(Tables {
             meta,
             events: txn.open_table(EVENTS)?,
@@ -696,6 +719,8 @@ impl<'txn> Tables<'txn> {
             state: txn.open_table(TARGET_STATE)?,
             counters_table: txn.open_table(COUNTERS)?,
             feed: FeedTables::open(txn)?,
+            log: LogTables::open(txn, log_first_id)?,
+            log_first_id,
             counters: BTreeMap::new(),
             released: BTreeMap::new(),
             next_seq,
@@ -707,6 +732,9 @@ impl<'txn> Tables<'txn> {
     fn finish(mut self) -> Result<Delta, StoreError> {
         self.flush_releases()?;
         self.meta.insert(META_NEXT_SEQ, self.next_seq)?;
+        if self.log.next_id() != self.log_first_id {
+            self.meta.insert(META_NEXT_ATTEMPT, self.log.next_id())?;
+        }
         for (target, counters) in &self.counters {
             match counters {
                 Some(c) => {
@@ -804,6 +832,13 @@ impl<'txn> Tables<'txn> {
 
     fn record(&mut self, updates: &[DeliveryUpdate]) -> Result<(), StoreError> {
         for u in updates {
+            // Logged even when the delivery is no longer pending: the attempt was made.
+            if let Some(log) = &u.log {
+                self.log_attempt(u, log)?;
+            }
+            if matches!(u.outcome, Outcome::Held) {
+                continue;
+            }
             let key = (u.target.as_str(), u.seq);
             // A finished delivery's row is removed, and the removal says whether it was still
             // pending (one lookup, not two); a retry rewrites the row it reads.
@@ -881,6 +916,7 @@ impl<'txn> Tables<'txn> {
                         why: why.clone(),
                     });
                 }
+                Outcome::Held => {}
                 Outcome::GaveUp { why } => {
                     self.release(u.seq)?;
                     self.forget_progress(&u.target, u.seq)?;
@@ -899,17 +935,96 @@ impl<'txn> Tables<'txn> {
         Ok(())
     }
 
+    /// The log entry of an attempt the dispatcher made.
+    fn log_attempt(&mut self, u: &DeliveryUpdate, log: &AttemptLog) -> Result<(), StoreError> {
+        let why = log.why.as_ref().or(match &u.outcome {
+            Outcome::Dropped { why } | Outcome::Retry { why, .. } | Outcome::GaveUp { why } => {
+                Some(why)
+            }
+            _ => None,
+        });
+        self.log.add(&NewEntry {
+            seq: u.seq,
+            event_id: &log.event_id,
+            client: &log.client,
+            event_type: log.event_type,
+            lane: &log.lane,
+            target: &u.target,
+            attempt: log.attempt,
+            at: u.at_unix_ms,
+            duration_ms: log.duration_ms,
+            result: log.result,
+            http_status: log.http_status,
+            ftp_reply: log.ftp_reply.as_ref().map(|r| (r.code, r.text.as_str())),
+            reason: why.map(|w| w.reason.as_str()),
+            message: why.map(|w| w.message.as_str()),
+            response: log.response.as_deref(),
+        })?;
+        Ok(())
+    }
+
+    /// The log entry of a delivery that ended in the store (expired, dropped with its target):
+    /// client and type are looked up, as the pending row does not hold them.
+    fn log_ended(
+        &mut self,
+        target: &str,
+        seq: u64,
+        (event_id, lane, attempts): (&str, &str, u32),
+        result: LogResult,
+        why: &Why,
+    ) -> Result<(), StoreError> {
+        let client = match self.events.get(seq)? {
+            Some(g) => {
+                let (key, _, _, body) = g.value();
+                feed::client_of(key, body).unwrap_or_default()
+            }
+            None => String::new(),
+        };
+        let event_type = self.feed.type_of(&client, seq)?.unwrap_or_default();
+        self.log.add(&NewEntry {
+            seq,
+            event_id,
+            client: &client,
+            event_type: &event_type,
+            lane,
+            target,
+            attempt: attempts,
+            at: self.now,
+            duration_ms: 0,
+            result,
+            http_status: None,
+            ftp_reply: None,
+            reason: Some(&why.reason),
+            message: Some(&why.message),
+            response: None,
+        })?;
+        Ok(())
+    }
+
     fn drop_target(&mut self, target: &str) -> Result<u64, StoreError> {
         let mut seqs = Vec::new();
         for row in self
             .pending
             .range::<(&str, u64)>((target, 0)..=(target, u64::MAX))?
         {
-            seqs.push(row?.0.value().1);
+            let (k, v) = row?;
+            let (id, lane, attempts, _) = v.value();
+            seqs.push((k.value().1, id.to_owned(), lane.to_owned(), attempts));
         }
-        for &seq in &seqs {
-            self.pending.remove((target, seq))?;
-            self.release(seq)?;
+        let why = Why::new(
+            "TargetRemoved",
+            "the target was deleted or may no longer take its client's events",
+        );
+        for (seq, id, lane, attempts) in &seqs {
+            self.pending.remove((target, *seq))?;
+            self.release(*seq)?;
+            self.log_ended(
+                target,
+                *seq,
+                (id, lane, *attempts),
+                LogResult::Dropped,
+                &why,
+            )?;
         }
         let mut lanes = Vec::new();
         for row in self.uploaded.range::<(&str, &str)>((target, "")..)? {
@@ -1043,14 +1158,26 @@ impl<'txn> Tables<'txn> {
             .take(limit)
         {
             let (k, v) = row?;
-            victims.push((k.value().1, v.value().0.to_owned()));
+            let (id, lane, attempts, _) = v.value();
+            victims.push((k.value().1, id.to_owned(), lane.to_owned(), attempts));
         }
-        for (seq, _) in &victims {
+        let why = Why::new(
+            "Expired",
+            "older than the retry policy's maxAgeSeconds; not delivered",
+        );
+        for (seq, id, lane, attempts) in &victims {
             self.pending.remove((target, *seq))?;
             self.release(*seq)?;
             self.forget_progress(target, *seq)?;
+            self.log_ended(
+                target,
+                *seq,
+                (id, lane, *attempts),
+                LogResult::Expired,
+                &why,
+            )?;
         }
-        if let Some((_, event_id)) = victims.last() {
+        if let Some((_, event_id, _, _)) = victims.last() {
             let n = victims.len() as u64;
             let now = self.now;
             let c = self.counters_mut(target)?;

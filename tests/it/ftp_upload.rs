@@ -277,6 +277,7 @@ pub(crate) fn expect_failure(r: &UploadResult, retryable: bool, reason: &str) ->
             UploadResult::Retryable {
                 reason: got,
                 message,
+                ..
             },
             true,
         )
@@ -284,6 +285,7 @@ pub(crate) fn expect_failure(r: &UploadResult, retryable: bool, reason: &str) ->
             UploadResult::Permanent {
                 reason: got,
                 message,
+                ..
             },
             false,
         ) if got == reason => {

@@ -33,6 +33,7 @@ mod naming_props;
 mod openapi;
 mod prereqs;
 mod secret_selector;
+mod self_service;
 mod sftp_controller;
 mod sftp_peer;
 mod sftp_upload;

@@ -33,7 +33,13 @@ fn remote_key(lane: &str) -> String {
     format!("remote/{lane}")
 }
 
-pub(super) async fn run(inner: &Inner, t: &ApiTarget, d: Delivery<'_>) -> Attempt {
+/// `noted`: the last answer the API gave, for the delivery log.
+pub(super) async fn run(
+    inner: &Inner,
+    t: &ApiTarget,
+    d: Delivery<'_>,
+    noted: &mut crate::delivery::attempt::Answer,
+) -> Attempt {
     let start = Instant::now();
     let elapsed = || Some(start.elapsed());
     let value = match serde_json::from_slice::<serde_json::Value>(d.body) {
@@ -121,6 +127,11 @@ pub(super) async fn run(inner: &Inner, t: &ApiTarget, d: Delivery<'_>) -> Attemp
                 Ok(a) => a,
                 Err(f) => return stop(inner, &d, t, (here, recorded), f, elapsed()).await,
             };
+            noted.http_status = Some(answer.status);
+            noted.response = Some(
+                crate::store::truncate(&answer.shown, crate::store::MAX_RESPONSE_SNIPPET)
+                    .to_owned(),
+            );
             if !rendered.expect.accepts(answer.status) {
                 let f = send::judge(&rendered.name, &send::shown(&request.url), &answer);
                 return stop(inner, &d, t, (here, recorded), f, elapsed()).await;

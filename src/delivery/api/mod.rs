@@ -14,7 +14,7 @@ mod send;
 
 use std::sync::Arc;
 
-use crate::delivery::attempt::{Attempt, Delivery};
+use crate::delivery::attempt::{Answer, Attempt, Delivery};
 use crate::delivery::files::images::Downloader;
 use crate::routing::ApiTarget;
 use crate::ssrf::TargetGuard;
@@ -62,6 +62,16 @@ impl ApiSender {
 
     /// One attempt of the event at `target`: the rest of its chain.
     pub async fn deliver(&self, target: &ApiTarget, d: Delivery<'_>) -> Attempt {
-        chain::run(&self.inner, target, d).await
+        chain::run(&self.inner, target, d, &mut Answer::default()).await
+    }
+
+    /// [`Self::deliver`], noting the last answer of the API into `answer`.
+    pub async fn deliver_answered(
+        &self,
+        target: &ApiTarget,
+        d: Delivery<'_>,
+        answer: &mut Answer,
+    ) -> Attempt {
+        chain::run(&self.inner, target, d, answer).await
     }
 }

@@ -3,6 +3,8 @@
 
 use std::time::Duration;
 
+use crate::store::FtpReply;
+
 /// What one delivery did.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum UploadResult {
@@ -27,11 +29,20 @@ pub enum UploadResult {
     /// Nothing to do: no images, every file exists with `onExisting: skip`, an event this
     /// connection does not act on.
     Skipped { reason: String },
-    /// Worth retrying: network errors, timeouts, 4xx FTP replies, image server 5xx.
-    Retryable { reason: String, message: String },
+    /// Worth retrying: network errors, timeouts, 4xx FTP replies, image server 5xx. `reply`:
+    /// the FTP server's reply that failed it, if one did.
+    Retryable {
+        reason: String,
+        message: String,
+        reply: Option<FtpReply>,
+    },
     /// Retrying cannot help: 5xx FTP replies, image 404, checksum mismatch, an existing file
     /// with `onExisting: fail`, a template that does not render for this vehicle.
-    Permanent { reason: String, message: String },
+    Permanent {
+        reason: String,
+        message: String,
+        reply: Option<FtpReply>,
+    },
 }
 
 impl UploadResult {
@@ -63,6 +74,8 @@ pub(crate) struct Failure {
     pub(crate) retryable: bool,
     pub(crate) reason: &'static str,
     pub(crate) message: String,
+    /// The server's reply that failed it (FTP), for the delivery log.
+    pub(crate) reply: Option<FtpReply>,
 }
 
 impl Failure {
@@ -71,6 +84,7 @@ impl Failure {
             retryable: true,
             reason,
             message,
+            reply: None,
         }
     }
 
@@ -79,17 +93,42 @@ impl Failure {
             retryable: false,
             reason,
             message,
+            reply: None,
         }
     }
 
+    /// With the server reply `text` (`"550 No such file"`) that caused it, if it is one.
+    pub(crate) fn with_reply(mut self, text: &str) -> Self {
+        self.reply = ftp_reply(text);
+        self
+    }
+
     pub(crate) fn into_result(self) -> UploadResult {
-        let (reason, message) = (self.reason.to_string(), self.message);
+        let (reason, message, reply) = (self.reason.to_string(), self.message, self.reply);
         if self.retryable {
-            UploadResult::Retryable { reason, message }
+            UploadResult::Retryable {
+                reason,
+                message,
+                reply,
+            }
         } else {
-            UploadResult::Permanent { reason, message }
+            UploadResult::Permanent {
+                reason,
+                message,
+                reply,
+            }
         }
     }
+}
+
+/// An FTP reply line: a three-digit code, then its text.
+fn ftp_reply(text: &str) -> Option<FtpReply> {
+    let text = text.trim();
+    let code: u16 = text.get(..3)?.parse().ok()?;
+    (100..600).contains(&code).then(|| FtpReply {
+        code,
+        text: text.to_owned(),
+    })
 }
 
 /// Only after the lease dropped its session, which it does not while in use.

@@ -67,6 +67,9 @@ impl Transport for Session {
             // event: all are retried, so events wait out a wrong password or certificate
             // until it is fixed (the `Connected` condition says what) or the retry policy
             // gives up.
+            ProbeError::LoginFailed { ref reply, .. } => {
+                Failure::retry(e.reason(), e.to_string()).with_reply(reply)
+            }
             e => Failure::retry(e.reason(), e.to_string()),
         })
     }
@@ -408,7 +411,10 @@ fn ftp_failure(target: &str, what: &str, path: &str, e: FtpError) -> FtpFailure 
                 500..=599 => Failure::permanent("FtpPermanentReply", message),
                 _ => return FtpFailure::Other(Failure::retry("ProtocolError", message)),
             };
-            FtpFailure::Reply { code, failure }
+            FtpFailure::Reply {
+                code,
+                failure: failure.with_reply(&detail),
+            }
         }
         // The server named a data address the guard refuses: retrying cannot help.
         FtpError::ConnectionError(_) if super::data_target_refused(&e).is_some() => {
