@@ -611,6 +611,8 @@ impl utoipa::Modify for BearerAuth {
         post_events, feed::get_feed, healthz, readyz, metrics, openapi_json,
         crate::manage::deliveries::list, crate::manage::deliveries::one,
         crate::manage::deliveries::event,
+        crate::manage::targets::list, crate::manage::targets::one,
+        crate::manage::preview::preview,
     ),
     components(schemas(
         AcceptResponse, EventResult, ErrorBody, feed::FeedResponse,
@@ -618,6 +620,10 @@ impl utoipa::Modify for BearerAuth {
         crate::manage::deliveries::TargetAttempts, crate::store::AttemptEntry,
         crate::store::EntryEvent, crate::store::EntryTarget, crate::store::FtpReply,
         crate::store::LogResult,
+        crate::manage::targets::TargetList, crate::manage::targets::TargetView,
+        crate::manage::targets::ConditionView, crate::manage::targets::CountersView,
+        crate::manage::targets::LastDeliveryView, crate::manage::targets::LastFailureView,
+        crate::manage::preview::Preview,
     )),
     tags(
         (name = "ingest", description = "The platform posts events (ingest tokens, `--ingest-token-file`)."),

@@ -10,6 +10,7 @@ use axum::routing::post;
 use axum::{Json, Router};
 use k8s_openapi::jiff::Timestamp;
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 use super::{ApiError, ManageState};
 use crate::api::EventType;
@@ -52,7 +53,7 @@ pub struct SampleVehicle {
     pub year: Option<u16>,
 }
 
-#[derive(Debug, Serialize, PartialEq, Eq)]
+#[derive(Debug, Serialize, PartialEq, Eq, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Preview {
     /// The directory files go to (empty: the login directory).
@@ -167,7 +168,22 @@ pub fn file_names(req: &PreviewRequest) -> Result<Preview, ApiError> {
     })
 }
 
-async fn preview(
+/// The file names FTP naming rules give a vehicle (the console's live preview).
+#[utoipa::path(
+    post, path = "/v1/preview/file-names", tag = "management",
+    request_body(content = Object, description = "`rules` (an FtpConnection's `spec.rules`); optional `vehicle` (`id`, `vin`, `stockNumber`, `make`, `model`, `year`), `client`, `user`, `event`, `time` (RFC 3339), `images` (1 to 20, default 3)",
+        example = json!({"rules": {"baseDirectory": "in", "directory": "{make}", "fileName": "{vin}-{index:03}.{ext}"},
+            "vehicle": {"vin": "WVWZZZ1JZXW000001", "make": "Audi"}, "images": 2})),
+    responses(
+        (status = 200, description = "The names", body = Preview,
+            example = json!({"directory": "in/Audi", "files": ["in/Audi/WVWZZZ1JZXW000001-001.jpg", "in/Audi/WVWZZZ1JZXW000001-002.jpg"], "archive": null, "metadata": null})),
+        (status = 400, description = "`invalid_request`: `field` names the bad rules field or parameter", body = crate::ingest::ErrorBody,
+            example = json!({"error": "invalid_request", "field": "rules.fileName", "message": "unknown placeholder {vim} at position 0 (did you mean {vin}?); known: {vin}, {stock}, {index}, {index:0N}, {ext}, {client}, {user}, {vehicle}, {make}, {model}, {year}, {event}, {date}, {time}"})),
+        (status = 401, description = "Missing or unknown manage token", body = crate::ingest::ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn preview(
     State(state): State<ManageState>,
     headers: HeaderMap,
     body: Bytes,

@@ -12,6 +12,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, ListParams};
 use serde::Serialize;
+use utoipa::ToSchema;
 
 use super::{ApiError, Caller, ManageState};
 use crate::api::{ApiConnection, FtpConnection, WebhookSubscription};
@@ -60,7 +61,7 @@ pub fn visible_target(
 }
 
 /// One target as the API shows it.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct TargetView {
     pub kind: &'static str,
@@ -81,7 +82,7 @@ pub struct TargetView {
     pub counters: CountersView,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ConditionView {
     #[serde(rename = "type")]
@@ -92,7 +93,7 @@ pub struct ConditionView {
     pub last_transition_time: String,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CountersView {
     pub delivered: u64,
@@ -104,7 +105,7 @@ pub struct CountersView {
     pub last_failure: Option<LastFailureView>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct LastDeliveryView {
     pub event_id: String,
@@ -112,7 +113,7 @@ pub struct LastDeliveryView {
     pub http_status: Option<u16>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct LastFailureView {
     pub event_id: String,
@@ -121,7 +122,7 @@ pub struct LastFailureView {
     pub message: String,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct TargetList {
     pub targets: Vec<TargetView>,
 }
@@ -314,7 +315,23 @@ pub fn visible_targets(state: &ManageState, caller: &Caller) -> Vec<std::sync::A
         .collect()
 }
 
-async fn list(
+/// The caller's targets with their health.
+#[utoipa::path(
+    get, path = "/v1/targets", tag = "management",
+    responses(
+        (status = 200, description = "Every target the caller may see (the platform token: all), in kind/namespace/name order", body = TargetList,
+            example = json!({"targets": [{"kind": "webhooksubscription", "namespace": "dealer-1", "name": "crm", "client": "dealer-1",
+                "users": null, "events": ["vehicle.processed"], "endpoint": "https://crm.example.com/hooks", "selfService": true, "held": null,
+                "conditions": [{"type": "Ready", "status": "True", "reason": "Ready", "message": "delivering to https://crm.example.com/hooks", "lastTransitionTime": "2026-12-03T10:00:00Z"}],
+                "counters": {"delivered": 41, "failed": 1, "dropped": 0, "pending": 0, "consecutiveFailures": 0,
+                    "lastDelivery": {"eventId": "evt-9", "at": "2026-12-03T10:15:02.114Z", "httpStatus": 200},
+                    "lastFailure": {"eventId": "evt-7", "at": "2026-12-03T09:01:00Z", "reason": "HttpStatus", "message": "HTTP 503 Service Unavailable"}}}]})),
+        (status = 401, description = "Missing or unknown manage token", body = crate::ingest::ErrorBody),
+        (status = 503, description = "`unavailable`: the Kubernetes API cannot be read now", body = crate::ingest::ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn list(
     State(state): State<ManageState>,
     headers: HeaderMap,
 ) -> Result<Json<TargetList>, ApiError> {
@@ -348,7 +365,24 @@ async fn list(
     Ok(Json(TargetList { targets }))
 }
 
-async fn one(
+/// One target with its health.
+#[utoipa::path(
+    get, path = "/v1/targets/{kind}/{namespace}/{name}", tag = "management",
+    params(
+        ("kind" = String, Path, description = "`webhooksubscription`, `ftpconnection`, `apiconnection` (or `whs`, `ftpc`, `apic`)", example = "whs"),
+        ("namespace" = String, Path, example = "dealer-1"),
+        ("name" = String, Path, example = "crm"),
+    ),
+    responses(
+        (status = 200, description = "The target", body = TargetView),
+        (status = 401, description = "Missing or unknown manage token", body = crate::ingest::ErrorBody),
+        (status = 404, description = "No such target, or not one the caller may see", body = crate::ingest::ErrorBody,
+            example = json!({"error": "not_found", "message": "no target whs/dealer-2/crm"})),
+        (status = 503, description = "`unavailable`: the Kubernetes API cannot be read now", body = crate::ingest::ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn one(
     State(state): State<ManageState>,
     headers: HeaderMap,
     Path((kind, namespace, name)): Path<(String, String, String)>,

@@ -65,11 +65,15 @@ function setPage(title, ...content) {
   main.focus();
 }
 
+let announceTimer = null;
 function announce(text) {
   const s = document.getElementById("status");
   s.textContent = "";
-  // A fresh text node is announced even when the text repeats.
+  clearTimeout(announceTimer);
+  // A fresh text node is announced even when the text repeats; it goes after a while so
+  // that it does not cover the page on a phone.
   setTimeout(() => { s.textContent = text; }, 30);
+  announceTimer = setTimeout(() => { s.textContent = ""; }, 8000);
 }
 
 function fmtTime(s) {
