@@ -87,6 +87,15 @@ struct RunArgs {
     /// request is refused with 401.
     #[arg(long, env = "VC_MANAGE_TOKEN_FILE")]
     manage_token_file: Option<PathBuf>,
+    /// The platform's operational webhook: told (a signed JSON POST, a few retries, never
+    /// holding up delivery) when a resource's delivery turns failing or delayed, recovers,
+    /// is held by a 410 Gone or is suspended.
+    #[arg(long, env = "VC_OPS_WEBHOOK_URL")]
+    ops_webhook_url: Option<String>,
+    /// File with the ops webhook's Standard Webhooks secret(s) (`whsec_...`, space or line
+    /// separated); without it the signals are not signed.
+    #[arg(long, env = "VC_OPS_WEBHOOK_SECRET_FILE", requires = "ops_webhook_url")]
+    ops_webhook_secret_file: Option<PathBuf>,
     /// Feed long-polls (`wait=`) waiting at once; more are answered 503 with Retry-After.
     #[arg(long, env = "VC_MAX_FEED_WAITERS", default_value_t = ingest::feed::DEFAULT_MAX_WAITERS)]
     max_feed_waiters: usize,
@@ -278,6 +287,20 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         },
         metrics.clone(),
     );
+    let ops = match &args.ops_webhook_url {
+        Some(url) => {
+            let ops = Arc::new(
+                vehicle_connect::status::ops::OpsWebhook::start(
+                    url,
+                    args.ops_webhook_secret_file.as_deref(),
+                )
+                .context("--ops-webhook-url")?,
+            );
+            counters.set_ops(ops.clone());
+            Some(ops)
+        }
+        None => None,
+    };
     let sender = WebhookSender::new(
         guard.clone(),
         concat!("vehicle-connect/", env!("CARGO_PKG_VERSION")),
@@ -404,6 +427,13 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         probe_interval: Duration::from_secs(args.probe_interval_seconds.max(5)),
         secret_selector,
         watch_selector,
+        replay: Some(controller::replay::ReplayHook(Arc::new(
+            manage::replay::ReplayDeliveries {
+                store: store.clone(),
+                dispatcher: dispatcher.clone(),
+            },
+        ))),
+        ops,
         ..Settings::default()
     };
     let on_delete: DeleteHook = Arc::new(ForgetDeliveries(dispatcher.clone()));

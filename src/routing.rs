@@ -49,6 +49,7 @@ impl Kind {
         }
     }
 
+    /// The kind's resource name (`webhooksubscription`, ...), as target references use it.
     pub fn as_str(self) -> &'static str {
         match self {
             Kind::Webhook => "webhooksubscription",

@@ -158,6 +158,11 @@ pub struct ApiConnectionSpec {
     /// Stop sending; events are kept and sent after resuming.
     #[serde(default)]
     pub suspend: bool,
+
+    /// Deliver the stored events of a window again, once per `replay.id` (see
+    /// `status.lastReplay`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replay: Option<ReplaySpec>,
 }
 
 fn default_idempotency_header() -> String {
@@ -450,6 +455,9 @@ pub struct ApiConnectionStatus {
     pub last_delivery: Option<DeliveryRecord>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_failure: Option<FailureRecord>,
+    /// The replay last carried out (`spec.replay`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_replay: Option<LastReplay>,
 }
 
 impl ApiConnectionSpec {

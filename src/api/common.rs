@@ -141,3 +141,44 @@ pub struct FailureRecord {
     /// What happened, for a human.
     pub message: String,
 }
+
+/// A replay asked for from Git or kubectl: the stored events of the window that the resource
+/// takes are delivered again, once per `id` (recorded in `status.lastReplay`); a new `id`
+/// replays again.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ReplaySpec {
+    /// Names this replay (a date, a ticket number): carried out once; change it to replay
+    /// again.
+    #[schemars(length(min = 1, max = 128))]
+    pub id: String,
+    /// Events accepted at or after this time.
+    pub since: Time,
+    /// Events accepted at or before this time; when left out, the time the replay is carried
+    /// out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub until: Option<Time>,
+    /// Only events of these types; when left out, every type the resource takes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 11))]
+    pub types: Option<Vec<super::EventType>>,
+}
+
+/// The replay last carried out (`spec.replay`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LastReplay {
+    /// The `spec.replay.id` carried out.
+    pub id: String,
+    /// The window's start.
+    pub since: Time,
+    /// The window's end (`spec.replay.until`, or when it was carried out).
+    pub until: Time,
+    /// Deliveries queued again.
+    pub queued: u64,
+    /// When it was carried out.
+    pub at: Time,
+    /// What else to know (events too old to deliver, the limit of one replay).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}

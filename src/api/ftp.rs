@@ -161,6 +161,11 @@ pub struct FtpConnectionSpec {
     /// Stop uploading; events are kept and processed after resuming.
     #[serde(default)]
     pub suspend: bool,
+
+    /// Deliver the stored events of a window again, once per `replay.id` (see
+    /// `status.lastReplay`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replay: Option<ReplaySpec>,
 }
 
 fn default_true() -> bool {
@@ -397,6 +402,9 @@ pub struct FtpConnectionStatus {
     pub last_upload: Option<DeliveryRecord>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_failure: Option<FailureRecord>,
+    /// The replay last carried out (`spec.replay`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_replay: Option<LastReplay>,
 }
 
 impl FtpConnectionSpec {

@@ -139,6 +139,11 @@ pub struct WebhookSubscriptionSpec {
     #[serde(default)]
     pub suspend: bool,
 
+    /// Deliver the stored events of a window again, once per `replay.id` (see
+    /// `status.lastReplay`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replay: Option<ReplaySpec>,
+
     /// After the receiver answered 410 Gone, delivery holds (`status.receiverGone`) until the
     /// spec changes: set this to any new value (a date, a ticket number) to resume, from Git
     /// or with `kubectl patch`. Any other spec change resumes too.
@@ -240,6 +245,9 @@ pub struct WebhookSubscriptionStatus {
     /// Set while delivery holds after a 410 Gone; change the spec (`resumeAfterGone`) to resume.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub receiver_gone: Option<ReceiverGone>,
+    /// The replay last carried out (`spec.replay`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_replay: Option<LastReplay>,
 }
 
 impl WebhookSubscriptionSpec {

@@ -3,6 +3,7 @@
 
 pub mod apiconnection;
 pub mod ftp;
+pub mod replay;
 mod runner;
 pub mod secrets;
 pub mod webhook;
@@ -33,6 +34,8 @@ pub enum Error {
     Kube(#[from] kube::Error),
     #[error("object has no {0}")]
     MissingField(&'static str),
+    #[error("spec.replay: {0}")]
+    Replay(String),
 }
 
 impl Error {
@@ -41,6 +44,7 @@ impl Error {
         match self {
             Error::Kube(_) => "kube",
             Error::MissingField(_) => "missing_field",
+            Error::Replay(_) => "replay",
         }
     }
 }
@@ -59,6 +63,10 @@ pub struct Settings {
     /// FtpConnections matching it are watched, reconciled and routed to; others belong to
     /// another installation.
     pub watch_selector: Option<String>,
+    /// Carries out `spec.replay` (none: the field is ignored).
+    pub replay: Option<replay::ReplayHook>,
+    /// The platform's operational webhook, told when a resource is suspended.
+    pub ops: Option<Arc<crate::status::ops::OpsWebhook>>,
 }
 
 impl Default for Settings {
@@ -69,6 +77,8 @@ impl Default for Settings {
             recheck_interval: Duration::from_secs(300),
             secret_selector: None,
             watch_selector: None,
+            replay: None,
+            ops: None,
         }
     }
 }
@@ -113,6 +123,8 @@ pub struct Context {
     /// Consecutive reconcile errors per object, for the error policy's backoff.
     failures: Mutex<HashMap<String, u32>>,
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// `spec.replay` carried out by this process, per object uid.
+    replays_done: Mutex<HashMap<String, crate::api::LastReplay>>,
 }
 
 impl Context {
@@ -138,6 +150,7 @@ impl Context {
             probe_permits: Semaphore::new(64),
             failures: Mutex::new(HashMap::new()),
             metrics,
+            replays_done: Mutex::default(),
         })
     }
 
@@ -348,6 +361,14 @@ where
     if let Some((_, ready)) = checks.first()
         && changed
     {
+        let was_suspended = crate::status::find(old_conditions, crate::status::READY)
+            .is_some_and(|c| c.reason == "Suspended");
+        if let Some(ops) = &ctx.shared.settings.ops
+            && ready.reason == "Suspended"
+            && !was_suspended
+        {
+            ops.signal(crate::status::ops::SignalType::Suspended, &key, ready);
+        }
         if crate::status::worth_an_event(old_conditions, ready) {
             ctx.shared.publish(obj, ready, "Reconcile").await;
         }
@@ -496,7 +517,7 @@ pub(crate) async fn without_finalizer<K, F, Fut>(
     apply: F,
 ) -> Result<Action, Error>
 where
-    K: Namespaced,
+    K: Namespaced + replay::Replays,
     F: FnOnce(Arc<K>) -> Fut,
     Fut: std::future::Future<Output = Result<Action, Error>>,
 {
@@ -518,7 +539,9 @@ where
     if let Some(i) = legacy {
         remove_finalizer::<K>(ctx, &key.namespace, &key.name, i).await?;
     }
-    apply(obj).await
+    let action = apply(obj.clone()).await?;
+    replay::carry_out(ctx, obj.as_ref(), &key).await?;
+    Ok(action)
 }
 
 /// Removes our finalizer at index `i` (JSON patch, tested at that index so that a concurrent

@@ -92,8 +92,12 @@ struct Lanes {
     queues: HashMap<String, VecDeque<Job>>,
     /// Jobs in `queues`.
     loaded: usize,
-    /// Every pending row of this target up to this seq is in memory or done.
+    /// Every pending row of this target up to this seq is in memory or done, except those
+    /// in `behind`.
     cursor: u64,
+    /// Rows queued again (redeliver, replay) at or below `cursor`: the pump reads them
+    /// before reading on from the cursor.
+    behind: std::collections::BTreeSet<u64>,
 }
 
 struct TargetState {
@@ -317,6 +321,62 @@ impl Dispatcher {
         tokio::spawn(async move { me.pump(ts).await });
     }
 
+    /// Rows of stored events were queued again for `row` (a redeliver or a replay): a pump
+    /// reads them, also those at or below its cursor, which it would otherwise never look
+    /// at again. Under the target map's lock, so that a pump cannot end unaware of them.
+    pub fn requeued(self: &Arc<Self>, row: &str, seqs: &[u64]) {
+        let map = self.targets.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(ts) = map.get(row) {
+            let mut lanes = ts.lanes();
+            let cursor = lanes.cursor;
+            lanes
+                .behind
+                .extend(seqs.iter().copied().filter(|s| *s <= cursor));
+        }
+        drop(map);
+        self.wake(row);
+        if let Ok(id) = row.parse::<TargetId>() {
+            self.counters.touch(&id.key);
+        }
+    }
+
+    /// Loads up to `room` rows of `behind` that are still pending and not in memory;
+    /// returns how many it loaded.
+    fn load_behind(self: &Arc<Self>, ts: &Arc<TargetState>, room: usize) -> usize {
+        let (take, loaded): (Vec<u64>, std::collections::HashSet<u64>) = {
+            let mut lanes = ts.lanes();
+            if lanes.behind.is_empty() {
+                return 0;
+            }
+            let mut take = Vec::new();
+            while take.len() < room
+                && let Some(s) = lanes.behind.pop_first()
+            {
+                take.push(s);
+            }
+            let loaded = lanes.queues.values().flatten().map(|j| j.seq).collect();
+            (take, loaded)
+        };
+        let mut rows = Vec::new();
+        for seq in take.into_iter().filter(|s| !loaded.contains(s)) {
+            match self.store.pending_after(&ts.row, seq.saturating_sub(1), 1) {
+                Ok(r) => rows.extend(r.into_iter().filter(|p| p.seq == seq)),
+                Err(e) => {
+                    tracing::error!(error = %e, "store read failed");
+                    ts.lanes().behind.insert(seq);
+                }
+            }
+        }
+        let n = rows.len();
+        self.load(ts, rows);
+        n
+    }
+
+    /// The senders attempts go through (test sends use them too).
+    pub fn senders(&self) -> &Senders {
+        &self.senders
+    }
+
     /// The registered object the target's rows belong to, if it can be delivered to now.
     fn active(&self, ts: &TargetState) -> Option<Arc<Target>> {
         self.registry
@@ -357,9 +417,10 @@ impl Dispatcher {
                         .saturating_sub(self.loaded.load(Ordering::Acquire));
                     self.limits.window.saturating_sub(lanes.loaded).min(global)
                 };
-                if !more {
+                if !more && ts.lanes().behind.is_empty() {
                     exhausted = true;
                 } else if room > 0 {
+                    let room = room - self.load_behind(&ts, room);
                     let cursor = ts.lanes().cursor;
                     match self.store.pending_after(&ts.row, cursor, room) {
                         Ok(rows) => {
@@ -379,7 +440,11 @@ impl Dispatcher {
                         .pending_after(&ts.row, 0, 1)
                         .is_ok_and(|r| r.is_empty());
             }
-            if exhausted && ts.lanes().loaded == 0 && ts.recording.load(Ordering::Acquire) == 0 {
+            let idle = {
+                let lanes = ts.lanes();
+                lanes.loaded == 0 && lanes.behind.is_empty()
+            };
+            if exhausted && idle && ts.recording.load(Ordering::Acquire) == 0 {
                 let mut map = self.targets.lock().unwrap_or_else(|e| e.into_inner());
                 if !ts.woken.load(Ordering::Acquire) {
                     if map.get(&ts.row).is_some_and(|t| Arc::ptr_eq(t, &ts)) {

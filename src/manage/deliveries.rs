@@ -337,7 +337,7 @@ fn parse_list(caller: &Caller, p: ListParams) -> Result<Option<AttemptQuery>, Ap
     Ok(Some(AttemptQuery {
         target,
         results,
-        vehicle: p.vehicle,
+        lane: p.vehicle.map(|v| format!("vehicle:{v}")),
         event_type: p.type_,
         event_id: p.event,
         clients,

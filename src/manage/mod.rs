@@ -10,6 +10,7 @@
 pub mod console;
 pub mod deliveries;
 pub mod preview;
+pub mod replay;
 pub mod selfservice;
 pub mod targets;
 
@@ -147,6 +148,7 @@ pub fn router(state: ManageState) -> Router {
         .merge(preview::routes())
         .merge(console::routes())
         .merge(deliveries::routes())
+        .merge(replay::routes())
         .merge(selfservice::routes())
         .with_state(state)
 }

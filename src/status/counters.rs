@@ -69,6 +69,8 @@ pub struct CounterWriter {
     /// it holds, and an Event marks each transition (never each failure).
     delivering: std::sync::Mutex<std::collections::HashMap<crate::routing::TargetKey, Condition>>,
     metrics: std::sync::Arc<crate::metrics::Metrics>,
+    /// The platform's operational webhook (`--ops-webhook-url`), told of each transition.
+    ops: std::sync::OnceLock<std::sync::Arc<super::ops::OpsWebhook>>,
 }
 
 /// When delivery counts as unhealthy (`Delivering=False`).
@@ -271,7 +273,24 @@ impl CounterWriter {
             policy,
             delivering: Default::default(),
             metrics,
+            ops: Default::default(),
         })
+    }
+
+    /// Tells `ops` of every transition from now on (set once, at start-up).
+    pub fn set_ops(&self, ops: std::sync::Arc<super::ops::OpsWebhook>) {
+        let _ = self.ops.set(ops);
+    }
+
+    fn signal(
+        &self,
+        type_: super::ops::SignalType,
+        key: &crate::routing::TargetKey,
+        check: &Check,
+    ) {
+        if let Some(ops) = self.ops.get() {
+            ops.signal(type_, key, check);
+        }
     }
 
     /// The target's counters changed.
@@ -443,6 +462,13 @@ impl CounterWriter {
         let recovered =
             check.status == Tri::True && before.as_ref().is_some_and(|b| b.status == "False");
         if (into_trouble || recovered) && transitioned(before.as_slice(), &cond) {
+            use super::ops::SignalType;
+            let signal = match check.reason.as_str() {
+                _ if recovered => SignalType::Recovered,
+                "DeliveryDelayed" => SignalType::DeliveryDelayed,
+                _ => SignalType::DeliveryFailing,
+            };
+            self.signal(signal, key, &check);
             self.publish(key, &check).await;
         }
         Ok(())
@@ -516,6 +542,7 @@ impl CounterWriter {
             "ReceiverGone",
             "the receiver answered 410 Gone; delivery is suspended and events are kept; change the spec (e.g. spec.resumeAfterGone) to resume",
         );
+        self.signal(super::ops::SignalType::Gone, key, &check);
         self.publish(key, &check).await;
     }
 

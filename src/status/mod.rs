@@ -3,6 +3,7 @@
 //! counters and the `Delivering` condition are [`counters`].
 
 mod counters;
+pub mod ops;
 
 pub use counters::*;
 

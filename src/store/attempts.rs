@@ -127,8 +127,11 @@ pub struct EntryEvent {
     #[serde(rename = "type")]
     pub event_type: String,
     pub client: String,
-    /// The vehicle (the event's lane).
-    pub vehicle: String,
+    /// The vehicle id; `null` for events not about one.
+    pub vehicle: Option<String>,
+    /// The event's ordering lane (`vehicle:<id>`, `user:<id>`, `client:<id>`; not shown).
+    #[serde(skip)]
+    pub lane: String,
 }
 
 /// The target an entry is about.
@@ -415,7 +418,8 @@ fn decode(id: u64, bytes: &[u8]) -> Result<AttemptEntry, StoreError> {
             id: h.event_id.to_owned(),
             event_type: h.event_type.to_owned(),
             client: h.client.to_owned(),
-            vehicle: h.lane.to_owned(),
+            vehicle: h.lane.strip_prefix("vehicle:").map(str::to_owned),
+            lane: h.lane.to_owned(),
         },
         target: EntryTarget::from_row(h.target),
         attempt,
@@ -516,7 +520,8 @@ pub struct AttemptQuery {
     /// `kind/namespace/name`.
     pub target: Option<String>,
     pub results: Option<Vec<LogResult>>,
-    pub vehicle: Option<String>,
+    /// The event's lane (`vehicle:<id>` for a vehicle).
+    pub lane: Option<String>,
     pub event_type: Option<String>,
     pub event_id: Option<String>,
     /// Entries of these clients only (what the caller may see, narrowed by its `client=`);
@@ -562,7 +567,7 @@ impl AttemptCursor {
 impl AttemptQuery {
     fn matches(&self, h: &Head<'_>) -> bool {
         self.results.as_ref().is_none_or(|r| r.contains(&h.result))
-            && self.vehicle.as_deref().is_none_or(|v| v == h.lane)
+            && self.lane.as_deref().is_none_or(|v| v == h.lane)
             && self.event_type.as_deref().is_none_or(|t| t == h.event_type)
             && self.event_id.as_deref().is_none_or(|e| e == h.event_id)
             && self
@@ -710,7 +715,7 @@ mod unit {
             event_id: "evt-1",
             client: "dealer-1",
             event_type: "vehicle.processed",
-            lane: "veh-42",
+            lane: "vehicle:veh-42",
             target: "webhooksubscription/ns/crm/uid-1",
             attempt: 2,
             at: 1_800_000_000_123,

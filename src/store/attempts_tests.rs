@@ -169,14 +169,8 @@ async fn entries_are_written_with_outcomes_and_filtered_in_the_query() {
         }),
         vec![4, 2, 1]
     );
-    let vehicle = Some("veh-2".to_owned());
-    assert_eq!(
-        by(AttemptQuery {
-            vehicle,
-            ..query(100)
-        }),
-        vec![4]
-    );
+    let lane = Some("veh-2".to_owned());
+    assert_eq!(by(AttemptQuery { lane, ..query(100) }), vec![4]);
     let clients = Some(vec!["c1".to_owned()]);
     assert_eq!(
         by(AttemptQuery {

@@ -400,6 +400,8 @@ async fn add_deliveries_replays_stored_events() {
             .collect::<Vec<_>>(),
         vec![(e1, "v1"), (e2, "v2")]
     );
+    // The delivery carries the event's own id (its webhook-id), not the store's key.
+    assert_eq!(pending[1].event_id, "e2");
     assert_eq!(store.counters(A).unwrap().pending, 2);
     assert_eq!(store.stats().pending, 2);
 }

@@ -1205,8 +1205,9 @@ impl<'txn> Tables<'txn> {
                 continue;
             }
             let Some((id, lane)) = self.events.get(seq)?.map(|g| {
-                let (id, lane, _, _) = g.value();
-                (id.to_owned(), lane.to_owned())
+                let (key, lane, _, _) = g.value();
+                // The row holds the dedupe key (`client/id`); a delivery carries the bare id.
+                (super::event_id_of(key).to_owned(), lane.to_owned())
             }) else {
                 continue;
             };

@@ -36,6 +36,8 @@ pub enum Reply {
     Status(u16),
     StatusWithRetryAfter(u16, u64),
     Hang(Duration),
+    /// A status with a JSON body.
+    Body(u16, &'static str),
 }
 
 #[derive(Default)]
@@ -182,7 +184,9 @@ async fn handle(
         signature_ok,
         status: match &reply {
             None | Some(Reply::Hang(_)) => 200,
-            Some(Reply::Status(s)) | Some(Reply::StatusWithRetryAfter(s, _)) => *s,
+            Some(Reply::Status(s))
+            | Some(Reply::StatusWithRetryAfter(s, _))
+            | Some(Reply::Body(s, _)) => *s,
         },
     };
     inner.lock().unwrap().received.push(rec);
@@ -192,6 +196,12 @@ async fn handle(
         Some(Reply::StatusWithRetryAfter(s, secs)) => (
             StatusCode::from_u16(s).unwrap(),
             [("retry-after", secs.to_string())],
+        )
+            .into_response(),
+        Some(Reply::Body(s, body)) => (
+            StatusCode::from_u16(s).unwrap(),
+            [("content-type", "application/json")],
+            body,
         )
             .into_response(),
         Some(Reply::Hang(d)) => {
