@@ -594,6 +594,32 @@ async fn console_self_service_log_retry_and_test_in_a_real_browser() {
     );
     b.screenshot("12-test-event").await;
 
+    // Edit it: one more event type; the spec the form did not show is sent back unchanged.
+    b.click(&format!("{row} a[href='#/webhook/crm-c']")).await;
+    b.wait_css("#webhook-form input[name=name][readonly]").await;
+    b.click("#webhook-form input[value='vehicle.deleted']")
+        .await;
+    b.click("#webhook-form button[type=submit]").await;
+    b.wait_text("#webhook-form .notice", "saved", |t| {
+        t.contains("Saved crm-c")
+    })
+    .await;
+    b.screenshot("13-webhook-edited").await;
+    let (code, got) = w.get(DEALER_C, "/v1/self-service/webhooks/crm-c").await;
+    assert_eq!(code, 200, "{got}");
+    assert_eq!(
+        got["spec"]["events"],
+        json!(["vehicle.processed", "vehicle.deleted"]),
+        "{got}"
+    );
+    assert_eq!(got["spec"]["url"], w.receiver.url("c").as_str());
+    assert!(
+        got["credentials"]
+            .as_array()
+            .is_some_and(|c| c.contains(&json!("basic"))),
+        "the Basic auth set at creation was kept: {got}"
+    );
+
     // Dealer A's token does not see dealer C's webhook.
     let (code, _) = w
         .get(DEALER_A, &format!("/v1/targets/whs/{}/crm-c", w.ns_c))

@@ -307,7 +307,7 @@ async function pageTargets() {
     h("caption", { class: "muted" }, `${targets.length} target${targets.length === 1 ? "" : "s"}`),
     h("thead", {}, h("tr", {}, ["Target", "Client", "Endpoint", "Health", "Delivered", "Failed", "Pending", "Last delivery", "Last failure", "Actions"].map((x) => h("th", { scope: "col" }, x)))),
     h("tbody", {}, rows));
-  setPage("Targets", table);
+  setPage("Targets", h("div", { class: "scroll" }, table));
 }
 
 // ---- delivery log ------------------------------------------------------------------------------
