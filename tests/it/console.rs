@@ -12,6 +12,7 @@ use vc_envtest::ControlPlane;
 use vehicle_connect::api::WebhookSubscription;
 
 use crate::support::browser::Browser;
+use crate::support::ftp_server::FtpServer;
 use crate::support::operator::{apply_value, condition, wait_for};
 use crate::support::process::{OperatorProcess, TOKEN};
 use crate::support::receiver::{Receiver, Reply};
@@ -22,6 +23,8 @@ const DEALER_A: &str = "console-dealer-a-token-0123456789";
 const DEALER_B: &str = "console-dealer-b-token-0123456789";
 /// Dealer C manages its own webhook through the console (self-service).
 const DEALER_C: &str = "console-dealer-c-token-0123456789";
+/// Dealer D adds an FTP connection through the console (self-service).
+const DEALER_D: &str = "console-dealer-d-token-0123456789";
 
 static SCOPE: LazyLock<Scope> = LazyLock::new(|| Scope::new("console"));
 
@@ -36,6 +39,8 @@ struct World {
     client_c: String,
     /// Dealer C's self-service namespace.
     ns_c: String,
+    client_d: String,
+    ns_d: String,
 }
 
 static WORLD: OnceLock<World> = OnceLock::new();
@@ -68,10 +73,11 @@ async fn build_world() -> World {
     let client_a = format!("dealer-console-a-{n}");
     let client_b = format!("dealer-console-b-{n}");
     let client_c = format!("dealer-console-c-{n}");
+    let client_d = format!("dealer-console-d-{n}");
     let tokens = cp.dir.join(format!("console-manage-{n}.tokens"));
     std::fs::write(
         &tokens,
-        format!("{OPS} *\n{DEALER_A} {client_a}\n{DEALER_B} {client_b}\n{DEALER_C} {client_c}\n"),
+        format!("{OPS} *\n{DEALER_A} {client_a}\n{DEALER_B} {client_b}\n{DEALER_C} {client_c}\n{DEALER_D} {client_d}\n"),
     )
     .expect("manage tokens");
     let ns_a = SCOPE
@@ -84,19 +90,8 @@ async fn build_world() -> World {
         .await
         .name
         .clone();
-    let ns_c = cp
-        .namespace_labelled(
-            "console-c",
-            &[(LABEL, &SCOPE.to_string())],
-            &[
-                ("connect.vehicles.io/clients", &client_c),
-                ("connect.vehicles.io/self-service-client", &client_c),
-            ],
-        )
-        .await
-        .expect("self-service namespace")
-        .name
-        .clone();
+    let ns_c = self_service_namespace(cp, "console-c", &client_c).await;
+    let ns_d = self_service_namespace(cp, "console-d", &client_d).await;
     let dir = cp.dir.join(format!("operator-console-{n}"));
     let op = crate::support::process::start_with(
         cp,
@@ -115,11 +110,29 @@ async fn build_world() -> World {
         ns_b,
         client_c,
         ns_c,
+        client_d,
+        ns_d,
     };
     let kube = cp.client().await.expect("client");
     w.webhook(&kube, &w.ns_a, "crm-a", &w.client_a, "a").await;
     w.webhook(&kube, &w.ns_b, "crm-b", &w.client_b, "b").await;
     w
+}
+
+/// A namespace of this scope designated for `client`'s self-service.
+async fn self_service_namespace(cp: &ControlPlane, prefix: &str, client: &str) -> String {
+    cp.namespace_labelled(
+        prefix,
+        &[(LABEL, &SCOPE.to_string())],
+        &[
+            ("connect.vehicles.io/clients", client),
+            ("connect.vehicles.io/self-service-client", client),
+        ],
+    )
+    .await
+    .expect("self-service namespace")
+    .name
+    .clone()
 }
 
 impl World {
@@ -626,4 +639,120 @@ async fn console_self_service_log_retry_and_test_in_a_real_browser() {
         .await;
     assert_eq!(code, 404);
     browser.close().await;
+}
+
+/// An FTP connection added through the console's form, with the naming rules previewed there,
+/// uploads a vehicle's images to a real FTP server under exactly the previewed names.
+#[tokio::test]
+async fn console_adds_an_ftp_connection_that_uploads_as_previewed() {
+    let w = world();
+    let server = FtpServer::start("dealer-d", "ftp-s3cret")
+        .await
+        .expect("FTP server");
+    let browser = Browser::start(1280, 900).await;
+    let b = &browser;
+    b.goto(&w.url("/console/")).await;
+    b.fill("#signin input[name=token]", DEALER_D).await;
+    b.click("#signin button[type=submit]").await;
+    b.wait_css("#main h1").await;
+
+    b.goto(&w.url("/console/#/ftp")).await;
+    b.fill("#ftp-form input[name=name]", "dms-ftp").await;
+    b.fill("#ftp-form input[name=host]", "127.0.0.1").await;
+    b.fill("#ftp-form input[name=port]", &server.port().to_string())
+        .await;
+    b.fill("#ftp-form input[name=username]", "dealer-d").await;
+    b.fill("#ftp-form input[name=password]", "ftp-s3cret").await;
+    b.fill("#ftp-form input[name='rules.baseDirectory']", "incoming")
+        .await;
+    b.fill("#ftp-form input[name='rules.directory']", "{make}")
+        .await;
+    b.fill(
+        "#ftp-form input[name='rules.fileName']",
+        "{stock}-{index:02}.{ext}",
+    )
+    .await;
+    b.fill("#ftp-form input[name='sample.make']", "Skoda").await;
+    b.fill("#ftp-form input[name='sample.stock']", "D77").await;
+    let names = b
+        .wait_text("#preview-names", "the previewed names", |t| {
+            t.contains("incoming/Skoda/D77-02.jpg")
+        })
+        .await;
+    assert!(names.contains("incoming/Skoda/D77-01.jpg"), "{names}");
+    b.click("#ftp-form button[type=submit]").await;
+    b.wait_text("#ftp-form .notice", "saved", |t| {
+        t.contains("Saved dms-ftp")
+    })
+    .await;
+    b.client
+        .execute(
+            "document.getElementById('preview').scrollIntoView({block: 'center'})",
+            vec![],
+        )
+        .await
+        .expect("scroll");
+    b.screenshot("14-ftp-saved").await;
+
+    // The operator logs in to the server with the form's credentials: Ready.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (code, t) = w
+            .get(DEALER_D, &format!("/v1/targets/ftpc/{}/dms-ftp", w.ns_d))
+            .await;
+        let ready = t["conditions"].as_array().is_some_and(|c| {
+            c.iter()
+                .any(|c| c["type"] == "Ready" && c["status"] == "True")
+        });
+        if code == 200 && ready {
+            break;
+        }
+        assert!(Instant::now() < deadline, "dms-ftp never Ready: {code} {t}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+
+    // A vehicle's images land under the previewed names.
+    let images: Vec<Value> = (1..=2u8)
+        .map(|n| {
+            let url = w.receiver.serve_file(
+                &format!("img/d/{n}.jpg"),
+                &[0xff, 0xd8, 0xff, n],
+                "image/jpeg",
+            );
+            json!({ "index": n, "url": url, "contentType": "image/jpeg" })
+        })
+        .collect();
+    let r = reqwest::Client::new()
+        .post(w.url("/v1/events"))
+        .bearer_auth(TOKEN)
+        .header("content-type", "application/json")
+        .body(
+            json!({ "id": "evt-console-d-1", "type": "vehicle.processed",
+                "timestamp": "2026-11-27T10:15:30Z", "clientId": w.client_d, "userId": "u-1",
+                "data": { "vehicle": { "id": "veh-d", "vin": "WVWZZZ1JZXW000401",
+                    "stockNumber": "D77", "make": "Skoda" }, "images": images } })
+            .to_string(),
+        )
+        .send()
+        .await
+        .expect("POST /v1/events");
+    assert_eq!(r.status().as_u16(), 202);
+    for n in 1..=2u8 {
+        let path = server.path(&format!("/incoming/Skoda/D77-0{n}.jpg"));
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !path.exists() {
+            assert!(
+                Instant::now() < deadline,
+                "{} never uploaded",
+                path.display()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        assert_eq!(
+            std::fs::read(&path).expect("uploaded file"),
+            [0xff, 0xd8, 0xff, n]
+        );
+    }
+    browser.close().await;
+    server.stop().await;
 }
