@@ -178,6 +178,23 @@ impl World {
         (code, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
     }
 
+    /// The target at `path` (a `/v1/targets/...` URL) once its Ready condition is True.
+    async fn wait_ready(&self, token: &str, path: &str) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let (code, t) = self.get(token, path).await;
+            let ready = t["conditions"].as_array().is_some_and(|c| {
+                c.iter()
+                    .any(|c| c["type"] == "Ready" && c["status"] == "True")
+            });
+            if code == 200 && ready {
+                return t;
+            }
+            assert!(Instant::now() < deadline, "{path} never Ready: {code} {t}");
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    }
+
     async fn post_event(&self, client: &str, id: &str, vin: &str) {
         let r = reqwest::Client::new()
             .post(self.url("/v1/events"))
@@ -499,22 +516,10 @@ async fn console_self_service_log_retry_and_test_in_a_real_browser() {
     b.screenshot("08-webhook-saved").await;
 
     // It is a real resource, and the operator makes it Ready.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let (code, t) = w
-            .get(DEALER_C, &format!("/v1/targets/whs/{}/crm-c", w.ns_c))
-            .await;
-        let ready = t["conditions"].as_array().is_some_and(|c| {
-            c.iter()
-                .any(|c| c["type"] == "Ready" && c["status"] == "True")
-        });
-        if code == 200 && ready {
-            assert_eq!(t["selfService"], true, "{t}");
-            break;
-        }
-        assert!(Instant::now() < deadline, "crm-c never Ready: {code} {t}");
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
+    let t = w
+        .wait_ready(DEALER_C, &format!("/v1/targets/whs/{}/crm-c", w.ns_c))
+        .await;
+    assert_eq!(t["selfService"], true, "{t}");
     b.goto(&w.url("/console/#/targets")).await;
     b.wait_text("#targets", "crm-c, ready", |t| {
         t.contains("crm-c") && t.contains("Ready: True")
@@ -695,21 +700,8 @@ async fn console_adds_an_ftp_connection_that_uploads_as_previewed() {
     b.screenshot("14-ftp-saved").await;
 
     // The operator logs in to the server with the form's credentials: Ready.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let (code, t) = w
-            .get(DEALER_D, &format!("/v1/targets/ftpc/{}/dms-ftp", w.ns_d))
-            .await;
-        let ready = t["conditions"].as_array().is_some_and(|c| {
-            c.iter()
-                .any(|c| c["type"] == "Ready" && c["status"] == "True")
-        });
-        if code == 200 && ready {
-            break;
-        }
-        assert!(Instant::now() < deadline, "dms-ftp never Ready: {code} {t}");
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
+    w.wait_ready(DEALER_D, &format!("/v1/targets/ftpc/{}/dms-ftp", w.ns_d))
+        .await;
 
     // A vehicle's images land under the previewed names.
     let images: Vec<Value> = (1..=2u8)
