@@ -145,6 +145,10 @@ feed_secret="$(secret_tokens all vehicle-connect-vc-feed-tokens)"
 grep -qx 'check-chart-feed-token-dealer-1-0123 dealer-1' <<<"$feed_secret" || die "all: feed token line not rendered"
 grep -qx 'check-chart-feed-token-platform-0123 \*' <<<"$feed_secret" || die "all: any-client feed token not rendered"
 has all 'value: /etc/vehicle-connect/manage-tokens/tokens$'
+has all 'value: "https://platform.example/ops-signals"$'
+has all 'value: /etc/vehicle-connect/ops-webhook/whsec$'
+has all 'secretName: platform-ops-webhook$'
+has all 'name: VC_DELIVERY_LOG_MAX_ENTRIES$'
 has all 'secretName: vehicle-connect-vc-manage-tokens$'
 manage_secret="$(secret_tokens all vehicle-connect-vc-manage-tokens)"
 grep -qx 'check-chart-manage-token-dealer-1-0123 dealer-1' <<<"$manage_secret" || die "all: manage token line not rendered"
@@ -211,6 +215,7 @@ refuse "a bad pullPolicy" --set image.pullPolicy=Sometimes
 refuse "a short ingest token" --set 'ingestTokens[0]=short'
 refuse "a client that is not a clientId" --set 'ingestTokens[0].token=long-enough-token-0123' --set 'ingestTokens[0].clients[0]=a b'
 refuse "a feed token without clients" --set 'feedTokens[0]=long-enough-feed-token-0123'
+refuse "an ops webhook URL that is not http(s)" --set opsWebhook.url=ftp://x
 refuse "a manage token without clients" --set 'manageTokens[0].token=long-enough-manage-token-0123'
 refuse "a feed client that is not a clientId" --set 'feedTokens[0].token=long-enough-token-0123' --set 'feedTokens[0].clients[0]=a/b'
 refuse "a bad log format" --set operator.logFormat=xml

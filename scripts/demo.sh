@@ -12,6 +12,7 @@ DEMO="$LOCAL/demo"
 KCFG="$LOCAL/kubeconfig"
 K=(kubectl --kubeconfig "$KCFG")
 TOKEN="demo-ingest-token-$(date +%s)"
+MANAGE_TOKEN="demo-manage-token-$(date +%s)"
 API=127.0.0.1:8080
 say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 
@@ -32,15 +33,21 @@ trap 'exit 130' INT TERM
 
 say "building vehicle-connect and the local control plane (first time: several minutes)"
 # Cargo says where it put the binary: CARGO_TARGET_DIR (or a config's target-dir) may move it.
-BIN="$(cargo build -q --bin vehicle-connect --message-format=json-render-diagnostics | python3 -c '
+# The operator and the kubectl plugin (kubectl-vc).
+BINS="$(cargo build -q --bin vehicle-connect --bin kubectl-vc --message-format=json-render-diagnostics | python3 -c '
 import json, sys
 for line in sys.stdin:
     m = json.loads(line)
     t = m.get("target") or {}
-    if m.get("reason") == "compiler-artifact" and t.get("name") == "vehicle-connect" and "bin" in t.get("kind", []):
-        print(m["executable"])
+    if m.get("reason") == "compiler-artifact" and "bin" in t.get("kind", []) and m.get("executable"):
+        print(t["name"], m["executable"])
 ')"
-[[ -x "$BIN" ]] || { echo "cargo named no vehicle-connect binary (got '$BIN')" >&2; exit 1; }
+BIN="$(awk '$1 == "vehicle-connect" { print $2 }' <<<"$BINS")"
+PLUGIN="$(awk '$1 == "kubectl-vc" { print $2 }' <<<"$BINS")"
+[[ -x "$BIN" ]] || { echo "cargo named no vehicle-connect binary (got '$BINS')" >&2; exit 1; }
+[[ -x "$PLUGIN" ]] || { echo "cargo named no kubectl-vc binary (got '$BINS')" >&2; exit 1; }
+# kubectl finds its plugins on the PATH.
+export PATH="$(dirname "$PLUGIN"):$PATH"
 scripts/build-control-plane.sh >/dev/null
 
 say "python tools for the demo's receiver and FTP server (standardwebhooks, pyftpdlib)"
@@ -57,6 +64,8 @@ make -s cluster
 
 rm -rf "$DEMO" && mkdir -p "$DEMO/ftp/dealer123" "$DEMO/images/veh-9" "$DEMO/data"
 echo "$TOKEN" > "$DEMO/tokens"
+# The platform operator's manage token (the delivery log, retries, test sends, the console).
+echo "$MANAGE_TOKEN *" > "$DEMO/manage-tokens"
 # Sample vehicle photos served locally (the events point at http://127.0.0.1:8788/images/...).
 "$LOCAL/venv/bin/python" - "$DEMO/images/veh-9" <<'PY'
 import os, sys
@@ -94,6 +103,7 @@ for _ in $(seq 1 100); do [[ -s "$DEMO/dms.port" ]] && break; sleep 0.1; done
 say "starting the operator (store in .local/demo/data, API on $API)"
 KUBECONFIG="$KCFG" RUST_LOG=info "$BIN" run \
   --listen "$API" --data-dir "$DEMO/data" --ingest-token-file "$DEMO/tokens" \
+  --manage-token-file "$DEMO/manage-tokens" \
   --allow-targets 127.0.0.0/8 >"$DEMO/operator.log" 2>&1 &
 PIDS+=($!)
 for _ in $(seq 1 100); do curl -fs "http://$API/readyz" >/dev/null && break; sleep 0.2; done
@@ -133,11 +143,22 @@ for vid, v in s["vehicles"].items():
     print(f"vehicle {vid}: vin={v['vin']} status={v['status']} photos={len(v['photos'])}")
 PY
 
+say "kubectl vc deliveries -n dealer-123 (the delivery log: every attempt and what the receiver answered)"
+export VC_SERVER="http://$API" VC_TOKEN="$MANAGE_TOKEN"
+kubectl vc deliveries --limit 12 || true
+say "kubectl vc test whs/dms-vehicle-processed -n dealer-123 (a sample event sent now)"
+kubectl vc test whs/dms-vehicle-processed -n dealer-123 || true
+
 cat <<MSG
 
 The demo keeps running. Try, in another terminal:
   export KUBECONFIG=$KCFG
   kubectl get whs,ftpc,apic -A                 # status, counters
+  export PATH=$(dirname "$PLUGIN"):\$PATH VC_SERVER=http://$API VC_TOKEN=$MANAGE_TOKEN
+  kubectl vc deliveries --status failed        # the delivery log (kubectl vc --help)
+  kubectl vc event evt_sample_vehicle_processed --client dealer-123
+  kubectl vc replay whs/dms-vehicle-processed -n dealer-123 --since 1h
+Open http://$API/console in a browser and sign in with $MANAGE_TOKEN.
   $BIN render --connection examples/api/apiconnection-autodms.yaml \\
        --event examples/events/vehicle.processed.json   # what an event becomes, offline
   kubectl describe whs -n dealer-123 dms-vehicle-processed

@@ -77,7 +77,13 @@ impl ManageState {
         self.tokens
             .grant(token)
             .map(|grant| Caller { grant })
-            .ok_or_else(ApiError::unauthorized)
+            .ok_or_else(|| {
+                ApiError::new(
+                    StatusCode::UNAUTHORIZED,
+                    "unauthorized",
+                    "this manage token is not known (--manage-token-file)",
+                )
+            })
     }
 }
 

@@ -39,6 +39,65 @@ pub fn routes() -> Router<ManageState> {
         .route("/v1/targets/{kind}/{ns}/{name}/redeliver", post(redeliver))
         .route("/v1/targets/{kind}/{ns}/{name}/replay", post(replay))
         .route("/v1/targets/{kind}/{ns}/{name}/test", post(test_send))
+        .route("/v1/deliveries/{id}/retry", post(retry))
+}
+
+/// A delivery log entry's event to that entry's target again (a redeliver).
+#[utoipa::path(
+    post, path = "/v1/deliveries/{id}/retry", tag = "management",
+    params(("id" = String, Path, description = "The entry id", example = "18342")),
+    responses(
+        (status = 202, description = "Queued", body = Object, example = json!({"queued": 1, "entry": "18342", "eventId": "evt-1", "client": "dealer-1", "target": {"kind": "webhooksubscription", "namespace": "dealer-1", "name": "crm", "uid": "5b1c…", "client": "dealer-1"}, "note": null})),
+        (status = 404, description = "No such entry or target, or not the caller's", body = crate::ingest::ErrorBody),
+        (status = 409, description = "`target_replaced`, `not_taken` or `too_old`", body = crate::ingest::ErrorBody),
+        (status = 401, description = "Missing or unknown manage token", body = crate::ingest::ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn retry(
+    State(state): State<ManageState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let caller = state.caller(&headers)?;
+    let missing = || ApiError::not_found(format!("no delivery log entry {id:?}"));
+    let n = id.parse::<u64>().map_err(|_| missing())?;
+    let entry = state
+        .store
+        .attempt(n)
+        .map_err(store_error)?
+        .filter(|e| caller.may_see(&e.event.client))
+        .ok_or_else(missing)?;
+    let row: crate::routing::TargetId = entry.target.row.parse().map_err(|_| missing())?;
+    let target = state
+        .registry
+        .get(&row.key)
+        .filter(|t| caller.may_see(&t.selector.client_id))
+        .ok_or_else(|| ApiError::not_found(format!("no target {}", row.key)))?;
+    if !row.is(&target) {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "target_replaced",
+            format!(
+                "{} was deleted and created again since this attempt; redeliver to the new one by event id",
+                row.key
+            ),
+        ));
+    }
+    let (client, event_id) = (&entry.event.client, &entry.event.id);
+    let queued = redeliver_event(&state, &caller, &target, client, event_id).await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        axum::Json(json!({
+            "queued": queued,
+            "entry": id,
+            "eventId": event_id,
+            "client": client,
+            "target": target_json(&target),
+            "note": (queued == 0).then_some("the event is already pending for this target"),
+        })),
+    )
+        .into_response())
 }
 
 /// `{kind}/{ns}/{name}` of a request; the kind by its full or short name.
@@ -166,16 +225,29 @@ fn too_old(target: &Target, received_ms: u64) -> bool {
     now_ms().saturating_sub(received_ms) >= u64::from(target.retry.max_age_seconds) * 1000
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct RedeliverRequest {
+pub struct RedeliverRequest {
     event_id: String,
     /// The event's client; the target's client when left out.
     #[serde(default)]
     client: Option<String>,
 }
 
-async fn redeliver(
+/// One stored event to one target again (queued; delivered like the first time).
+#[utoipa::path(
+    post, path = "/v1/targets/{kind}/{ns}/{name}/redeliver", tag = "management",
+    params(("kind" = String, Path, description = "webhooksubscription, ftpconnection or apiconnection (whs, ftpc, apic)", example = "whs"), ("ns" = String, Path, description = "Namespace", example = "dealer-1"), ("name" = String, Path, description = "Name", example = "crm")),
+    request_body(content = RedeliverRequest, example = json!({"eventId": "evt-1", "client": "dealer-1"})),
+    responses(
+        (status = 202, description = "Queued (`queued` 0: still pending there)", body = Object, example = json!({"queued": 1, "eventId": "evt-1", "client": "dealer-1", "target": {"kind": "webhooksubscription", "namespace": "dealer-1", "name": "crm", "uid": "5b1c…", "client": "dealer-1"}, "note": null})),
+        (status = 404, description = "No such target or event (or past retention), or not the caller's", body = crate::ingest::ErrorBody),
+        (status = 409, description = "`not_taken`: the target no longer takes the event; `too_old`: older than its retry.maxAgeSeconds", body = crate::ingest::ErrorBody),
+        (status = 401, description = "Missing or unknown manage token", body = crate::ingest::ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn redeliver(
     State(state): State<ManageState>,
     Path(path): Path<(String, String, String)>,
     headers: HeaderMap,
@@ -249,9 +321,9 @@ pub(crate) async fn redeliver_event(
     Ok(added)
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct ReplayRequest {
+pub struct ReplayRequest {
     since: String,
     #[serde(default)]
     until: Option<String>,
@@ -369,7 +441,20 @@ impl crate::controller::replay::Replay for ReplayDeliveries {
     }
 }
 
-async fn replay(
+/// Every stored event of a window that the target takes now, again, oldest first (at most 100,000).
+#[utoipa::path(
+    post, path = "/v1/targets/{kind}/{ns}/{name}/replay", tag = "management",
+    params(("kind" = String, Path, description = "webhooksubscription, ftpconnection or apiconnection (whs, ftpc, apic)", example = "whs"), ("ns" = String, Path, description = "Namespace", example = "dealer-1"), ("name" = String, Path, description = "Name", example = "crm")),
+    request_body(content = ReplayRequest, example = json!({"since": "2026-12-01T08:00:00Z", "until": "2026-12-01T12:00:00Z", "types": ["vehicle.processed"]})),
+    responses(
+        (status = 202, description = "Queued", body = Object, example = json!({"queued": 4, "matched": 4, "tooOld": 0, "truncated": false, "from": "2026-12-01T08:00:00Z", "until": "2026-12-01T12:00:00Z", "limit": 100000, "target": {"kind": "webhooksubscription", "namespace": "dealer-1", "name": "crm", "uid": "5b1c…", "client": "dealer-1"}})),
+        (status = 400, description = "`invalid_request`: `field` names the bad one", body = crate::ingest::ErrorBody),
+        (status = 404, description = "No such target, or not the caller's", body = crate::ingest::ErrorBody),
+        (status = 401, description = "Missing or unknown manage token", body = crate::ingest::ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn replay(
     State(state): State<ManageState>,
     Path(path): Path<(String, String, String)>,
     headers: HeaderMap,
@@ -411,13 +496,14 @@ async fn replay(
     Ok((StatusCode::ACCEPTED, axum::Json(answer)).into_response())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct TestRequest {
+pub struct TestRequest {
     #[serde(default, rename = "type")]
     type_: Option<String>,
     /// An event of the caller's own (its `clientId` is set to the target's).
     #[serde(default)]
+    #[schema(value_type = Option<Object>)]
     event: Option<Value>,
 }
 
@@ -476,7 +562,7 @@ struct TestAnswer {
     /// Whether the dispatcher would have tried again.
     retryable: bool,
     http_status: Option<u16>,
-    /// The FTP server's last reply, for FTP connections.
+    /// An FTP server's last reply, for an upload that failed.
     ftp_reply: Option<crate::store::FtpReply>,
     duration_ms: Option<u64>,
     reason: Option<String>,
@@ -487,7 +573,7 @@ struct TestAnswer {
     event: Value,
 }
 
-fn answer_of(attempt: Attempt, answer: Answer, event_id: String, event: Value) -> TestAnswer {
+fn answer_of((attempt, answer): (Attempt, Answer), event_id: String, event: Value) -> TestAnswer {
     let duration_ms = attempt
         .elapsed()
         .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
@@ -508,8 +594,11 @@ fn answer_of(attempt: Attempt, answer: Answer, event_id: String, event: Value) -
             outcome, skipped, ..
         } => {
             a.result = if skipped { "skipped" } else { "delivered" };
-            if let Outcome::Delivered { status } = outcome {
-                a.http_status = status;
+            if let Outcome::Delivered {
+                status: Some(status),
+            } = outcome
+            {
+                a.http_status = Some(status);
             }
         }
         Attempt::Retry { why, .. } => {
@@ -540,7 +629,21 @@ fn snippet(s: &str) -> String {
     s[..end].to_owned()
 }
 
-async fn test_send(
+/// A sample event delivered now through the target's sender; not queued, stored or counted.
+#[utoipa::path(
+    post, path = "/v1/targets/{kind}/{ns}/{name}/test", tag = "management",
+    params(("kind" = String, Path, description = "webhooksubscription, ftpconnection or apiconnection (whs, ftpc, apic)", example = "whs"), ("ns" = String, Path, description = "Namespace", example = "dealer-1"), ("name" = String, Path, description = "Name", example = "crm")),
+    request_body(content = TestRequest, example = json!({"type": "vehicle.processed"})),
+    responses(
+        (status = 200, description = "What happened", body = Object, example = json!({"result": "delivered", "retryable": false, "httpStatus": 200, "ftpReply": null, "durationMs": 38, "reason": null, "message": null, "response": "{\"ok\":true}", "eventId": "evt_test_5f0c2a9e1b7d4c3a", "event": {"id": "evt_test_5f0c2a9e1b7d4c3a", "type": "vehicle.processed", "clientId": "dealer-1"}})),
+        (status = 400, description = "`invalid_request`: `type` or `event`", body = crate::ingest::ErrorBody),
+        (status = 404, description = "No such target, or not the caller's", body = crate::ingest::ErrorBody),
+        (status = 409, description = "`not_configured`: the target has no usable configuration", body = crate::ingest::ErrorBody),
+        (status = 401, description = "Missing or unknown manage token", body = crate::ingest::ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn test_send(
     State(state): State<ManageState>,
     Path(path): Path<(String, String, String)>,
     headers: HeaderMap,
@@ -576,13 +679,13 @@ async fn test_send(
         body: &body,
         uploaded: &[],
     };
-    let (attempt, answer) = tokio::time::timeout(
+    let attempt = tokio::time::timeout(
         TEST_DEADLINE,
         state.dispatcher.senders().attempt(config, delivery),
     )
     .await
     .unwrap_or_else(|_| {
-        let timeout = Attempt::Retry {
+        let attempt = Attempt::Retry {
             why: crate::store::Why::new(
                 "Timeout",
                 format!("no result within {} s", TEST_DEADLINE.as_secs()),
@@ -590,7 +693,7 @@ async fn test_send(
             retry_after: None,
             elapsed: Some(TEST_DEADLINE),
         };
-        (timeout, Answer::default())
+        (attempt, Answer::default())
     });
     if matches!(target.key.kind, Kind::Api) {
         for key in [
@@ -601,7 +704,7 @@ async fn test_send(
         }
     }
     tracing::info!(kind = target.key.kind.label(), namespace = %target.key.namespace, name = %target.key.name, event = %event_id, "test event sent");
-    Ok(axum::Json(answer_of(attempt, answer, event_id, event)).into_response())
+    Ok(axum::Json(answer_of(attempt, event_id, event)).into_response())
 }
 
 #[cfg(test)]

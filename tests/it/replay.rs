@@ -179,6 +179,37 @@ async fn redeliver_and_replay_send_again_only_what_was_asked() {
     assert_eq!(ids(&got), ["evt-rd-1", "evt-rd-1"]);
     assert_eq!(got[0].headers["webhook-id"], got[1].headers["webhook-id"]);
     assert!(got.iter().all(|r| r.signature_ok == Some(true)));
+    // A retry of a delivery log entry: the same event to the same target, a third time.
+    let log = reqwest::Client::new()
+        .get(op.op.url("/v1/deliveries?event=evt-rd-1&client=rp-a"))
+        .bearer_auth(CLIENT_A)
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    let log: Value = serde_json::from_slice(&log).unwrap();
+    let entry = log["entries"][0]["id"].as_str().unwrap().to_owned();
+    let (status, _) = manage(
+        &op.op,
+        CLIENT_B,
+        &format!("/v1/deliveries/{entry}/retry"),
+        json!({}),
+    )
+    .await;
+    assert_eq!(status, 404, "another client's entry");
+    let (status, body) = manage(
+        &op.op,
+        CLIENT_A,
+        &format!("/v1/deliveries/{entry}/retry"),
+        json!({}),
+    )
+    .await;
+    assert_eq!((status, body["queued"].as_u64()), (202, Some(1)), "{body}");
+    let got = rx.wait_for("hook", 3).await;
+    assert_eq!(ids(&got), ["evt-rd-1", "evt-rd-1", "evt-rd-1"]);
+    assert_eq!(got[0].headers["webhook-id"], got[2].headers["webhook-id"]);
     // An event that was never accepted, and one the target does not take.
     let (status, body) = redeliver(&op.op, OPS, &target, "evt-never").await;
     assert_eq!(status, 404, "{body}");
@@ -209,7 +240,7 @@ async fn redeliver_and_replay_send_again_only_what_was_asked() {
     for (id, ty, veh) in window {
         ingest(&op.op, vec![event(id, "rp-a", ty, veh)]).await;
     }
-    rx.wait_for("hook", 8).await;
+    rx.wait_for("hook", 9).await;
     tokio::time::sleep(Duration::from_millis(50)).await;
     let until = k8s_openapi::jiff::Timestamp::now();
     // After the window: not replayed.
@@ -218,7 +249,7 @@ async fn redeliver_and_replay_send_again_only_what_was_asked() {
         vec![event("evt-after", "rp-a", "vehicle.processed", "veh-a")],
     )
     .await;
-    rx.wait_for("hook", 9).await;
+    rx.wait_for("hook", 10).await;
 
     // Another client's token: the same 404 as a target that does not exist, nothing sent.
     for (action, body) in [
@@ -255,7 +286,7 @@ async fn redeliver_and_replay_send_again_only_what_was_asked() {
     )
     .await;
     assert_eq!(status, 401);
-    stays_at(&rx, "hook", 9).await;
+    stays_at(&rx, "hook", 10).await;
 
     // The client's own token replays the window's vehicle.processed events.
     let (status, body) = manage(
@@ -274,13 +305,13 @@ async fn redeliver_and_replay_send_again_only_what_was_asked() {
         "{body}"
     );
     assert_eq!(body["limit"].as_u64(), Some(100_000));
-    let got = rx.wait_for("hook", 13).await;
-    let replayed = ids(&got[9..]);
+    let got = rx.wait_for("hook", 14).await;
+    let replayed = ids(&got[10..]);
     let mut sorted = replayed.clone();
     sorted.sort();
     assert_eq!(sorted, ["evt-w-a2", "evt-w-a3", "evt-w-b1", "evt-w-b3"]);
     let order = |veh: &str| -> Vec<String> {
-        got[9..]
+        got[10..]
             .iter()
             .filter(|r| r.body["data"]["vehicle"]["id"] == veh)
             .map(|r| r.body["id"].as_str().unwrap().to_owned())
@@ -289,7 +320,7 @@ async fn redeliver_and_replay_send_again_only_what_was_asked() {
     assert_eq!(order("veh-a"), ["evt-w-a2", "evt-w-a3"]);
     assert_eq!(order("veh-b"), ["evt-w-b1", "evt-w-b3"]);
     assert!(got.iter().all(|r| r.signature_ok == Some(true)));
-    stays_at(&rx, "hook", 13).await;
+    stays_at(&rx, "hook", 14).await;
 
     // Moved to another client: a replay of the whole history sends nothing of rp-a.
     subscription(&client, &ns.name, "hook", json!({
@@ -317,7 +348,7 @@ async fn redeliver_and_replay_send_again_only_what_was_asked() {
     )
     .await;
     assert_eq!(status, 404);
-    stays_at(&rx, "hook", 13).await;
+    stays_at(&rx, "hook", 14).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -523,22 +554,15 @@ async fn ops_webhook_tells_the_platform_of_failing_and_recovered_signed() {
     let ns = scope.namespace(cp, "opshook", "rp-a").await;
     let client = cp.client().await.unwrap();
     let rx = Receiver::start(Some(WHSEC)).await;
-    // Failing for a few seconds (three refusals, 1-2 s apart), then delivered.
-    rx.script(
-        "flaky",
-        vec![
-            Reply::Status(503),
-            Reply::Status(503),
-            Reply::Status(503),
-            Reply::Status(200),
-        ],
-    );
+    // Refused until the platform has heard that delivery is failing, then delivered.
+    rx.script("flaky", vec![Reply::Status(503)]);
     subscription(
         &client,
         &ns.name,
         "flaky",
         json!({
             "url": rx.url("flaky"), "clientId": "rp-a", "events": ["vehicle.processed"],
+            "retry": { "maxAttempts": 100, "initialBackoffSeconds": 1, "maxBackoffSeconds": 2 },
         }),
     )
     .await;
@@ -547,9 +571,10 @@ async fn ops_webhook_tells_the_platform_of_failing_and_recovered_signed() {
         vec![event("evt-ops-1", "rp-a", "vehicle.processed", "veh-o")],
     )
     .await;
-    rx.wait_for("flaky", 4).await;
-
+    platform.wait_for("ops", 1).await;
+    rx.script("flaky", vec![Reply::Status(200)]);
     let got = platform.wait_for("ops", 2).await;
+    assert_eq!(rx.received_on("flaky").last().map(|r| r.status), Some(200));
     let types: Vec<&str> = got
         .iter()
         .map(|r| r.body["type"].as_str().unwrap())

@@ -10,7 +10,7 @@ use k8s_openapi::jiff::{SignedDuration, Timestamp};
 #[command(
     name = "kubectl-vc",
     about = "vehicle-connect's delivery log, retries, replays and test sends (kubectl vc ...)",
-    after_help = "Reach the operator first, e.g.:\n  kubectl -n vehicle-connect port-forward svc/vehicle-connect 8080:80\n  export VC_TOKEN=<a manage token>"
+    after_help = "Reach the operator first, e.g.:\n  kubectl -n vehicle-connect port-forward svc/vehicle-connect 8080\n  export VC_TOKEN=<a manage token>"
 )]
 pub struct Cli {
     /// The operator's HTTP API.

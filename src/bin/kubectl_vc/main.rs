@@ -54,6 +54,9 @@ impl Api {
         let text = resp.text().await.context("reading the answer")?;
         let value: Value = serde_json::from_str(&text).unwrap_or(Value::String(text));
         if !status.is_success() {
+            if value.as_str() == Some("") {
+                bail!("{status}");
+            }
             let message = value
                 .get("message")
                 .and_then(Value::as_str)
@@ -111,7 +114,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 }
                 let page = api.get(&format!("/v1/deliveries?{}", encode(&p))).await?;
                 items.extend(
-                    page.get("items")
+                    page.get("entries")
                         .and_then(Value::as_array)
                         .cloned()
                         .unwrap_or_default(),

@@ -98,8 +98,8 @@ pub fn deliveries(items: &[Value]) {
 pub fn event(e: &Value) {
     println!("Event:    {}", at(e, "/id"));
     println!("Client:   {}", at(e, "/client"));
-    println!("Type:     {}", at(e, "/type"));
-    println!("Accepted: {}", at(e, "/acceptedAt"));
+    println!("Type:     {}", at(e, "/event/type"));
+    println!("Accepted: {}", at(e, "/accepted"));
     let targets = e
         .get("targets")
         .and_then(Value::as_array)

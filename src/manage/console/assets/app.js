@@ -406,8 +406,7 @@ function logRow(d) {
     retry.disabled = true;
     out.replaceChildren(h("p", {}, "Retrying…"));
     try {
-      // The entry's event to the entry's target again (what /v1/deliveries/{id}/retry does).
-      const r = await api("POST", `/v1/targets/${t.kind}/${enc(t.namespace)}/${enc(t.name)}/redeliver`, { eventId: ev.id, client: ev.client });
+      const r = await api("POST", `/v1/deliveries/${enc(d.id)}/retry`);
       out.replaceChildren(answerView(r, "Retry"));
       announce(`Retry of ${ev.id || "the event"}: ${(r && r.result) || "sent"}`);
     } catch (e) {
