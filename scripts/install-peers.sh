@@ -7,6 +7,8 @@
 #   perl            DB_File, for vsftpd.sh's pam_userdb database (perl-base lacks it)
 #   procps          pgrep, for sshd.sh
 #   iproute2        ip, for the network namespace of tests/it/ftp_pasv.rs
+#   chromium, chromium-driver  the console tests' browser (scripts/install-browser.sh says
+#                   which are missing; installed here in the same apt-get run)
 # Does nothing when all are there; otherwise needs apt-get, and root or passwordless sudo.
 # The packages' own daemons are not started (a temporary /usr/sbin/policy-rc.d says no,
 # unless one exists already, which is then left as it is): the tests start servers of their
@@ -27,6 +29,8 @@ command -v openssl >/dev/null || missing+=(openssl)
 perl -MDB_File -e1 2>/dev/null || missing+=(perl)
 command -v pgrep >/dev/null || missing+=(procps)
 command -v ip >/dev/null || missing+=(iproute2)
+mapfile -t browser < <("$BASH" "$(dirname "${BASH_SOURCE[0]}")/install-browser.sh" --list-missing)
+missing+=("${browser[@]}")
 
 if [[ "${1:-}" == --list-missing ]]; then
   if [[ ${#missing[@]} -gt 0 ]]; then printf '%s\n' "${missing[@]}"; fi

@@ -613,6 +613,8 @@ impl utoipa::Modify for BearerAuth {
         crate::manage::deliveries::event, crate::manage::replay::retry,
         crate::manage::replay::redeliver, crate::manage::replay::replay,
         crate::manage::replay::test_send,
+        crate::manage::targets::list, crate::manage::targets::one,
+        crate::manage::preview::preview,
     ),
     components(schemas(
         AcceptResponse, EventResult, ErrorBody, feed::FeedResponse,
@@ -621,6 +623,10 @@ impl utoipa::Modify for BearerAuth {
         crate::store::EntryEvent, crate::store::EntryTarget, crate::store::FtpReply,
         crate::store::LogResult, crate::manage::replay::RedeliverRequest,
         crate::manage::replay::ReplayRequest, crate::manage::replay::TestRequest,
+        crate::manage::targets::TargetList, crate::manage::targets::TargetView,
+        crate::manage::targets::ConditionView, crate::manage::targets::CountersView,
+        crate::manage::targets::LastDeliveryView, crate::manage::targets::LastFailureView,
+        crate::manage::preview::Preview,
     )),
     tags(
         (name = "ingest", description = "The platform posts events (ingest tokens, `--ingest-token-file`)."),

@@ -7,9 +7,12 @@
 //! source of truth: this API reads the store and the routing registry, and writes resources
 //! through the Kubernetes API like any other client.
 
+pub mod console;
 pub mod deliveries;
+pub mod preview;
 pub mod replay;
 pub mod selfservice;
+pub mod targets;
 
 use std::sync::Arc;
 
@@ -147,6 +150,9 @@ impl IntoResponse for ApiError {
 /// The management routes; each part adds its own.
 pub fn router(state: ManageState) -> Router {
     Router::new()
+        .merge(targets::routes())
+        .merge(preview::routes())
+        .merge(console::routes())
         .merge(deliveries::routes())
         .merge(replay::routes())
         .merge(selfservice::routes())

@@ -11,6 +11,7 @@ mod support;
 mod api_delivery;
 mod api_e2e;
 mod chart;
+mod console;
 mod crash_safety;
 mod crd_validation;
 mod crds;
