@@ -186,6 +186,7 @@ fn log_entry(
         client: head.map(|h| h.client_id.clone()).unwrap_or_default(),
         event_type: head.map_or("", |h| h.type_.as_str()),
         lane: lane.to_owned(),
+        vin: head.and_then(|h| h.vin().map(str::to_owned)),
         attempt: job.attempts,
         duration_ms: elapsed.map_or(0, |d| u32::try_from(d.as_millis()).unwrap_or(u32::MAX)),
         http_status: answer.http_status,
@@ -1136,11 +1137,12 @@ impl Dispatcher {
             match outcome {
                 AcceptOutcome::New { seq } => {
                     if let Some(body) = body {
-                        let head = Head {
-                            client_id: e.client_id.clone(),
-                            user_id: e.user_id.clone(),
-                            type_: e.type_,
-                        };
+                        let head = Head::new(
+                            e.client_id.clone(),
+                            e.user_id.clone(),
+                            e.type_,
+                            e.vin.clone(),
+                        );
                         let received_ms = accepted_at;
                         let event = Arc::new(Loaded {
                             body,

@@ -39,6 +39,43 @@ pub(super) struct Head {
     pub user_id: Option<String>,
     #[serde(rename = "type")]
     pub type_: EventType,
+    /// For the delivery log: the VIN, when the event names one.
+    #[serde(default)]
+    data: HeadData,
+}
+
+#[derive(Deserialize, Default)]
+struct HeadData {
+    #[serde(default)]
+    vehicle: Option<HeadVehicle>,
+}
+
+#[derive(Deserialize)]
+struct HeadVehicle {
+    #[serde(default)]
+    vin: Option<String>,
+}
+
+impl Head {
+    pub fn new(
+        client_id: String,
+        user_id: Option<String>,
+        type_: EventType,
+        vin: Option<String>,
+    ) -> Self {
+        Head {
+            client_id,
+            user_id,
+            type_,
+            data: HeadData {
+                vehicle: Some(HeadVehicle { vin }),
+            },
+        }
+    }
+
+    pub fn vin(&self) -> Option<&str> {
+        self.data.vehicle.as_ref()?.vin.as_deref()
+    }
 }
 
 /// Bytes of fresh events held at most.
@@ -152,11 +189,7 @@ mod tests {
         Arc::new(Loaded {
             body: vec![b'x'; 400],
             received_ms,
-            head: Head {
-                client_id: "c".into(),
-                user_id: None,
-                type_: EventType::VehicleProcessed,
-            },
+            head: Head::new("c".into(), None, EventType::VehicleProcessed, None),
         })
     }
 

@@ -99,6 +99,8 @@ pub struct Incoming {
     pub client_id: String,
     pub user_id: Option<String>,
     pub lane: String,
+    /// `data.vehicle.vin`, for the delivery log.
+    pub vin: Option<String>,
     /// The event serialised as an [`Envelope`]; `data` as the client posted it.
     pub body: Vec<u8>,
 }
@@ -111,6 +113,11 @@ impl Incoming {
             client_id: e.client_id.clone(),
             user_id: e.user_id.clone(),
             lane: e.lane(),
+            vin: e
+                .vehicle()
+                .and_then(|v| v.get("vin"))
+                .and_then(Value::as_str)
+                .map(str::to_owned),
             body: serde_json::to_vec(e)?,
         })
     }
@@ -428,7 +435,10 @@ mod fast {
                 if !fine {
                     return None;
                 }
-                Some(v.id)
+                let vin = v
+                    .vin
+                    .and_then(|r| serde_json::from_str::<String>(r.get()).ok());
+                Some((v.id, vin))
             }
             // Null, absent or not an object: the validator decides whether that is allowed.
             _ => None,
@@ -455,6 +465,7 @@ mod fast {
                 return None;
             }
         }
+        let (vehicle, vin) = vehicle.map_or((None, None), |(id, vin)| (Some(id), vin));
         let lane = match (vehicle, &e.user_id) {
             (Some(v), _) => format!("vehicle:{v}"),
             (None, Some(u)) => format!("user:{u}"),
@@ -475,6 +486,7 @@ mod fast {
             client_id: e.client_id.clone().into_owned(),
             user_id: e.user_id,
             lane,
+            vin,
             body,
         })
     }
@@ -776,6 +788,7 @@ mod tests {
                         prop_assert_eq!(&f.client_id, &want.client_id);
                         prop_assert_eq!(&f.user_id, &want.user_id);
                         prop_assert_eq!(&f.lane, &want.lane);
+                        prop_assert_eq!(&f.vin, &want.vin);
                         let fb: Value = serde_json::from_slice(&f.body).unwrap();
                         let sb: Value = serde_json::from_slice(&want.body).unwrap();
                         prop_assert_eq!(fb, sb);

@@ -43,7 +43,7 @@ pub struct ListParams {
     /// `failed` selects `retry`, `failed`, `gone` and `expired`.
     #[param(example = "failed")]
     pub status: Option<String>,
-    /// The vehicle (the event's ordering lane).
+    /// The vehicle: its id or its VIN.
     #[param(example = "veh-42")]
     pub vehicle: Option<String>,
     /// The event type.
@@ -337,7 +337,7 @@ fn parse_list(caller: &Caller, p: ListParams) -> Result<Option<AttemptQuery>, Ap
     Ok(Some(AttemptQuery {
         target,
         results,
-        lane: p.vehicle.map(|v| format!("vehicle:{v}")),
+        vehicle: p.vehicle,
         event_type: p.type_,
         event_id: p.event,
         clients,

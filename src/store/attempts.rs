@@ -28,7 +28,9 @@ const SINCE_SLACK_MS: u64 = 3_600_000;
 /// to go on from: a filter that matches almost nothing must not read the whole log at once.
 const SCAN_BUDGET: usize = 200_000;
 
-const FORMAT: u8 = 1;
+const FORMAT: u8 = 2;
+/// Entries written before the VIN was kept.
+const FORMAT_NO_VIN: u8 = 1;
 const CURSOR_VERSION: u8 = 1;
 
 /// How an attempt ended, as the log says it.
@@ -106,6 +108,8 @@ pub struct AttemptLog {
     pub client: String,
     pub event_type: &'static str,
     pub lane: String,
+    /// The vehicle's VIN, when the event names one.
+    pub vin: Option<String>,
     /// 1 for the first attempt.
     pub attempt: u32,
     pub duration_ms: u32,
@@ -129,6 +133,8 @@ pub struct EntryEvent {
     pub client: String,
     /// The vehicle id; `null` for events not about one.
     pub vehicle: Option<String>,
+    /// The vehicle's VIN, when the event names one.
+    pub vin: Option<String>,
     /// The event's ordering lane (`vehicle:<id>`, `user:<id>`, `client:<id>`; not shown).
     #[serde(skip)]
     pub lane: String,
@@ -230,6 +236,7 @@ pub(super) struct NewEntry<'a> {
     pub client: &'a str,
     pub event_type: &'a str,
     pub lane: &'a str,
+    pub vin: Option<&'a str>,
     pub target: &'a str,
     pub attempt: u32,
     pub at: u64,
@@ -240,6 +247,24 @@ pub(super) struct NewEntry<'a> {
     pub reason: Option<&'a str>,
     pub message: Option<&'a str>,
     pub response: Option<&'a str>,
+}
+
+/// The VIN of an event body (`data.vehicle.vin`), if it names one.
+pub fn vin_of(body: &[u8]) -> Option<String> {
+    use serde::Deserialize;
+    #[derive(Deserialize)]
+    struct Event {
+        data: Data,
+    }
+    #[derive(Deserialize)]
+    struct Data {
+        vehicle: Vehicle,
+    }
+    #[derive(Deserialize)]
+    struct Vehicle {
+        vin: Option<String>,
+    }
+    serde_json::from_slice::<Event>(body).ok()?.data.vehicle.vin
 }
 
 /// The longest prefix of `s` of at most `max` bytes that ends on a character boundary.
@@ -308,6 +333,7 @@ impl NewEntry<'_> {
         put_str(buf, self.event_type);
         put_str(buf, self.lane);
         put_str(buf, self.target);
+        put_opt(buf, self.vin.map(|v| truncate(v, 64)));
         put_opt(buf, self.reason);
         put_opt(
             buf,
@@ -376,11 +402,13 @@ struct Head<'a> {
     event_type: &'a str,
     lane: &'a str,
     target: &'a str,
+    vin: Option<&'a str>,
 }
 
 fn head(bytes: &[u8]) -> Option<(Head<'_>, Reader<'_>, [u32; 2], [u16; 2])> {
     let mut r = Reader(bytes);
-    if r.u8()? != FORMAT {
+    let format = r.u8()?;
+    if format != FORMAT && format != FORMAT_NO_VIN {
         return None;
     }
     let seq = r.u64()?;
@@ -399,6 +427,7 @@ fn head(bytes: &[u8]) -> Option<(Head<'_>, Reader<'_>, [u32; 2], [u16; 2])> {
         event_type: r.str()?,
         lane: r.str()?,
         target: r.str()?,
+        vin: if format == FORMAT { r.opt()? } else { None },
     };
     Some((h, r, [attempt, duration], [status, ftp_code]))
 }
@@ -419,6 +448,7 @@ fn decode(id: u64, bytes: &[u8]) -> Result<AttemptEntry, StoreError> {
             event_type: h.event_type.to_owned(),
             client: h.client.to_owned(),
             vehicle: h.lane.strip_prefix("vehicle:").map(str::to_owned),
+            vin: h.vin.map(str::to_owned),
             lane: h.lane.to_owned(),
         },
         target: EntryTarget::from_row(h.target),
@@ -520,8 +550,9 @@ pub struct AttemptQuery {
     /// `kind/namespace/name`.
     pub target: Option<String>,
     pub results: Option<Vec<LogResult>>,
-    /// The event's lane (`vehicle:<id>` for a vehicle).
-    pub lane: Option<String>,
+    /// A vehicle by its id (or the event's whole lane) or its VIN (VINs compared without
+    /// case).
+    pub vehicle: Option<String>,
     pub event_type: Option<String>,
     pub event_id: Option<String>,
     /// Entries of these clients only (what the caller may see, narrowed by its `client=`);
@@ -567,7 +598,11 @@ impl AttemptCursor {
 impl AttemptQuery {
     fn matches(&self, h: &Head<'_>) -> bool {
         self.results.as_ref().is_none_or(|r| r.contains(&h.result))
-            && self.lane.as_deref().is_none_or(|v| v == h.lane)
+            && self.vehicle.as_deref().is_none_or(|v| {
+                h.lane == v
+                    || h.lane.strip_prefix("vehicle:") == Some(v)
+                    || h.vin.is_some_and(|vin| vin.eq_ignore_ascii_case(v))
+            })
             && self.event_type.as_deref().is_none_or(|t| t == h.event_type)
             && self.event_id.as_deref().is_none_or(|e| e == h.event_id)
             && self
@@ -716,6 +751,7 @@ mod unit {
             client: "dealer-1",
             event_type: "vehicle.processed",
             lane: "vehicle:veh-42",
+            vin: Some("WVWZZZ1JZXW000042"),
             target: "webhooksubscription/ns/crm/uid-1",
             attempt: 2,
             at: 1_800_000_000_123,
@@ -749,7 +785,41 @@ mod unit {
         assert_eq!(json["result"], "retry");
         assert_eq!(json["durationMs"], 38);
         assert!(json["event"].get("seq").is_none());
+        assert_eq!(json["event"]["vin"], "WVWZZZ1JZXW000042");
         assert!(decode(9, &buf[..buf.len() - 1]).is_err());
+    }
+
+    #[test]
+    fn entries_written_before_the_vin_still_read() {
+        let e = NewEntry {
+            seq: 7,
+            event_id: "evt-1",
+            client: "dealer-1",
+            event_type: "vehicle.processed",
+            lane: "vehicle:veh-42",
+            vin: None,
+            target: "webhooksubscription/ns/crm/uid-1",
+            attempt: 1,
+            at: 1_800_000_000_123,
+            duration_ms: 3,
+            result: LogResult::Delivered,
+            http_status: Some(200),
+            ftp_reply: None,
+            reason: None,
+            message: None,
+            response: None,
+        };
+        let mut buf = Vec::new();
+        e.encode(&mut buf);
+        // The first format: no VIN field after the target.
+        let strings = [e.event_id, e.client, e.event_type, e.lane, e.target];
+        let vin_at = 30 + strings.iter().map(|s| 4 + s.len()).sum::<usize>();
+        buf.drain(vin_at..vin_at + 4);
+        buf[0] = FORMAT_NO_VIN;
+        let d = decode(3, &buf).unwrap();
+        assert_eq!(d.event.vehicle.as_deref(), Some("veh-42"));
+        assert_eq!(d.event.vin, None);
+        assert_eq!(d.http_status, Some(200));
     }
 
     #[test]

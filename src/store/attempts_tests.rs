@@ -43,6 +43,8 @@ fn logged(
             client: client.to_owned(),
             event_type: "vehicle.processed",
             lane: lane.to_owned(),
+            // One vehicle with a VIN, to find it by that.
+            vin: (lane == "veh-2").then(|| "WVWZZZ1JZXW000002".to_owned()),
             attempt,
             duration_ms: 12,
             http_status: Some(if result == LogResult::Delivered {
@@ -169,8 +171,23 @@ async fn entries_are_written_with_outcomes_and_filtered_in_the_query() {
         }),
         vec![4, 2, 1]
     );
-    let lane = Some("veh-2".to_owned());
-    assert_eq!(by(AttemptQuery { lane, ..query(100) }), vec![4]);
+    let vehicle = Some("veh-2".to_owned());
+    assert_eq!(
+        by(AttemptQuery {
+            vehicle,
+            ..query(100)
+        }),
+        vec![4]
+    );
+    // By its VIN too, in any case.
+    let vehicle = Some("wvwzzz1jzxw000002".to_owned());
+    assert_eq!(
+        by(AttemptQuery {
+            vehicle,
+            ..query(100)
+        }),
+        vec![4]
+    );
     let clients = Some(vec!["c1".to_owned()]);
     assert_eq!(
         by(AttemptQuery {

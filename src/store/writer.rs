@@ -949,6 +949,7 @@ impl<'txn> Tables<'txn> {
             client: &log.client,
             event_type: log.event_type,
             lane: &log.lane,
+            vin: log.vin.as_deref(),
             target: &u.target,
             attempt: log.attempt,
             at: u.at_unix_ms,
@@ -973,12 +974,15 @@ impl<'txn> Tables<'txn> {
         result: LogResult,
         why: &Why,
     ) -> Result<(), StoreError> {
-        let client = match self.events.get(seq)? {
+        let (client, vin) = match self.events.get(seq)? {
             Some(g) => {
                 let (key, _, _, body) = g.value();
-                feed::client_of(key, body).unwrap_or_default()
+                (
+                    feed::client_of(key, body).unwrap_or_default(),
+                    super::attempts::vin_of(body),
+                )
             }
-            None => String::new(),
+            None => (String::new(), None),
         };
         let event_type = self.feed.type_of(&client, seq)?.unwrap_or_default();
         self.log.add(&NewEntry {
@@ -987,6 +991,7 @@ impl<'txn> Tables<'txn> {
             client: &client,
             event_type: &event_type,
             lane,
+            vin: vin.as_deref(),
             target,
             attempt: attempts,
             at: self.now,

@@ -166,6 +166,28 @@ async fn kubectl_vc_answers_did_it_arrive_and_redoes_it() {
         ],
     ));
     assert_eq!(failed.as_array().unwrap().len(), 1, "{failed}");
+    // "Did VIN X reach client Y": the platform asks by VIN (any case) and client.
+    let by_vin = json_out(&kubectl_vc(
+        &server,
+        PLATFORM,
+        &[
+            "deliveries",
+            "--vehicle",
+            "wvwzzz1jzxw000001",
+            "--client",
+            "kp-dealer",
+            "-o",
+            "json",
+        ],
+    ));
+    let by_vin = by_vin.as_array().unwrap();
+    assert_eq!(by_vin.len(), 2, "{by_vin:?}");
+    assert!(
+        by_vin
+            .iter()
+            .all(|d| d["event"]["vin"] == "WVWZZZ1JZXW000001")
+    );
+    assert_eq!(by_vin[0]["result"], "delivered");
     let event_view = stdout(&kubectl_vc(&server, DEALER, &["event", "evt-kp-1"]));
     assert!(
         event_view.contains(&format!("webhooksubscription/{}/crm", ns.name)),

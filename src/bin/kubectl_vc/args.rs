@@ -100,6 +100,7 @@ pub struct DeliveryQuery {
     /// `failed` (retried, given up, gone, expired), `delivered`, or one result.
     #[arg(long)]
     pub status: Option<String>,
+    /// A vehicle by its id or its VIN.
     #[arg(long)]
     pub vehicle: Option<String>,
     /// An event type.

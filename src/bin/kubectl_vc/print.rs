@@ -78,6 +78,7 @@ pub fn deliveries(items: &[Value]) {
                 at(d, "/event/id"),
                 at(d, "/event/type"),
                 at(d, "/event/vehicle"),
+                at(d, "/event/vin"),
                 at(d, "/attempt"),
                 at(d, "/result"),
                 answer_of(d),
@@ -88,7 +89,7 @@ pub fn deliveries(items: &[Value]) {
         .collect();
     table(
         &[
-            "ID", "AT", "TARGET", "EVENT", "TYPE", "VEHICLE", "ATTEMPT", "RESULT", "ANSWER",
+            "ID", "AT", "TARGET", "EVENT", "TYPE", "VEHICLE", "VIN", "ATTEMPT", "RESULT", "ANSWER",
             "DURATION", "REASON",
         ],
         rows,
