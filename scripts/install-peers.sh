@@ -29,7 +29,10 @@ command -v openssl >/dev/null || missing+=(openssl)
 perl -MDB_File -e1 2>/dev/null || missing+=(perl)
 command -v pgrep >/dev/null || missing+=(procps)
 command -v ip >/dev/null || missing+=(iproute2)
-mapfile -t browser < <("$BASH" "$(dirname "${BASH_SOURCE[0]}")/install-browser.sh" --list-missing)
+# Builtins only: check-prereqs.sh runs this with a PATH of its own (no dirname).
+here="${BASH_SOURCE[0]}"
+[[ "$here" == */* ]] || here="./$here"
+mapfile -t browser < <("$BASH" "${here%/*}/install-browser.sh" --list-missing)
 missing+=("${browser[@]}")
 
 if [[ "${1:-}" == --list-missing ]]; then

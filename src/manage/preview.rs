@@ -170,7 +170,7 @@ pub fn file_names(req: &PreviewRequest) -> Result<Preview, ApiError> {
 
 /// The file names FTP naming rules give a vehicle (the console's live preview).
 #[utoipa::path(
-    post, path = "/v1/preview/file-names", tag = "management",
+    post, path = "/v1/preview/file-names", tag = "management", operation_id = "preview_file_names",
     request_body(content = Object, description = "`rules` (an FtpConnection's `spec.rules`); optional `vehicle` (`id`, `vin`, `stockNumber`, `make`, `model`, `year`), `client`, `user`, `event`, `time` (RFC 3339), `images` (1 to 20, default 3)",
         example = json!({"rules": {"baseDirectory": "in", "directory": "{make}", "fileName": "{vin}-{index:03}.{ext}"},
             "vehicle": {"vin": "WVWZZZ1JZXW000001", "make": "Audi"}, "images": 2})),

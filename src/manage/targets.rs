@@ -317,7 +317,7 @@ pub fn visible_targets(state: &ManageState, caller: &Caller) -> Vec<std::sync::A
 
 /// The caller's targets with their health.
 #[utoipa::path(
-    get, path = "/v1/targets", tag = "management",
+    get, path = "/v1/targets", tag = "management", operation_id = "list_targets",
     responses(
         (status = 200, description = "Every target the caller may see (the platform token: all), in kind/namespace/name order", body = TargetList,
             example = json!({"targets": [{"kind": "webhooksubscription", "namespace": "dealer-1", "name": "crm", "client": "dealer-1",
@@ -367,7 +367,7 @@ pub async fn list(
 
 /// One target with its health.
 #[utoipa::path(
-    get, path = "/v1/targets/{kind}/{namespace}/{name}", tag = "management",
+    get, path = "/v1/targets/{kind}/{namespace}/{name}", tag = "management", operation_id = "get_target",
     params(
         ("kind" = String, Path, description = "`webhooksubscription`, `ftpconnection`, `apiconnection` (or `whs`, `ftpc`, `apic`)", example = "whs"),
         ("namespace" = String, Path, example = "dealer-1"),

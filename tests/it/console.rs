@@ -509,7 +509,7 @@ async fn console_self_service_log_retry_and_test_in_a_real_browser() {
     b.fill("#webhook-form input[name=password]", "s3cret").await;
     b.screenshot("07-webhook-form").await;
     b.click("#webhook-form button[type=submit]").await;
-    b.wait_text("#webhook-form .notice", "saved", |t| {
+    b.wait_text("#webhook-form #form-result", "saved", |t| {
         t.contains("Saved crm-c")
     })
     .await;
@@ -618,7 +618,7 @@ async fn console_self_service_log_retry_and_test_in_a_real_browser() {
     b.click("#webhook-form input[value='vehicle.deleted']")
         .await;
     b.click("#webhook-form button[type=submit]").await;
-    b.wait_text("#webhook-form .notice", "saved", |t| {
+    b.wait_text("#webhook-form #form-result", "saved", |t| {
         t.contains("Saved crm-c")
     })
     .await;
@@ -686,7 +686,7 @@ async fn console_adds_an_ftp_connection_that_uploads_as_previewed() {
         .await;
     assert!(names.contains("incoming/Skoda/D77-01.jpg"), "{names}");
     b.click("#ftp-form button[type=submit]").await;
-    b.wait_text("#ftp-form .notice", "saved", |t| {
+    b.wait_text("#ftp-form #form-result", "saved", |t| {
         t.contains("Saved dms-ftp")
     })
     .await;

@@ -183,15 +183,45 @@ impl Browser {
 
     /// Ends the session (Chromium exits) and chromedriver.
     pub async fn close(mut self) {
-        let _ = self.client.clone().close().await;
+        if let Err(e) = self.client.clone().close().await {
+            eprintln!(
+                "closing the browser session: {e}; chromedriver's log:\n{}",
+                vc_envtest::tail(&self.log, 20)
+            );
+        }
+        self.stop();
+    }
+
+    /// Ends chromedriver and every Chromium process of this profile, by pid: a browser left
+    /// running (a test that panicked, a session that did not close) would outlive the test.
+    fn stop(&mut self) {
         let _ = self.driver.kill();
         let _ = self.driver.wait();
-        let _ = &self.log;
+        let profile = format!(
+            "--user-data-dir={}",
+            self._profile.path().join("profile").display()
+        );
+        let Ok(procs) = std::fs::read_dir("/proc") else {
+            return;
+        };
+        for p in procs.flatten() {
+            let Some(pid) = p.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+                continue;
+            };
+            let cmdline = std::fs::read(p.path().join("cmdline")).unwrap_or_default();
+            if cmdline
+                .split(|b| *b == 0)
+                .any(|arg| arg == profile.as_bytes())
+            {
+                // SAFETY: kill(2) on a pid whose command line names our own profile directory.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        }
     }
 }
 
 impl Drop for Browser {
     fn drop(&mut self) {
-        let _ = self.driver.kill();
+        self.stop();
     }
 }

@@ -610,7 +610,7 @@ async function pageWebhook(name) {
   const url = h("input", { name: "url", type: "url", required: true, value: spec.url || "", placeholder: "https://crm.example.com/hooks/vehicles", autocomplete: "off", "data-field": "spec.url" });
   const user = h("input", { name: "username", autocomplete: "off", "data-field": "credentials.basic.username" });
   const pass = h("input", { name: "password", type: "password", autocomplete: "new-password", "data-field": "credentials.basic.password" });
-  const out = h("div", { "aria-live": "polite" });
+  const out = h("div", { id: "form-result", "aria-live": "polite" });
   const events = checks("events", "Events", EVENT_TYPES, spec.events || ["vehicle.processed"]);
   events.setAttribute("data-field", "spec.events");
   const form = h("form", { class: "stack", id: "webhook-form", novalidate: true },
@@ -624,9 +624,9 @@ async function pageWebhook(name) {
       deleteButton("webhooksubscription", name, out)), out);
   form.addEventListener("submit", (ev) => {
     ev.preventDefault();
-    // A PUT replaces the spec: what the form does not show is sent back as it was.
+    // A PUT replaces the spec: what the form does not show is sent back as it was. No
+    // resourceVersion: the operator's status writes change it, so most edits would be refused.
     const body = { name: nameIn.value.trim(), spec: { ...spec, url: url.value.trim(), events: checked(form, "events") } };
-    if (cur.resourceVersion) body.resourceVersion = cur.resourceVersion;
     if (user.value.trim()) body.credentials = { basic: { username: user.value.trim(), password: pass.value } };
     submitResource(form, out, "webhooksubscription", name, body);
   });
@@ -661,7 +661,7 @@ async function pageFtp(name) {
     year: inp("sample.year", { type: "number", value: "2021", inputmode: "numeric" }),
   };
   const preview = h("div", { id: "preview", class: "panel preview", "aria-live": "polite" });
-  const out = h("div", { "aria-live": "polite" });
+  const out = h("div", { id: "form-result", "aria-live": "polite" });
   const events = checks("events", "Events", FTP_EVENT_TYPES, spec.events || ["vehicle.processed"]);
   events.setAttribute("data-field", "spec.events");
   const form = h("form", { class: "stack", id: "ftp-form", novalidate: true },
@@ -721,7 +721,6 @@ async function pageFtp(name) {
     if (port.value) s2.port = Number(port.value); else delete s2.port;
     if (!meta.checked) delete s2.rules.metadata;
     const body = { name: nameIn.value.trim(), spec: s2 };
-    if (cur.resourceVersion) body.resourceVersion = cur.resourceVersion;
     if (user.value.trim() || pass.value) body.credentials = { username: user.value.trim(), password: pass.value };
     submitResource(form, out, "ftpconnection", name, body);
   });
