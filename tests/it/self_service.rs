@@ -479,6 +479,19 @@ async fn a_client_manages_its_own_webhook_and_its_credentials_reach_the_receiver
         (409, Some("conflict")),
         "{body}"
     );
+    // `generation` moves with spec changes only: the one read before the first PUT is stale...
+    let (status, body) = put(
+        op,
+        A,
+        "webhooks/hook",
+        &json!({ "spec": spec, "generation": current["generation"] }),
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (409, Some("conflict")),
+        "{body}"
+    );
     wait_view(
         op,
         A,
@@ -487,6 +500,17 @@ async fn a_client_manages_its_own_webhook_and_its_credentials_reach_the_receiver
         ready_and_current,
     )
     .await;
+    // ...while the one after it still holds, although the operator wrote status since.
+    let (_, now) = get(op, A, "webhooks/hook").await;
+    assert_ne!(now["resourceVersion"], updated["resourceVersion"]);
+    let (status, body) = put(
+        op,
+        A,
+        "webhooks/hook",
+        &json!({ "spec": spec, "generation": updated["generation"] }),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
     post_event(op, "ss-a-2", "ss-a").await;
     let got = r2.wait_for("/moved", 1).await;
     assert_eq!(got[0].body["id"], "ss-a-2");

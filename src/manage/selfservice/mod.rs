@@ -88,6 +88,10 @@ struct Body {
     spec: Value,
     credentials: Option<Value>,
     resource_version: Option<String>,
+    /// PUT only: the `generation` read. Unlike `resourceVersion`, it moves only when the spec
+    /// changes (the operator's status writes move `resourceVersion` too), so an edit is
+    /// refused only when someone else changed the spec meanwhile.
+    generation: Option<i64>,
 }
 
 /// Who asks for which client's resources of which kind, and where they are.
@@ -549,6 +553,19 @@ async fn update(
         return Err(ApiError::invalid(
             "name",
             "name cannot change (it is the path's); create a new resource instead",
+        ));
+    }
+    if let Some(read) = body.generation
+        && existing.metadata.generation != Some(read)
+    {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "conflict",
+            format!(
+                "{}/{name} was changed meanwhile (generation {read}, now {}); read it again and retry",
+                ctx.kind.segment(),
+                existing.metadata.generation.unwrap_or_default()
+            ),
         ));
     }
     let change = Change::parse(ctx.kind, body.credentials.as_ref())?;

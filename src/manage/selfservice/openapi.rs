@@ -149,6 +149,8 @@ fn request_schema(spec_name: &str) -> Value {
             "credentials": schema_ref("Credentials"),
             "resourceVersion": { "type": "string",
                                  "description": "PUT only: the resourceVersion read; a change made since then is refused with 409." },
+            "generation": { "type": "integer",
+                            "description": "PUT only: the generation read; a spec change made since then is refused with 409 (status writes do not count, unlike resourceVersion)." },
         },
     })
 }

@@ -624,9 +624,11 @@ async function pageWebhook(name) {
       deleteButton("webhooksubscription", name, out)), out);
   form.addEventListener("submit", (ev) => {
     ev.preventDefault();
-    // A PUT replaces the spec: what the form does not show is sent back as it was. No
-    // resourceVersion: the operator's status writes change it, so most edits would be refused.
+    // A PUT replaces the spec: what the form does not show is sent back as it was. The
+    // generation read (not the resourceVersion, which the operator's status writes move)
+    // refuses the edit if someone else changed the spec meanwhile.
     const body = { name: nameIn.value.trim(), spec: { ...spec, url: url.value.trim(), events: checked(form, "events") } };
+    if (name && cur.generation) body.generation = cur.generation;
     if (user.value.trim()) body.credentials = { basic: { username: user.value.trim(), password: pass.value } };
     submitResource(form, out, "webhooksubscription", name, body);
   });
@@ -721,6 +723,7 @@ async function pageFtp(name) {
     if (port.value) s2.port = Number(port.value); else delete s2.port;
     if (!meta.checked) delete s2.rules.metadata;
     const body = { name: nameIn.value.trim(), spec: s2 };
+    if (name && cur.generation) body.generation = cur.generation;
     if (user.value.trim() || pass.value) body.credentials = { username: user.value.trim(), password: pass.value };
     submitResource(form, out, "ftpconnection", name, body);
   });
