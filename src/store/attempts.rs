@@ -467,6 +467,15 @@ fn decode(id: u64, bytes: &[u8]) -> Result<AttemptEntry, StoreError> {
 }
 
 /// `kind/namespace/name` of a target row `kind/namespace/name[/uid]`.
+/// The by-target index's key of a target (`kind/namespace/name`): FNV-1a, stable across
+/// versions and machines as the store file must be.
+fn target_hash(key: &str) -> u64 {
+    use std::hash::Hasher;
+    let mut h = fnv::FnvHasher::default();
+    h.write(key.as_bytes());
+    h.finish()
+}
+
 fn target_key(row: &str) -> &str {
     match row.match_indices('/').nth(2) {
         Some((i, _)) => &row[..i],
@@ -477,7 +486,7 @@ fn target_key(row: &str) -> &str {
 /// The log's tables in one write transaction.
 pub(super) struct LogTables<'txn> {
     entries: Table<'txn, u64, &'static [u8]>,
-    by_target: Table<'txn, (&'static str, u64), ()>,
+    by_target: Table<'txn, (u64, u64), ()>,
     by_seq: Table<'txn, (u64, u64), ()>,
     next_id: u64,
     buf: Vec<u8>,
@@ -501,7 +510,8 @@ impl<'txn> LogTables<'txn> {
         self.next_id += 1;
         e.encode(&mut self.buf);
         self.entries.insert(id, self.buf.as_slice())?;
-        self.by_target.insert((target_key(e.target), id), ())?;
+        self.by_target
+            .insert((target_hash(target_key(e.target)), id), ())?;
         self.by_seq.insert((e.seq, id), ())?;
         Ok(id)
     }
@@ -520,7 +530,7 @@ impl<'txn> LogTables<'txn> {
         limit: usize,
     ) -> Result<u64, StoreError> {
         let mut over = self.entries.len()?.saturating_sub(max_entries);
-        let mut victims: Vec<(u64, u64, String)> = Vec::new();
+        let mut victims: Vec<(u64, u64, u64)> = Vec::new();
         for row in self.entries.iter()? {
             if victims.len() >= limit {
                 break;
@@ -529,15 +539,15 @@ impl<'txn> LogTables<'txn> {
             let id = k.value();
             match head(v.value()) {
                 Some((h, ..)) if over == 0 && h.at >= cutoff_unix_ms => break,
-                Some((h, ..)) => victims.push((id, h.seq, target_key(h.target).to_owned())),
+                Some((h, ..)) => victims.push((id, h.seq, target_hash(target_key(h.target)))),
                 // Unreadable: of no use to anyone.
-                None => victims.push((id, u64::MAX, String::new())),
+                None => victims.push((id, u64::MAX, 0)),
             }
             over = over.saturating_sub(1);
         }
         for (id, seq, target) in &victims {
             self.entries.remove(*id)?;
-            self.by_target.remove((target.as_str(), *id))?;
+            self.by_target.remove((*target, *id))?;
             self.by_seq.remove((*seq, *id))?;
         }
         Ok(victims.len() as u64)
@@ -664,10 +674,8 @@ impl Store {
         };
         if let Some(target) = &q.target {
             let index = txn.open_table(ATTEMPTS_BY_TARGET)?;
-            for row in index
-                .range::<(&str, u64)>((target.as_str(), 0)..(target.as_str(), before))?
-                .rev()
-            {
+            let hash = target_hash(target);
+            for row in index.range::<(u64, u64)>((hash, 0)..(hash, before))?.rev() {
                 let id = row?.0.value().1;
                 let Some(g) = entries.get(id)? else { continue };
                 if !consider(id, g.value(), &mut page)? {
