@@ -128,7 +128,11 @@ where
                 r.too_old
             ));
         }
-        if let Some(at) = &r.stopped_at {
+        if let (true, Some(at)) = (r.backlog_full, &r.stopped_at) {
+            notes.push(format!(
+                "stopped at an event accepted at {at}: the backlog is half full (--max-pending-deliveries); replay on from there with a new id once it has drained"
+            ));
+        } else if let Some(at) = &r.stopped_at {
             notes.push(format!(
                 "stopped at the limit of {} events, at an event accepted at {at}; replay on from there with a new id",
                 crate::manage::replay::MAX_REPLAY

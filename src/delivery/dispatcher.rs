@@ -325,6 +325,13 @@ impl Dispatcher {
     /// Rows of stored events were queued again for `row` (a redeliver or a replay): a pump
     /// reads them, also those at or below its cursor, which it would otherwise never look
     /// at again. Under the target map's lock, so that a pump cannot end unaware of them.
+    /// Deliveries a replay or redelivery may still queue: up to half of
+    /// `--max-pending-deliveries`, so that one client replaying its history never fills the
+    /// backlog bound and has every client's ingest refused with `backlog_full`.
+    pub fn replay_room(&self) -> u64 {
+        (self.limits.max_pending / 2).saturating_sub(self.store.stats().pending)
+    }
+
     pub fn requeued(self: &Arc<Self>, row: &str, seqs: &[u64]) {
         let map = self.targets.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(ts) = map.get(row) {

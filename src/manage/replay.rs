@@ -165,6 +165,16 @@ fn request<T: serde::de::DeserializeOwned>(
     Ok((caller, target, body(bytes)?))
 }
 
+/// Replays and redeliveries have used their share of the backlog (half the bound); ingest
+/// keeps the rest.
+fn backlog_full() -> ApiError {
+    ApiError::new(
+        StatusCode::TOO_MANY_REQUESTS,
+        "backlog_full",
+        "the backlog is half full (--max-pending-deliveries): replays and redeliveries wait until it has drained, so that ingest keeps its room",
+    )
+}
+
 fn store_error(e: StoreError) -> ApiError {
     ApiError::unavailable(format!("the store cannot be read now: {e}"))
 }
@@ -243,6 +253,7 @@ pub struct RedeliverRequest {
         (status = 202, description = "Queued (`queued` 0: still pending there)", body = Object, example = json!({"queued": 1, "eventId": "evt-1", "client": "dealer-1", "target": {"kind": "webhooksubscription", "namespace": "dealer-1", "name": "crm", "uid": "5b1c…", "client": "dealer-1"}, "note": null})),
         (status = 404, description = "No such target or event (or past retention), or not the caller's", body = crate::ingest::ErrorBody),
         (status = 409, description = "`not_taken`: the target no longer takes the event; `too_old`: older than its retry.maxAgeSeconds", body = crate::ingest::ErrorBody),
+        (status = 429, description = "`backlog_full`: replays and redeliveries have filled their half of `--max-pending-deliveries`", body = crate::ingest::ErrorBody),
         (status = 401, description = "Missing or unknown manage token", body = crate::ingest::ErrorBody),
     ),
     security(("bearer" = []))
@@ -310,6 +321,9 @@ pub(crate) async fn redeliver_event(
             ),
         ));
     }
+    if state.dispatcher.replay_room() == 0 {
+        return Err(backlog_full());
+    }
     let row = target.id().to_string();
     let added = state
         .store
@@ -354,6 +368,9 @@ pub struct Replayed {
     pub too_old: u64,
     /// [`MAX_REPLAY`] was reached: events accepted after `until` were not looked at.
     pub truncated: bool,
+    /// The backlog had no room for the whole window (replays may fill at most half of
+    /// `--max-pending-deliveries`): `truncated`, and `stoppedAt` is where to replay on from.
+    pub backlog_full: bool,
     /// When the last event looked at was accepted, when `truncated` (replay on from there).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stopped_at: Option<String>,
@@ -369,6 +386,8 @@ pub async fn replay_window(
 ) -> Result<Replayed, StoreError> {
     let mut out = Replayed::default();
     let mut seqs = Vec::new();
+    // When each of `seqs` was accepted, to say where a cut-short replay stopped.
+    let mut accepted = Vec::new();
     let mut query = FeedQuery {
         client: target.selector.client_id.clone(),
         after: None,
@@ -405,11 +424,19 @@ pub async fn replay_window(
                 break 'pages;
             }
             seqs.push(e.seq);
+            accepted.push(stored.received_unix_ms);
         }
         if !page.more {
             break;
         }
         query.after = Some(page.next);
+    }
+    let room = usize::try_from(dispatcher.replay_room()).unwrap_or(usize::MAX);
+    if seqs.len() > room {
+        out.truncated = true;
+        out.backlog_full = true;
+        out.stopped_at = accepted.get(room).map(|ms| rfc3339(*ms));
+        seqs.truncate(room);
     }
     let row = target.id().to_string();
     for chunk in seqs.chunks(10_000) {
@@ -447,10 +474,11 @@ impl crate::controller::replay::Replay for ReplayDeliveries {
     params(("kind" = String, Path, description = "webhooksubscription, ftpconnection or apiconnection (whs, ftpc, apic)", example = "whs"), ("ns" = String, Path, description = "Namespace", example = "dealer-1"), ("name" = String, Path, description = "Name", example = "crm")),
     request_body(content = ReplayRequest, example = json!({"since": "2026-12-01T08:00:00Z", "until": "2026-12-01T12:00:00Z", "types": ["vehicle.processed"]})),
     responses(
-        (status = 202, description = "Queued", body = Object, example = json!({"queued": 4, "matched": 4, "tooOld": 0, "truncated": false, "from": "2026-12-01T08:00:00Z", "until": "2026-12-01T12:00:00Z", "limit": 100000, "target": {"kind": "webhooksubscription", "namespace": "dealer-1", "name": "crm", "uid": "5b1c…", "client": "dealer-1"}})),
+        (status = 202, description = "Queued", body = Object, example = json!({"queued": 4, "matched": 4, "tooOld": 0, "truncated": false, "backlogFull": false, "from": "2026-12-01T08:00:00Z", "until": "2026-12-01T12:00:00Z", "limit": 100000, "target": {"kind": "webhooksubscription", "namespace": "dealer-1", "name": "crm", "uid": "5b1c…", "client": "dealer-1"}})),
         (status = 400, description = "`invalid_request`: `field` names the bad one", body = crate::ingest::ErrorBody),
         (status = 404, description = "No such target, or not the caller's", body = crate::ingest::ErrorBody),
         (status = 401, description = "Missing or unknown manage token", body = crate::ingest::ErrorBody),
+        (status = 429, description = "`backlog_full`: replays and redeliveries have filled their half of `--max-pending-deliveries`", body = crate::ingest::ErrorBody),
     ),
     security(("bearer" = []))
 )]
@@ -486,6 +514,9 @@ pub async fn replay(
     let done = replay_window(&state.store, &state.dispatcher, &target, &window)
         .await
         .map_err(store_error)?;
+    if done.backlog_full && done.queued == 0 {
+        return Err(backlog_full());
+    }
     let mut answer = serde_json::to_value(&done).unwrap_or_default();
     if let Some(m) = answer.as_object_mut() {
         m.insert("from".into(), rfc3339(since_ms).into());

@@ -600,3 +600,75 @@ async fn ops_webhook_tells_the_platform_of_failing_and_recovered_signed() {
     assert_eq!(got[1].body["reason"], "Delivered");
     assert_ne!(got[0].headers["webhook-id"], got[1].headers["webhook-id"]);
 }
+
+/// A client replaying its history may fill half the backlog bound, never all of it: past that
+/// its replay is cut short (saying where to go on from) and redeliveries are refused with
+/// 429, while every client's ingest still has its room.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replays_leave_ingest_its_half_of_the_backlog() {
+    let o = start("replay-backlog", &["--max-pending-deliveries", "4"]).await;
+    let cp = ControlPlane::shared();
+    let client = cp.client().await.unwrap();
+    let ns = o.scope.namespace(cp, "rpb", "rp-a").await;
+    let rx = Receiver::start(Some(WHSEC)).await;
+    subscription(
+        &client,
+        &ns.name,
+        "crm",
+        json!({ "url": rx.url("crm"), "clientId": "rp-a", "events": ["vehicle.processed"],
+                "retry": { "maxAttempts": 50, "initialBackoffSeconds": 60, "maxBackoffSeconds": 60 } }),
+    )
+    .await;
+    let since = k8s_openapi::jiff::Timestamp::now().to_string();
+    let events: Vec<Value> = (1..=3)
+        .map(|i| event(&format!("bl-{i}"), "rp-a", "vehicle.processed", "veh-bl"))
+        .collect();
+    ingest(&o.op, events).await;
+    rx.wait_for("crm", 3).await;
+    // From now on the receiver fails (and the next attempt is a minute away): what is
+    // queued again stays pending.
+    rx.script("crm", vec![Reply::Status(503); 20]);
+    let target = format!("/v1/targets/webhooksubscription/{}/crm", ns.name);
+
+    // Half of 4 is 2: the first two of the window are queued, the answer says where it
+    // stopped.
+    let (status, body) = manage(
+        &o.op,
+        CLIENT_A,
+        &format!("{target}/replay"),
+        json!({ "since": since }),
+    )
+    .await;
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(body["queued"], 2, "{body}");
+    assert_eq!(body["backlogFull"], true, "{body}");
+    assert_eq!(body["truncated"], true, "{body}");
+    assert!(body["stoppedAt"].is_string(), "{body}");
+
+    // No more room for replays or redeliveries...
+    let (status, body) = redeliver(&o.op, CLIENT_A, &target, "bl-3").await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (429, Some("backlog_full")),
+        "{body}"
+    );
+    let (status, body) = manage(
+        &o.op,
+        CLIENT_A,
+        &format!("{target}/replay"),
+        json!({ "since": since }),
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (429, Some("backlog_full")),
+        "{body}"
+    );
+
+    // ...while ingest still takes events: the bound's other half is its own.
+    ingest(
+        &o.op,
+        vec![event("bl-4", "rp-a", "vehicle.processed", "veh-bl-2")],
+    )
+    .await;
+}
