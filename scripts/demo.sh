@@ -143,7 +143,7 @@ for vid, v in s["vehicles"].items():
     print(f"vehicle {vid}: vin={v['vin']} status={v['status']} photos={len(v['photos'])}")
 PY
 
-say "kubectl vc deliveries -n dealer-123 (the delivery log: every attempt and what the receiver answered)"
+say "kubectl vc deliveries (the delivery log: every attempt and what the receiver answered)"
 export VC_SERVER="http://$API" VC_TOKEN="$MANAGE_TOKEN"
 kubectl vc deliveries --limit 12 || true
 say "kubectl vc test whs/dms-vehicle-processed -n dealer-123 (a sample event sent now)"
@@ -158,7 +158,6 @@ The demo keeps running. Try, in another terminal:
   kubectl vc deliveries --status failed        # the delivery log (kubectl vc --help)
   kubectl vc event evt_sample_vehicle_processed --client dealer-123
   kubectl vc replay whs/dms-vehicle-processed -n dealer-123 --since 1h
-Open http://$API/console in a browser and sign in with $MANAGE_TOKEN.
   $BIN render --connection examples/api/apiconnection-autodms.yaml \\
        --event examples/events/vehicle.processed.json   # what an event becomes, offline
   kubectl describe whs -n dealer-123 dms-vehicle-processed
@@ -167,6 +166,7 @@ Open http://$API/console in a browser and sign in with $MANAGE_TOKEN.
   kubectl -n dealer-123 patch whs ana-uploads --type merge -p '{"spec":{"suspend":true}}'
   curl http://$API/metrics | grep vehicle_connect
   tail -f $DEMO/receiver.log $DEMO/operator.log
+Open http://$API/console in a browser and sign in with $MANAGE_TOKEN.
 Ctrl-C stops everything.
 MSG
 # `wait` (unlike a foreground sleep) lets the INT/TERM trap run at once.
