@@ -533,7 +533,7 @@ async fn spec_replay_is_carried_out_once_per_id() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ops_webhook_tells_the_platform_of_failing_and_recovered_signed() {
+async fn ops_webhook_tells_the_platform_of_failing_recovered_gone_and_suspended_signed() {
     let cp = ControlPlane::shared();
     let platform = Receiver::start(Some(WHSEC)).await;
     let secret = tempfile::NamedTempFile::new().unwrap();
@@ -599,6 +599,59 @@ async fn ops_webhook_tells_the_platform_of_failing_and_recovered_signed() {
     assert_eq!(got[0].body["reason"], "DeliveryFailing");
     assert_eq!(got[1].body["reason"], "Delivered");
     assert_ne!(got[0].headers["webhook-id"], got[1].headers["webhook-id"]);
+
+    // The receiver says 410: the target is held, and the platform hears it.
+    rx.script("flaky", vec![Reply::Status(410)]);
+    ingest(
+        &op,
+        vec![event("evt-ops-2", "rp-a", "vehicle.processed", "veh-o")],
+    )
+    .await;
+    let gone = ops_signal(&platform, "target.gone").await;
+    assert_eq!(gone.body["reason"], "ReceiverGone");
+    // Suspended from Git (which also lifts the 410 hold): heard too.
+    let api: Api<WebhookSubscription> = Api::namespaced(client.clone(), &ns.name);
+    api.patch(
+        "flaky",
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(json!({ "spec": { "suspend": true } })),
+    )
+    .await
+    .unwrap();
+    let suspended = ops_signal(&platform, "target.suspended").await;
+    assert_eq!(suspended.body["reason"], "Suspended");
+    for r in [&gone, &suspended] {
+        assert_eq!(
+            r.signature_ok,
+            Some(true),
+            "verified by standardwebhooks: {r:?}"
+        );
+        assert_eq!(r.body["target"]["name"], "flaky");
+    }
+}
+
+/// The first signal of type `ty` the platform got, waiting up to 30 s for it.
+async fn ops_signal(platform: &Receiver, ty: &str) -> crate::support::receiver::Received {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(r) = platform
+            .received_on("ops")
+            .into_iter()
+            .find(|r| r.body["type"] == ty)
+        {
+            return r;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no {ty} signal; got {:?}",
+            platform
+                .received_on("ops")
+                .iter()
+                .map(|r| r.body["type"].clone())
+                .collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// A client replaying its history may fill half the backlog bound, never all of it: past that
