@@ -725,3 +725,79 @@ async fn replays_leave_ingest_its_half_of_the_backlog() {
     )
     .await;
 }
+
+/// A test send to an FTP connection uploads the caller's event's images to the real server
+/// now and answers what happened; with an image the server cannot be given (a 404 at the
+/// image server) it answers the failure and its reason, and the real queue never sees either.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn test_send_to_an_ftp_connection_uploads_now() {
+    let Op { op, scope, _dir } = start("replay-ftp-test", &[]).await;
+    let cp = ControlPlane::shared();
+    let client = cp.client().await.unwrap();
+    let ns = scope.namespace(cp, "rpf", "rp-a").await;
+    let server = crate::support::ftp_server::FtpServer::start("dealer", "ftp-s3cret")
+        .await
+        .unwrap();
+    let images = Receiver::start(None).await;
+    let jpeg = [&[0xff, 0xd8, 0xff, 0xe0][..], &[7u8; 4000], &[0xff, 0xd9]].concat();
+    let url = images.serve_file("img/1.jpg", &jpeg, "image/jpeg");
+    put_secret(
+        &client,
+        &ns.name,
+        "ftp",
+        None,
+        json!({ "username": "dealer", "password": "ftp-s3cret" }),
+    )
+    .await;
+    apply_value(
+        &client,
+        &ns.name,
+        json!({ "apiVersion": "connect.vehicles.io/v1alpha1", "kind": "FtpConnection",
+                "metadata": { "name": "dms" },
+                "spec": { "host": "127.0.0.1", "port": server.port(), "clientId": "rp-a",
+                          "credentialsSecretRef": { "name": "ftp" },
+                          "rules": { "baseDirectory": "/in", "fileName": "{vin}_{index:02}.{ext}" } } }),
+    )
+    .await;
+    let api: Api<vehicle_connect::api::FtpConnection> = Api::namespaced(client.clone(), &ns.name);
+    wait_for(&api, "dms", "Ready", |c| {
+        c.status
+            .as_ref()
+            .and_then(|s| condition(&s.conditions, "Ready"))
+            .is_some_and(|c| c.0 == "True")
+    })
+    .await;
+    let target = format!("/v1/targets/ftpconnection/{}/dms/test", ns.name);
+    let event = |image_url: &str| {
+        json!({ "type": "vehicle.processed", "timestamp": "2026-12-03T10:00:00Z",
+                "data": { "vehicle": { "id": "veh-t", "vin": "WVWZZZ1JZXW000077" },
+                          "images": [{ "index": 1, "url": image_url, "contentType": "image/jpeg" }] } })
+    };
+
+    let (status, answer) = manage(&op, CLIENT_A, &target, json!({ "event": event(&url) })).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["result"], "delivered", "{answer}");
+    assert_eq!(answer["event"]["clientId"], "rp-a");
+    let uploaded = std::fs::read(server.path("/in/WVWZZZ1JZXW000077_01.jpg")).unwrap();
+    assert_eq!(uploaded, jpeg);
+
+    let missing = images.url("img/none.jpg");
+    let (status, answer) =
+        manage(&op, CLIENT_A, &target, json!({ "event": event(&missing) })).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["result"], "failed", "{answer}");
+    assert!(
+        answer["reason"].as_str().is_some_and(|r| !r.is_empty()),
+        "{answer}"
+    );
+
+    // Neither went through the queue: no log entry, no counters.
+    let r = reqwest::Client::new()
+        .get(op.url("/v1/deliveries?client=rp-a"))
+        .bearer_auth(OPS)
+        .send()
+        .await
+        .unwrap();
+    let page: Value = serde_json::from_slice(&r.bytes().await.unwrap()).unwrap();
+    assert_eq!(page["entries"], json!([]), "{page}");
+}
