@@ -363,11 +363,13 @@ where
     {
         let was_suspended = crate::status::find(old_conditions, crate::status::READY)
             .is_some_and(|c| c.reason == "Suspended");
-        if let Some(ops) = &ctx.shared.settings.ops
-            && ready.reason == "Suspended"
-            && !was_suspended
-        {
-            ops.signal(crate::status::ops::SignalType::Suspended, &key, ready);
+        if let Some(ops) = &ctx.shared.settings.ops {
+            let suspended = ready.reason == "Suspended";
+            if suspended && !was_suspended {
+                ops.signal(crate::status::ops::SignalType::Suspended, &key, ready);
+            } else if was_suspended && !suspended {
+                ops.signal(crate::status::ops::SignalType::Resumed, &key, ready);
+            }
         }
         if crate::status::worth_an_event(old_conditions, ready) {
             ctx.shared.publish(obj, ready, "Reconcile").await;

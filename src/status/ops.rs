@@ -33,6 +33,8 @@ pub enum SignalType {
     Gone,
     /// The resource was suspended (`spec.suspend`).
     Suspended,
+    /// `spec.suspend` was lifted: delivery goes on with what queued meanwhile.
+    Resumed,
 }
 
 impl SignalType {
@@ -43,6 +45,7 @@ impl SignalType {
             SignalType::Recovered => "target.recovered",
             SignalType::Gone => "target.gone",
             SignalType::Suspended => "target.suspended",
+            SignalType::Resumed => "target.resumed",
         }
     }
 }

@@ -533,7 +533,7 @@ async fn spec_replay_is_carried_out_once_per_id() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ops_webhook_tells_the_platform_of_failing_recovered_gone_and_suspended_signed() {
+async fn ops_webhook_tells_the_platform_of_failing_recovered_gone_suspended_resumed_signed() {
     let cp = ControlPlane::shared();
     let platform = Receiver::start(Some(WHSEC)).await;
     let secret = tempfile::NamedTempFile::new().unwrap();
@@ -620,7 +620,18 @@ async fn ops_webhook_tells_the_platform_of_failing_recovered_gone_and_suspended_
     .unwrap();
     let suspended = ops_signal(&platform, "target.suspended").await;
     assert_eq!(suspended.body["reason"], "Suspended");
-    for r in [&gone, &suspended] {
+    // And resumed.
+    rx.script("flaky", vec![Reply::Status(200)]);
+    api.patch(
+        "flaky",
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(json!({ "spec": { "suspend": false } })),
+    )
+    .await
+    .unwrap();
+    let resumed = ops_signal(&platform, "target.resumed").await;
+    assert_eq!(resumed.body["reason"], "Ready");
+    for r in [&gone, &suspended, &resumed] {
         assert_eq!(
             r.signature_ok,
             Some(true),
