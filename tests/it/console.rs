@@ -612,6 +612,25 @@ async fn console_self_service_log_retry_and_test_in_a_real_browser() {
     );
     b.screenshot("12-test-event").await;
 
+    // Replay the last day from the same place: the stored event goes out again.
+    let since = (k8s_openapi::jiff::Timestamp::now()
+        - k8s_openapi::jiff::SignedDuration::from_hours(24))
+    .strftime("%Y-%m-%dT%H:%M")
+    .to_string();
+    let replay = format!("{row} form[aria-label^='Replay events']");
+    b.set_value(&format!("{replay} input[name=since]"), &since)
+        .await;
+    b.click(&format!("{replay} button")).await;
+    let said = b
+        .wait_text(&format!("{replay} + .result"), "the replay", |t| {
+            t.contains("Replay started")
+        })
+        .await;
+    assert!(said.contains("1 events queued"), "{said}");
+    let got = w.receiver.wait_for("c", 4).await;
+    assert_eq!(got[3].body["id"], "evt-console-c-1", "{:?}", got[3].body);
+    b.screenshot("12b-replay").await;
+
     // Edit it: one more event type; the spec the form did not show is sent back unchanged.
     b.click(&format!("{row} a[href='#/webhook/crm-c']")).await;
     b.wait_css("#webhook-form input[name=name][readonly]").await;

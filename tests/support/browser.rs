@@ -173,6 +173,19 @@ impl Browser {
         el.send_keys(text).await.expect("type");
     }
 
+    /// Sets the value of the input matching `css` as a script would: date and time inputs
+    /// take typed text in the browser's locale's order, a value in their own format.
+    pub async fn set_value(&self, css: &str, value: &str) {
+        self.wait_css(css).await;
+        self.client
+            .execute(
+                "document.querySelector(arguments[0]).value = arguments[1];",
+                vec![css.into(), value.into()],
+            )
+            .await
+            .expect("set the value");
+    }
+
     pub async fn click(&self, css: &str) {
         self.wait_css(css).await.click().await.expect("click");
     }

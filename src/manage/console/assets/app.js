@@ -246,13 +246,12 @@ function replayForm(t) {
     const body = { since: new Date(since.value).toISOString() };
     if (until.value) body.until = new Date(until.value).toISOString();
     try {
-      const r = await api("POST", `/v1/targets/${t.kind}/${enc(t.namespace)}/${enc(t.name)}/replay`, body);
-      r = r || {};
+      const r = (await api("POST", `/v1/targets/${t.kind}/${enc(t.namespace)}/${enc(t.name)}/replay`, body)) || {};
       const n = r.queued ?? r.events ?? r.count;
       out.replaceChildren(h("p", { class: "notice" }, `Replay started${n !== undefined ? `: ${n} events queued` : ""}`,
         r.matched !== undefined ? ` of ${r.matched} matching` : "",
         r.tooOld ? `, ${r.tooOld} too old for the retry policy` : "",
-        r.truncated ? " (the window was cut short; replay the rest again)" : "", "."));
+        r.truncated ? ` (cut short${r.backlogFull ? ": the backlog is half full" : ""}; replay on from ${r.stoppedAt ?? "there"} later)` : "", "."));
       announce("Replay started");
     } catch (e) {
       out.replaceChildren(errorBox(e, "Replay"));
