@@ -3,7 +3,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 KUBECONFIG_LOCAL := .local/kubeconfig
 
-.PHONY: demo all build control-plane health-checker health-docs peers dms-venv cluster cluster-down test bench-smoke lint fmt crds clean bench openapi helm chart-crds chart-check
+.PHONY: demo all build control-plane health-checker health-docs peers nats dms-venv cluster cluster-down test bench-smoke lint fmt crds clean bench openapi helm chart-crds chart-check
 
 all: build
 
@@ -23,9 +23,14 @@ health-docs:
 	@scripts/sync-health-argocd-cm.sh
 
 ## Install the Debian packages of the servers and tools the tests run (vsftpd, openssh-server,
-## …) if missing (as root or with passwordless sudo).
-peers:
+## …) if missing (as root or with passwordless sudo), and build nats-server (the JetStream
+## tests' 3-node cluster) from its Go module into ~/.cache (once).
+peers: nats
 	@scripts/install-peers.sh
+
+## Build nats-server from its Go module (github.com/nats-io/nats-server/v2) into ~/.cache (once).
+nats:
+	@scripts/build-nats.sh >/dev/null
 
 ## Make the Python venv of the AutoDMS test peer in ~/.cache (once).
 dms-venv:

@@ -26,10 +26,12 @@ while [[ $# -gt 0 ]]; do
   esac
 done
 
-# The newest `go` line among the Go modules built from source: etcd v3.6.16 says 1.26.0
-# (kube-apiserver v1.35.4 and helm v3.20.2 say 1.25.0). Raise it with the pins.
+# The newest `go` line among the Go modules built from source: etcd v3.6.16 and nats-server
+# v2.15.3 say 1.26.0 (kube-apiserver v1.35.4 and helm v3.20.2 say 1.25.0). Raise it with the
+# pins.
 GO_MIN_CONTROL_PLANE=1.26.0
 GO_MIN_HELM=1.25.0
+GO_MIN_NATS=1.26.0
 PYTHON_MIN=3.10 # openapi-core 0.23, in scripts/dms-venv.sh
 
 problems=()
@@ -64,6 +66,10 @@ fi
 if [[ "$MODE" == test ]] && ! "$BASH" "$ROOT/scripts/build-health-checker.sh" --cached >/dev/null 2>&1; then
   if [[ -z "$go_min" ]]; then go_min=$GO_MIN_HELM; fi
   go_for="${go_for:+${go_for/ and /, } and }the health checker"
+fi
+if [[ "$MODE" == test ]] && ! "$BASH" "$ROOT/scripts/build-nats.sh" --cached >/dev/null 2>&1; then
+  if [[ -z "$go_min" ]] || ! at_least "$go_min" "$GO_MIN_NATS"; then go_min=$GO_MIN_NATS; fi
+  go_for="${go_for:+${go_for/ and /, } and }nats-server"
 fi
 if [[ -n "$go_min" ]]; then
   what="go $go_min or newer (builds $go_for from their Go modules, once, into ~/.cache/vehicle-connect)"

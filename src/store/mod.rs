@@ -22,6 +22,7 @@
 
 mod attempts;
 mod feed;
+pub mod jetstream;
 mod tables;
 mod writer;
 

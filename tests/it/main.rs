@@ -28,6 +28,7 @@ mod ftp_vsftpd;
 mod gitops_health;
 mod health_scripts;
 mod ingest_auth;
+mod jetstream;
 mod kube_basics;
 mod kubectl_plugin;
 mod metrics;

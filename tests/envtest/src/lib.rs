@@ -9,6 +9,7 @@
 //! - [`ControlPlane::start_detached`]: survives the caller (used by `make cluster`), stopped
 //!   by [`stop_detached`].
 
+pub mod nats;
 pub mod operator;
 
 use std::fs;

@@ -1,0 +1,546 @@
+//! The event log on NATS JetStream (issue #13, groundwork): the optional second backend for
+//! accepted events, for running several replicas with no single point of failure. Nothing in
+//! the operator uses it yet; this is the log that ingest will write to.
+//!
+//! Layout: one stream, [`STREAM`], on the subjects `vc.events.<partition>`, file storage,
+//! R3 in a cluster. An event goes to the partition [`partition`] gives its (client, vehicle):
+//! one vehicle's events stay in one partition, in order, and later work assigns partitions to
+//! replicas. Its body is the message payload, byte for byte; what the operator needs besides
+//! (client, id, lane, type, targets) travels in headers.
+//!
+//! Durability: [`JetStreamLog::accept`] answers `Ok` only after the PubAck, which the stream
+//! leader sends once a quorum of replicas has stored the message. Without a quorum (2 of 3
+//! nodes down or stalled) no PubAck comes and the accept fails after
+//! [`JetStreamOptions::ack_timeout`]; it never claims an event it could not make durable.
+//!
+//! Dedupe: each message carries `Nats-Msg-Id: <client>/<id>` ([`crate::store::dedupe_key`]),
+//! and JetStream answers a repeat within the stream's duplicate window as a duplicate with the
+//! sequence of the original. **Limit:** that window ([`JetStreamOptions::duplicate_window`],
+//! 2 hours by default) is all there is: the same (client, id) sent again after it is stored
+//! again. The embedded store dedupes for as long as it keeps the event (the retention); a
+//! dedupe that holds as long on JetStream needs an index of its own (a KV bucket keyed by the
+//! dedupe key, say) and is not built yet.
+
+use std::collections::HashMap;
+use std::hash::Hasher;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use async_nats::HeaderMap;
+use async_nats::jetstream::ErrorCode;
+use async_nats::jetstream::context::{
+    CreateStreamError, CreateStreamErrorKind, PublishError, PublishErrorKind,
+};
+use async_nats::jetstream::message::PublishMessage;
+use async_nats::jetstream::stream::{
+    self, DiscardPolicy, RawMessageError, RawMessageErrorKind, StorageType,
+};
+use async_nats::jetstream::{self as js, Context};
+use bytes::Bytes;
+use percent_encoding::{AsciiSet, CONTROLS, percent_decode_str, utf8_percent_encode};
+
+use super::{AcceptOutcome, NewEvent, StoredEvent, dedupe_key};
+
+/// The stream holding every accepted event.
+pub const STREAM: &str = "VC_EVENTS";
+/// Events are published to `<SUBJECT_PREFIX>.<partition>`.
+pub const SUBJECT_PREFIX: &str = "vc.events";
+/// Partitions when none are configured.
+pub const DEFAULT_PARTITIONS: u32 = 16;
+
+// Header names of what an event carries besides its body.
+const H_CLIENT: &str = "Vc-Client";
+const H_ID: &str = "Vc-Event-Id";
+const H_LANE: &str = "Vc-Lane";
+const H_TYPE: &str = "Vc-Event-Type";
+const H_TARGETS: &str = "Vc-Targets";
+const NATS_MSG_ID: &str = "Nats-Msg-Id";
+
+/// Escaped in header values: a CR or LF would end the header (async-nats panics on them),
+/// the NATS parser trims spaces, `,` separates targets, `%` is the escape itself.
+const HEADER_ESCAPE: &AsciiSet = &CONTROLS.add(b'%').add(b' ').add(b',');
+
+/// The partition of a (client, vehicle) among `partitions` (0 is taken as 1): FNV-1a over
+/// both, so every process and every version of the operator agrees on it. The vehicle is the
+/// event's lane ([`NewEvent::lane`]).
+pub fn partition(client: &str, vehicle: &str, partitions: u32) -> u32 {
+    let mut h = fnv::FnvHasher::default();
+    h.write(client.as_bytes());
+    // A separator that cannot occur in UTF-8 keeps ("ab", "c") apart from ("a", "bc").
+    h.write(&[0xff]);
+    h.write(vehicle.as_bytes());
+    // The remainder is below `partitions`, so it fits in a u32.
+    (h.finish() % u64::from(partitions.max(1))) as u32
+}
+
+/// The subject of a partition.
+pub fn subject(partition: u32) -> String {
+    format!("{SUBJECT_PREFIX}.{partition}")
+}
+
+/// How to reach NATS and how the stream is configured.
+#[derive(Debug, Clone)]
+pub struct JetStreamOptions {
+    /// A NATS credentials file (JWT and NKey seed), e.g. from a Secret.
+    pub credentials_file: Option<PathBuf>,
+    /// CA bundle that signs the servers' certificates (PEM); setting any TLS file requires TLS.
+    pub tls_ca_file: Option<PathBuf>,
+    /// Client certificate and key (PEM) for mutual TLS: both or neither.
+    pub tls_cert_file: Option<PathBuf>,
+    pub tls_key_file: Option<PathBuf>,
+    /// Replicas of the stream: 3 in a cluster (a quorum of 2 acknowledges), 1 on one node.
+    pub replicas: usize,
+    /// Events older than this are removed by JetStream (`max_age`); zero keeps them forever.
+    pub max_age: Duration,
+    /// Most bytes the stream keeps; the oldest events go first. `None`: no limit.
+    pub max_bytes: Option<u64>,
+    /// How long a (client, id) is remembered for dedupe; capped at `max_age` (JetStream
+    /// refuses a longer window). See the module docs for the limit this sets.
+    pub duplicate_window: Duration,
+    /// Partitions events are spread over (by client and vehicle).
+    pub partitions: u32,
+    /// How long an accept waits for each PubAck (and any JetStream API call for its answer).
+    pub ack_timeout: Duration,
+    /// How long connecting, and creating the stream while JetStream elects its leaders, may
+    /// take.
+    pub connect_timeout: Duration,
+}
+
+impl Default for JetStreamOptions {
+    fn default() -> Self {
+        JetStreamOptions {
+            credentials_file: None,
+            tls_ca_file: None,
+            tls_cert_file: None,
+            tls_key_file: None,
+            replicas: 3,
+            // The embedded store's default retention (--retention-hours 168).
+            max_age: Duration::from_secs(168 * 3600),
+            max_bytes: None,
+            duplicate_window: Duration::from_secs(2 * 3600),
+            partitions: DEFAULT_PARTITIONS,
+            ack_timeout: Duration::from_secs(5),
+            connect_timeout: Duration::from_secs(20),
+        }
+    }
+}
+
+impl JetStreamOptions {
+    /// The defaults for one NATS server: one replica.
+    pub fn single_node() -> Self {
+        JetStreamOptions {
+            replicas: 1,
+            ..Self::default()
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum JetStreamError {
+    #[error("no NATS server URL given")]
+    NoUrls,
+    #[error("reading the NATS credentials file {path}: {source}")]
+    Credentials {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("a NATS TLS client certificate needs both a certificate and a key file")]
+    TlsPair,
+    #[error("connecting to NATS at {urls}: {source}")]
+    Connect {
+        urls: String,
+        #[source]
+        source: async_nats::ConnectError,
+    },
+    #[error("creating or updating the JetStream stream {STREAM}: {source}")]
+    Stream {
+        #[source]
+        source: CreateStreamError,
+    },
+    /// No PubAck in time: a quorum of the stream's replicas is not reachable (or JetStream is
+    /// electing a leader). The event may or may not be stored; it is not acknowledged, and
+    /// sending it again is answered as a duplicate if it was.
+    #[error(
+        "event {key}: JetStream did not acknowledge it within {after:?}, so it is not durable \
+         (is a quorum of the {STREAM} stream's replicas reachable?)"
+    )]
+    AckTimeout { key: String, after: Duration },
+    /// Nothing answered on the event's subject: the stream is gone, or (for a few seconds
+    /// after a node is lost) its replicas are electing a new leader. Nothing was stored.
+    #[error(
+        "event {key}: no {STREAM} stream leader answered on {subject} (leader election after \
+         a lost node, or the stream was deleted); not stored"
+    )]
+    NoLeader { key: String, subject: String },
+    #[error("event {key}: publishing to JetStream failed: {source}")]
+    Publish {
+        key: String,
+        #[source]
+        source: PublishError,
+    },
+    #[error("event {key}: {what} cannot be sent as a NATS header: {source}")]
+    Header {
+        key: String,
+        what: &'static str,
+        #[source]
+        source: async_nats::header::ParseHeaderValueError,
+    },
+    #[error("reading event {seq} from JetStream: {source}")]
+    Read {
+        seq: u64,
+        #[source]
+        source: RawMessageError,
+    },
+    #[error("message {seq} of the {STREAM} stream is not an event: {what}")]
+    Malformed { seq: u64, what: String },
+    #[error("reading the {STREAM} stream's state: {0}")]
+    Info(#[source] async_nats::Error),
+}
+
+/// An event read back from the log: what [`StoredEvent`] holds, and what the embedded store
+/// keeps in its other tables (client, type, targets).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoggedEvent {
+    /// `seq` is the stream sequence; `received_unix_ms` the time JetStream stored it.
+    pub event: StoredEvent,
+    pub client: String,
+    pub event_type: String,
+    pub targets: Vec<String>,
+    /// The partition it was published to.
+    pub partition: u32,
+}
+
+/// The event log on one JetStream stream. Cheap to clone; clones share one connection.
+#[derive(Clone)]
+pub struct JetStreamLog {
+    context: Context,
+    stream: stream::Stream<()>,
+    partitions: u32,
+    ack_timeout: Duration,
+}
+
+impl std::fmt::Debug for JetStreamLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JetStreamLog")
+            .field("partitions", &self.partitions)
+            .finish_non_exhaustive()
+    }
+}
+
+impl JetStreamLog {
+    /// Connects to the NATS servers in `urls` (comma-separated, `nats://host:port` or
+    /// `tls://…`; any one reachable will do) and creates [`STREAM`], or updates it to
+    /// `options` if it exists.
+    pub async fn connect(urls: &str, options: &JetStreamOptions) -> Result<Self, JetStreamError> {
+        let addrs: Vec<&str> = urls
+            .split(',')
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+            .collect();
+        if addrs.is_empty() {
+            return Err(JetStreamError::NoUrls);
+        }
+        let mut connect = async_nats::ConnectOptions::new()
+            .name("vehicle-connect")
+            .connection_timeout(options.connect_timeout)
+            .request_timeout(Some(options.ack_timeout));
+        if let Some(path) = &options.credentials_file {
+            connect = connect.credentials_file(path).await.map_err(|source| {
+                JetStreamError::Credentials {
+                    path: path.clone(),
+                    source,
+                }
+            })?;
+        }
+        let mut tls = false;
+        if let Some(ca) = &options.tls_ca_file {
+            connect = connect.add_root_certificates(ca.clone());
+            tls = true;
+        }
+        match (&options.tls_cert_file, &options.tls_key_file) {
+            (Some(cert), Some(key)) => {
+                connect = connect.add_client_certificate(cert.clone(), key.clone());
+                tls = true;
+            }
+            (None, None) => {}
+            _ => return Err(JetStreamError::TlsPair),
+        }
+        if tls {
+            connect = connect.require_tls(true);
+        }
+        let client = connect
+            .connect(addrs)
+            .await
+            .map_err(|source| JetStreamError::Connect {
+                urls: urls.to_owned(),
+                source,
+            })?;
+        let context = js::ContextBuilder::new()
+            .timeout(options.ack_timeout)
+            .build(client);
+
+        let config = stream_config(options);
+        // Just after a cluster forms, or while it elects a meta leader, JetStream answers
+        // "unavailable" or times out for a few seconds: keep trying until connect_timeout.
+        let deadline = tokio::time::Instant::now() + options.connect_timeout;
+        loop {
+            match context.create_or_update_stream(config.clone()).await {
+                Ok(_) => break,
+                Err(e) if tokio::time::Instant::now() < deadline && transient(&e) => {
+                    tracing::debug!(error = %e, "JetStream stream not ready yet, retrying");
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+                Err(source) => return Err(JetStreamError::Stream { source }),
+            }
+        }
+        let stream = context
+            .get_stream_no_info(STREAM)
+            .await
+            .map_err(|e| JetStreamError::Info(e.into()))?;
+        Ok(JetStreamLog {
+            context,
+            stream,
+            partitions: options.partitions.max(1),
+            ack_timeout: options.ack_timeout,
+        })
+    }
+
+    pub fn partitions(&self) -> u32 {
+        self.partitions
+    }
+
+    /// Accepts events as [`crate::store::Store::accept`] does: `New` with the stream sequence
+    /// once JetStream acknowledged it (stored on a quorum), `Duplicate` with the original's
+    /// sequence when (client, id) was accepted before within the duplicate window, in the
+    /// order given. The events are published back to back and their acks awaited together.
+    ///
+    /// Unlike the embedded store, a batch is not atomic: on `Err` some of its events may be
+    /// stored. Sending the batch again is safe (those are answered as duplicates), which is
+    /// what ingest's 503 asks the client to do.
+    pub async fn accept(
+        &self,
+        events: Vec<NewEvent>,
+    ) -> Result<Vec<AcceptOutcome>, JetStreamError> {
+        // A (client, id) twice in one batch: the later ones take the first one's answer
+        // (JetStream would refuse a repeat whose original is still being replicated).
+        let mut first: HashMap<String, usize> = HashMap::new();
+        let mut repeat_of: Vec<Option<usize>> = Vec::with_capacity(events.len());
+        let mut acks = Vec::new();
+        for (i, event) in events.into_iter().enumerate() {
+            let key = dedupe_key(&event.client, &event.id);
+            if let Some(&j) = first.get(&key) {
+                repeat_of.push(Some(j));
+                continue;
+            }
+            first.insert(key.clone(), i);
+            repeat_of.push(None);
+            let part = partition(&event.client, &event.lane, self.partitions);
+            let message = publish_message(&key, event)?;
+            let subject = subject(part);
+            let ack = self
+                .context
+                .send_publish(subject.clone(), message)
+                .await
+                .map_err(|source| self.publish_error(&key, &subject, source))?;
+            acks.push((key, subject, ack));
+        }
+
+        let answers = futures::future::join_all(
+            acks.into_iter()
+                .map(|(key, subject, ack)| async move { (ack.await, key, subject) }),
+        )
+        .await;
+        let mut published = Vec::with_capacity(answers.len());
+        for (answer, key, subject) in answers {
+            let ack = answer.map_err(|source| self.publish_error(&key, &subject, source))?;
+            published.push(if ack.duplicate {
+                AcceptOutcome::Duplicate { seq: ack.sequence }
+            } else {
+                AcceptOutcome::New { seq: ack.sequence }
+            });
+        }
+
+        let mut published = published.into_iter();
+        let mut outcomes: Vec<AcceptOutcome> = Vec::with_capacity(repeat_of.len());
+        for repeat in repeat_of {
+            let outcome = match repeat {
+                Some(j) => AcceptOutcome::Duplicate {
+                    seq: outcomes[j].seq(),
+                },
+                // One answer was published per event that is not a repeat, in order.
+                None => published.next().ok_or_else(|| JetStreamError::Malformed {
+                    seq: 0,
+                    what: "fewer publish acks than events".into(),
+                })?,
+            };
+            outcomes.push(outcome);
+        }
+        Ok(outcomes)
+    }
+
+    /// The event at stream sequence `seq`, read from the stream leader (so an accepted event is
+    /// always seen); `None` if there is none (never stored, or removed by age or size).
+    pub async fn event(&self, seq: u64) -> Result<Option<LoggedEvent>, JetStreamError> {
+        let message = match self.stream.get_raw_message(seq).await {
+            Ok(m) => m,
+            Err(e) if e.kind() == RawMessageErrorKind::NoMessageFound => return Ok(None),
+            Err(source) => return Err(JetStreamError::Read { seq, source }),
+        };
+        let raw_header = |name: &'static str| -> Result<&str, JetStreamError> {
+            message
+                .headers
+                .get(name)
+                .map(|v| v.as_str())
+                .ok_or_else(|| JetStreamError::Malformed {
+                    seq,
+                    what: format!("no {name} header"),
+                })
+        };
+        let header = |name: &'static str| -> Result<String, JetStreamError> {
+            unescape(raw_header(name)?).ok_or_else(|| JetStreamError::Malformed {
+                seq,
+                what: format!("{name} is not UTF-8 once unescaped"),
+            })
+        };
+        // Split before unescaping: a target's own commas are escaped.
+        let targets = raw_header(H_TARGETS)?;
+        let targets = if targets.is_empty() {
+            Vec::new()
+        } else {
+            targets
+                .split(',')
+                .map(|t| {
+                    unescape(t).ok_or_else(|| JetStreamError::Malformed {
+                        seq,
+                        what: format!("{H_TARGETS} is not UTF-8 once unescaped"),
+                    })
+                })
+                .collect::<Result<_, _>>()?
+        };
+        let partition = message
+            .subject
+            .as_str()
+            .strip_prefix(SUBJECT_PREFIX)
+            .and_then(|p| p.strip_prefix('.'))
+            .and_then(|p| p.parse().ok())
+            .ok_or_else(|| JetStreamError::Malformed {
+                seq,
+                what: format!("subject {} is not {SUBJECT_PREFIX}.<n>", message.subject),
+            })?;
+        let stored_ns = message.time.unix_timestamp_nanos();
+        Ok(Some(LoggedEvent {
+            event: StoredEvent {
+                seq: message.sequence,
+                id: header(H_ID)?,
+                lane: header(H_LANE)?,
+                received_unix_ms: u64::try_from(stored_ns / 1_000_000).unwrap_or(0),
+                body: message.payload.to_vec(),
+            },
+            client: header(H_CLIENT)?,
+            event_type: header(H_TYPE)?,
+            targets,
+            partition,
+        }))
+    }
+
+    /// The stream's state as JetStream reports it (messages, first and last sequence, ...) and
+    /// its cluster (leader, replicas).
+    pub async fn info(&self) -> Result<stream::Info, JetStreamError> {
+        self.stream
+            .get_info()
+            .await
+            .map_err(|e| JetStreamError::Info(e.into()))
+    }
+
+    fn publish_error(&self, key: &str, subject: &str, source: PublishError) -> JetStreamError {
+        let key = key.to_owned();
+        match source.kind() {
+            PublishErrorKind::TimedOut => JetStreamError::AckTimeout {
+                key,
+                after: self.ack_timeout,
+            },
+            // async-nats' name for "no responders": nobody serves the subject right now.
+            PublishErrorKind::StreamNotFound => JetStreamError::NoLeader {
+                key,
+                subject: subject.to_owned(),
+            },
+            _ => JetStreamError::Publish { key, source },
+        }
+    }
+}
+
+/// Whether creating the stream failed only because the cluster is not settled yet (no meta
+/// leader, peers still joining); a wrong configuration fails at once.
+fn transient(e: &CreateStreamError) -> bool {
+    match e.kind() {
+        CreateStreamErrorKind::JetStreamUnavailable | CreateStreamErrorKind::TimedOut => true,
+        CreateStreamErrorKind::JetStream(e) => [
+            ErrorCode::CLUSTER_NOT_AVAILABLE,
+            ErrorCode::CLUSTER_NO_PEERS,
+            ErrorCode::INSUFFICIENT_RESOURCES,
+            ErrorCode::CLUSTER_INCOMPLETE,
+            ErrorCode::CLUSTER_NOT_ACTIVE,
+            ErrorCode::CLUSTER_NOT_LEADER,
+        ]
+        .contains(&e.error_code()),
+        _ => false,
+    }
+}
+
+fn stream_config(options: &JetStreamOptions) -> stream::Config {
+    let duplicate_window = if options.max_age.is_zero() {
+        options.duplicate_window
+    } else {
+        options.duplicate_window.min(options.max_age)
+    };
+    stream::Config {
+        name: STREAM.to_owned(),
+        description: Some("vehicle-connect: accepted events".to_owned()),
+        subjects: vec![format!("{SUBJECT_PREFIX}.>")],
+        storage: StorageType::File,
+        num_replicas: options.replicas.max(1),
+        duplicate_window,
+        max_age: options.max_age,
+        max_bytes: options
+            .max_bytes
+            .map_or(-1, |b| i64::try_from(b).unwrap_or(i64::MAX)),
+        discard: DiscardPolicy::Old,
+        ..Default::default()
+    }
+}
+
+fn publish_message(key: &str, event: NewEvent) -> Result<PublishMessage, JetStreamError> {
+    let mut headers = HeaderMap::new();
+    let targets: Vec<String> = event.targets.iter().map(|t| escape(t)).collect();
+    for (name, what, value) in [
+        (NATS_MSG_ID, "the dedupe key", escape(key)),
+        (H_CLIENT, "the client", escape(&event.client)),
+        (H_ID, "the event id", escape(&event.id)),
+        (H_LANE, "the lane", escape(&event.lane)),
+        (H_TYPE, "the event type", escape(event.event_type)),
+        (H_TARGETS, "the targets", targets.join(",")),
+    ] {
+        let value: async_nats::HeaderValue =
+            value.parse().map_err(|source| JetStreamError::Header {
+                key: key.to_owned(),
+                what,
+                source,
+            })?;
+        headers.insert(name, value);
+    }
+    Ok(PublishMessage::build()
+        .payload(Bytes::from(event.body))
+        .headers(headers))
+}
+
+fn escape(value: &str) -> String {
+    utf8_percent_encode(value, HEADER_ESCAPE).to_string()
+}
+
+fn unescape(value: &str) -> Option<String> {
+    percent_decode_str(value)
+        .decode_utf8()
+        .ok()
+        .map(|s| s.into_owned())
+}
