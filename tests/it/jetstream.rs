@@ -380,6 +380,37 @@ async fn one_node_takes_one_replica_and_caps_the_duplicate_window() {
     assert_logged(&log, seq, &e).await;
     assert!(log.event(seq).await.unwrap().unwrap().partition < 4);
 
+    // Batches far past the acks that may be in flight at once (4,096), one alone and eight
+    // side by side: windows take their ack slots whole, so none waits on another forever.
+    let big: Vec<NewEvent> = (0..6000)
+        .map(|i| event("bulk", &format!("b-{i}"), &format!("VIN{}", i % 7)))
+        .collect();
+    let outcomes = log.accept(big).await.unwrap();
+    assert!(
+        outcomes
+            .iter()
+            .all(|o| matches!(o, AcceptOutcome::New { .. }))
+    );
+    let side_by_side = (0..8).map(|t| {
+        let log = log.clone();
+        tokio::spawn(async move {
+            let batch = (0..1000)
+                .map(|i| event("bulk", &format!("t{t}-{i}"), "VIN1"))
+                .collect();
+            log.accept(batch).await
+        })
+    });
+    for done in futures::future::join_all(side_by_side).await {
+        let outcomes = done.unwrap().unwrap();
+        assert_eq!(outcomes.len(), 1000);
+        assert!(
+            outcomes
+                .iter()
+                .all(|o| matches!(o, AcceptOutcome::New { .. }))
+        );
+    }
+    assert_eq!(log.info().await.unwrap().state.messages, 1 + 6000 + 8000);
+
     // Reconnecting with other limits updates the stream in place.
     let log = connect(
         &nats.urls(),

@@ -24,6 +24,7 @@
 use std::collections::HashMap;
 use std::hash::Hasher;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::HeaderMap;
@@ -38,6 +39,7 @@ use async_nats::jetstream::stream::{
 use async_nats::jetstream::{self as js, Context};
 use bytes::Bytes;
 use percent_encoding::{AsciiSet, CONTROLS, percent_decode_str, utf8_percent_encode};
+use tokio::sync::Semaphore;
 
 use super::{AcceptOutcome, NewEvent, StoredEvent, dedupe_key};
 
@@ -186,6 +188,8 @@ pub enum JetStreamError {
         #[source]
         source: async_nats::header::ParseHeaderValueError,
     },
+    #[error("the JetStream event log is closed")]
+    Closed,
     #[error("reading event {seq} from JetStream: {source}")]
     Read {
         seq: u64,
@@ -211,6 +215,20 @@ pub struct LoggedEvent {
     pub partition: u32,
 }
 
+/// Events one accept publishes before it awaits their acks.
+const WINDOW: usize = 256;
+/// Acks awaited at once over all accepts (async-nats' own bound is set to the same).
+const MAX_INFLIGHT: usize = 16 * WINDOW;
+
+/// Where an accepted event's answer comes from.
+#[derive(Clone, Copy)]
+enum Slot {
+    /// The k-th published event's ack.
+    Published(usize),
+    /// The answer of the j-th event of the batch, which has the same (client, id).
+    RepeatOf(usize),
+}
+
 /// The event log on one JetStream stream. Cheap to clone; clones share one connection.
 #[derive(Clone)]
 pub struct JetStreamLog {
@@ -218,6 +236,8 @@ pub struct JetStreamLog {
     stream: stream::Stream<()>,
     partitions: u32,
     ack_timeout: Duration,
+    /// Ack slots: a window takes all of its own at once (see `publish_window`).
+    inflight: Arc<Semaphore>,
 }
 
 impl std::fmt::Debug for JetStreamLog {
@@ -278,6 +298,8 @@ impl JetStreamLog {
             })?;
         let context = js::ContextBuilder::new()
             .timeout(options.ack_timeout)
+            .ack_timeout(options.ack_timeout)
+            .max_ack_inflight(MAX_INFLIGHT)
             .build(client);
 
         let config = stream_config(options);
@@ -303,6 +325,7 @@ impl JetStreamLog {
             stream,
             partitions: options.partitions.max(1),
             ack_timeout: options.ack_timeout,
+            inflight: Arc::new(Semaphore::new(MAX_INFLIGHT)),
         })
     }
 
@@ -313,7 +336,8 @@ impl JetStreamLog {
     /// Accepts events as [`crate::store::Store::accept`] does: `New` with the stream sequence
     /// once JetStream acknowledged it (stored on a quorum), `Duplicate` with the original's
     /// sequence when (client, id) was accepted before within the duplicate window, in the
-    /// order given. The events are published back to back and their acks awaited together.
+    /// order given. The events are published back to back and their acks awaited together, in
+    /// windows of 256.
     ///
     /// Unlike the embedded store, a batch is not atomic: on `Err` some of its events may be
     /// stored. Sending the batch again is safe (those are answered as duplicates), which is
@@ -325,19 +349,56 @@ impl JetStreamLog {
         // A (client, id) twice in one batch: the later ones take the first one's answer
         // (JetStream would refuse a repeat whose original is still being replicated).
         let mut first: HashMap<String, usize> = HashMap::new();
-        let mut repeat_of: Vec<Option<usize>> = Vec::with_capacity(events.len());
-        let mut acks = Vec::new();
+        let mut slots = Vec::with_capacity(events.len());
+        let mut unique = Vec::with_capacity(events.len());
         for (i, event) in events.into_iter().enumerate() {
             let key = dedupe_key(&event.client, &event.id);
-            if let Some(&j) = first.get(&key) {
-                repeat_of.push(Some(j));
-                continue;
+            match first.get(&key) {
+                Some(&j) => slots.push(Slot::RepeatOf(j)),
+                None => {
+                    first.insert(key.clone(), i);
+                    slots.push(Slot::Published(unique.len()));
+                    unique.push((key, event));
+                }
             }
-            first.insert(key.clone(), i);
-            repeat_of.push(None);
-            let part = partition(&event.client, &event.lane, self.partitions);
+        }
+
+        let mut published = Vec::with_capacity(unique.len());
+        let mut unique = unique.into_iter().peekable();
+        while unique.peek().is_some() {
+            let window: Vec<_> = unique.by_ref().take(WINDOW).collect();
+            published.extend(self.publish_window(window).await?);
+        }
+
+        let mut outcomes: Vec<AcceptOutcome> = Vec::with_capacity(slots.len());
+        for slot in slots {
+            outcomes.push(match slot {
+                Slot::Published(k) => published[k],
+                Slot::RepeatOf(j) => AcceptOutcome::Duplicate {
+                    seq: outcomes[j].seq(),
+                },
+            });
+        }
+        Ok(outcomes)
+    }
+
+    /// Publishes up to [`WINDOW`] events back to back, then awaits their acks together. The
+    /// window's ack slots are taken at once, so concurrent accepts never hold part of what
+    /// each other waits for.
+    async fn publish_window(
+        &self,
+        window: Vec<(String, NewEvent)>,
+    ) -> Result<Vec<AcceptOutcome>, JetStreamError> {
+        // The window holds at most WINDOW events, far below u32::MAX.
+        let _permits = self
+            .inflight
+            .acquire_many(window.len() as u32)
+            .await
+            .map_err(|_| JetStreamError::Closed)?;
+        let mut acks = Vec::with_capacity(window.len());
+        for (key, event) in window {
+            let subject = subject(partition(&event.client, &event.lane, self.partitions));
             let message = publish_message(&key, event)?;
-            let subject = subject(part);
             let ack = self
                 .context
                 .send_publish(subject.clone(), message)
@@ -345,38 +406,22 @@ impl JetStreamLog {
                 .map_err(|source| self.publish_error(&key, &subject, source))?;
             acks.push((key, subject, ack));
         }
-
         let answers = futures::future::join_all(
             acks.into_iter()
                 .map(|(key, subject, ack)| async move { (ack.await, key, subject) }),
         )
         .await;
-        let mut published = Vec::with_capacity(answers.len());
-        for (answer, key, subject) in answers {
-            let ack = answer.map_err(|source| self.publish_error(&key, &subject, source))?;
-            published.push(if ack.duplicate {
-                AcceptOutcome::Duplicate { seq: ack.sequence }
-            } else {
-                AcceptOutcome::New { seq: ack.sequence }
-            });
-        }
-
-        let mut published = published.into_iter();
-        let mut outcomes: Vec<AcceptOutcome> = Vec::with_capacity(repeat_of.len());
-        for repeat in repeat_of {
-            let outcome = match repeat {
-                Some(j) => AcceptOutcome::Duplicate {
-                    seq: outcomes[j].seq(),
-                },
-                // One answer was published per event that is not a repeat, in order.
-                None => published.next().ok_or_else(|| JetStreamError::Malformed {
-                    seq: 0,
-                    what: "fewer publish acks than events".into(),
-                })?,
-            };
-            outcomes.push(outcome);
-        }
-        Ok(outcomes)
+        answers
+            .into_iter()
+            .map(|(answer, key, subject)| {
+                let ack = answer.map_err(|source| self.publish_error(&key, &subject, source))?;
+                Ok(if ack.duplicate {
+                    AcceptOutcome::Duplicate { seq: ack.sequence }
+                } else {
+                    AcceptOutcome::New { seq: ack.sequence }
+                })
+            })
+            .collect()
     }
 
     /// The event at stream sequence `seq`, read from the stream leader (so an accepted event is
