@@ -1,6 +1,6 @@
 //! The health definitions shipped in docs/health, judged by the real kstatus library and by
 //! Argo CD's and Flux's evaluation (`support::health`), on hand-written objects of all three
-//! kinds in every state the operator writes (issue #10); and argocd-cm.yaml against the Lua
+//! kinds in every state the operator writes; and argocd-cm.yaml against the Lua
 //! it inlines.
 
 use kube::Resource;

@@ -1,4 +1,4 @@
-//! Webhook receivers behind a private CA (`spec.tls.caSecretRef`, issue #10), and the system
+//! Webhook receivers behind a private CA (`spec.tls.caSecretRef`), and the system
 //! trust store as the default of every HTTP client (webhooks, APIs, image downloads). The
 //! operator is a real process whose system store (`SSL_CERT_FILE`) holds one CA made here;
 //! receivers are HTTPS servers on 127.0.0.1 whose certificates rcgen CAs signed, each CA

@@ -1,4 +1,4 @@
-//! The event log on NATS JetStream (issue #13, groundwork): the optional second backend for
+//! The event log on NATS JetStream (groundwork): the optional second backend for
 //! accepted events, for running several replicas with no single point of failure. Nothing in
 //! the operator uses it yet; this is the log that ingest will write to.
 //!
