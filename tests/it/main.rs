@@ -29,6 +29,7 @@ mod gitops_health;
 mod health_scripts;
 mod ingest_auth;
 mod jetstream;
+mod jetstream_owners;
 mod kube_basics;
 mod kubectl_plugin;
 mod metrics;

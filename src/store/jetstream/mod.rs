@@ -41,6 +41,8 @@ use bytes::Bytes;
 use percent_encoding::{AsciiSet, CONTROLS, percent_decode_str, utf8_percent_encode};
 use tokio::sync::Semaphore;
 
+pub mod owners;
+
 use super::{AcceptOutcome, NewEvent, StoredEvent, dedupe_key};
 
 /// The stream holding every accepted event.
@@ -331,6 +333,12 @@ impl JetStreamLog {
 
     pub fn partitions(&self) -> u32 {
         self.partitions
+    }
+
+    /// The JetStream context (one connection) the log uses, for the buckets beside it
+    /// ([`owners::Owners`]).
+    pub fn context(&self) -> &Context {
+        &self.context
     }
 
     /// Accepts events as [`crate::store::Store::accept`] does: `New` with the stream sequence
