@@ -254,3 +254,31 @@ async fn a_replica_that_leaves_or_joins_hands_partitions_over_within_a_round() {
 
     never_two_owners(&bad, sampling);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_processes_given_one_id_never_own_one_partition_together() {
+    let nats = cluster().await;
+    // A force-deleted pod still running beside its replacement: same id, two processes.
+    let twin = replica(&nats.urls(), "replica-a").await;
+    let a = replica(&nats.urls(), "replica-a").await;
+    let (bad, sampling) = sampler(vec![a.clone(), twin.clone()]);
+    let twin_on = Arc::new(AtomicBool::new(true));
+    let _twin = drive(&twin, twin_on.clone());
+    until_balanced(&[&twin], Duration::from_secs(15)).await;
+    let _a = drive(&a, Arc::new(AtomicBool::new(true)));
+
+    // The twin stalls until its keys expire and the other takes them all, then wakes: the
+    // keys name its id, but it must not take the other's writes for its own lost renewals.
+    twin_on.store(false, Ordering::Release);
+    until_balanced(&[&a], TTL * 4).await;
+    twin_on.store(true, Ordering::Release);
+    tokio::time::sleep(TTL * 3).await;
+    assert_eq!(
+        a.owned().len() + twin.owned().len(),
+        PARTITIONS as usize,
+        "a: {:?}, twin: {:?}",
+        a.owned(),
+        twin.owned()
+    );
+    never_two_owners(&bad, sampling);
+}

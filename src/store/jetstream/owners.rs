@@ -91,6 +91,10 @@ struct Held {
 pub struct Owners {
     kv: kv::Store,
     me: String,
+    /// Written as the value of held keys: the id plus this process's pid and start time, so
+    /// that two processes given one id (a force-deleted pod still running, a copied config)
+    /// never take each other's renewals for their own.
+    token: bytes::Bytes,
     options: OwnersOptions,
     held: Arc<Mutex<BTreeMap<u32, Held>>>,
 }
@@ -131,8 +135,13 @@ impl Owners {
             .create_or_update_key_value(config)
             .await
             .map_err(|e| OwnersError::Bucket(e.to_string()))?;
+        let started = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos();
         Ok(Owners {
             kv,
+            token: format!("{me} {} {started}", std::process::id()).into(),
             me: me.to_owned(),
             options,
             held: Arc::default(),
@@ -236,7 +245,7 @@ impl Owners {
                 continue;
             }
             let sent = Instant::now();
-            match self.kv.create(key(p), self.me.clone().into()).await {
+            match self.kv.create(key(p), self.token.clone()).await {
                 Ok(revision) => self.keep(p, revision, sent),
                 Err(e) if e.kind() == CreateErrorKind::AlreadyExists => {}
                 Err(e) => tracing::debug!(error = %e, partition = p, "taking a partition failed"),
@@ -268,15 +277,14 @@ impl Owners {
         {
             Ok(revision) => Some(revision),
             // An earlier renewal may have been written although its answer was lost: the key
-            // is still ours if it names us, at a revision we did not see.
+            // is still ours if it holds our token, at a revision we did not see.
             Err(e) if e.kind() == UpdateErrorKind::WrongLastRevision => {
                 match self.kv.entry(key(p)).await {
                     Ok(Some(entry))
-                        if entry.operation == kv::Operation::Put
-                            && entry.value.as_ref() == self.me.as_bytes() =>
+                        if entry.operation == kv::Operation::Put && entry.value == self.token =>
                     {
                         self.kv
-                            .update(key(p), self.me.clone().into(), entry.revision)
+                            .update(key(p), self.token.clone(), entry.revision)
                             .await
                             .ok()
                     }
