@@ -30,6 +30,7 @@ mod health_scripts;
 mod ingest_auth;
 mod jetstream;
 mod jetstream_owners;
+mod jetstream_partition;
 mod kube_basics;
 mod kubectl_plugin;
 mod metrics;

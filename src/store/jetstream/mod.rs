@@ -42,6 +42,7 @@ use percent_encoding::{AsciiSet, CONTROLS, percent_decode_str, utf8_percent_enco
 use tokio::sync::Semaphore;
 
 pub mod owners;
+pub mod partition;
 
 use super::{AcceptOutcome, NewEvent, StoredEvent, dedupe_key};
 
@@ -200,6 +201,8 @@ pub enum JetStreamError {
     },
     #[error("message {seq} of the {STREAM} stream is not an event: {what}")]
     Malformed { seq: u64, what: String },
+    #[error("the {STREAM} stream elected no leader within the connect timeout")]
+    NoStreamLeader,
     #[error("reading the {STREAM} stream's state: {0}")]
     Info(#[source] async_nats::Error),
 }
@@ -322,6 +325,18 @@ impl JetStreamLog {
             .get_stream_no_info(STREAM)
             .await
             .map_err(|e| JetStreamError::Info(e.into()))?;
+        // A stream just created has no leader for a moment, and an accept then finds "no
+        // responders": ready means the stream can take an event now.
+        loop {
+            match stream.get_info().await {
+                Ok(info) if info.cluster.as_ref().is_none_or(|c| c.leader.is_some()) => break,
+                Ok(_) | Err(_) if tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Ok(_) => return Err(JetStreamError::NoStreamLeader),
+                Err(e) => return Err(JetStreamError::Info(e.into())),
+            }
+        }
         Ok(JetStreamLog {
             context,
             stream,
@@ -440,61 +455,14 @@ impl JetStreamLog {
             Err(e) if e.kind() == RawMessageErrorKind::NoMessageFound => return Ok(None),
             Err(source) => return Err(JetStreamError::Read { seq, source }),
         };
-        let raw_header = |name: &'static str| -> Result<&str, JetStreamError> {
-            message
-                .headers
-                .get(name)
-                .map(|v| v.as_str())
-                .ok_or_else(|| JetStreamError::Malformed {
-                    seq,
-                    what: format!("no {name} header"),
-                })
-        };
-        let header = |name: &'static str| -> Result<String, JetStreamError> {
-            unescape(raw_header(name)?).ok_or_else(|| JetStreamError::Malformed {
-                seq,
-                what: format!("{name} is not UTF-8 once unescaped"),
-            })
-        };
-        // Split before unescaping: a target's own commas are escaped.
-        let targets = raw_header(H_TARGETS)?;
-        let targets = if targets.is_empty() {
-            Vec::new()
-        } else {
-            targets
-                .split(',')
-                .map(|t| {
-                    unescape(t).ok_or_else(|| JetStreamError::Malformed {
-                        seq,
-                        what: format!("{H_TARGETS} is not UTF-8 once unescaped"),
-                    })
-                })
-                .collect::<Result<_, _>>()?
-        };
-        let partition = message
-            .subject
-            .as_str()
-            .strip_prefix(SUBJECT_PREFIX)
-            .and_then(|p| p.strip_prefix('.'))
-            .and_then(|p| p.parse().ok())
-            .ok_or_else(|| JetStreamError::Malformed {
-                seq,
-                what: format!("subject {} is not {SUBJECT_PREFIX}.<n>", message.subject),
-            })?;
-        let stored_ns = message.time.unix_timestamp_nanos();
-        Ok(Some(LoggedEvent {
-            event: StoredEvent {
-                seq: message.sequence,
-                id: header(H_ID)?,
-                lane: header(H_LANE)?,
-                received_unix_ms: u64::try_from(stored_ns / 1_000_000).unwrap_or(0),
-                body: message.payload.to_vec(),
-            },
-            client: header(H_CLIENT)?,
-            event_type: header(H_TYPE)?,
-            targets,
-            partition,
-        }))
+        decode(
+            message.sequence,
+            message.subject.as_str(),
+            &message.headers,
+            &message.payload,
+            message.time.unix_timestamp_nanos(),
+        )
+        .map(Some)
     }
 
     /// The stream's state as JetStream reports it (messages, first and last sequence, ...) and
@@ -596,4 +564,65 @@ fn unescape(value: &str) -> Option<String> {
         .decode_utf8()
         .ok()
         .map(|s| s.into_owned())
+}
+
+/// An event from a stream message's parts (the direct get and the partition readers).
+pub(crate) fn decode(
+    seq: u64,
+    subject: &str,
+    headers: &HeaderMap,
+    payload: &[u8],
+    stored_ns: i128,
+) -> Result<LoggedEvent, JetStreamError> {
+    let raw_header = |name: &'static str| -> Result<&str, JetStreamError> {
+        headers
+            .get(name)
+            .map(|v| v.as_str())
+            .ok_or_else(|| JetStreamError::Malformed {
+                seq,
+                what: format!("no {name} header"),
+            })
+    };
+    let header = |name: &'static str| -> Result<String, JetStreamError> {
+        unescape(raw_header(name)?).ok_or_else(|| JetStreamError::Malformed {
+            seq,
+            what: format!("{name} is not UTF-8 once unescaped"),
+        })
+    };
+    // Split before unescaping: a target's own commas are escaped.
+    let targets = raw_header(H_TARGETS)?;
+    let targets = if targets.is_empty() {
+        Vec::new()
+    } else {
+        targets
+            .split(',')
+            .map(|t| {
+                unescape(t).ok_or_else(|| JetStreamError::Malformed {
+                    seq,
+                    what: format!("{H_TARGETS} is not UTF-8 once unescaped"),
+                })
+            })
+            .collect::<Result<_, _>>()?
+    };
+    let partition = subject
+        .strip_prefix(SUBJECT_PREFIX)
+        .and_then(|p| p.strip_prefix('.'))
+        .and_then(|p| p.parse().ok())
+        .ok_or_else(|| JetStreamError::Malformed {
+            seq,
+            what: format!("subject {subject} is not {SUBJECT_PREFIX}.<n>"),
+        })?;
+    Ok(LoggedEvent {
+        event: StoredEvent {
+            seq,
+            id: header(H_ID)?,
+            lane: header(H_LANE)?,
+            received_unix_ms: u64::try_from(stored_ns / 1_000_000).unwrap_or(0),
+            body: payload.to_vec(),
+        },
+        client: header(H_CLIENT)?,
+        event_type: header(H_TYPE)?,
+        targets,
+        partition,
+    })
 }
