@@ -282,3 +282,46 @@ async fn two_processes_given_one_id_never_own_one_partition_together() {
     );
     never_two_owners(&bad, sampling);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_renewal_whose_answer_was_lost_keeps_the_partition() {
+    let nats = cluster().await;
+    let a = replica(&nats.urls(), "replica-a").await;
+    let _driving = drive(&a, Arc::new(AtomicBool::new(true)));
+    until_balanced(&[&a], Duration::from_secs(15)).await;
+
+    // A renewal that reached the server but whose answer was lost: the key holds a's token
+    // at a revision a never saw. Written here out of band, through another connection.
+    let client = async_nats::connect(nats.urls().split(',').collect::<Vec<_>>())
+        .await
+        .unwrap_or_else(|e| panic!("connect: {e}"));
+    let kv = async_nats::jetstream::new(client)
+        .get_key_value("vc-owners")
+        .await
+        .unwrap_or_else(|e| panic!("bucket: {e}"));
+    let p = a.owned()[0];
+    // Renewed a few times by now: every write of a's, not only the first, holds its token.
+    tokio::time::sleep(TTL).await;
+    let value = kv
+        .get(format!("p.{p}"))
+        .await
+        .unwrap_or_else(|e| panic!("get: {e}"));
+    assert_eq!(
+        value.as_deref(),
+        Some(a.token()),
+        "the key does not hold a's token"
+    );
+    kv.put(format!("p.{p}"), a.token().to_vec().into())
+        .await
+        .unwrap_or_else(|e| panic!("put: {e}"));
+
+    // a keeps it through the next renewals, without a moment of not owning it.
+    let start = Instant::now();
+    while start.elapsed() < TTL * 2 {
+        assert!(
+            a.owns(p),
+            "dropped partition {p} after a lost renewal answer"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}

@@ -152,6 +152,12 @@ impl Owners {
         &self.me
     }
 
+    /// The value this process's keys hold (id, pid, start time): what `kubectl`-side tools
+    /// or a `nats kv get` show as the owner.
+    pub fn token(&self) -> &[u8] {
+        &self.token
+    }
+
     /// Whether this replica may deliver from `partition` now. Checked before every
     /// attempt: cheap (a lock and a clock read), and false as soon as the renewal is late.
     pub fn owns(&self, partition: u32) -> bool {
@@ -189,18 +195,8 @@ impl Owners {
     /// share, take free ones up to it. Public so tests can drive (and withhold) rounds.
     pub async fn tick(&self) -> Result<(), OwnersError> {
         let sent = Instant::now();
-        self.kv
-            .put(
-                format!("{MEMBER_PREFIX}{}", self.me),
-                self.me.clone().into(),
-            )
-            .await
-            .map_err(|e| OwnersError::Member(e.to_string()))?;
-        let members = self.members().await?;
-        let partitions = self.options.partitions.max(1);
-        let share = share(partitions, &members, &self.me);
-
-        // Renew what is held; a key someone else now holds is dropped.
+        // Renew what is held first: nothing below may keep a replica from keeping its own.
+        // A key someone else now holds is dropped.
         let held: Vec<(u32, Held)> = self.lock().iter().map(|(p, h)| (*p, *h)).collect();
         for (p, h) in held {
             let sent = Instant::now();
@@ -211,6 +207,20 @@ impl Owners {
                 }
             }
         }
+        self.kv
+            .put(
+                format!("{MEMBER_PREFIX}{}", self.me),
+                self.me.clone().into(),
+            )
+            .await
+            .map_err(|e| OwnersError::Member(e.to_string()))?;
+        // Listing keys runs an ordered consumer, which can go silent for good when its NATS
+        // node dies (see partition.rs): bounded, and this round ends without balancing.
+        let members = tokio::time::timeout(self.options.period(), self.members())
+            .await
+            .map_err(|_| OwnersError::Members("no answer within a round".to_owned()))??;
+        let partitions = self.options.partitions.max(1);
+        let share = share(partitions, &members, &self.me);
 
         // Above the share (a replica joined): release the highest partitions.
         let extra: Vec<(u32, Held)> = {
@@ -270,11 +280,7 @@ impl Owners {
 
     /// The revision after renewing `p`, or `None` if this replica no longer holds it.
     async fn renew(&self, p: u32, revision: u64) -> Option<u64> {
-        match self
-            .kv
-            .update(key(p), self.me.clone().into(), revision)
-            .await
-        {
+        match self.kv.update(key(p), self.token.clone(), revision).await {
             Ok(revision) => Some(revision),
             // An earlier renewal may have been written although its answer was lost: the key
             // is still ours if it holds our token, at a revision we did not see.
