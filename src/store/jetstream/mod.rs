@@ -424,15 +424,34 @@ impl JetStreamLog {
             let message = publish_message(&key, event)?;
             let ack = self
                 .context
-                .send_publish(subject.clone(), message)
+                .send_publish(subject.clone(), message.clone())
                 .await
                 .map_err(|source| self.publish_error(&key, &subject, source))?;
-            acks.push((key, subject, ack));
+            acks.push((key, subject, message, ack));
         }
-        let answers = futures::future::join_all(
-            acks.into_iter()
-                .map(|(key, subject, ack)| async move { (ack.await, key, subject) }),
-        )
+        let answers = futures::future::join_all(acks.into_iter().map(
+            |(key, subject, message, ack)| async move {
+                let mut answer = ack.await;
+                // "No responders": no stream took the message (a node that has not yet learnt
+                // a new stream's subjects, or a leader election). Nothing was stored, so it
+                // is published again until the ack timeout (Nats-Msg-Id dedupes it anyway).
+                let deadline = tokio::time::Instant::now() + self.ack_timeout;
+                while matches!(&answer, Err(e) if e.kind() == PublishErrorKind::StreamNotFound)
+                    && tokio::time::Instant::now() < deadline
+                {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    answer = match self
+                        .context
+                        .send_publish(subject.clone(), message.clone())
+                        .await
+                    {
+                        Ok(ack) => ack.await,
+                        Err(e) => Err(e),
+                    };
+                }
+                (answer, key, subject)
+            },
+        ))
         .await;
         answers
             .into_iter()
