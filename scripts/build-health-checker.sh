@@ -19,31 +19,13 @@ hash="$(cat "$SRC/go.mod" "$SRC/go.sum" "$SRC/main.go" | sha256sum | cut -c1-16)
 OUT="$CACHE_ROOT/health/$hash"
 BIN="$OUT/vc-health"
 
-if [[ -x "$BIN" && -f "$OUT/.complete" ]]; then
-  log "cached: $BIN"
-  echo "$BIN"
-  exit 0
-fi
+# shellcheck source=scripts/go-build-common.sh
+. "$(dirname "$0")/go-build-common.sh"
 
-[[ "${1:-}" != --cached ]] || exit 1
-
-if ! command -v go >/dev/null 2>&1; then
-  log "ERROR: Go is not installed or not on PATH."
-  log "vc-health is built from tests/peers/health with Go (1.24+). Install Go and retry."
-  exit 1
-fi
-
-mkdir -p "$OUT"
-if command -v flock >/dev/null; then
-  exec 9>"$CACHE_ROOT/health.lock"
-  flock 9
-  # Another run may have built it while this one waited.
-  if [[ -x "$BIN" && -f "$OUT/.complete" ]]; then
-    log "cached: $BIN"
-    echo "$BIN"
-    exit 0
-  fi
-fi
+exit_if_built
+exit_if_only_cached "${1:-}"
+require_go "vc-health is built from tests/peers/health with Go (1.24+)."
+lock_build health
 
 export CGO_ENABLED=0
 # go.mod and go.sum are committed: a build that would change them fails instead.

@@ -14,21 +14,12 @@ OUT="$CACHE_ROOT/helm/$HELM_VERSION"
 BIN="$OUT/helm"
 
 log() { echo "[helm] $*" >&2; }
+# shellcheck source=scripts/go-build-common.sh
+. "$(dirname "$0")/go-build-common.sh"
 
-if [[ -x "$BIN" && -f "$OUT/.complete" ]]; then
-  log "cached: $BIN"
-  echo "$BIN"
-  exit 0
-fi
-# scripts/check-prereqs.sh asks this to know whether Go is still needed.
-[[ "${1:-}" != --cached ]] || exit 1
-
-if ! command -v go >/dev/null 2>&1; then
-  log "ERROR: Go is not installed or not on PATH."
-  log "helm is built from its Go module (helm.sh/helm/v3, Go 1.25+). Install Go and retry."
-  exit 1
-fi
-
+exit_if_built
+exit_if_only_cached "${1:-}"
+require_go "helm is built from its Go module (helm.sh/helm/v3, Go 1.25+)."
 mkdir -p "$OUT"
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/vc-helm-build.XXXXXX")"
 trap 'chmod -R u+w "$WORK" 2>/dev/null; rm -rf "$WORK"' EXIT

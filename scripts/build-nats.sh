@@ -17,32 +17,13 @@ OUT="$CACHE_ROOT/nats/$NATS_VERSION"
 BIN="$OUT/nats-server"
 
 log() { echo "[nats] $*" >&2; }
+# shellcheck source=scripts/go-build-common.sh
+. "$(dirname "$0")/go-build-common.sh"
 
-if [[ -x "$BIN" && -f "$OUT/.complete" ]]; then
-  log "cached: $BIN"
-  echo "$BIN"
-  exit 0
-fi
-# scripts/check-prereqs.sh asks this to know whether Go is still needed.
-[[ "${1:-}" != --cached ]] || exit 1
-
-if ! command -v go >/dev/null 2>&1; then
-  log "ERROR: Go is not installed or not on PATH."
-  log "nats-server is built from its Go module ($MODULE, Go 1.26+ for $NATS_VERSION). Install Go and retry."
-  exit 1
-fi
-
-mkdir -p "$OUT"
-if command -v flock >/dev/null; then
-  exec 9>"$CACHE_ROOT/nats.lock"
-  flock 9
-  # Another run may have built it while this one waited.
-  if [[ -x "$BIN" && -f "$OUT/.complete" ]]; then
-    log "cached: $BIN"
-    echo "$BIN"
-    exit 0
-  fi
-fi
+exit_if_built
+exit_if_only_cached "${1:-}"
+require_go "nats-server is built from its Go module ($MODULE, Go 1.26+ for $NATS_VERSION)."
+lock_build nats
 
 # Modules and the build cache stay under the cache root, beside the binary: nothing of the
 # user's own GOPATH is read or written, and only the Go module proxy is asked for modules.
