@@ -92,6 +92,11 @@ impl Cluster {
         })
     }
 
+    /// The event log (the pull feed reads it).
+    pub fn log(&self) -> &JetStreamLog {
+        &self.log
+    }
+
     /// Ingest's sink: events go to the log.
     pub fn sink(&self) -> Arc<dyn EventSink> {
         Arc::new(self.clone())

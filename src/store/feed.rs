@@ -55,6 +55,16 @@ impl FeedCursor {
     pub fn seq(&self) -> u64 {
         self.seq
     }
+
+    /// A cursor of the store (or stream) `store` after `seq`.
+    pub(crate) fn new(store: u64, seq: u64) -> FeedCursor {
+        FeedCursor { store, seq }
+    }
+
+    /// The id of the store it belongs to.
+    pub(crate) fn store(&self) -> u64 {
+        self.store
+    }
 }
 
 impl std::fmt::Display for FeedCursor {
