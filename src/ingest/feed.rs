@@ -379,18 +379,7 @@ fn wait(s: Option<&str>) -> Result<Duration, Refused> {
 /// One read: from the JetStream log when the operator runs on it, else from the store.
 async fn read(st: &ApiState, q: FeedQuery) -> Result<FeedPage, Refused> {
     match &st.feed.log {
-        Some(log) => log.feed(&q).await.map_err(|e| {
-            tracing::debug!(error = %e, "feed read from JetStream failed");
-            Refused {
-                retry_after: Some(1),
-                ..Refused::new(
-                    "unavailable",
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "unavailable",
-                    "the event log cannot be read now; retry in 1s".into(),
-                )
-            }
-        }),
+        Some(log) => log.feed(&q).await.map_err(|e| log_unavailable(&e)),
         None => read_store(&st.store, q).await,
     }
 }
@@ -406,6 +395,20 @@ async fn read_store(store: &Store, q: FeedQuery) -> Result<FeedPage, Refused> {
             tracing::error!(error = %e, "feed read task failed");
             Err(unavailable(&StoreError::WriterStopped))
         }
+    }
+}
+
+/// The JetStream log could not be read (a NATS node is down, a leader is being elected).
+fn log_unavailable(e: &crate::store::jetstream::JetStreamError) -> Refused {
+    tracing::debug!(error = %e, "feed read from JetStream failed");
+    Refused {
+        retry_after: Some(1),
+        ..Refused::new(
+            "unavailable",
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "the event log cannot be read now; retry in 1s".into(),
+        )
     }
 }
 
@@ -462,18 +465,11 @@ async fn long_poll(st: &ApiState, mut q: FeedQuery, wait: Duration) -> Result<Fe
     let waiter = st.store.feed_waiter(&q.client);
     // On JetStream, the client's new events arrive here as they are stored.
     let mut stored = match &st.feed.log {
-        Some(log) => Some(log.feed_subscription(&q.client).await.map_err(|e| {
-            tracing::debug!(error = %e, "feed subscription failed");
-            Refused {
-                retry_after: Some(1),
-                ..Refused::new(
-                    "unavailable",
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "unavailable",
-                    "the event log cannot be read now; retry in 1s".into(),
-                )
-            }
-        })?),
+        Some(log) => Some(
+            log.feed_subscription(&q.client)
+                .await
+                .map_err(|e| log_unavailable(&e))?,
+        ),
         None => None,
     };
     let _waiting = Waiting::new(&st.metrics.feed_waiting);

@@ -66,10 +66,7 @@ impl JetStreamLog {
             .map_err(|e| JetStreamError::Info(e.into()))?;
         let (mut scanned, mut bytes) = (0usize, 0usize);
         loop {
-            let full = page.events.len() >= q.limit.max(1)
-                || scanned >= q.max_scan.max(1)
-                || (bytes >= q.max_bytes && !page.events.is_empty());
-            if full {
+            if q.is_full(page.events.len(), scanned, bytes) {
                 page.more = true;
                 break;
             }
@@ -92,8 +89,7 @@ impl JetStreamLog {
             };
             // Another client sharing the token, or a type not asked for.
             let mine = header(H_CLIENT).as_deref() == Some(q.client.as_str());
-            let wanted = q.types.is_empty()
-                || header(H_TYPE).is_some_and(|t| q.types.contains(&t));
+            let wanted = q.types.is_empty() || header(H_TYPE).is_some_and(|t| q.types.contains(&t));
             if mine && wanted {
                 bytes += message.payload.len();
                 page.events.push(FeedEvent {
