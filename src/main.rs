@@ -379,6 +379,9 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         ),
         None => None,
     };
+    if let Some(c) = &cluster {
+        counters.set_shared(c.shared_counters());
+    }
     let tokens = match &args.ingest_token_file {
         Some(f) => {
             TokenSet::watch_file(f.clone()).with_context(|| format!("reading {}", f.display()))?

@@ -71,6 +71,22 @@ pub struct CounterWriter {
     metrics: std::sync::Arc<crate::metrics::Metrics>,
     /// The platform's operational webhook (`--ops-webhook-url`), told of each transition.
     ops: std::sync::OnceLock<std::sync::Arc<super::ops::OpsWebhook>>,
+    /// Where replicas sharing the work add up their counters (`--store nats://…`).
+    shared: std::sync::OnceLock<std::sync::Arc<dyn SharedCounters>>,
+}
+
+/// Counters of one target over every replica that delivers to it: each replica publishes its
+/// own and reads the sum, so a resource's status counts every replica's deliveries.
+pub trait SharedCounters: Send + Sync {
+    /// Publishes this replica's `mine` (and the time its oldest pending delivery waits since)
+    /// for `target`; answers the counters of all replicas added up, and the oldest wait of
+    /// the live ones.
+    fn merge<'a>(
+        &'a self,
+        target: &'a str,
+        mine: crate::store::TargetCounters,
+        oldest: Option<u64>,
+    ) -> futures::future::BoxFuture<'a, anyhow::Result<(crate::store::TargetCounters, Option<u64>)>>;
 }
 
 /// When delivery counts as unhealthy (`Delivering=False`).
@@ -274,7 +290,13 @@ impl CounterWriter {
             delivering: Default::default(),
             metrics,
             ops: Default::default(),
+            shared: Default::default(),
         })
+    }
+
+    /// Adds every replica's counters up in each status write from now on (set once).
+    pub fn set_shared(&self, shared: std::sync::Arc<dyn SharedCounters>) {
+        let _ = self.shared.set(shared);
     }
 
     /// Tells `ops` of every transition from now on (set once, at start-up).
@@ -420,6 +442,10 @@ impl CounterWriter {
         let oldest = match target.held.as_deref() {
             Some("Suspended") => None,
             _ => self.store.oldest_pending_ms(&id)?,
+        };
+        let (c, oldest) = match self.shared.get() {
+            Some(shared) => shared.merge(&id, c, oldest).await?,
+            None => (c, oldest),
         };
         let check = self.policy.check(&c, oldest, now_ms());
         let previous = self

@@ -31,6 +31,7 @@ mod ingest_auth;
 mod jetstream;
 mod jetstream_owners;
 mod jetstream_partition;
+mod jetstream_status;
 mod kube_basics;
 mod kubectl_plugin;
 mod metrics;

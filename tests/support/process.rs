@@ -40,7 +40,9 @@ pub async fn start_launch(
     launch: Launch,
 ) -> OperatorProcess {
     let mut launch = launch.args(&["--watch-label-selector", &scope.selector()]);
-    if let Some(args) = store_args(&data_dir).await {
+    // A test that sets its own store keeps it.
+    let own_store = launch.args.iter().any(|a| a == "--store");
+    if !own_store && let Some(args) = store_args(&data_dir).await {
         launch = launch.args(&args.iter().map(String::as_str).collect::<Vec<_>>());
     }
     OperatorProcess::start(cp, data_dir, launch)

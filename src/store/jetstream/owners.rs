@@ -97,6 +97,8 @@ pub struct Owners {
     token: bytes::Bytes,
     options: OwnersOptions,
     held: Arc<Mutex<BTreeMap<u32, Held>>>,
+    /// The live members the last round listed.
+    members: Arc<Mutex<Vec<String>>>,
 }
 
 impl std::fmt::Debug for Owners {
@@ -145,6 +147,7 @@ impl Owners {
             me: me.to_owned(),
             options,
             held: Arc::default(),
+            members: Arc::default(),
         })
     }
 
@@ -165,6 +168,12 @@ impl Owners {
         self.lock()
             .get(&partition)
             .is_some_and(|h| now < h.valid_until)
+    }
+
+    /// The ids of the live replicas as the last round listed them (sorted; empty before the
+    /// first round).
+    pub fn members(&self) -> Vec<String> {
+        self.members.lock().map(|m| m.clone()).unwrap_or_default()
     }
 
     /// The partitions this replica may deliver from now.
@@ -216,9 +225,12 @@ impl Owners {
             .map_err(|e| OwnersError::Member(e.to_string()))?;
         // Listing keys runs an ordered consumer, which can go silent for good when its NATS
         // node dies (see partition.rs): bounded, and this round ends without balancing.
-        let members = tokio::time::timeout(self.options.period(), self.members())
+        let members = tokio::time::timeout(self.options.period(), self.list_members())
             .await
             .map_err(|_| OwnersError::Members("no answer within a round".to_owned()))??;
+        if let Ok(mut m) = self.members.lock() {
+            m.clone_from(&members);
+        }
         let partitions = self.options.partitions.max(1);
         let share = share(partitions, &members, &self.me);
 
@@ -331,7 +343,7 @@ impl Owners {
     }
 
     /// The ids of the live members, sorted.
-    async fn members(&self) -> Result<Vec<String>, OwnersError> {
+    async fn list_members(&self) -> Result<Vec<String>, OwnersError> {
         let keys: Vec<String> = self
             .kv
             .keys()

@@ -14,6 +14,8 @@
 //! again by the new one. A vehicle's events still reach each target in order of their first
 //! arrival, as the new owner reads the partition in stream order.
 
+mod counters;
+
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
@@ -55,6 +57,7 @@ pub struct Cluster {
     log: JetStreamLog,
     owners: Owners,
     dispatcher: Arc<Dispatcher>,
+    counters: Arc<counters::KvCounters>,
 }
 
 impl Cluster {
@@ -94,6 +97,7 @@ impl Cluster {
                 Err(e) => return Err(e),
             }
         };
+        let shared = counters::KvCounters::open(log.context(), owners.clone(), replicas).await?;
         dispatcher.set_gate(Arc::new(OwnersGate {
             owners: owners.clone(),
             partitions,
@@ -105,7 +109,13 @@ impl Cluster {
             log,
             owners,
             dispatcher,
+            counters: Arc::new(shared),
         })
+    }
+
+    /// Where the status writer adds up every replica's counters.
+    pub fn shared_counters(&self) -> Arc<dyn crate::status::SharedCounters> {
+        self.counters.clone()
     }
 
     /// The event log (the pull feed reads it).
