@@ -41,25 +41,18 @@ impl KvCounters {
         owners: Owners,
         replicas: usize,
     ) -> anyhow::Result<KvCounters> {
-        let kv = context
-            .create_or_update_key_value(kv::Config {
-                bucket: BUCKET.to_owned(),
-                description: "vehicle-connect: delivery counters per target and replica".into(),
-                history: 1,
-                num_replicas: replicas.max(1),
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| anyhow::anyhow!("creating the KV bucket {BUCKET}: {e}"))?;
+        let kv = super::open_bucket(
+            context,
+            BUCKET,
+            "vehicle-connect: delivery counters per target and replica",
+            replicas,
+        )
+        .await?;
         Ok(KvCounters { kv, owners })
     }
 
     async fn publish(&self, target: &str, mine: Part) -> anyhow::Result<BTreeMap<String, Part>> {
-        // Target rows hold `/`, `:` and other characters KV keys refuse.
-        let digest = sha2::Sha256::digest(target);
-        let key: String = std::iter::once("t.".to_owned())
-            .chain(digest[..16].iter().map(|b| format!("{b:02x}")))
-            .collect();
+        let key = digest_key("t", target);
         for _ in 0..ROUNDS {
             let entry = self.kv.entry(&key).await?;
             let (mut parts, revision) = match entry {
@@ -96,6 +89,15 @@ impl KvCounters {
         }
         anyhow::bail!("the shared counters of {target} kept changing under {ROUNDS} writes")
     }
+}
+
+/// `<prefix><first 16 bytes of SHA-256(text) in hex>`: a KV key token for any text (target
+/// rows hold `/`, `:` and other characters keys refuse).
+pub(super) fn digest_key(prefix: &str, text: &str) -> String {
+    let digest = sha2::Sha256::digest(text);
+    std::iter::once(format!("{prefix}."))
+        .chain(digest[..16].iter().map(|b| format!("{b:02x}")))
+        .collect()
 }
 
 /// The sum (see the module docs): `live` are the replicas whose present state counts.

@@ -15,6 +15,7 @@
 //! arrival, as the new owner reads the partition in stream order.
 
 mod counters;
+mod state;
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -98,6 +99,9 @@ impl Cluster {
             }
         };
         let shared = counters::KvCounters::open(log.context(), owners.clone(), replicas).await?;
+        store.share_state(Arc::new(
+            state::KvState::open(log.context(), replicas).await?,
+        ));
         dispatcher.set_gate(Arc::new(OwnersGate {
             owners: owners.clone(),
             partitions,
@@ -132,6 +136,25 @@ impl Cluster {
     pub async fn leave(&self) {
         self.owners.leave().await;
     }
+}
+
+/// Opens (or creates) a KV bucket of the cluster's own, holding one value per key.
+async fn open_bucket(
+    context: &async_nats::jetstream::Context,
+    bucket: &str,
+    description: &str,
+    replicas: usize,
+) -> anyhow::Result<async_nats::jetstream::kv::Store> {
+    context
+        .create_or_update_key_value(async_nats::jetstream::kv::Config {
+            bucket: bucket.to_owned(),
+            description: description.to_owned(),
+            history: 1,
+            num_replicas: replicas.max(1),
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| anyhow::anyhow!("creating the KV bucket {bucket}: {e}"))
 }
 
 struct OwnersGate {

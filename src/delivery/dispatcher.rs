@@ -231,6 +231,15 @@ async fn record_outcomes(
             attempt += 1;
             tokio::time::sleep(Duration::from_millis(200 << attempt.min(5))).await;
         }
+        // Replicas sharing the work: the next owner of the vehicle needs its uploaded paths.
+        for u in updates.iter() {
+            if let (Outcome::Uploaded { .. } | Outcome::Removed { .. }, Some(log)) =
+                (&u.outcome, &u.log)
+                && let Err(e) = store.share_uploaded(&u.target, &log.lane).await
+            {
+                tracing::warn!(error = %e, target = %u.target, "could not share the uploaded paths");
+            }
+        }
         let mut last: Option<&Arc<TargetState>> = None;
         for ts in &owners {
             ts.recording.fetch_sub(1, Ordering::AcqRel);
@@ -782,7 +791,7 @@ impl Dispatcher {
             return Step::Done;
         }
         let uploaded = if Senders::needs_upload_record(config) {
-            match self.store.uploaded_paths(&ts.row, lane) {
+            match self.store.uploaded_paths_now(&ts.row, lane).await {
                 Ok(p) => p,
                 Err(e) => {
                     tracing::error!(error = %e, "store read failed; retrying");

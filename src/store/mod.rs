@@ -355,6 +355,8 @@ pub enum StoreError {
     Schema { found: u64, expected: u64 },
     #[error("delivery log entry {id} cannot be read")]
     BadAttempt { id: u64 },
+    #[error("the state shared between replicas cannot be read or written: {0}")]
+    SharedState(String),
     #[error("counters of target {target} cannot be encoded or decoded: {source}")]
     Counters {
         target: String,
@@ -414,6 +416,30 @@ from_redb!(
     redb::SetDurabilityError
 );
 
+/// State a target keeps per vehicle between deliveries (an ApiConnection's captured remote
+/// ids and chain progress, an FtpConnection's uploaded paths), kept where every replica reads
+/// it: the partition of a vehicle may move to another replica. When set, it is what reads
+/// answer from; writes go to the store and to it.
+pub trait SharedState: Send + Sync {
+    fn get<'a>(
+        &'a self,
+        target: &'a str,
+        key: &'a str,
+    ) -> futures::future::BoxFuture<'a, Result<Option<Vec<u8>>, String>>;
+    /// `None` removes it.
+    fn put<'a>(
+        &'a self,
+        target: &'a str,
+        key: &'a str,
+        value: Option<Vec<u8>>,
+    ) -> futures::future::BoxFuture<'a, Result<(), String>>;
+}
+
+/// The shared-state key of a vehicle's uploaded paths.
+fn uploaded_key(lane: &str) -> String {
+    format!("uploaded/{lane}")
+}
+
 /// Handle to the store; cheap to clone. The writer thread stops and the file is closed when the
 /// last clone is dropped.
 #[derive(Clone)]
@@ -423,6 +449,9 @@ pub struct Store {
 
 struct Inner {
     shared: Arc<Shared>,
+    /// Where replicas sharing the work keep the state a vehicle's deliveries carry from one
+    /// to the next (`--store nats://…`); see [`SharedState`].
+    shared_state: std::sync::OnceLock<Arc<dyn SharedState>>,
     jobs: Option<mpsc::Sender<Job>>,
     writer: Option<JoinHandle<()>>,
     stats: Arc<Stats>,
@@ -627,6 +656,7 @@ impl Store {
         Ok(Store {
             inner: Arc::new(Inner {
                 shared,
+                shared_state: std::sync::OnceLock::new(),
                 jobs: Some(tx),
                 writer: Some(handle),
                 stats,
@@ -820,6 +850,12 @@ impl Store {
         value: Option<Vec<u8>>,
         durable: bool,
     ) -> Result<(), StoreError> {
+        if let Some(shared) = self.inner.shared_state.get() {
+            shared
+                .put(target, key, value.clone())
+                .await
+                .map_err(StoreError::SharedState)?;
+        }
         let (target, key) = (target.to_owned(), key.to_owned());
         self.submit(|reply| Job::SetState {
             target,
@@ -829,6 +865,59 @@ impl Store {
             reply,
         })
         .await
+    }
+
+    /// Keeps the state of [`Self::set_state`] and the uploaded paths in `shared` too, and reads
+    /// them from there (set once, at start-up).
+    pub fn share_state(&self, shared: Arc<dyn SharedState>) {
+        let _ = self.inner.shared_state.set(shared);
+    }
+
+    /// A row of the target's own state, from the shared state when there is one.
+    pub async fn state_now(&self, target: &str, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        match self.inner.shared_state.get() {
+            Some(shared) => shared
+                .get(target, key)
+                .await
+                .map_err(StoreError::SharedState),
+            None => self.state(target, key),
+        }
+    }
+
+    /// The uploaded paths of `lane` at `target`, from the shared state when there is one (and
+    /// it has them; else from this store).
+    pub async fn uploaded_paths_now(
+        &self,
+        target: &str,
+        lane: &str,
+    ) -> Result<Vec<String>, StoreError> {
+        if let Some(shared) = self.inner.shared_state.get()
+            && let Some(bytes) = shared
+                .get(target, &uploaded_key(lane))
+                .await
+                .map_err(StoreError::SharedState)?
+        {
+            return Ok(serde_json::from_slice(&bytes).unwrap_or_default());
+        }
+        self.uploaded_paths(target, lane)
+    }
+
+    /// Copies the uploaded paths of `lane` at `target`, as recorded here, to the shared state
+    /// (after an upload's or a removal's outcome is recorded); nothing without one.
+    pub async fn share_uploaded(&self, target: &str, lane: &str) -> Result<(), StoreError> {
+        let Some(shared) = self.inner.shared_state.get() else {
+            return Ok(());
+        };
+        let paths = self.uploaded_paths(target, lane)?;
+        let value = if paths.is_empty() {
+            None
+        } else {
+            Some(serde_json::to_vec(&paths).unwrap_or_default())
+        };
+        shared
+            .put(target, &uploaded_key(lane), value)
+            .await
+            .map_err(StoreError::SharedState)
     }
 
     /// Remote paths recorded as uploaded for `lane` (a vehicle) at `target`.

@@ -85,10 +85,14 @@ struct Setup {
 }
 
 async fn setup(prefix: &str) -> Setup {
-    let base = operator_url().await;
+    setup_in(&SCOPE, operator_url().await, prefix).await
+}
+
+/// A namespace of `scope` with the DMS and its Secrets, for the operator at `base`.
+async fn setup_in(scope: &Scope, base: String, prefix: &str) -> Setup {
     let cp = ControlPlane::shared();
     let client_id = format!("dealer-{prefix}");
-    let ns = SCOPE.namespace(cp, prefix, &client_id).await;
+    let ns = scope.namespace(cp, prefix, &client_id).await;
     let client = cp.client().await.unwrap();
     let dms = Dms::start("vc-client", "vc-secret-123", None).await;
     apply_value(
@@ -201,8 +205,13 @@ impl Setup {
     }
 
     async fn post(&self, body: Value) {
+        self.post_to(&self.base, body).await
+    }
+
+    /// Posts to the operator at `base`.
+    async fn post_to(&self, base: &str, body: Value) {
         let r = reqwest::Client::new()
-            .post(format!("{}/v1/events", self.base))
+            .post(format!("{base}/v1/events"))
             .bearer_auth(TOKEN)
             .header("content-type", "application/json")
             .body(body.to_string())
@@ -215,6 +224,14 @@ impl Setup {
             "{}",
             r.text().await.unwrap_or_default()
         );
+    }
+
+    /// The client's id of the one vehicle the DMS holds.
+    async fn only_vehicle_id(&self) -> String {
+        let state = self.dms.state().await;
+        let vehicles = state["vehicles"].as_object().expect("vehicles");
+        assert_eq!(vehicles.len(), 1, "{state}");
+        vehicles.keys().next().expect("one vehicle").clone()
     }
 
     async fn delivered(&self, name: &str, n: u64) -> vehicle_connect::api::ApiConnectionStatus {
@@ -328,14 +345,7 @@ async fn a_failure_mid_chain_resumes_at_the_failed_photo_and_an_expired_token_is
     s.post(s.event("evt-c1", "vehicle.created", "veh-7", 0))
         .await;
     s.delivered("dms", 1).await;
-    let state = s.dms.state().await;
-    let id = state["vehicles"]
-        .as_object()
-        .unwrap()
-        .keys()
-        .next()
-        .unwrap()
-        .clone();
+    let id = s.only_vehicle_id().await;
 
     // The token the operator holds stops working; the second photo fails once with a 500.
     s.dms.expire_tokens().await;
@@ -541,4 +551,59 @@ async fn a_changed_openapi_document_is_rechecked() {
         .unwrap()
         .message;
     assert!(msg.contains("photo"), "names the request: {msg}");
+}
+
+/// Two replicas on one JetStream log: a vehicle created at the client through one replica is
+/// updated through the other after the first dies, at the id the client gave it (the captured
+/// remote id is shared in the KV bucket `vc-state`, not kept in the dead replica's store).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vehicle_whose_partition_moves_to_another_replica_keeps_its_remote_id() {
+    use crate::support::process::{replica_launch, start_launch};
+    let cp = ControlPlane::shared();
+    cp.install_crds(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("crds"))
+        .await
+        .unwrap();
+    let nats = vc_envtest::nats::NatsCluster::single()
+        .await
+        .expect("nats-server");
+    let scope = Scope::new("api-replicas");
+    let dir = tempfile::tempdir().unwrap();
+    let replica = |id: &str| replica_launch(&nats.urls(), id);
+    let mut a = start_launch(cp, dir.path().join("a"), &scope, replica("replica-a")).await;
+    let s = setup_in(&scope, a.url(""), "moved").await;
+    s.connect("dms", dms_spec(&s)).await;
+    let (status, _, message) = s.ready_condition("dms").await;
+    assert_eq!(status, "True", "{message}");
+    s.post(s.event("evt-m-c1", "vehicle.created", "veh-m", 0))
+        .await;
+    s.delivered("dms", 1).await;
+    let id = s.only_vehicle_id().await;
+
+    // Replica A dies; B takes every partition once A's lease has run out.
+    a.kill();
+    let b = start_launch(cp, dir.path().join("b"), &scope, replica("replica-b")).await;
+    let r = reqwest::Client::new()
+        .post(b.url("/v1/events"))
+        .bearer_auth(TOKEN)
+        .header("content-type", "application/json")
+        .body(
+            s.event("evt-m-u1", "vehicle.updated", "veh-m", 0)
+                .to_string(),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 202);
+    let st = s.delivered("dms", 2).await;
+    assert_eq!(st.failed, 0, "{st:?}\n{}", b.log_text());
+    let got = v1_log(&s.dms.requests().await);
+    assert_eq!(
+        got,
+        [
+            ("POST".to_string(), "/v1/vehicles".to_string(), 201),
+            ("PUT".to_string(), format!("/v1/vehicles/{id}"), 200),
+        ],
+        "replica B must update the vehicle A created, at its id\n{}",
+        b.log_text()
+    );
 }

@@ -11,7 +11,7 @@ use vc_envtest::nats::NatsCluster;
 use vehicle_connect::api::WebhookSubscription;
 
 use crate::support::operator::{apply_value, condition, wait_for};
-use crate::support::process::{Launch, OperatorProcess, TOKEN, binary, metrics, start_launch};
+use crate::support::process::{OperatorProcess, TOKEN, metrics, replica_launch, start_launch};
 use crate::support::receiver::Receiver;
 use crate::support::scope::Scope;
 
@@ -68,16 +68,7 @@ async fn the_status_counts_the_deliveries_of_every_replica() {
     let dir = tempfile::tempdir().unwrap();
     let mut ops = Vec::new();
     for id in ["replica-a", "replica-b"] {
-        let launch = Launch::new(binary()).args(&[
-            "--store",
-            &nats.urls(),
-            "--nats-replicas",
-            "1",
-            "--replica-id",
-            id,
-            "--partition-lease-seconds",
-            "2",
-        ]);
+        let launch = replica_launch(&nats.urls(), id);
         ops.push(start_launch(cp, dir.path().join(id), &scope, launch).await);
     }
     let api: Api<WebhookSubscription> = Api::namespaced(client.clone(), &ns.name);
@@ -120,13 +111,22 @@ async fn the_status_counts_the_deliveries_of_every_replica() {
         );
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
+    // At least once: a partition that moved from A to B while B joined has its events since
+    // A's last floor delivered again, and both count them. So the status says at least every
+    // event, and no more than the two replicas' own counts together.
     let total = posted as u64;
     let w = wait_for(&api, "hook", "every replica's deliveries on status", |w| {
         w.status
             .as_ref()
-            .is_some_and(|s| s.delivered == total && s.pending == 0)
+            .is_some_and(|s| s.delivered >= total && s.pending == 0)
     })
     .await;
     let st = w.status.unwrap();
+    let (a, b) = (delivered_by(&ops[0]).await, delivered_by(&ops[1]).await);
+    assert!(
+        st.delivered <= a + b,
+        "status {} > a {a} + b {b}",
+        st.delivered
+    );
     assert!(st.last_delivery.is_some(), "{st:?}");
 }

@@ -50,6 +50,21 @@ pub async fn start_launch(
         .expect("operator started")
 }
 
+/// One of several replicas sharing the JetStream log at `urls` (one NATS node: one stream
+/// replica), as `id`, with a 2 s lease so a dead one's partitions move soon.
+pub fn replica_launch(urls: &str, id: &str) -> Launch {
+    Launch::new(binary()).args(&[
+        "--store",
+        urls,
+        "--nats-replicas",
+        "1",
+        "--replica-id",
+        id,
+        "--partition-lease-seconds",
+        "2",
+    ])
+}
+
 /// The text of `op`'s `/metrics`.
 pub async fn metrics(op: &OperatorProcess) -> String {
     reqwest::get(op.url("/metrics"))

@@ -72,7 +72,7 @@ pub(super) async fn run(
     let store = &inner.store;
     // A record made under another mapping is of no use (its steps are others) and goes when
     // this attempt ends, as does any record once the event is done with.
-    let (from, recorded) = match store.state(d.row, &progress_key(d.seq)) {
+    let (from, recorded) = match store.state_now(d.row, &progress_key(d.seq)).await {
         Ok(Some(bytes)) => {
             let p = serde_json::from_slice::<Progress>(&bytes)
                 .ok()
@@ -83,7 +83,7 @@ pub(super) async fn run(
         Ok(None) => (Progress::default(), false),
         Err(e) => return store_failed(e, elapsed()),
     };
-    let remote: BTreeMap<String, String> = match store.state(d.row, &remote_key(d.lane)) {
+    let remote: BTreeMap<String, String> = match store.state_now(d.row, &remote_key(d.lane)).await {
         Ok(Some(bytes)) => serde_json::from_slice(&bytes).unwrap_or_default(),
         Ok(None) => BTreeMap::new(),
         Err(e) => return store_failed(e, elapsed()),
