@@ -36,6 +36,8 @@ use crate::store::{AcceptOutcome, NewEvent, Store};
 /// How often the supervisor looks at which partitions are owned, and a worker at what
 /// finished.
 const LOOK_EVERY: Duration = Duration::from_millis(250);
+/// Longest a clean shutdown waits for its partitions' readers to drain.
+const DRAIN_ON_LEAVE: Duration = Duration::from_secs(5);
 /// Events of one partition handed to the dispatcher at once.
 const TAKE_BATCH: usize = 256;
 
@@ -83,6 +85,8 @@ impl Cluster {
                         partitions,
                         ttl: options.lease,
                         replicas,
+                        // Long enough for deliveries in flight, well inside a lease.
+                        drain: (options.lease / 2).min(Duration::from_secs(5)),
                     },
                 )
                 .await?;
@@ -132,8 +136,14 @@ impl Cluster {
         Arc::new(self.clone())
     }
 
-    /// Hands every partition over at once (a clean shutdown), instead of after the lease.
+    /// Hands every partition over (a clean shutdown), instead of leaving them to the lease:
+    /// the readers first finish what they took, for up to the drain time.
     pub async fn leave(&self) {
+        self.owners.hand_over_all();
+        let deadline = tokio::time::Instant::now() + DRAIN_ON_LEAVE;
+        while !self.owners.owned().is_empty() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(LOOK_EVERY).await;
+        }
         self.owners.leave().await;
     }
 }
@@ -293,9 +303,12 @@ impl Worker {
         let mut read_to = floor.seq;
         let mut every = tokio::time::interval(LOOK_EVERY);
         every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Handing the partition over: nothing more is taken, and it is released once what
+        // was taken is finished and the floor says so.
+        let mut draining = false;
         loop {
             tokio::select! {
-                batch = events.next() => {
+                batch = events.next(), if !draining => {
                     let Some(batch) = batch else {
                         anyhow::bail!("the partition's reader ended");
                     };
@@ -317,6 +330,7 @@ impl Worker {
                     if !self.owners.owns(k) {
                         return Ok(());
                     }
+                    draining = self.owners.handing_over(k);
                 }
             }
             while let Some(front) = open.front() {
@@ -343,6 +357,15 @@ impl Worker {
                         tracing::warn!(partition = k, error = %e, "could not move the partition's floor; trying again")
                     }
                 }
+            }
+            if draining && open.is_empty() && floor.seq >= finished {
+                tracing::info!(
+                    partition = k,
+                    floor = floor.seq,
+                    "partition drained; handed over"
+                );
+                self.owners.release(k).await;
+                return Ok(());
             }
         }
     }

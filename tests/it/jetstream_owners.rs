@@ -35,6 +35,7 @@ async fn replica(urls: &str, id: &str) -> Owners {
         partitions: PARTITIONS,
         ttl: TTL,
         replicas: 3,
+        drain: Duration::ZERO,
     };
     // Just after the cluster forms, JetStream may not answer bucket creation for a moment.
     let deadline = Instant::now() + Duration::from_secs(20);

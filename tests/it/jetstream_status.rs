@@ -1,6 +1,7 @@
 //! Two operator processes sharing one JetStream log: each delivers its own partitions, and the
 //! resource's status counts the deliveries of both (the counters are added up in the KV
-//! bucket `vc-counters`), not whichever replica wrote last.
+//! bucket `vc-counters`), not whichever replica wrote last; a replica shut down cleanly
+//! finishes what it took before the other takes its partitions, so nothing is sent twice.
 
 use std::time::{Duration, Instant};
 
@@ -31,36 +32,46 @@ async fn delivered_by(op: &OperatorProcess) -> u64 {
         .map_or(0, |v| v as u64)
 }
 
-async fn post(http: &reqwest::Client, op: &OperatorProcess, events: &[serde_json::Value]) {
-    let r = http
-        .post(op.url("/v1/events"))
-        .bearer_auth(TOKEN)
-        .header("content-type", "application/json")
-        .body(serde_json::to_vec(events).expect("json"))
-        .send()
-        .await
-        .expect("POST /v1/events");
-    let status = r.status();
-    assert_eq!(status, 202, "{}", r.text().await.unwrap_or_default());
+/// `n` events of 40 vehicles, numbered from `from`.
+fn events(prefix: &str, from: usize, n: usize) -> Vec<serde_json::Value> {
+    (from..from + n)
+        .map(|i| {
+            json!({
+                "id": format!("evt-{prefix}-{i}"), "type": "vehicle.processed",
+                "timestamp": "2026-12-03T10:00:00Z", "clientId": CLIENT, "userId": "u-1",
+                "data": { "vehicle": { "id": format!("veh-{}", i % 40) } }
+            })
+        })
+        .collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_status_counts_the_deliveries_of_every_replica() {
+/// A namespace of a new scope with a subscription to `path` on `receiver`, two replicas on
+/// one NATS node serving it, once the subscription is Ready.
+async fn two_replicas(
+    name: &str,
+    receiver: &Receiver,
+    path: &str,
+) -> (
+    Scope,
+    Vec<OperatorProcess>,
+    Api<WebhookSubscription>,
+    NatsCluster,
+    tempfile::TempDir,
+) {
     let cp = ControlPlane::shared();
     cp.install_crds(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("crds"))
         .await
         .unwrap();
-    let scope = Scope::new("js-status");
-    let ns = scope.namespace(cp, "js-status", CLIENT).await;
+    let scope = Scope::new(name);
+    let ns = scope.namespace(cp, name, CLIENT).await;
     let client = cp.client().await.unwrap();
-    let receiver = Receiver::start(None).await;
     apply_value(
         &client,
         &ns.name,
         json!({
             "apiVersion": "connect.vehicles.io/v1alpha1", "kind": "WebhookSubscription",
             "metadata": { "name": "hook" },
-            "spec": { "url": receiver.url("hook"), "clientId": CLIENT, "events": ["vehicle.processed"] }
+            "spec": { "url": receiver.url(path), "clientId": CLIENT, "events": ["vehicle.processed"] }
         }),
     )
     .await;
@@ -79,6 +90,26 @@ async fn the_status_counts_the_deliveries_of_every_replica() {
             .is_some_and(|c| c.0 == "True")
     })
     .await;
+    (scope, ops, api, nats, dir)
+}
+
+async fn post(http: &reqwest::Client, op: &OperatorProcess, events: &[serde_json::Value]) {
+    let r = http
+        .post(op.url("/v1/events"))
+        .bearer_auth(TOKEN)
+        .header("content-type", "application/json")
+        .body(serde_json::to_vec(events).expect("json"))
+        .send()
+        .await
+        .expect("POST /v1/events");
+    let status = r.status();
+    assert_eq!(status, 202, "{}", r.text().await.unwrap_or_default());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_status_counts_the_deliveries_of_every_replica() {
+    let receiver = Receiver::start(None).await;
+    let (_scope, ops, api, _nats, _dir) = two_replicas("js-status", &receiver, "hook").await;
 
     // Batches of 40 vehicles, alternately to each replica's ingest, until both have
     // delivered some (the second replica gets its share of partitions within a few rounds).
@@ -86,15 +117,7 @@ async fn the_status_counts_the_deliveries_of_every_replica() {
     let mut posted = 0usize;
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let batch: Vec<_> = (0..40)
-            .map(|v| {
-                json!({
-                    "id": format!("evt-jss-{posted}-{v}"), "type": "vehicle.processed",
-                    "timestamp": "2026-12-03T10:00:00Z", "clientId": CLIENT, "userId": "u-1",
-                    "data": { "vehicle": { "id": format!("veh-{v}") } }
-                })
-            })
-            .collect();
+        let batch = events("jss", posted, 40);
         post(&http, &ops[posted / 40 % 2], &batch).await;
         posted += batch.len();
         receiver.wait_for("hook", posted).await;
@@ -129,4 +152,50 @@ async fn the_status_counts_the_deliveries_of_every_replica() {
         st.delivered
     );
     assert!(st.last_delivery.is_some(), "{st:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_shut_down_cleanly_hands_over_without_sending_anything_twice() {
+    let receiver = Receiver::start(None).await;
+    // Every delivery takes 50 ms: each lane has a backlog when the replica is told to stop.
+    receiver.script(
+        "slow",
+        (0..400)
+            .map(|_| crate::support::receiver::Reply::Hang(Duration::from_millis(50)))
+            .collect(),
+    );
+    let (_scope, mut ops, _api, _nats, _dir) = two_replicas("js-leave", &receiver, "slow").await;
+    // Both own partitions by now (two rounds of a 2 s lease).
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let http = reqwest::Client::new();
+    post(&http, &ops[0], &events("leave", 0, 200)).await;
+    post(&http, &ops[1], &events("leave", 200, 200)).await;
+    // SIGTERM: the operator stops its API, drains its partitions and leaves.
+    let a = &mut ops[0];
+    // SAFETY: signalling a child process of this test by its pid.
+    unsafe { libc::kill(a.pid() as i32, libc::SIGTERM) };
+    let stopped = Instant::now();
+    let exit = tokio::task::block_in_place(|| a.child.wait()).expect("wait for replica A");
+    let took = stopped.elapsed();
+    let got = receiver.wait_for("slow", 400).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let got = receiver.received_on("slow").len().max(got.len());
+    let log = ops[0].log_text();
+    println!("replica A stopped in {took:?} ({exit}); {got} deliveries of 400 events");
+    assert!(
+        log.contains("partition drained; handed over"),
+        "replica A handed nothing over by draining:\n{log}"
+    );
+    let mut seen = std::collections::BTreeMap::<String, usize>::new();
+    for r in receiver.received_on("slow") {
+        let id = r.body["id"].as_str().unwrap_or_default().to_owned();
+        *seen.entry(id).or_default() += 1;
+    }
+    assert_eq!(seen.len(), 400, "every event arrived");
+    let twice: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(
+        twice.is_empty(),
+        "sent twice across a clean shutdown: {twice:?}\n{log}\n{}",
+        ops[1].log_text()
+    );
 }

@@ -41,6 +41,10 @@ pub struct OwnersOptions {
     pub ttl: Duration,
     /// Replicas of the bucket (3 in a cluster).
     pub replicas: usize,
+    /// How long a partition this replica gives up on purpose (above its share, or leaving)
+    /// stays held while its reader finishes what it took and calls [`Owners::release`], so the
+    /// next owner does not deliver those events again. Zero: released at once.
+    pub drain: Duration,
 }
 
 impl Default for OwnersOptions {
@@ -49,6 +53,7 @@ impl Default for OwnersOptions {
             partitions: super::DEFAULT_PARTITIONS,
             ttl: Duration::from_secs(10),
             replicas: 3,
+            drain: Duration::ZERO,
         }
     }
 }
@@ -99,6 +104,10 @@ pub struct Owners {
     held: Arc<Mutex<BTreeMap<u32, Held>>>,
     /// The live members the last round listed.
     members: Arc<Mutex<Vec<String>>>,
+    /// Partitions being handed over on purpose, since when (see [`OwnersOptions::drain`]).
+    handover: Arc<Mutex<BTreeMap<u32, Instant>>>,
+    /// Set by [`Owners::hand_over_all`]: a replica shutting down takes nothing new.
+    leaving: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl std::fmt::Debug for Owners {
@@ -148,6 +157,8 @@ impl Owners {
             options,
             held: Arc::default(),
             members: Arc::default(),
+            handover: Arc::default(),
+            leaving: Arc::default(),
         })
     }
 
@@ -243,22 +254,28 @@ impl Owners {
                 .map(|(p, h)| (*p, *h))
                 .collect()
         };
-        for (p, h) in extra {
-            // Stop first, then free the key: never a moment of two owners.
-            self.lock().remove(&p);
-            if let Err(e) = self
-                .kv
-                .delete_expect_revision(key(p), Some(h.revision))
-                .await
-            {
-                tracing::debug!(error = %e, partition = p, "releasing a partition failed; it expires instead");
+        {
+            // Only partitions still held can be on their way out.
+            let held = self
+                .lock()
+                .keys()
+                .copied()
+                .collect::<std::collections::BTreeSet<_>>();
+            self.handovers().retain(|p, _| held.contains(p));
+        }
+        for (p, _) in extra {
+            let asked = *self.handovers().entry(p).or_insert_with(Instant::now);
+            // Its reader releases it once drained; it goes anyway when that takes too long.
+            if asked.elapsed() >= self.options.drain {
+                self.release(p).await;
             }
         }
 
         // Below the share: take free partitions, starting at a place of this replica's own
         // so that replicas joining together do not all race for partition 0.
         let start = super::partition(&self.me, "", partitions);
-        for i in 0..partitions {
+        let leaving = self.leaving.load(std::sync::atomic::Ordering::Acquire);
+        for i in (0..partitions).take_while(|_| !leaving) {
             if self.lock().len() >= share {
                 break;
             }
@@ -275,6 +292,43 @@ impl Owners {
         }
         tracing::trace!(replica = %self.me, members = members.len(), share, owned = ?self.owned(), sent = ?sent.elapsed(), "ownership round");
         Ok(())
+    }
+
+    /// Whether `partition` is being handed over: its reader should take nothing more from the
+    /// log, finish what it took, move the floor and call [`Self::release`].
+    pub fn handing_over(&self, partition: u32) -> bool {
+        self.handovers().contains_key(&partition)
+    }
+
+    /// Asks every held partition to be handed over (a clean shutdown, before [`Self::leave`]).
+    pub fn hand_over_all(&self) {
+        self.leaving
+            .store(true, std::sync::atomic::Ordering::Release);
+        let held: Vec<u32> = self.lock().keys().copied().collect();
+        let mut handover = self.handovers();
+        for p in held {
+            handover.entry(p).or_insert_with(Instant::now);
+        }
+    }
+
+    /// Gives `partition` up now: stops owning it, then frees its key (never a moment of two
+    /// owners). A failed delete lets it expire instead.
+    pub async fn release(&self, partition: u32) {
+        self.handovers().remove(&partition);
+        let Some(h) = self.lock().remove(&partition) else {
+            return;
+        };
+        if let Err(e) = self
+            .kv
+            .delete_expect_revision(key(partition), Some(h.revision))
+            .await
+        {
+            tracing::debug!(error = %e, partition, "releasing a partition failed; it expires instead");
+        }
+    }
+
+    fn handovers(&self) -> std::sync::MutexGuard<'_, BTreeMap<u32, Instant>> {
+        self.handover.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Gives up every partition and the membership at once (a clean shutdown), so the others
