@@ -36,6 +36,9 @@ use crate::store::{AcceptOutcome, NewEvent, Store};
 /// How often the supervisor looks at which partitions are owned, and a worker at what
 /// finished.
 const LOOK_EVERY: Duration = Duration::from_millis(250);
+/// How old an event may be before a target this replica has not listed counts as deleted
+/// rather than not listed yet (watches of the replicas lag each other by far less).
+const UNLISTED_GRACE_MS: u64 = 30_000;
 /// Longest a clean shutdown waits for its partitions' readers to drain.
 const DRAIN_ON_LEAVE: Duration = Duration::from_secs(5);
 /// Events of one partition handed to the dispatcher at once.
@@ -403,8 +406,23 @@ impl Worker {
                     continue;
                 }
             };
-            seqs.push((seq, logged.targets.clone()));
-            events.push((incoming, logged.targets));
+            // A target deleted since ingest routed the event: its replica dropped the queued
+            // deliveries then, and this one would wait for a target that never comes back,
+            // holding the floor. One not listed yet (just created) is kept for a while.
+            let age = crate::store::now_unix_ms().saturating_sub(logged.event.received_unix_ms);
+            let targets: Vec<String> = logged
+                .targets
+                .into_iter()
+                .filter(|row| match self.dispatcher.is_gone(row) {
+                    Some(true) if age > UNLISTED_GRACE_MS => {
+                        tracing::info!(partition = self.partition, seq, target = %row, "the event's target is gone; not queued");
+                        false
+                    }
+                    _ => true,
+                })
+                .collect();
+            seqs.push((seq, targets.clone()));
+            events.push((incoming, targets));
         }
         if events.is_empty() {
             return Ok((Vec::new(), last));

@@ -729,6 +729,16 @@ impl Dispatcher {
         event: &Loaded,
     ) -> Step {
         let kind = ts.id.key.kind.label();
+        // First, and right before the send: a replica that lost the vehicle's partition (its
+        // lease ran out, it stalled) leaves the event to the new owner, which resumes from the
+        // log; it neither sends nor counts anything of it.
+        if let Some(gate) = self.gate.get()
+            && !gate.owns(&event.head.client_id, lane)
+        {
+            tracing::debug!(kind, seq = job.seq, event = %job.event_id, "partition owned elsewhere now; delivery handed over");
+            self.record(ts, job, Outcome::HandedOver, None);
+            return Step::Done;
+        }
         let age = Duration::from_millis(now_ms().saturating_sub(event.received_ms));
         let max_age = Duration::from_secs(target.retry.max_age_seconds.into());
         if age >= max_age {
@@ -781,15 +791,6 @@ impl Dispatcher {
         let Some(config) = &target.config else {
             return Step::Again;
         };
-        // Checked last before the send: a replica that lost the vehicle's partition (its lease
-        // ran out, it stalled) leaves the event to the new owner, which resumes from the log.
-        if let Some(gate) = self.gate.get()
-            && !gate.owns(&head.client_id, lane)
-        {
-            tracing::debug!(kind, seq = job.seq, event = %job.event_id, "partition owned elsewhere now; delivery handed over");
-            self.record(ts, job, Outcome::HandedOver, None);
-            return Step::Done;
-        }
         let uploaded = if Senders::needs_upload_record(config) {
             match self.store.uploaded_paths_now(&ts.row, lane).await {
                 Ok(p) => p,
@@ -1154,6 +1155,18 @@ impl Dispatcher {
         if self.gate.set(gate).is_err() {
             tracing::warn!("a delivery gate was set twice; the first one stays");
         }
+    }
+
+    /// Whether the target of `row` no longer exists: `None` until the registry has listed
+    /// every resource once (a target not seen yet may simply not be listed yet).
+    pub fn is_gone(&self, row: &str) -> Option<bool> {
+        if !self.registry.is_synced() {
+            return None;
+        }
+        let Ok(id) = row.parse::<TargetId>() else {
+            return Some(true);
+        };
+        Some(self.registry.get(&id.key).is_none_or(|t| !id.is(&t)))
     }
 
     /// The target rows `e` goes to, by the registry as it is now.
