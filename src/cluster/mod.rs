@@ -31,7 +31,7 @@ use crate::ingest::{EventResult, EventSink};
 use crate::store::jetstream::owners::{Owners, OwnersOptions};
 use crate::store::jetstream::partition::{FloorError, Partitions};
 use crate::store::jetstream::{JetStreamLog, JetStreamOptions, LoggedEvent, partition};
-use crate::store::{AcceptOutcome, NewEvent, Store};
+use crate::store::{AcceptOutcome, NewEvent, Store, dedupe_key};
 
 /// How often the supervisor looks at which partitions are owned, and a worker at what
 /// finished.
@@ -109,12 +109,20 @@ impl Cluster {
         store.share_state(Arc::new(
             state::KvState::open(log.context(), replicas).await?,
         ));
-        dispatcher.set_gate(Arc::new(OwnersGate {
+        let gate = Arc::new(OwnersGate {
             owners: owners.clone(),
             partitions,
-        }));
+            taken: Default::default(),
+        });
+        dispatcher.set_gate(gate.clone());
         tokio::spawn(owners.clone().run());
-        tokio::spawn(supervise(owners.clone(), floors, dispatcher.clone(), store));
+        tokio::spawn(supervise(
+            owners.clone(),
+            floors,
+            dispatcher.clone(),
+            store,
+            gate,
+        ));
         tracing::info!(replica = %options.replica_id, partitions, "joined the replicas on JetStream");
         Ok(Cluster {
             log,
@@ -170,14 +178,69 @@ async fn open_bucket(
         .map_err(|e| anyhow::anyhow!("creating the KV bucket {bucket}: {e}"))
 }
 
+/// The dispatcher's [`Gate`]: an event may be delivered here while this replica holds its
+/// partition in the holding ([`Owners::epoch`]) that took it. A replica that lost a partition
+/// and took it back (a stall longer than the lease) still has the jobs of its earlier holding
+/// queued; another replica has delivered from the floor on since, so those jobs are handed
+/// over, never sent: the new holding takes again what is still unfinished.
 struct OwnersGate {
     owners: Owners,
     partitions: u32,
+    /// `client/id` → (partition, epoch) of the holding that took it.
+    taken: std::sync::Mutex<HashMap<String, (u32, u64)>>,
+}
+
+impl OwnersGate {
+    fn taken(&self) -> std::sync::MutexGuard<'_, HashMap<String, (u32, u64)>> {
+        self.taken.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Marks events as taken by the holding `epoch` of `partition`; before they are stored,
+    /// so no attempt can come first.
+    fn take<'a>(&self, partition: u32, epoch: u64, keys: impl Iterator<Item = &'a str>) {
+        let mut taken = self.taken();
+        for key in keys {
+            taken.insert(key.to_owned(), (partition, epoch));
+        }
+    }
+
+    /// Forgets an event of the holding `epoch` that is finished.
+    fn finished(&self, key: &str, partition: u32, epoch: u64) {
+        let mut taken = self.taken();
+        if taken.get(key) == Some(&(partition, epoch)) {
+            taken.remove(key);
+        }
+    }
 }
 
 impl Gate for OwnersGate {
-    fn owns(&self, client: &str, lane: &str) -> bool {
-        self.owners.owns(partition(client, lane, self.partitions))
+    fn owns(&self, client: &str, lane: &str, event_id: &str) -> bool {
+        let k = partition(client, lane, self.partitions);
+        let Some(epoch) = self.owners.epoch(k) else {
+            return false;
+        };
+        let key = dedupe_key(client, event_id);
+        let mut taken = self.taken();
+        match taken.get(&key) {
+            Some(&held) if held == (k, epoch) => true,
+            // Of an earlier holding: handed over now, so forgotten.
+            Some(_) => {
+                taken.remove(&key);
+                false
+            }
+            None => false,
+        }
+    }
+
+    fn requeued(&self, client: &str, lane: &str, event_id: &str) {
+        let k = partition(client, lane, self.partitions);
+        if let Some(epoch) = self.owners.epoch(k) {
+            self.take(
+                k,
+                epoch,
+                std::iter::once(dedupe_key(client, event_id).as_str()),
+            );
+        }
     }
 }
 
@@ -225,15 +288,21 @@ impl EventSink for Cluster {
 }
 
 /// Runs one worker per owned partition, and stops the workers of partitions no longer owned.
-async fn supervise(owners: Owners, floors: Partitions, dispatcher: Arc<Dispatcher>, store: Store) {
-    let mut workers: HashMap<u32, JoinHandle<()>> = HashMap::new();
+async fn supervise(
+    owners: Owners,
+    floors: Partitions,
+    dispatcher: Arc<Dispatcher>,
+    store: Store,
+    gate: Arc<OwnersGate>,
+) {
+    // By partition: the holding (epoch) its reader works for, and the reader.
+    let mut workers: HashMap<u32, (u64, JoinHandle<()>)> = HashMap::new();
     let mut every = tokio::time::interval(LOOK_EVERY);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         every.tick().await;
-        let owned = owners.owned();
-        workers.retain(|k, w| {
-            let keep = owned.contains(k) && !w.is_finished();
+        workers.retain(|k, (epoch, w)| {
+            let keep = owners.epoch(*k) == Some(*epoch) && !w.is_finished();
             if !keep {
                 w.abort();
                 tracing::info!(
@@ -243,19 +312,26 @@ async fn supervise(owners: Owners, floors: Partitions, dispatcher: Arc<Dispatche
             }
             keep
         });
-        for k in owned {
+        for k in owners.owned() {
+            let Some(epoch) = owners.epoch(k) else {
+                continue;
+            };
             workers.entry(k).or_insert_with(|| {
-                tracing::info!(partition = k, "partition owned; reading it from its floor");
-                tokio::spawn(
-                    Worker {
-                        partition: k,
-                        owners: owners.clone(),
-                        floors: floors.clone(),
-                        dispatcher: dispatcher.clone(),
-                        store: store.clone(),
-                    }
-                    .run(),
-                )
+                tracing::info!(
+                    partition = k,
+                    epoch,
+                    "partition owned; reading it from its floor"
+                );
+                let worker = Worker {
+                    partition: k,
+                    epoch,
+                    owners: owners.clone(),
+                    floors: floors.clone(),
+                    dispatcher: dispatcher.clone(),
+                    store: store.clone(),
+                    gate: gate.clone(),
+                };
+                (epoch, tokio::spawn(worker.run()))
             });
         }
     }
@@ -265,6 +341,8 @@ async fn supervise(owners: Owners, floors: Partitions, dispatcher: Arc<Dispatche
 struct Open {
     /// Its stream sequence.
     seq: u64,
+    /// `client/id`.
+    key: String,
     /// Its seq in this replica's store.
     local: u64,
     targets: Vec<String>,
@@ -272,6 +350,9 @@ struct Open {
 
 struct Worker {
     partition: u32,
+    /// The holding of the partition this reader works for.
+    epoch: u64,
+    gate: Arc<OwnersGate>,
     owners: Owners,
     floors: Partitions,
     dispatcher: Arc<Dispatcher>,
@@ -282,7 +363,7 @@ impl Worker {
     /// Reads the partition into the dispatcher while it is owned here; starts over from the
     /// floor after an error.
     async fn run(self) {
-        while self.owners.owns(self.partition) {
+        while self.holds() {
             match self.read().await {
                 Ok(()) => return,
                 Err(e) => {
@@ -291,6 +372,11 @@ impl Worker {
                 }
             }
         }
+    }
+
+    /// Whether this replica still holds the partition, in this reader's holding.
+    fn holds(&self) -> bool {
+        self.owners.epoch(self.partition) == Some(self.epoch)
     }
 
     /// Ok when the partition is no longer owned here.
@@ -315,13 +401,13 @@ impl Worker {
                     let Some(batch) = batch else {
                         anyhow::bail!("the partition's reader ended");
                     };
-                    if !self.owners.owns(k) {
+                    if !self.holds() {
                         return Ok(());
                     }
                     // A full backlog here: the events wait in the log, which is durable.
                     while self.dispatcher.check_backlog().is_err() {
                         tokio::time::sleep(Duration::from_secs(1)).await;
-                        if !self.owners.owns(k) {
+                        if !self.holds() {
                             return Ok(());
                         }
                     }
@@ -330,7 +416,7 @@ impl Worker {
                     open.extend(taken);
                 }
                 _ = every.tick() => {
-                    if !self.owners.owns(k) {
+                    if !self.holds() {
                         return Ok(());
                     }
                     draining = self.owners.handing_over(k);
@@ -341,6 +427,7 @@ impl Worker {
                     break;
                 }
                 finished = front.seq;
+                self.gate.finished(&front.key, k, self.epoch);
                 open.pop_front();
             }
             if open.is_empty() {
@@ -421,18 +508,25 @@ impl Worker {
                     _ => true,
                 })
                 .collect();
-            seqs.push((seq, targets.clone()));
+            let key = dedupe_key(&incoming.client_id, &incoming.id);
+            seqs.push((seq, key, targets.clone()));
             events.push((incoming, targets));
         }
         if events.is_empty() {
             return Ok((Vec::new(), last));
         }
+        self.gate.take(
+            self.partition,
+            self.epoch,
+            seqs.iter().map(|(_, key, _)| key.as_str()),
+        );
         let locals = self.dispatcher.take_over(events).await?;
         Ok((
             seqs.into_iter()
                 .zip(locals)
-                .map(|((seq, targets), local)| Open {
+                .map(|((seq, key, targets), local)| Open {
                     seq,
+                    key,
                     local,
                     targets,
                 })

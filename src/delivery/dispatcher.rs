@@ -79,8 +79,13 @@ pub struct BacklogFull {
 /// Which events this process may deliver, when replicas share the work (the JetStream
 /// store): asked right before every attempt. Without one, every event is this process's.
 pub trait Gate: Send + Sync {
-    /// Whether this replica owns the events of `client`'s vehicle `lane` now.
-    fn owns(&self, client: &str, lane: &str) -> bool;
+    /// Whether this replica may deliver the event `event_id` of `client`'s vehicle `lane`
+    /// now: it owns the vehicle's partition, and took the event in this holding of it (not in
+    /// an earlier one, which another replica has delivered on from since).
+    fn owns(&self, client: &str, lane: &str, event_id: &str) -> bool;
+    /// The event was queued again here (a replay, a retry from the management API): it is
+    /// this replica's to deliver while it holds the partition as it does now.
+    fn requeued(&self, client: &str, lane: &str, event_id: &str);
 }
 
 /// One pending delivery in memory: no body (read from the store when it is attempted).
@@ -352,6 +357,15 @@ impl Dispatcher {
     }
 
     pub fn requeued(self: &Arc<Self>, row: &str, seqs: &[u64]) {
+        if let Some(gate) = self.gate.get() {
+            for &seq in seqs {
+                if let Ok(Some(e)) = self.store.event(seq)
+                    && let Ok(head) = serde_json::from_slice::<Head>(&e.body)
+                {
+                    gate.requeued(&head.client_id, &e.lane, &e.id);
+                }
+            }
+        }
         let map = self.targets.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(ts) = map.get(row) {
             let mut lanes = ts.lanes();
@@ -733,7 +747,7 @@ impl Dispatcher {
         // lease ran out, it stalled) leaves the event to the new owner, which resumes from the
         // log; it neither sends nor counts anything of it.
         if let Some(gate) = self.gate.get()
-            && !gate.owns(&event.head.client_id, lane)
+            && !gate.owns(&event.head.client_id, lane, &job.event_id)
         {
             tracing::debug!(kind, seq = job.seq, event = %job.event_id, "partition owned elsewhere now; delivery handed over");
             self.record(ts, job, Outcome::HandedOver, None);

@@ -87,6 +87,9 @@ pub enum OwnersError {
 #[derive(Debug, Clone, Copy)]
 struct Held {
     revision: u64,
+    /// The revision of the `create` that took it: one per holding, so a replica that lost a
+    /// partition and took it again tells the two apart.
+    epoch: u64,
     /// Until when this replica may act as the owner (its own clock).
     valid_until: Instant,
 }
@@ -185,6 +188,16 @@ impl Owners {
     /// first round).
     pub fn members(&self) -> Vec<String> {
         self.members.lock().map(|m| m.clone()).unwrap_or_default()
+    }
+
+    /// Which holding of `partition` this replica is in, while it may deliver from it: changes
+    /// each time the partition is taken, so work of an earlier holding is told apart.
+    pub fn epoch(&self, partition: u32) -> Option<u64> {
+        let now = Instant::now();
+        self.lock()
+            .get(&partition)
+            .filter(|h| now < h.valid_until)
+            .map(|h| h.epoch)
     }
 
     /// The partitions this replica may deliver from now.
@@ -379,16 +392,15 @@ impl Owners {
             // A failed renewal answered with the old revision: the deadline stays.
             Some(h) if h.revision == revision => {}
             Some(h) => {
-                *h = Held {
-                    revision,
-                    valid_until,
-                }
+                h.revision = revision;
+                h.valid_until = valid_until;
             }
             None => {
                 held.insert(
                     p,
                     Held {
                         revision,
+                        epoch: revision,
                         valid_until,
                     },
                 );
