@@ -1,0 +1,532 @@
+//! Failover on the JetStream backend with every part real: a 3-node NATS cluster, three
+//! `vehicle-connect run` processes sharing its partitions (`--store nats://…`), the control
+//! plane, and a webhook receiver recording every arrival. Under a steady load of per-vehicle
+//! numbered events spread over the live operators' ingest, an operator is SIGKILLed and a
+//! NATS node after it (or an operator is SIGSTOPped for twice its lease): every event answered
+//! 202 arrives, and per vehicle the first arrivals come in the order the events were posted.
+//! A repeat of an old event after a failover is at-least-once delivery and allowed; a new event
+//! before an older one of its vehicle is not.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::support::arrivals::{self, Arrival, Report};
+use crate::support::operator::{apply_value, subscription_ready};
+use crate::support::process::{OperatorProcess, TOKEN};
+use crate::support::receiver::Receiver;
+use crate::support::scope::Scope;
+use kube::api::Api;
+use serde_json::{Value, json};
+use vc_envtest::ControlPlane;
+use vc_envtest::nats::NatsCluster;
+use vehicle_connect::api::WebhookSubscription;
+use vehicle_connect::store::jetstream::partition;
+
+/// The operator's default partition count (`--partitions`).
+const PARTITIONS: u32 = 16;
+/// `--partition-lease-seconds`.
+const LEASE: Duration = Duration::from_secs(2);
+const VEHICLES: usize = 30;
+/// Each poster owns `VEHICLES / POSTERS` vehicles and posts one event of each per tick: a
+/// vehicle's next event goes out only once the previous one was answered 202, so acceptance
+/// order is posting order. 6 posters × 5 events per 150 ms: about 200 events/s.
+const POSTERS: usize = 6;
+const TICK: Duration = Duration::from_millis(150);
+const LOAD: Duration = Duration::from_secs(20);
+/// How long every accepted event may take to arrive once the load stopped.
+const DRAIN: Duration = Duration::from_secs(50);
+/// A poster's request timeout: above JetStream's ack timeout (5 s), so a slow accept is
+/// answered rather than abandoned.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(8);
+
+/// One failover test at a time: each runs six server processes on a 2-core machine, and the
+/// figures they print mean little when two overlap.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+struct Setup {
+    nats: NatsCluster,
+    ops: Vec<OperatorProcess>,
+    receiver: Receiver,
+    client_id: String,
+    tag: &'static str,
+}
+
+/// 3 NATS nodes, `operators` operator processes on them (ids `op-0`, `op-1`, …), one
+/// subscription of the test's client to the receiver, and every operator routing to it.
+async fn setup(tag: &'static str, operators: usize) -> Setup {
+    let cp = ControlPlane::shared();
+    cp.install_crds(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("crds"))
+        .await
+        .expect("CRDs installed");
+    let nats = NatsCluster::start(3)
+        .await
+        .unwrap_or_else(|e| panic!("could not start a 3-node NATS cluster: {e:#}"));
+    let scope = Scope::new(&format!("failover-{tag}"));
+    let client_id = format!("dealer-failover-{tag}");
+    let ns = scope
+        .namespace(cp, &format!("failover-{tag}"), &client_id)
+        .await;
+    let urls = nats.urls();
+    let ops = futures::future::join_all((0..operators).map(|i| {
+        let dir = cp
+            .dir
+            .join(format!("failover-{tag}-op{i}-{}", std::process::id()));
+        let id = format!("op-{i}");
+        let lease = LEASE.as_secs().to_string();
+        let (scope, urls) = (&scope, &urls);
+        async move {
+            let args = [
+                "--store",
+                urls.as_str(),
+                "--nats-replicas",
+                "3",
+                "--replica-id",
+                id.as_str(),
+                "--partition-lease-seconds",
+                lease.as_str(),
+            ];
+            crate::support::process::start_with(cp, dir, scope, &args).await
+        }
+    }))
+    .await;
+
+    let receiver = Receiver::start(None).await;
+    let client = cp.client().await.expect("client");
+    apply_value(
+        &client,
+        &ns.name,
+        json!({
+            "apiVersion": "connect.vehicles.io/v1alpha1", "kind": "WebhookSubscription",
+            "metadata": { "name": "sink" },
+            "spec": { "url": receiver.url("sink"), "clientId": client_id,
+                      "events": ["vehicle.processed"], "timeoutSeconds": 5, "maxConcurrency": 16,
+                      "retry": { "maxAttempts": 100, "initialBackoffSeconds": 1, "maxBackoffSeconds": 2 } }
+        }),
+    )
+    .await;
+    let api: Api<WebhookSubscription> = Api::namespaced(client, &ns.name);
+    subscription_ready(&api, "sink").await;
+    let setup = Setup {
+        nats,
+        ops,
+        receiver,
+        client_id,
+        tag,
+    };
+    // Ready is written by one replica; each must have seen the subscription before the load,
+    // or its ingest would route early events nowhere.
+    for i in 0..operators {
+        setup.until_routed(i).await;
+    }
+    setup
+}
+
+impl Setup {
+    /// Posts probe events (vehicle `probe-<i>`) to operator `i` until one is routed to the
+    /// subscription.
+    async fn until_routed(&self, i: usize) {
+        let http = reqwest::Client::new();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        for k in 0.. {
+            let body = json!([event(
+                &self.client_id,
+                &format!("probe-{}-{i}-{k}", self.tag),
+                &format!("probe-{i}"),
+                k
+            )]);
+            let answer = post(&http, &self.ops[i].url("/v1/events"), &body).await;
+            if let Ok((202, b)) = &answer
+                && b["events"][0]["deliveries"].as_u64() >= Some(1)
+            {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "op-{i} did not route to the subscription in 30 s; last answer {answer:?}\n{}",
+                self.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    fn group_of(&self) -> impl Fn(&str) -> u32 + '_ {
+        |vehicle| partition(&self.client_id, vehicle, PARTITIONS)
+    }
+
+    /// Each operator's warnings and errors and the tail of its log, and the NATS nodes'
+    /// tails: for failure messages.
+    fn logs(&self) -> String {
+        let mut s = String::new();
+        for (i, op) in self.ops.iter().enumerate() {
+            let text = op.log_text();
+            let lines: Vec<&str> = text.lines().collect();
+            let notable: Vec<&str> = lines
+                .iter()
+                .filter(|l| l.contains("WARN") || l.contains("ERROR") || l.contains("panick"))
+                .copied()
+                .collect();
+            s.push_str(&format!(
+                "\n--- op-{i} ({}): {} warnings/errors, last 30:\n{}\n--- op-{i}: last 40 lines\n{}\n",
+                op.log.display(),
+                notable.len(),
+                notable[notable.len().saturating_sub(30)..].join("\n"),
+                lines[lines.len().saturating_sub(40)..].join("\n")
+            ));
+        }
+        for i in 0..self.nats.len() {
+            s.push_str(&format!(
+                "\n--- nats n{i}: last 15 lines\n{}\n",
+                self.nats.log_tail(i, 15)
+            ));
+        }
+        s
+    }
+
+    /// Waits (up to [`DRAIN`]) until every `accepted` id arrived, then a moment more for
+    /// stragglers; returns the arrivals, the check and how long the wait took.
+    async fn drain(&self, accepted: &BTreeSet<String>) -> (Vec<Arrival>, Report, Duration) {
+        let start = Instant::now();
+        loop {
+            let got = arrivals::arrivals(&self.receiver.received_on("sink"));
+            let report = arrivals::check(&got, accepted);
+            if report.missing.is_empty() || start.elapsed() > DRAIN {
+                let waited = start.elapsed();
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                let got = arrivals::arrivals(&self.receiver.received_on("sink"));
+                let report = arrivals::check(&got, accepted);
+                return (got, report, waited);
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Asserts the report, with what went wrong, where, and the logs.
+    fn assert_ok(&self, report: &Report, figures: &str) {
+        if report.ok() {
+            return;
+        }
+        let group = self.group_of();
+        let where_missing: BTreeMap<u32, usize> =
+            report.missing.iter().fold(BTreeMap::new(), |mut m, id| {
+                *m.entry(group(vehicle_of(id))).or_default() += 1;
+                m
+            });
+        panic!(
+            "{}missing per partition: {where_missing:?}\n{figures}\n{}",
+            report.faults(15),
+            self.logs()
+        );
+    }
+}
+
+/// The event `id` of `vehicle`, its `n`th.
+fn event(client: &str, id: &str, vehicle: &str, n: u64) -> Value {
+    json!({
+        "id": id, "type": "vehicle.processed", "timestamp": "2026-11-27T10:15:30Z",
+        "clientId": client, "data": { "vehicle": { "id": vehicle }, "n": n }
+    })
+}
+
+/// Load event ids are `<tag>-<vehicle>-<n>`; the vehicle is `v<k>`.
+fn load_id(tag: &str, vehicle: &str, n: u64) -> String {
+    format!("{tag}-{vehicle}-{n:06}")
+}
+
+fn vehicle_of(id: &str) -> &str {
+    id.split('-').nth(1).unwrap_or(id)
+}
+
+async fn post(http: &reqwest::Client, url: &str, body: &Value) -> reqwest::Result<(u16, Value)> {
+    let r = http
+        .post(url)
+        .bearer_auth(TOKEN)
+        .header("content-type", "application/json")
+        .body(body.to_string())
+        .timeout(REQUEST_TIMEOUT)
+        .send()
+        .await?;
+    let status = r.status().as_u16();
+    let bytes = r.bytes().await?;
+    Ok((
+        status,
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    ))
+}
+
+/// The load: posters spreading batches round-robin over the live operators' ingest.
+struct Load {
+    urls: Vec<String>,
+    live: Vec<AtomicBool>,
+    stop: AtomicBool,
+    next: AtomicUsize,
+    requests: AtomicUsize,
+    /// Every id answered 202 (accepted or duplicate).
+    accepted: Mutex<BTreeSet<String>>,
+    /// Answers other than 202, by kind.
+    refused: Mutex<BTreeMap<String, usize>>,
+}
+
+impl Load {
+    fn new(ops: &[OperatorProcess]) -> Arc<Load> {
+        Arc::new(Load {
+            urls: ops.iter().map(|o| o.url("/v1/events")).collect(),
+            live: ops.iter().map(|_| AtomicBool::new(true)).collect(),
+            stop: AtomicBool::new(false),
+            next: AtomicUsize::new(0),
+            requests: AtomicUsize::new(0),
+            accepted: Mutex::new(BTreeSet::new()),
+            refused: Mutex::new(BTreeMap::new()),
+        })
+    }
+
+    /// The next live operator's ingest URL, round-robin.
+    fn pick(&self) -> Option<&str> {
+        for _ in 0..self.urls.len() {
+            let i = self.next.fetch_add(1, Ordering::Relaxed) % self.urls.len();
+            if self.live[i].load(Ordering::Acquire) {
+                return Some(&self.urls[i]);
+            }
+        }
+        None
+    }
+
+    fn refuse(&self, why: String) {
+        *self.refused.lock().unwrap().entry(why).or_default() += 1;
+    }
+
+    /// Starts the posters.
+    fn start(self: &Arc<Self>, client: &str, tag: &str) -> Vec<tokio::task::JoinHandle<()>> {
+        (0..POSTERS)
+            .map(|p| {
+                let (load, client, tag) = (self.clone(), client.to_string(), tag.to_string());
+                tokio::spawn(async move { load.poster(p, &client, &tag).await })
+            })
+            .collect()
+    }
+
+    /// Posts the vehicles `v ≡ p (mod POSTERS)`, one event of each per tick; a refused or
+    /// unanswered batch is posted again, same ids, to the next live operator.
+    async fn poster(&self, p: usize, client: &str, tag: &str) {
+        let vehicles: Vec<String> = (0..VEHICLES)
+            .filter(|v| v % POSTERS == p)
+            .map(|v| format!("v{v:02}"))
+            .collect();
+        let mut n: u64 = 0;
+        let http = reqwest::Client::new();
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        while !self.stop.load(Ordering::Acquire) {
+            tick.tick().await;
+            let Some(url) = self.pick() else { continue };
+            let batch: Vec<Value> = vehicles
+                .iter()
+                .map(|v| event(client, &load_id(tag, v, n), v, n))
+                .collect();
+            self.requests.fetch_add(1, Ordering::Relaxed);
+            match post(&http, url, &Value::Array(batch)).await {
+                Ok((202, body)) => {
+                    let statuses: Vec<&str> = body["events"]
+                        .as_array()
+                        .map(|a| a.iter().filter_map(|e| e["status"].as_str()).collect())
+                        .unwrap_or_default();
+                    assert!(
+                        statuses.len() == vehicles.len()
+                            && statuses
+                                .iter()
+                                .all(|s| *s == "accepted" || *s == "duplicate"),
+                        "a 202 must answer every event accepted or duplicate: {body}"
+                    );
+                    let mut acc = self.accepted.lock().unwrap();
+                    for v in &vehicles {
+                        acc.insert(load_id(tag, v, n));
+                    }
+                    n += 1;
+                }
+                Ok((code, body)) => self.refuse(format!(
+                    "{code} {}",
+                    body["error"].as_str().unwrap_or_default()
+                )),
+                Err(e) if e.is_timeout() => self.refuse("timeout".into()),
+                Err(_) => self.refuse("connection error".into()),
+            }
+        }
+    }
+
+    /// Stops the posters and returns the accepted ids.
+    async fn finish(&self, posters: Vec<tokio::task::JoinHandle<()>>) -> BTreeSet<String> {
+        self.stop.store(true, Ordering::Release);
+        for p in posters {
+            p.await.expect("poster");
+        }
+        self.accepted.lock().unwrap().clone()
+    }
+
+    fn summary(&self, accepted: usize, load_time: Duration) -> String {
+        format!(
+            "accepted {accepted} events ({:.0}/s) in {} requests; refused or unanswered: {:?}",
+            accepted as f64 / load_time.as_secs_f64(),
+            self.requests.load(Ordering::Relaxed),
+            self.refused.lock().unwrap()
+        )
+    }
+}
+
+/// SIGSTOP / SIGCONT of an operator process.
+fn signal(op: &OperatorProcess, sig: libc::c_int) {
+    // SAFETY: a plain syscall on our own, not yet reaped child.
+    let rc = unsafe { libc::kill(op.pid() as i32, sig) };
+    assert_eq!(
+        rc,
+        0,
+        "signal {sig} to pid {}: {}",
+        op.pid(),
+        std::io::Error::last_os_error()
+    );
+}
+
+/// How each partition's deliveries resumed after `t`: the slow ones (paused over a second)
+/// and the rest in one line.
+fn resumption(what: &str, arrivals: &[Arrival], t: Instant, s: &Setup) -> String {
+    let resumes = arrivals::resumes(arrivals, t, s.group_of());
+    let secs =
+        |d: Option<Duration>| d.map_or("never".to_string(), |d| format!("{:.2}s", d.as_secs_f64()));
+    let slow: Vec<String> = resumes
+        .iter()
+        .filter(|r| r.first_after.is_none_or(|d| d > Duration::from_secs(1)))
+        .map(|r| {
+            format!(
+                "p{}: last {} before, resumed {} after",
+                r.group,
+                secs(r.last_before),
+                secs(r.first_after)
+            )
+        })
+        .collect();
+    let rest: Vec<String> = resumes
+        .iter()
+        .filter(|r| r.first_after.is_some_and(|d| d <= Duration::from_secs(1)))
+        .map(|r| format!("p{} {}", r.group, secs(r.first_after)))
+        .collect();
+    format!(
+        "after {what}: {} of {} partitions paused over 1 s, max {}: [{}]; the rest resumed within 1 s: [{}]",
+        slow.len(),
+        resumes.len(),
+        secs(resumes.first().and_then(|r| r.first_after)),
+        slow.join("; "),
+        rest.join(", ")
+    )
+}
+
+fn figures(report: &Report, waited: Duration) -> String {
+    format!(
+        "delivered {} distinct events in {} arrivals: {} duplicates ({} of them after a newer event of their vehicle); all accepted arrived {:.1}s after the load stopped{}",
+        report.delivered,
+        report.arrivals,
+        report.duplicates,
+        report.late_repeats.len(),
+        waited.as_secs_f64(),
+        if report.missing.is_empty() {
+            ""
+        } else {
+            " (NOT ALL)"
+        }
+    )
+}
+
+/// A load running against a [`Setup`], and the moments of what the test did to it.
+struct Run {
+    load: Arc<Load>,
+    posters: Vec<tokio::task::JoinHandle<()>>,
+    start: Instant,
+    moments: Vec<(String, Instant)>,
+}
+
+impl Run {
+    fn start(s: &Setup) -> Run {
+        let load = Load::new(&s.ops);
+        let posters = load.start(&s.client_id, s.tag);
+        Run {
+            load,
+            posters,
+            start: Instant::now(),
+            moments: Vec::new(),
+        }
+    }
+
+    /// Notes that `what` just happened.
+    fn mark(&mut self, s: &Setup, what: &str) -> Instant {
+        let now = Instant::now();
+        eprintln!(
+            "[{}] {what} at {:.1}s",
+            s.tag,
+            (now - self.start).as_secs_f64()
+        );
+        self.moments.push((what.to_string(), now));
+        now
+    }
+
+    /// Keeps the load up until [`LOAD`] has passed since the start, stops it, waits for the
+    /// deliveries, prints the figures and asserts: enough load was accepted, every accepted
+    /// event arrived, per vehicle in order.
+    async fn conclude(self, s: &Setup) {
+        tokio::time::sleep(LOAD.saturating_sub(self.start.elapsed())).await;
+        let accepted = self.load.finish(self.posters).await;
+        let load_time = self.start.elapsed();
+        let (got, report, waited) = s.drain(&accepted).await;
+        let mut figures = format!(
+            "{}\n{}",
+            self.load.summary(accepted.len(), load_time),
+            figures(&report, waited)
+        );
+        for (what, t) in &self.moments {
+            figures.push('\n');
+            figures.push_str(&resumption(what, &got, *t, s));
+        }
+        eprintln!("[{}] {figures}", s.tag);
+        assert!(
+            accepted.len() > 1000,
+            "too little load was accepted to mean anything\n{figures}\n{}",
+            s.logs()
+        );
+        s.assert_ok(&report, &figures);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_accepted_event_is_delivered_in_order_when_an_operator_and_a_nats_node_die() {
+    let _one_at_a_time = SERIAL.lock().await;
+    let mut s = setup("kill", 3).await;
+    let mut run = Run::start(&s);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    run.load.live[0].store(false, Ordering::Release);
+    s.ops[0].kill();
+    run.mark(&s, "SIGKILL of op-0");
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    s.nats.kill(1);
+    run.mark(&s, "SIGKILL of nats n1");
+    run.conclude(&s).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_operator_does_not_deliver_out_of_order() {
+    let _one_at_a_time = SERIAL.lock().await;
+    let mut s = setup("stall", 3).await;
+    let mut run = Run::start(&s);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    // Out of the ingest rotation while stopped, as a failing readiness probe would take it.
+    run.load.live[0].store(false, Ordering::Release);
+    signal(&s.ops[0], libc::SIGSTOP);
+    run.mark(&s, "SIGSTOP of op-0");
+    tokio::time::sleep(LEASE * 9 / 4).await;
+    signal(&s.ops[0], libc::SIGCONT);
+    run.load.live[0].store(true, Ordering::Release);
+    run.mark(&s, "SIGCONT of op-0");
+    run.conclude(&s).await;
+    assert!(
+        s.ops[0].child.try_wait().ok().flatten().is_none(),
+        "op-0 exited after its stall\n{}",
+        s.logs()
+    );
+}
