@@ -160,7 +160,7 @@ impl Setup {
     fn logs(&self) -> String {
         let mut s = String::new();
         for (i, op) in self.ops.iter().enumerate() {
-            let text = op.log_text();
+            let text = plain(&op.log_text());
             let lines: Vec<&str> = text.lines().collect();
             let notable: Vec<&str> = lines
                 .iter()
@@ -388,8 +388,8 @@ fn signal(op: &OperatorProcess, sig: libc::c_int) {
 
 /// How each partition's deliveries resumed after `t`: the slow ones (paused over a second)
 /// and the rest in one line.
-fn resumption(what: &str, arrivals: &[Arrival], t: Instant, s: &Setup) -> String {
-    let resumes = arrivals::resumes(arrivals, t, s.group_of());
+fn resumption(m: &Moment, arrivals: &[Arrival], s: &Setup) -> String {
+    let resumes = arrivals::resumes(arrivals, m.at, s.group_of());
     let secs =
         |d: Option<Duration>| d.map_or("never".to_string(), |d| format!("{:.2}s", d.as_secs_f64()));
     let slow: Vec<String> = resumes
@@ -409,14 +409,83 @@ fn resumption(what: &str, arrivals: &[Arrival], t: Instant, s: &Setup) -> String
         .filter(|r| r.first_after.is_some_and(|d| d <= Duration::from_secs(1)))
         .map(|r| format!("p{} {}", r.group, secs(r.first_after)))
         .collect();
+    let theirs: Vec<&arrivals::Resume> = resumes
+        .iter()
+        .filter(|r| m.owned.contains(&r.group))
+        .collect();
+    let theirs = if m.owned.is_empty() {
+        "no partition lines in its log".to_string()
+    } else {
+        format!(
+            "its partitions by its log {:?}, those with traffic resumed after max {}: [{}]",
+            m.owned,
+            secs(theirs.first().and_then(|r| r.first_after)),
+            theirs
+                .iter()
+                .map(|r| format!("p{} {}", r.group, secs(r.first_after)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    };
     format!(
-        "after {what}: {} of {} partitions paused over 1 s, max {}: [{}]; the rest resumed within 1 s: [{}]",
+        "after the {}: {theirs}; {} of {} partitions paused over 1 s, max {}: [{}]; the rest resumed within 1 s: [{}]",
+        m.what,
         slow.len(),
         resumes.len(),
         secs(resumes.first().and_then(|r| r.first_after)),
         slow.join("; "),
         rest.join(", ")
     )
+}
+
+/// Something the test did to a process during the load.
+struct Moment {
+    what: String,
+    at: Instant,
+    /// The partitions the operator it hit owned then, as its log tells (empty for a NATS
+    /// node, or when the log names none).
+    owned: BTreeSet<u32>,
+}
+
+/// `text` without ANSI colour sequences.
+fn plain(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            // CSI: ESC [ parameters… final letter.
+            for d in chars.by_ref() {
+                if d.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// The partitions `op` owns by its log: the last "partition owned" / "no longer owned" line
+/// of each.
+fn partitions_owned(op: &OperatorProcess) -> BTreeSet<u32> {
+    let mut owned = BTreeSet::new();
+    for line in plain(&op.log_text()).lines() {
+        let Some(k) = line
+            .split("partition=")
+            .nth(1)
+            .and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next())
+            .and_then(|d| d.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if line.contains("no longer owned") {
+            owned.remove(&k);
+        } else if line.contains("partition owned") {
+            owned.insert(k);
+        }
+    }
+    owned
 }
 
 fn figures(report: &Report, waited: Duration) -> String {
@@ -440,7 +509,7 @@ struct Run {
     load: Arc<Load>,
     posters: Vec<tokio::task::JoinHandle<()>>,
     start: Instant,
-    moments: Vec<(String, Instant)>,
+    moments: Vec<Moment>,
 }
 
 impl Run {
@@ -455,16 +524,25 @@ impl Run {
         }
     }
 
-    /// Notes that `what` just happened.
-    fn mark(&mut self, s: &Setup, what: &str) -> Instant {
-        let now = Instant::now();
+    /// Notes that `what` just happened, to operator `op` if to one.
+    fn mark(&mut self, s: &Setup, what: &str, op: Option<usize>) {
+        let at = Instant::now();
+        let owned = op.map(|i| partitions_owned(&s.ops[i])).unwrap_or_default();
         eprintln!(
-            "[{}] {what} at {:.1}s",
+            "[{}] {what} at {:.1}s{}",
             s.tag,
-            (now - self.start).as_secs_f64()
+            (at - self.start).as_secs_f64(),
+            if op.is_some() {
+                format!(", owning {owned:?}")
+            } else {
+                String::new()
+            }
         );
-        self.moments.push((what.to_string(), now));
-        now
+        self.moments.push(Moment {
+            what: what.to_string(),
+            at,
+            owned,
+        });
     }
 
     /// Keeps the load up until [`LOAD`] has passed since the start, stops it, waits for the
@@ -480,9 +558,9 @@ impl Run {
             self.load.summary(accepted.len(), load_time),
             figures(&report, waited)
         );
-        for (what, t) in &self.moments {
+        for m in &self.moments {
             figures.push('\n');
-            figures.push_str(&resumption(what, &got, *t, s));
+            figures.push_str(&resumption(m, &got, s));
         }
         eprintln!("[{}] {figures}", s.tag);
         assert!(
@@ -502,10 +580,10 @@ async fn every_accepted_event_is_delivered_in_order_when_an_operator_and_a_nats_
     tokio::time::sleep(Duration::from_secs(5)).await;
     run.load.live[0].store(false, Ordering::Release);
     s.ops[0].kill();
-    run.mark(&s, "SIGKILL of op-0");
+    run.mark(&s, "SIGKILL of op-0", Some(0));
     tokio::time::sleep(Duration::from_secs(5)).await;
     s.nats.kill(1);
-    run.mark(&s, "SIGKILL of nats n1");
+    run.mark(&s, "SIGKILL of nats n1", None);
     run.conclude(&s).await;
 }
 
@@ -518,11 +596,11 @@ async fn a_stalled_operator_does_not_deliver_out_of_order() {
     // Out of the ingest rotation while stopped, as a failing readiness probe would take it.
     run.load.live[0].store(false, Ordering::Release);
     signal(&s.ops[0], libc::SIGSTOP);
-    run.mark(&s, "SIGSTOP of op-0");
+    run.mark(&s, "SIGSTOP of op-0", Some(0));
     tokio::time::sleep(LEASE * 9 / 4).await;
     signal(&s.ops[0], libc::SIGCONT);
     run.load.live[0].store(true, Ordering::Release);
-    run.mark(&s, "SIGCONT of op-0");
+    run.mark(&s, "SIGCONT of op-0", Some(0));
     run.conclude(&s).await;
     assert!(
         s.ops[0].child.try_wait().ok().flatten().is_none(),
