@@ -3,14 +3,16 @@
 #   1. builds helm if needed (scripts/build-helm.sh, cached);
 #   2. the chart's files/crds/ are exact copies of the generated crds/ (scripts/sync-chart-crds.sh),
 #      and its README.md documents values.yaml as scripts/chart-readme.py generates it;
-#   3. `helm lint --strict` with the default values and with every optional feature on
-#      (charts/vehicle-connect/ci/all-features-values.yaml);
+#   3. `helm lint --strict` with the default values, with every optional feature on
+#      (charts/vehicle-connect/ci/all-features-values.yaml) and with three replicas on NATS
+#      JetStream (ci/jetstream-values.yaml);
 #   4. `helm template` of several value sets, with checks of what each must (not) render,
 #      and values that values.schema.json must refuse;
 #   5. only when VC_KUBECONFIG points at a running API server: applies the CRDs as the chart
 #      renders them (refusing any warning of the API server about them), then
-#      `kubectl apply --dry-run=server` of the rendered manifests (all features on; the
-#      ServiceMonitor only if its CRD is installed there).
+#      `kubectl apply --dry-run=server` of the rendered manifests (default values, all
+#      features on with the ServiceMonitor only if its CRD is installed there, three replicas
+#      on JetStream), and a JetStream release scaled from one replica to three as an upgrade;
 #
 #   scripts/check-chart.sh
 #   VC_KUBECONFIG=.local/kubeconfig scripts/check-chart.sh
@@ -22,6 +24,7 @@ cd "$(dirname "$0")/.."
 
 CHART=charts/vehicle-connect
 ALL="$CHART/ci/all-features-values.yaml"
+JS="$CHART/ci/jetstream-values.yaml"
 log() { echo "[check-chart] $*" >&2; }
 die() { log "FAIL: $*"; exit 1; }
 
@@ -39,6 +42,8 @@ log "helm lint --strict (default values)"
 "$HELM" lint --strict "$CHART" >&2
 log "helm lint --strict (every optional feature on)"
 "$HELM" lint --strict "$CHART" -f "$ALL" >&2
+log "helm lint --strict (three replicas on JetStream)"
+"$HELM" lint --strict "$CHART" -f "$JS" >&2
 
 # --- 4. template --------------------------------------------------------------------------
 render() { # name, helm template args...
@@ -197,6 +202,67 @@ render ephemeral --set persistence.enabled=false
 hasnt ephemeral 'volumeClaimTemplates:'
 has ephemeral 'emptyDir: \{\}'
 
+# Several replicas on NATS JetStream: the URL, replica id, partitions and the Secrets'
+# files in the env, a PodDisruptionBudget, a preferred anti-affinity on the node, pods
+# started together, and still a claim per pod. The default render has none of it.
+render jetstream -f "$JS"
+has jetstream '^kind: PodDisruptionBudget$'
+has jetstream '^apiVersion: policy/v1$'
+has jetstream '^  maxUnavailable: 1$'
+has jetstream '^  replicas: 3$'
+has jetstream '^  podManagementPolicy: Parallel$'
+has jetstream 'volumeClaimTemplates:'
+has jetstream 'value: "nats://nats.nats.svc:4222"$'
+grep -A3 'name: VC_REPLICA_ID$' "$OUTDIR/jetstream.yaml" | grep -q 'fieldPath: metadata.name$' \
+  || die "jetstream: VC_REPLICA_ID is not the pod's name"
+env_value() { # rendering, env name: the value line after it
+  grep -A1 -- "- name: $2\$" "$OUTDIR/$1.yaml" | sed -n 's/^ *value: //p'
+}
+for kv in 'VC_STORE "nats://nats.nats.svc:4222"' 'VC_NATS_REPLICAS "3"' 'VC_PARTITIONS "32"' \
+  'VC_PARTITION_LEASE_SECONDS "15"' \
+  'VC_NATS_CREDENTIALS_FILE /etc/vehicle-connect/nats-credentials/operator.creds' \
+  'VC_NATS_TLS_CA_FILE /etc/vehicle-connect/nats-tls/ca.crt' \
+  'VC_NATS_TLS_CERT_FILE /etc/vehicle-connect/nats-tls/tls.crt' \
+  'VC_NATS_TLS_KEY_FILE /etc/vehicle-connect/nats-tls/tls.key'; do
+  [[ "$(env_value jetstream "${kv%% *}")" == "${kv#* }" ]] \
+    || die "jetstream: ${kv%% *} is '$(env_value jetstream "${kv%% *}")', expected ${kv#* }"
+done
+has jetstream 'secretName: vehicle-connect-nats-creds$'
+has jetstream 'secretName: vehicle-connect-nats-tls$'
+has jetstream 'mountPath: /etc/vehicle-connect/nats-credentials$'
+has jetstream 'mountPath: /etc/vehicle-connect/nats-tls$'
+[[ "$(grep -A1 'mountPath: /etc/vehicle-connect/nats-' "$OUTDIR/jetstream.yaml" | grep -c 'readOnly: true$')" == 2 ]] \
+  || die "jetstream: the NATS Secrets are not mounted read-only"
+grep -A8 '^        podAntiAffinity:$' "$OUTDIR/jetstream.yaml" | grep -q 'topologyKey: kubernetes.io/hostname$' \
+  || die "jetstream: no anti-affinity on the node"
+for x in PodDisruptionBudget VC_STORE VC_REPLICA_ID VC_NATS_ podAntiAffinity 'podManagementPolicy: Parallel'; do
+  hasnt default "$x"
+done
+has default '^  podManagementPolicy: OrderedReady$'
+# One replica on JetStream: no PodDisruptionBudget (it would block every drain), but the
+# same podManagementPolicy, which cannot change after install: scaling up is an upgrade.
+render jetstream1 -f "$JS" --set replicas=1
+hasnt jetstream1 '^kind: PodDisruptionBudget$'
+has jetstream1 '^  podManagementPolicy: Parallel$'
+render jetstreamnopdb -f "$JS" --set podDisruptionBudget.enabled=false
+hasnt jetstreamnopdb '^kind: PodDisruptionBudget$'
+render jetstreampct -f "$JS" --set podDisruptionBudget.maxUnavailable=50%
+has jetstreampct '^  maxUnavailable: 50%$'
+# Credentials and TLS are optional; a CA alone is TLS without a client certificate.
+render jetstreamplain -f "$JS" --set store.nats.credentialsSecret.name= \
+  --set store.nats.tlsSecret.certKey= --set store.nats.tlsSecret.keyKey=
+for x in VC_NATS_CREDENTIALS_FILE VC_NATS_TLS_CERT_FILE VC_NATS_TLS_KEY_FILE nats-credentials; do
+  hasnt jetstreamplain "$x"
+done
+has jetstreamplain 'name: VC_NATS_TLS_CA_FILE$'
+# affinity: the anti-affinity is added to the user's rules, and replaced by their own.
+render jetstreamall -f "$ALL" -f "$JS"
+grep -A12 '^      affinity:$' "$OUTDIR/jetstreamall.yaml" | grep -q 'node-role.example.com/operators' \
+  || die "jetstreamall: affinity's nodeAffinity lost"
+has jetstreamall 'topologyKey: kubernetes.io/hostname$'
+render jetstreamnoanti -f "$JS" --set-json 'affinity={"podAntiAffinity":{}}'
+hasnt jetstreamnoanti 'topologyKey'
+
 render norbac --set rbac.create=false --set serviceAccount.create=false --set serviceAccount.name=ops
 for k in ServiceAccount ClusterRole ClusterRoleBinding; do hasnt norbac "^kind: $k\$"; done
 has norbac 'serviceAccountName: ops$'
@@ -226,6 +292,19 @@ refuse "crds.enabled that is not a boolean" --set crds.enabled=maybe
 refuse "an extra volume mount without mountPath" --set 'extraVolumeMounts[0].name=x'
 refuse "a commonLabels value that is not a string" --set-json 'commonLabels={"a":{"b":1}}'
 refuse "a self-service namespace that is not a namespace name" --set 'rbac.selfService.namespaces[0]=Dealer 1'
+# Several replicas only on JetStream: the embedded store has one writer. The refusal names
+# both ways out (at most one replica, or a NATS URL).
+refuse "replicas: 2 on the embedded store" --set replicas=2
+grep -qF "at '/replicas': maximum: got 2, want 1" "$OUTDIR/err" \
+  && grep -qF "at '/store/nats/url': minLength: got 0, want 1" "$OUTDIR/err" \
+  || { cat "$OUTDIR/err" >&2; die "replicas: 2 on the embedded store refused without naming replicas and store.nats.url"; }
+refuse "a NATS URL that is not nats:// or tls://" --set store.nats.url=http://nats:4222
+refuse "a NATS URL list with a bad entry" --set 'store.nats.url=nats://a:4222\,b:4222'
+refuse "a NATS client certificate without its key" --set store.nats.tlsSecret.name=t --set store.nats.tlsSecret.keyKey=
+refuse "streamReplicas above JetStream's 5" -f "$JS" --set store.nats.streamReplicas=7
+refuse "no partitions" -f "$JS" --set store.partitions=0
+refuse "a PodDisruptionBudget allowing no disruption" -f "$JS" --set podDisruptionBudget.maxUnavailable=0
+refuse "a credentials Secret that is not a Secret name" -f "$JS" --set store.nats.credentialsSecret.name=Nats_Creds
 
 # --- 5. server dry run --------------------------------------------------------------------
 if [[ -z "${VC_KUBECONFIG:-}" ]]; then
@@ -280,8 +359,10 @@ if ! "${K[@]}" get crd prometheusrules.monitoring.coreos.com >/dev/null 2>&1; th
   log "PrometheusRule CRD absent on this server: dry run renders without it"
   extra+=(--set prometheusRule.enabled=false)
 fi
-for set in default all; do
-  args=(); [[ "$set" == all ]] && args=(-f "$ALL" "${extra[@]}")
+for set in default all jetstream; do
+  args=()
+  [[ "$set" == all ]] && args=(-f "$ALL" "${extra[@]}")
+  [[ "$set" == jetstream ]] && args=(-f "$JS")
   "$HELM" template vehicle-connect "$CHART" --namespace "$NS" "${args[@]}" >"$OUTDIR/server-$set.yaml"
   log "kubectl apply --dry-run=server ($set values, namespace $NS)"
   "${K[@]}" apply --dry-run=server -f "$OUTDIR/server-$set.yaml" >"$OUTDIR/server-$set.out" 2>&1 \
@@ -290,6 +371,31 @@ for set in default all; do
   ! grep -q 'would violate PodSecurity' "$OUTDIR/server-$set.out" \
     || die "the $set pod template violates the restricted Pod Security Standard"
 done
+# The rendering of three replicas the API server accepted holds its PodDisruptionBudget.
+grep -q '^poddisruptionbudget.policy/.* (server dry run)$' "$OUTDIR/server-jetstream.out" \
+  || die "the jetstream dry run did not include the PodDisruptionBudget"
+
+# Scaling a JetStream release from one replica to three is an upgrade the API server takes
+# (podManagementPolicy, which it refuses to change, follows the store, not the replicas):
+# the one-replica StatefulSet is created for real, then the three-replica one dry-run over
+# it. Going from the embedded store to JetStream changes it, and is refused.
+"$HELM" template vehicle-connect "$CHART" --namespace "$NS" -f "$JS" --set replicas=1 \
+  --show-only templates/statefulset.yaml >"$OUTDIR/sts-1.yaml"
+"${K[@]}" apply -f "$OUTDIR/sts-1.yaml" >&2
+cleanup_cluster=("${K[*]} delete -f $OUTDIR/sts-1.yaml --wait=false" "${cleanup_cluster[@]}")
+"$HELM" template vehicle-connect "$CHART" --namespace "$NS" -f "$JS" \
+  --show-only templates/statefulset.yaml >"$OUTDIR/sts-3.yaml"
+log "kubectl apply --dry-run=server (a JetStream release scaled from 1 replica to 3)"
+"${K[@]}" apply --dry-run=server -f "$OUTDIR/sts-3.yaml" >"$OUTDIR/sts-3.out" 2>&1 \
+  || { cat "$OUTDIR/sts-3.out" >&2; die "the API server refused scaling the JetStream release to 3 replicas"; }
+"$HELM" template vehicle-connect "$CHART" --namespace "$NS" --show-only templates/statefulset.yaml \
+  >"$OUTDIR/sts-embedded.yaml"
+if "${K[@]}" apply --dry-run=server -f "$OUTDIR/sts-embedded.yaml" >"$OUTDIR/sts-embedded.out" 2>&1; then
+  die "the API server let an installed StatefulSet change its podManagementPolicy"
+fi
+grep -q 'Forbidden: updates to statefulset spec' "$OUTDIR/sts-embedded.out" \
+  || { cat "$OUTDIR/sts-embedded.out" >&2; die "changing the store was refused for another reason"; }
+log "scaling a JetStream release 1 -> 3 passes; changing the store of an installed release is refused (docs/operations.md)"
 
 # --- 6. the operator under the chart's RBAC (optional) ------------------------------------
 # With VC_OPERATOR_BIN (a built vehicle-connect binary), the chart's ServiceAccount,

@@ -9,6 +9,7 @@
 //! deciding when to try again; `status` builds conditions and writes resource status.
 
 pub mod api;
+pub mod cluster;
 pub mod controller;
 pub mod delivery;
 pub mod endpoint;

@@ -165,6 +165,38 @@ struct RunArgs {
     /// (a full disk alone never fails it: a restart would not free the disk).
     #[arg(long, env = "VC_STORE_UNHEALTHY_AFTER_SECONDS", default_value_t = 60)]
     store_unhealthy_after_seconds: u64,
+    /// Where accepted events are kept: `embedded` (this replica's own store, the default), or
+    /// NATS URLs (`nats://host:4222[,nats://…]`, `tls://` for TLS): events then go to the
+    /// JetStream stream `VC_EVENTS` and several replicas share the deliveries by partition.
+    #[arg(long, env = "VC_STORE", default_value = "embedded")]
+    store: String,
+    /// NATS credentials file (JWT and NKey seed), e.g. mounted from a Secret.
+    #[arg(long, env = "VC_NATS_CREDENTIALS_FILE")]
+    nats_credentials_file: Option<PathBuf>,
+    /// CA bundle (PEM) that signs the NATS servers' certificates.
+    #[arg(long, env = "VC_NATS_TLS_CA_FILE")]
+    nats_tls_ca_file: Option<PathBuf>,
+    /// Client certificate (PEM) for mutual TLS with NATS; needs --nats-tls-key-file.
+    #[arg(long, env = "VC_NATS_TLS_CERT_FILE", requires = "nats_tls_key_file")]
+    nats_tls_cert_file: Option<PathBuf>,
+    /// Client key (PEM) for mutual TLS with NATS; needs --nats-tls-cert-file.
+    #[arg(long, env = "VC_NATS_TLS_KEY_FILE", requires = "nats_tls_cert_file")]
+    nats_tls_key_file: Option<PathBuf>,
+    /// Replicas of the JetStream stream and buckets: 3 for a NATS cluster, 1 for one server.
+    #[arg(long, env = "VC_NATS_REPLICAS", default_value_t = 3, value_parser = clap::value_parser!(u8).range(1..=5))]
+    nats_replicas: u8,
+    /// This replica's id among those sharing the partitions (letters, digits, `-`, `_`, `=`);
+    /// default: $HOSTNAME, which is the pod name in Kubernetes.
+    #[arg(long, env = "VC_REPLICA_ID")]
+    replica_id: Option<String>,
+    /// Partitions events are spread over by (client, vehicle). Every replica must use the same
+    /// number, and it must not change while events are pending.
+    #[arg(long, env = "VC_PARTITIONS", default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    partitions: u32,
+    /// Seconds a partition's lease lasts: a replica that dies without handing its partitions
+    /// over has them taken over after about this long.
+    #[arg(long, env = "VC_PARTITION_LEASE_SECONDS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=300))]
+    partition_lease_seconds: u64,
     /// Log format: `text`, or `json` (one object a line, fields at the top level).
     #[arg(long, env = "VC_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -339,6 +371,14 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             ..Limits::default()
         },
     );
+    let cluster = match cluster_options(&args)? {
+        Some(options) => Some(
+            vehicle_connect::cluster::Cluster::start(&options, dispatcher.clone(), store.clone())
+                .await
+                .context("--store: joining the replicas on NATS JetStream")?,
+        ),
+        None => None,
+    };
     let tokens = match &args.ingest_token_file {
         Some(f) => {
             TokenSet::watch_file(f.clone()).with_context(|| format!("reading {}", f.display()))?
@@ -380,7 +420,10 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let ready = Arc::new(AtomicBool::new(false));
     let state = ApiState {
         tokens,
-        sink: Arc::new(dispatcher.clone()),
+        sink: match &cluster {
+            Some(c) => c.sink(),
+            None => Arc::new(dispatcher.clone()),
+        },
         metrics: metrics.clone(),
         ready: ready.clone(),
         max_body: args.max_body_bytes,
@@ -487,9 +530,60 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let _ = controllers.await;
     let _ = stop_tx.send(true);
     let _ = api.await;
+    if let Some(c) = &cluster {
+        c.leave().await;
+    }
     counters.flush().await;
     tracing::info!("vehicle-connect stopped");
     Ok(())
+}
+
+/// The JetStream settings `--store` asks for; `None` for the embedded store.
+fn cluster_options(
+    args: &RunArgs,
+) -> anyhow::Result<Option<vehicle_connect::cluster::ClusterOptions>> {
+    use vehicle_connect::store::jetstream::JetStreamOptions;
+    let store = args.store.trim();
+    if store.is_empty() || store == "embedded" {
+        return Ok(None);
+    }
+    for url in store.split(',') {
+        let scheme = url.trim().split("://").next().unwrap_or_default();
+        if !matches!(scheme, "nats" | "tls") || !url.contains("://") {
+            anyhow::bail!(
+                "--store {store:?}: expected `embedded` or NATS URLs such as nats://nats:4222 (comma separated, nats:// or tls://)"
+            );
+        }
+    }
+    let replica_id = match args
+        .replica_id
+        .clone()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+    {
+        Some(id) if !id.trim().is_empty() => id.trim().to_owned(),
+        _ => anyhow::bail!(
+            "--store {store:?} needs --replica-id (or $HOSTNAME): each replica's own id"
+        ),
+    };
+    let retention = Duration::from_secs(args.retention_hours.saturating_mul(3600));
+    let defaults = JetStreamOptions::default();
+    Ok(Some(vehicle_connect::cluster::ClusterOptions {
+        urls: store.to_owned(),
+        jetstream: JetStreamOptions {
+            credentials_file: args.nats_credentials_file.clone(),
+            tls_ca_file: args.nats_tls_ca_file.clone(),
+            tls_cert_file: args.nats_tls_cert_file.clone(),
+            tls_key_file: args.nats_tls_key_file.clone(),
+            replicas: usize::from(args.nats_replicas),
+            max_age: retention,
+            partitions: args.partitions,
+            // Never longer than what the stream keeps (JetStream refuses that).
+            duplicate_window: defaults.duplicate_window.min(retention),
+            ..defaults
+        },
+        replica_id,
+        lease: Duration::from_secs(args.partition_lease_seconds),
+    }))
 }
 
 fn parse_remote(s: &str) -> Result<(String, String), String> {

@@ -76,6 +76,13 @@ pub struct BacklogFull {
     pub limit: u64,
 }
 
+/// Which events this process may deliver, when replicas share the work (the JetStream
+/// store): asked right before every attempt. Without one, every event is this process's.
+pub trait Gate: Send + Sync {
+    /// Whether this replica owns the events of `client`'s vehicle `lane` now.
+    fn owns(&self, client: &str, lane: &str) -> bool;
+}
+
 /// One pending delivery in memory: no body (read from the store when it is attempted).
 #[derive(Clone, Debug)]
 struct Job {
@@ -168,6 +175,8 @@ pub struct Dispatcher {
     runners: Mutex<Runners>,
     /// Outcomes on their way to the store (see [`record_outcomes`]).
     outcomes: mpsc::UnboundedSender<(DeliveryUpdate, Arc<TargetState>)>,
+    /// Set once, when replicas share partitions (see [`Gate`]).
+    gate: std::sync::OnceLock<Arc<dyn Gate>>,
 }
 
 /// The delivery log entry of an attempt's end (or of a delivery ended without one). `head`:
@@ -273,6 +282,7 @@ impl Dispatcher {
         Arc::new(Dispatcher {
             runners: Mutex::default(),
             outcomes,
+            gate: std::sync::OnceLock::new(),
             store,
             registry,
             senders,
@@ -762,6 +772,15 @@ impl Dispatcher {
         let Some(config) = &target.config else {
             return Step::Again;
         };
+        // Checked last before the send: a replica that lost the vehicle's partition (its lease
+        // ran out, it stalled) leaves the event to the new owner, which resumes from the log.
+        if let Some(gate) = self.gate.get()
+            && !gate.owns(&head.client_id, lane)
+        {
+            tracing::debug!(kind, seq = job.seq, event = %job.event_id, "partition owned elsewhere now; delivery handed over");
+            self.record(ts, job, Outcome::HandedOver, None);
+            return Step::Done;
+        }
         let uploaded = if Senders::needs_upload_record(config) {
             match self.store.uploaded_paths(&ts.row, lane) {
                 Ok(p) => p,
@@ -1108,20 +1127,93 @@ impl Dispatcher {
         Ok(expired)
     }
 
+    /// Err when this store's pending deliveries are at `--max-pending-deliveries`: ingest
+    /// refuses new events (429) rather than accept what could not be kept.
+    pub fn check_backlog(&self) -> Result<(), BacklogFull> {
+        let pending = self.store.stats().pending;
+        if pending >= self.limits.max_pending {
+            return Err(BacklogFull {
+                pending,
+                limit: self.limits.max_pending,
+            });
+        }
+        Ok(())
+    }
+
+    /// Makes every attempt ask `gate` first; once, at start-up.
+    pub fn set_gate(&self, gate: Arc<dyn Gate>) {
+        if self.gate.set(gate).is_err() {
+            tracing::warn!("a delivery gate was set twice; the first one stays");
+        }
+    }
+
+    /// The target rows `e` goes to, by the registry as it is now.
+    pub fn route(&self, e: &Incoming) -> Vec<String> {
+        self.registry
+            .route(&e.client_id, e.user_id.as_deref(), e.type_)
+            .into_iter()
+            .map(|t| t.id().to_string())
+            .collect()
+    }
+
+    /// Events read from the shared log of a partition this replica just took, each with the
+    /// targets ingest routed it to: stored and delivered here. An event this store already
+    /// holds (it owned the partition before) is queued again for its targets, unless still
+    /// pending. Returns each event's local seq, in order.
+    pub async fn take_over(
+        self: &Arc<Self>,
+        events: Vec<(Incoming, Vec<String>)>,
+    ) -> anyhow::Result<Vec<u64>> {
+        let mut seqs = Vec::with_capacity(events.len());
+        let mut fresh: Vec<(Incoming, Vec<String>)> = Vec::new();
+        for (e, targets) in events {
+            match self.store.seq_of(&e.client_id, &e.id)? {
+                Some(seq) => {
+                    // Earlier events first, so a vehicle's events are queued in order.
+                    if !fresh.is_empty() {
+                        seqs.extend(self.take_fresh(std::mem::take(&mut fresh)).await?);
+                    }
+                    for row in &targets {
+                        self.store.add_deliveries(row, vec![seq]).await?;
+                        self.requeued(row, &[seq]);
+                    }
+                    seqs.push(seq);
+                }
+                None => fresh.push((e, targets)),
+            }
+        }
+        if !fresh.is_empty() {
+            seqs.extend(self.take_fresh(fresh).await?);
+        }
+        Ok(seqs)
+    }
+
+    async fn take_fresh(
+        self: &Arc<Self>,
+        events: Vec<(Incoming, Vec<String>)>,
+    ) -> anyhow::Result<Vec<u64>> {
+        let (events, routed): (Vec<_>, Vec<_>) = events.into_iter().unzip();
+        let (_, outcomes) = self.clone().accept_routed(events, routed).await?;
+        Ok(outcomes.iter().map(AcceptOutcome::seq).collect())
+    }
+
     async fn accept_now(
         self: Arc<Self>,
-        mut events: Vec<Incoming>,
+        events: Vec<Incoming>,
     ) -> anyhow::Result<Vec<EventResult>> {
+        let routed = events.iter().map(|e| self.route(e)).collect();
+        Ok(self.accept_routed(events, routed).await?.0)
+    }
+
+    async fn accept_routed(
+        self: Arc<Self>,
+        mut events: Vec<Incoming>,
+        routed_in: Vec<Vec<String>>,
+    ) -> anyhow::Result<(Vec<EventResult>, Vec<AcceptOutcome>)> {
         let mut routed = Vec::with_capacity(events.len());
         let mut batch = Vec::with_capacity(events.len());
         let mut bodies = Vec::with_capacity(events.len());
-        for e in &mut events {
-            let targets: Vec<String> = self
-                .registry
-                .route(&e.client_id, e.user_id.as_deref(), e.type_)
-                .into_iter()
-                .map(|t| t.id().to_string())
-                .collect();
+        for (e, targets) in events.iter_mut().zip(routed_in) {
             // Kept for the attempts only if there will be any.
             bodies.push((!targets.is_empty()).then(|| e.body.clone()));
             batch.push(NewEvent {
@@ -1140,7 +1232,12 @@ impl Dispatcher {
         let outcomes = self.store.accept(batch).await?;
         let mut results = Vec::with_capacity(events.len());
         let mut touched = std::collections::BTreeSet::new();
-        for (((e, targets), outcome), body) in events.iter().zip(routed).zip(outcomes).zip(bodies) {
+        for (((e, targets), outcome), body) in events
+            .iter()
+            .zip(routed)
+            .zip(outcomes.iter().copied())
+            .zip(bodies)
+        {
             match outcome {
                 AcceptOutcome::New { seq } => {
                     if let Some(body) = body {
@@ -1182,7 +1279,7 @@ impl Dispatcher {
         self.metrics
             .queue_depth
             .set(self.store.stats().pending as i64);
-        Ok(results)
+        Ok((results, outcomes))
     }
 }
 
@@ -1190,14 +1287,7 @@ impl EventSink for Arc<Dispatcher> {
     fn accept(&self, events: Vec<Incoming>) -> BoxFuture<'_, anyhow::Result<Vec<EventResult>>> {
         let me = self.clone();
         Box::pin(async move {
-            let pending = me.store.stats().pending;
-            if pending >= me.limits.max_pending {
-                return Err(BacklogFull {
-                    pending,
-                    limit: me.limits.max_pending,
-                }
-                .into());
-            }
+            me.check_backlog()?;
             // Commit and hand-off run as their own task: a client that hangs up mid-request
             // drops this future, never the step between the commit and the pumps' wake-up.
             tokio::spawn(me.accept_now(events)).await?

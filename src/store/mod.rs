@@ -138,6 +138,9 @@ pub enum Outcome {
     /// The attempt changed nothing (410 Gone: the target is held, the delivery stays
     /// pending as it was); only its log entry is written.
     Held,
+    /// Not attempted here: another replica owns the event's partition now and delivers it
+    /// from the shared log. The row goes without counting anything.
+    HandedOver,
 }
 
 /// Why an attempt failed or a delivery was dropped: a CamelCase reason for machines and
@@ -763,6 +766,14 @@ impl Store {
         let table = txn.open_table(PENDING)?;
         let rows = table.range::<(&str, u64)>((target, after + 1)..=(target, u64::MAX))?;
         collect_pending(rows.take(limit))
+    }
+
+    /// Whether `target`'s delivery of `seq` is still pending (one lookup).
+    pub fn is_pending(&self, target: &str, seq: u64) -> Result<bool, StoreError> {
+        let db = self.inner.shared.db()?;
+        let txn = db.begin_read()?;
+        let table = txn.open_table(PENDING)?;
+        Ok(table.get((target, seq))?.is_some())
     }
 
     /// Every target that has pending deliveries (without reading them all).

@@ -917,6 +917,12 @@ impl<'txn> Tables<'txn> {
                     });
                 }
                 Outcome::Held => {}
+                Outcome::HandedOver => {
+                    self.release(u.seq)?;
+                    self.forget_progress(&u.target, u.seq)?;
+                    let c = self.counters_mut(&u.target)?;
+                    c.pending = c.pending.saturating_sub(1);
+                }
                 Outcome::GaveUp { why } => {
                     self.release(u.seq)?;
                     self.forget_progress(&u.target, u.seq)?;

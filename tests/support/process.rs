@@ -39,7 +39,10 @@ pub async fn start_launch(
     scope: &Scope,
     launch: Launch,
 ) -> OperatorProcess {
-    let launch = launch.args(&["--watch-label-selector", &scope.selector()]);
+    let mut launch = launch.args(&["--watch-label-selector", &scope.selector()]);
+    if let Some(args) = store_args(&data_dir).await {
+        launch = launch.args(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    }
     OperatorProcess::start(cp, data_dir, launch)
         .await
         .expect("operator started")
@@ -53,4 +56,48 @@ pub async fn metrics(op: &OperatorProcess) -> String {
         .text()
         .await
         .expect("/metrics body")
+}
+
+/// The backend the end-to-end tests run on: `VC_TEST_STORE=nats` runs each operator process on
+/// a JetStream server of its own (one node, so one replica of the stream), started here and
+/// kept for the rest of the test process; unset or `embedded`, the embedded store. Every
+/// operator gets its own server: two operators on one stream would share its partitions, and
+/// each would hold the other's events for targets outside its scope.
+async fn store_args(data_dir: &std::path::Path) -> Option<Vec<String>> {
+    static SERVERS: std::sync::Mutex<Vec<vc_envtest::nats::NatsCluster>> =
+        std::sync::Mutex::new(Vec::new());
+    match std::env::var("VC_TEST_STORE").as_deref() {
+        Err(_) | Ok("") | Ok("embedded") => return None,
+        Ok("nats") => {}
+        Ok(other) => panic!("VC_TEST_STORE={other:?}: expected `embedded` or `nats`"),
+    }
+    let nats = vc_envtest::nats::NatsCluster::single()
+        .await
+        .expect("VC_TEST_STORE=nats: start nats-server (scripts/build-nats.sh builds it)");
+    let url = nats.urls();
+    SERVERS.lock().unwrap_or_else(|e| e.into_inner()).push(nats);
+    let id: String = data_dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    Some(vec![
+        "--store".into(),
+        url,
+        "--nats-replicas".into(),
+        "1".into(),
+        "--replica-id".into(),
+        format!("op-{id}"),
+        // One replica: a restarted process takes its partitions back within a second.
+        "--partition-lease-seconds".into(),
+        "2".into(),
+    ])
 }

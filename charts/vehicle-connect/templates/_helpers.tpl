@@ -111,3 +111,16 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- "tokens" }}
 {{- end }}
 {{- end }}
+
+{{/* The pod's affinity: .Values.affinity, plus (with the JetStream store, unless it sets
+podAntiAffinity itself) a preferred anti-affinity that spreads the replicas over nodes. */}}
+{{- define "vehicle-connect.affinity" -}}
+{{- $affinity := deepCopy .Values.affinity }}
+{{- if and .Values.store.nats.url (not (hasKey $affinity "podAntiAffinity")) }}
+{{- $term := dict "topologyKey" "kubernetes.io/hostname" "labelSelector" (dict "matchLabels" (include "vehicle-connect.selectorLabels" . | fromYaml)) }}
+{{- $_ := set $affinity "podAntiAffinity" (dict "preferredDuringSchedulingIgnoredDuringExecution" (list (dict "weight" 100 "podAffinityTerm" $term))) }}
+{{- end }}
+{{- with $affinity }}
+{{- toYaml . }}
+{{- end }}
+{{- end }}

@@ -1,0 +1,358 @@
+//! Several replicas on one NATS JetStream event log (`--store nats://…`).
+//!
+//! Every replica serves ingest: it routes each event as a single replica does and publishes it
+//! to the stream, answering 202 only after JetStream acknowledged it (stored on a quorum).
+//! Events are spread over partitions by (client, vehicle), and each partition is owned by one
+//! replica at a time (`store::jetstream::owners`). The owner reads its partitions from the
+//! log, from each partition's floor, into its own store, where the dispatcher delivers them as
+//! it delivers a single replica's events. It moves a partition's floor up as the events below
+//! it finish, so whoever owns the partition next resumes there. Before every attempt the
+//! dispatcher asks whether this replica still owns the event's partition (the [`Gate`]); one
+//! that lost it (a lapsed lease, a stall) leaves the delivery to the new owner.
+//!
+//! At-least-once: events between the floor and what the old owner had finished are delivered
+//! again by the new one. A vehicle's events still reach each target in order of their first
+//! arrival, as the new owner reads the partition in stream order.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use futures::future::BoxFuture;
+use tokio::task::JoinHandle;
+
+use crate::delivery::dispatcher::{Dispatcher, Gate};
+use crate::ingest::envelope::{Envelope, Incoming};
+use crate::ingest::{EventResult, EventSink};
+use crate::store::jetstream::owners::{Owners, OwnersOptions};
+use crate::store::jetstream::partition::{FloorError, Partitions};
+use crate::store::jetstream::{JetStreamLog, JetStreamOptions, LoggedEvent, partition};
+use crate::store::{AcceptOutcome, NewEvent, Store};
+
+/// How often the supervisor looks at which partitions are owned, and a worker at what
+/// finished.
+const LOOK_EVERY: Duration = Duration::from_millis(250);
+/// Events of one partition handed to the dispatcher at once.
+const TAKE_BATCH: usize = 256;
+
+/// How this replica joins the others.
+#[derive(Debug, Clone)]
+pub struct ClusterOptions {
+    /// Comma-separated NATS URLs.
+    pub urls: String,
+    pub jetstream: JetStreamOptions,
+    /// This replica's id (the pod name).
+    pub replica_id: String,
+    /// How long a partition's lease lasts without renewal.
+    pub lease: Duration,
+}
+
+/// A running replica's share of the cluster: ingest into the log, and delivery of the
+/// partitions it owns.
+#[derive(Clone)]
+pub struct Cluster {
+    log: JetStreamLog,
+    owners: Owners,
+    dispatcher: Arc<Dispatcher>,
+}
+
+impl Cluster {
+    /// Connects, joins the replicas and starts reading owned partitions into `dispatcher`.
+    pub async fn start(
+        options: &ClusterOptions,
+        dispatcher: Arc<Dispatcher>,
+        store: Store,
+    ) -> anyhow::Result<Cluster> {
+        let log = JetStreamLog::connect(&options.urls, &options.jetstream).await?;
+        let partitions = log.partitions();
+        let replicas = options.jetstream.replicas;
+        let owners = Owners::join(
+            log.context(),
+            &options.replica_id,
+            OwnersOptions {
+                partitions,
+                ttl: options.lease,
+                replicas,
+            },
+        )
+        .await?;
+        let floors = Partitions::open(&log, replicas).await?;
+        dispatcher.set_gate(Arc::new(OwnersGate {
+            owners: owners.clone(),
+            partitions,
+        }));
+        tokio::spawn(owners.clone().run());
+        tokio::spawn(supervise(owners.clone(), floors, dispatcher.clone(), store));
+        tracing::info!(replica = %options.replica_id, partitions, "joined the replicas on JetStream");
+        Ok(Cluster {
+            log,
+            owners,
+            dispatcher,
+        })
+    }
+
+    /// Ingest's sink: events go to the log.
+    pub fn sink(&self) -> Arc<dyn EventSink> {
+        Arc::new(self.clone())
+    }
+
+    /// Hands every partition over at once (a clean shutdown), instead of after the lease.
+    pub async fn leave(&self) {
+        self.owners.leave().await;
+    }
+}
+
+struct OwnersGate {
+    owners: Owners,
+    partitions: u32,
+}
+
+impl Gate for OwnersGate {
+    fn owns(&self, client: &str, lane: &str) -> bool {
+        self.owners.owns(partition(client, lane, self.partitions))
+    }
+}
+
+impl EventSink for Cluster {
+    fn accept(&self, events: Vec<Incoming>) -> BoxFuture<'_, anyhow::Result<Vec<EventResult>>> {
+        Box::pin(async move {
+            // This replica's own backlog stands for the cluster's: with partitions spread
+            // evenly, one full replica means every one is close.
+            self.dispatcher.check_backlog()?;
+            let mut batch = Vec::with_capacity(events.len());
+            let mut routed = Vec::with_capacity(events.len());
+            for e in events {
+                let targets = self.dispatcher.route(&e);
+                routed.push(targets.len());
+                batch.push(NewEvent {
+                    client: e.client_id,
+                    id: e.id,
+                    body: e.body,
+                    lane: e.lane,
+                    event_type: e.type_.as_str(),
+                    targets,
+                });
+            }
+            let ids: Vec<String> = batch.iter().map(|e| e.id.clone()).collect();
+            let outcomes = self.log.accept(batch).await?;
+            Ok(ids
+                .into_iter()
+                .zip(routed)
+                .zip(outcomes)
+                .map(|((id, deliveries), outcome)| match outcome {
+                    AcceptOutcome::New { .. } => EventResult {
+                        id,
+                        status: "accepted",
+                        deliveries,
+                    },
+                    AcceptOutcome::Duplicate { .. } => EventResult {
+                        id,
+                        status: "duplicate",
+                        deliveries: 0,
+                    },
+                })
+                .collect())
+        })
+    }
+}
+
+/// Runs one worker per owned partition, and stops the workers of partitions no longer owned.
+async fn supervise(owners: Owners, floors: Partitions, dispatcher: Arc<Dispatcher>, store: Store) {
+    let mut workers: HashMap<u32, JoinHandle<()>> = HashMap::new();
+    let mut every = tokio::time::interval(LOOK_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        let owned = owners.owned();
+        workers.retain(|k, w| {
+            let keep = owned.contains(k) && !w.is_finished();
+            if !keep {
+                w.abort();
+                tracing::info!(
+                    partition = k,
+                    "partition no longer owned here; its reader stopped"
+                );
+            }
+            keep
+        });
+        for k in owned {
+            workers.entry(k).or_insert_with(|| {
+                tracing::info!(partition = k, "partition owned; reading it from its floor");
+                tokio::spawn(
+                    Worker {
+                        partition: k,
+                        owners: owners.clone(),
+                        floors: floors.clone(),
+                        dispatcher: dispatcher.clone(),
+                        store: store.clone(),
+                    }
+                    .run(),
+                )
+            });
+        }
+    }
+}
+
+/// An event handed to the dispatcher, until all its deliveries are finished.
+struct Open {
+    /// Its stream sequence.
+    seq: u64,
+    /// Its seq in this replica's store.
+    local: u64,
+    targets: Vec<String>,
+}
+
+struct Worker {
+    partition: u32,
+    owners: Owners,
+    floors: Partitions,
+    dispatcher: Arc<Dispatcher>,
+    store: Store,
+}
+
+impl Worker {
+    /// Reads the partition into the dispatcher while it is owned here; starts over from the
+    /// floor after an error.
+    async fn run(self) {
+        while self.owners.owns(self.partition) {
+            match self.read().await {
+                Ok(()) => return,
+                Err(e) => {
+                    tracing::warn!(partition = self.partition, error = %e, "partition reader failed; starting again from its floor");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        }
+    }
+
+    /// Ok when the partition is no longer owned here.
+    async fn read(&self) -> anyhow::Result<()> {
+        let k = self.partition;
+        let mut floor = self.floors.floor(k).await?;
+        let events = self.floors.read_after(k, floor.seq).await?;
+        let mut events = std::pin::pin!(events.ready_chunks(TAKE_BATCH));
+        let mut open: VecDeque<Open> = VecDeque::new();
+        // Everything of the partition up to here is finished (events with nothing to deliver
+        // and unreadable ones included).
+        let mut finished = floor.seq;
+        let mut read_to = floor.seq;
+        let mut every = tokio::time::interval(LOOK_EVERY);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                batch = events.next() => {
+                    let Some(batch) = batch else {
+                        anyhow::bail!("the partition's reader ended");
+                    };
+                    if !self.owners.owns(k) {
+                        return Ok(());
+                    }
+                    // A full backlog here: the events wait in the log, which is durable.
+                    while self.dispatcher.check_backlog().is_err() {
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        if !self.owners.owns(k) {
+                            return Ok(());
+                        }
+                    }
+                    let (taken, last) = self.take(batch).await?;
+                    read_to = read_to.max(last);
+                    open.extend(taken);
+                }
+                _ = every.tick() => {
+                    if !self.owners.owns(k) {
+                        return Ok(());
+                    }
+                }
+            }
+            while let Some(front) = open.front() {
+                if self.is_open(front)? {
+                    break;
+                }
+                finished = front.seq;
+                open.pop_front();
+            }
+            if open.is_empty() {
+                finished = read_to;
+            }
+            if finished > floor.seq {
+                match self.floors.advance(k, floor, finished).await {
+                    Ok(moved) => floor = moved,
+                    Err(FloorError::Moved { .. }) => {
+                        tracing::warn!(
+                            partition = k,
+                            "another replica moved this partition's floor; leaving it"
+                        );
+                        return Ok(());
+                    }
+                    Err(e) => {
+                        tracing::warn!(partition = k, error = %e, "could not move the partition's floor; trying again")
+                    }
+                }
+            }
+        }
+    }
+
+    /// Hands a batch read from the log to the dispatcher; returns what is now open and the
+    /// highest stream seq in the batch.
+    async fn take(
+        &self,
+        batch: Vec<Result<LoggedEvent, crate::store::jetstream::JetStreamError>>,
+    ) -> anyhow::Result<(Vec<Open>, u64)> {
+        let mut last = 0;
+        let mut events = Vec::with_capacity(batch.len());
+        let mut seqs = Vec::with_capacity(batch.len());
+        for item in batch {
+            let logged = match item {
+                Ok(l) => l,
+                Err(e) => {
+                    tracing::error!(partition = self.partition, error = %e, "an event in the log cannot be read; skipped");
+                    continue;
+                }
+            };
+            let seq = logged.event.seq;
+            last = last.max(seq);
+            // Events without targets are stored too: the owner's pull feed serves them.
+            let incoming = match serde_json::from_slice::<Envelope>(&logged.event.body)
+                .and_then(|e| Incoming::from_envelope(&e))
+            {
+                Ok(mut i) => {
+                    // Delivered byte for byte as accepted.
+                    i.body = logged.event.body;
+                    i
+                }
+                Err(e) => {
+                    tracing::error!(partition = self.partition, seq, error = %e, "an event in the log is not an event; skipped");
+                    continue;
+                }
+            };
+            seqs.push((seq, logged.targets.clone()));
+            events.push((incoming, logged.targets));
+        }
+        if events.is_empty() {
+            return Ok((Vec::new(), last));
+        }
+        let locals = self.dispatcher.take_over(events).await?;
+        Ok((
+            seqs.into_iter()
+                .zip(locals)
+                .map(|((seq, targets), local)| Open {
+                    seq,
+                    local,
+                    targets,
+                })
+                .collect(),
+            last,
+        ))
+    }
+
+    /// Whether any of the event's deliveries is still pending here.
+    fn is_open(&self, e: &Open) -> anyhow::Result<bool> {
+        for t in &e.targets {
+            if self.store.is_pending(t, e.local)? {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+}
