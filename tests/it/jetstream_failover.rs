@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use crate::support::arrivals::{self, Arrival, Report};
 use crate::support::operator::{apply_value, subscription_ready};
-use crate::support::process::{OperatorProcess, TOKEN};
+use crate::support::process::{Launch, OperatorProcess, TOKEN};
 use crate::support::receiver::Receiver;
 use crate::support::scope::Scope;
 use kube::api::Api;
@@ -69,28 +69,31 @@ async fn setup(tag: &'static str, operators: usize) -> Setup {
         .namespace(cp, &format!("failover-{tag}"), &client_id)
         .await;
     let urls = nats.urls();
-    let ops = futures::future::join_all((0..operators).map(|i| {
+    // One after the other, as a StatefulSet starts its pods (OrderedReady).
+    let mut ops = Vec::new();
+    for i in 0..operators {
+        let lease = LEASE.as_secs().to_string();
+        let id = format!("op-{i}");
+        let args = [
+            "--store",
+            urls.as_str(),
+            "--nats-replicas",
+            "3",
+            "--replica-id",
+            id.as_str(),
+            "--partition-lease-seconds",
+            lease.as_str(),
+            "--watch-label-selector",
+            &scope.selector(),
+        ];
+        // Not `support::process::start_with`: under `VC_TEST_STORE=nats` it gives each
+        // operator a NATS server of its own, and these share one cluster.
+        let launch = Launch::new(crate::support::process::binary()).args(&args);
         let dir = cp
             .dir
             .join(format!("failover-{tag}-op{i}-{}", std::process::id()));
-        let id = format!("op-{i}");
-        let lease = LEASE.as_secs().to_string();
-        let (scope, urls) = (&scope, &urls);
-        async move {
-            let args = [
-                "--store",
-                urls.as_str(),
-                "--nats-replicas",
-                "3",
-                "--replica-id",
-                id.as_str(),
-                "--partition-lease-seconds",
-                lease.as_str(),
-            ];
-            crate::support::process::start_with(cp, dir, scope, &args).await
-        }
-    }))
-    .await;
+        ops.push(start_operator(cp, &id, dir, launch).await);
+    }
 
     let receiver = Receiver::start(None).await;
     let client = cp.client().await.expect("client");
@@ -123,6 +126,72 @@ async fn setup(tag: &'static str, operators: usize) -> Setup {
     setup
 }
 
+/// How long an operator may take to answer `/readyz`: a healthy start on a fresh cluster
+/// takes a few seconds.
+const START_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Starts operator `id`; one that is not ready in [`START_TIMEOUT`] (it exits when JetStream
+/// does not answer in time) is started again, as Kubernetes restarts a pod, up to 3 times.
+/// Each failed start is printed with the reason in its log.
+async fn start_operator(
+    cp: &'static ControlPlane,
+    id: &str,
+    dir: std::path::PathBuf,
+    launch: Launch,
+) -> OperatorProcess {
+    let mut failures = Vec::new();
+    for attempt in 1..=3 {
+        let started = Instant::now();
+        match tokio::time::timeout(
+            START_TIMEOUT,
+            OperatorProcess::start(cp, dir.clone(), launch.clone()),
+        )
+        .await
+        {
+            Ok(Ok(op)) => return op,
+            Ok(Err(e)) => failures.push(format!("{e:#}")),
+            Err(_) => {
+                let why = newest_log(&dir).map_or_else(
+                    || "no log".to_string(),
+                    |log| {
+                        let text = plain(&std::fs::read_to_string(&log).unwrap_or_default());
+                        let lines: Vec<&str> = text.lines().collect();
+                        let cause = lines
+                            .iter()
+                            .position(|l| l.starts_with("Error:"))
+                            .map(|at| lines[at..(at + 4).min(lines.len())].join(" | "));
+                        format!(
+                            "{}: {}",
+                            log.display(),
+                            cause.unwrap_or_else(|| "still running, not ready".into())
+                        )
+                    },
+                );
+                eprintln!(
+                    "[start] {id}: not ready {:.0}s after start {attempt} of 3, started again: {why}",
+                    started.elapsed().as_secs_f64()
+                );
+                failures.push(why);
+            }
+        }
+    }
+    panic!("{id} did not start in 3 tries:\n{}", failures.join("\n"));
+}
+
+/// The newest `<dir>.<port>.log` of an operator process started on `dir`.
+fn newest_log(dir: &std::path::Path) -> Option<std::path::PathBuf> {
+    let name = dir.file_name()?.to_string_lossy().into_owned();
+    std::fs::read_dir(dir.parent()?)
+        .ok()?
+        .filter_map(Result::ok)
+        .filter(|e| {
+            let n = e.file_name().to_string_lossy().into_owned();
+            n.starts_with(&format!("{name}.")) && n.ends_with(".log")
+        })
+        .max_by_key(|e| e.metadata().and_then(|m| m.modified()).ok())
+        .map(|e| e.path())
+}
+
 impl Setup {
     /// Posts probe events (vehicle `probe-<i>`) to operator `i` until one is routed to the
     /// subscription.
@@ -151,8 +220,10 @@ impl Setup {
         }
     }
 
+    /// The partition of `vehicle`'s events: the operator's, over the event's lane
+    /// (`vehicle:<id>`).
     fn group_of(&self) -> impl Fn(&str) -> u32 + '_ {
-        |vehicle| partition(&self.client_id, vehicle, PARTITIONS)
+        |vehicle| partition(&self.client_id, &format!("vehicle:{vehicle}"), PARTITIONS)
     }
 
     /// Each operator's warnings and errors and the tail of its log, and the NATS nodes'
@@ -547,8 +618,8 @@ impl Run {
 
     /// Keeps the load up until [`LOAD`] has passed since the start, stops it, waits for the
     /// deliveries, prints the figures and asserts: enough load was accepted, every accepted
-    /// event arrived, per vehicle in order.
-    async fn conclude(self, s: &Setup) {
+    /// event arrived, per vehicle in order. Returns the check, for more assertions.
+    async fn conclude(self, s: &Setup) -> Report {
         tokio::time::sleep(LOAD.saturating_sub(self.start.elapsed())).await;
         let accepted = self.load.finish(self.posters).await;
         let load_time = self.start.elapsed();
@@ -569,6 +640,7 @@ impl Run {
             s.logs()
         );
         s.assert_ok(&report, &figures);
+        report
     }
 }
 
@@ -601,7 +673,17 @@ async fn a_stalled_operator_does_not_deliver_out_of_order() {
     signal(&s.ops[0], libc::SIGCONT);
     run.load.live[0].store(true, Ordering::Release);
     run.mark(&s, "SIGCONT of op-0", Some(0));
-    run.conclude(&s).await;
+    let report = run.conclude(&s).await;
+    // The new owners resume from the floor in order, so their repeats come before anything
+    // newer. An old event arriving after a newer one of its vehicle was sent by a second,
+    // stale owner: the woken operator delivering for a partition it no longer holds.
+    assert!(
+        report.late_repeats.is_empty(),
+        "{} events arrived again after a newer one of their vehicle (two owners delivering):\n  {}\n{}",
+        report.late_repeats.len(),
+        report.late_repeats[..report.late_repeats.len().min(15)].join("\n  "),
+        s.logs()
+    );
     assert!(
         s.ops[0].child.try_wait().ok().flatten().is_none(),
         "op-0 exited after its stall\n{}",
