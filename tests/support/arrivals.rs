@@ -127,6 +127,24 @@ pub fn check(arrivals: &[Arrival], accepted: &BTreeSet<String>) -> Report {
     report
 }
 
+/// Arrivals at or after `after` of the events `ids`, as `vehicle … (#index) …` lines.
+pub fn arriving_after(arrivals: &[Arrival], ids: &BTreeSet<String>, after: Instant) -> Vec<String> {
+    arrivals
+        .iter()
+        .filter(|a| a.at >= after && ids.contains(&a.id))
+        .map(|a| {
+            format!(
+                "vehicle {}: {} (n={}) as #{}, {:.2}s after",
+                a.vehicle,
+                a.id,
+                a.n,
+                a.index,
+                (a.at - after).as_secs_f64()
+            )
+        })
+        .collect()
+}
+
 /// How one group of vehicles (a partition) fared around a moment `t`.
 #[derive(Debug)]
 pub struct Resume {
