@@ -59,12 +59,14 @@ test:
 	$(MAKE) bench-smoke
 
 ## The end-to-end tests that run the operator as a process, again on the JetStream store (each
-## operator on a nats-server of its own). Not yet: `feed` (the pull feed reads the replica's
-## own store; see docs/jetstream.md).
-JETSTREAM_E2E = api_delivery api_e2e console crash_safety delivery_e2e delivery_log ftp_e2e \
+## operator on a nats-server of its own). Skipped: the test of the embedded store's gc
+## (`--retention-hours 0` forgets delivered events at once; JetStream's max_age removes events
+## by age alone, delivered or not, so it has no such setting).
+JETSTREAM_E2E = api_delivery api_e2e console crash_safety delivery_e2e delivery_log feed ftp_e2e \
 	kubectl_plugin metrics replay self_service trust_delivery webhook_tls
 test-jetstream: control-plane peers
-	VC_TEST_STORE=nats $(CARGO) test --test it --no-fail-fast -- $(JETSTREAM_E2E)
+	VC_TEST_STORE=nats $(CARGO) test --test it --no-fail-fast -- $(JETSTREAM_E2E) \
+		--skip feed::a_cursor_from_before_gc_says_truncated
 
 ## Every benchmark in a debug build with small counts: checks that they run and print their
 ## figures (speed is never asserted; `make bench` measures).

@@ -13,17 +13,16 @@
 //! default 10), VC_BENCH_SUBS (which subscription counts, default 1,100,1000).
 
 mod support;
+use support::sink::{Sink, event, limit_once, receive, wait_count};
 use support::{cpu_seconds, env_usize, histogram_sum_count, median, quantile, rss_mib};
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::State;
-use axum::http::HeaderMap;
 use axum::routing::post;
 use futures::{StreamExt, stream};
 use http_body_util::Full;
@@ -35,49 +34,6 @@ use serde_json::json;
 use vc_envtest::ControlPlane;
 use vc_envtest::operator::{Launch, OperatorProcess, TOKEN};
 use vehicle_connect::api::WebhookSubscription;
-
-#[derive(Default)]
-struct Sink {
-    count: AtomicU64,
-    /// event id → arrival, for latency runs.
-    arrivals: Mutex<HashMap<String, Instant>>,
-    track: std::sync::atomic::AtomicBool,
-}
-
-async fn receive(State(sink): State<Arc<Sink>>, headers: HeaderMap, _body: Bytes) -> &'static str {
-    sink.count.fetch_add(1, Ordering::Relaxed);
-    if sink.track.load(Ordering::Relaxed)
-        && let Some(id) = headers.get("webhook-id").and_then(|v| v.to_str().ok())
-    {
-        sink.arrivals
-            .lock()
-            .unwrap()
-            .insert(id.to_string(), Instant::now());
-    }
-    "ok"
-}
-
-fn event(client: &str, id: &str, vehicle: usize) -> serde_json::Value {
-    json!({
-        "id": id, "type": "vehicle.processed", "timestamp": "2026-11-27T10:15:30Z",
-        "clientId": client, "userId": "u-42",
-        "data": { "vehicle": { "id": format!("veh-{vehicle}"), "vin": "WVWZZZ1JZXW000001", "stockNumber": "A1234",
-                  "make": "Volkswagen", "model": "Golf", "year": 2021 },
-                  "user": { "id": "u-42", "name": "Ana Pérez" },
-                  "images": [{ "index": 1, "url": "https://cdn.example/veh/1.jpg", "contentType": "image/jpeg", "bytes": 183022 }] }
-    })
-}
-
-async fn wait_count(sink: &Sink, target: u64, limit: Duration) -> Option<Duration> {
-    let start = Instant::now();
-    while sink.count.load(Ordering::Relaxed) < target {
-        if start.elapsed() > limit {
-            return None;
-        }
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
-    Some(start.elapsed())
-}
 
 /// When an event was posted, when the answer came, and its status (0: no answer).
 type Sent = (Instant, Instant, u16);
@@ -115,31 +71,6 @@ fn runs(v: &[f64], unit: &str) -> String {
         .map(|x| format!("{x:.0}{unit}"))
         .collect::<Vec<_>>()
         .join(", ")
-}
-
-/// The plain hyper client's rate, in requests per second.
-async fn limit_once(
-    hyper: &HyperClient<HttpConnector, Full<Bytes>>,
-    sink: &Sink,
-    port: u16,
-    body: &Bytes,
-    n: usize,
-) -> f64 {
-    sink.count.store(0, Ordering::Relaxed);
-    let start = Instant::now();
-    stream::iter(0..n)
-        .map(|_| {
-            let req = hyper::Request::post(format!("http://127.0.0.1:{port}/limit"))
-                .header("content-type", "application/json")
-                .body(Full::new(body.clone()))
-                .expect("request");
-            let c = hyper.clone();
-            async move { c.request(req).await.map(|r| r.status()) }
-        })
-        .buffer_unordered(64)
-        .for_each(|_| async {})
-        .await;
-    n as f64 / start.elapsed().as_secs_f64()
 }
 
 async fn metrics_text(http: &reqwest::Client, op: &OperatorProcess) -> String {

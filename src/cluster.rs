@@ -67,17 +67,33 @@ impl Cluster {
         let log = JetStreamLog::connect(&options.urls, &options.jetstream).await?;
         let partitions = log.partitions();
         let replicas = options.jetstream.replicas;
-        let owners = Owners::join(
-            log.context(),
-            &options.replica_id,
-            OwnersOptions {
-                partitions,
-                ttl: options.lease,
-                replicas,
-            },
-        )
-        .await?;
-        let floors = Partitions::open(&log, replicas).await?;
+        // Replicas starting together on a new cluster create the buckets at once, and a
+        // cluster electing leaders answers late: try again until the connect timeout.
+        let deadline = tokio::time::Instant::now() + options.jetstream.connect_timeout;
+        let (owners, floors) = loop {
+            let joined = async {
+                let owners = Owners::join(
+                    log.context(),
+                    &options.replica_id,
+                    OwnersOptions {
+                        partitions,
+                        ttl: options.lease,
+                        replicas,
+                    },
+                )
+                .await?;
+                let floors = Partitions::open(&log, replicas).await?;
+                anyhow::Ok((owners, floors))
+            };
+            match joined.await {
+                Ok(j) => break j,
+                Err(e) if tokio::time::Instant::now() < deadline => {
+                    tracing::info!(error = %e, "JetStream buckets not ready yet; trying again");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        };
         dispatcher.set_gate(Arc::new(OwnersGate {
             owners: owners.clone(),
             partitions,
@@ -90,6 +106,11 @@ impl Cluster {
             owners,
             dispatcher,
         })
+    }
+
+    /// The event log (the pull feed reads it).
+    pub fn log(&self) -> &JetStreamLog {
+        &self.log
     }
 
     /// Ingest's sink: events go to the log.

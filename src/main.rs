@@ -433,6 +433,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             tokens: feed_tokens,
             max_waiters: args.max_feed_waiters,
             stopping: stop_rx.clone(),
+            log: cluster.as_ref().map(|c| c.log().clone()),
         },
     };
     let listener = tokio::net::TcpListener::bind(args.listen)
@@ -577,8 +578,13 @@ fn cluster_options(
             replicas: usize::from(args.nats_replicas),
             max_age: retention,
             partitions: args.partitions,
-            // Never longer than what the stream keeps (JetStream refuses that).
-            duplicate_window: defaults.duplicate_window.min(retention),
+            // Never longer than what the stream keeps (JetStream refuses that); zero keeps
+            // events forever.
+            duplicate_window: if retention.is_zero() {
+                defaults.duplicate_window
+            } else {
+                defaults.duplicate_window.min(retention)
+            },
             ..defaults
         },
         replica_id,

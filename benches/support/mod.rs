@@ -3,6 +3,8 @@
 // Each benchmark compiles this module on its own and uses only part of it.
 #![allow(dead_code)]
 
+pub mod sink;
+
 /// A size from the environment, or the default.
 pub fn env_usize(name: &str, default: usize) -> usize {
     std::env::var(name)

@@ -21,7 +21,9 @@ use super::tokens::{self, Grant, TokenSet};
 use super::{ApiState, Envelope, ErrorBody, bearer, error};
 use crate::api::EventType;
 use crate::metrics::ResultLabel;
+use crate::store::jetstream::JetStreamLog;
 use crate::store::{FeedCursor, FeedPage, FeedQuery, Store, StoreError};
+use futures::StreamExt as _;
 
 /// Events per page unless `limit` says otherwise.
 pub const DEFAULT_LIMIT: usize = 100;
@@ -47,6 +49,9 @@ pub struct FeedState {
     /// Turns true when the server shuts down: waiting long-polls answer at once, so they do
     /// not hold the shutdown for up to [`MAX_WAIT`].
     pub stopping: watch::Receiver<bool>,
+    /// On the JetStream store (`--store nats://…`), the log the feed reads, so every replica
+    /// serves the whole feed in the order events were accepted; `None`: this store.
+    pub log: Option<crate::store::jetstream::JetStreamLog>,
 }
 
 impl Default for FeedState {
@@ -56,6 +61,7 @@ impl Default for FeedState {
             tokens: TokenSet::default(),
             max_waiters: DEFAULT_MAX_WAITERS,
             stopping: watch::channel(false).1,
+            log: None,
         }
     }
 }
@@ -263,7 +269,7 @@ async fn handle(
     };
     let wait = wait(p.wait.as_deref())?;
     let page = if wait.is_zero() {
-        read(&st.store, q).await?
+        read(st, q).await?
     } else {
         long_poll(st, q, wait).await?
     };
@@ -370,8 +376,16 @@ fn wait(s: Option<&str>) -> Result<Duration, Refused> {
     }
 }
 
+/// One read: from the JetStream log when the operator runs on it, else from the store.
+async fn read(st: &ApiState, q: FeedQuery) -> Result<FeedPage, Refused> {
+    match &st.feed.log {
+        Some(log) => log.feed(&q).await.map_err(|e| log_unavailable(&e)),
+        None => read_store(&st.store, q).await,
+    }
+}
+
 /// One read, off the async workers (a page may read a few MiB of bodies).
-async fn read(store: &Store, q: FeedQuery) -> Result<FeedPage, Refused> {
+async fn read_store(store: &Store, q: FeedQuery) -> Result<FeedPage, Refused> {
     let store = store.clone();
     let result = tokio::task::spawn_blocking(move || store.feed(&q)).await;
     match result {
@@ -381,6 +395,20 @@ async fn read(store: &Store, q: FeedQuery) -> Result<FeedPage, Refused> {
             tracing::error!(error = %e, "feed read task failed");
             Err(unavailable(&StoreError::WriterStopped))
         }
+    }
+}
+
+/// The JetStream log could not be read (a NATS node is down, a leader is being elected).
+fn log_unavailable(e: &crate::store::jetstream::JetStreamError) -> Refused {
+    tracing::debug!(error = %e, "feed read from JetStream failed");
+    Refused {
+        retry_after: Some(1),
+        ..Refused::new(
+            "unavailable",
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "the event log cannot be read now; retry in 1s".into(),
+        )
     }
 }
 
@@ -433,7 +461,17 @@ async fn long_poll(st: &ApiState, mut q: FeedQuery, wait: Duration) -> Result<Fe
         });
     }
     let deadline = tokio::time::Instant::now() + wait;
+    // Counts the long-poll (and wakes it on the store's commits).
     let waiter = st.store.feed_waiter(&q.client);
+    // On JetStream, the client's new events arrive here as they are stored.
+    let mut stored = match &st.feed.log {
+        Some(log) => Some(
+            log.feed_subscription(&q.client)
+                .await
+                .map_err(|e| log_unavailable(&e))?,
+        ),
+        None => None,
+    };
     let _waiting = Waiting::new(&st.metrics.feed_waiting);
     let mut stopping = st.feed.stopping.clone();
     let mut last = false;
@@ -442,14 +480,25 @@ async fn long_poll(st: &ApiState, mut q: FeedQuery, wait: Duration) -> Result<Fe
         let woken = waiter.notified();
         tokio::pin!(woken);
         woken.as_mut().enable();
-        let page = read(&st.store, q.clone()).await?;
+        let page = read(st, q.clone()).await?;
         if last || !page.events.is_empty() || page.more || page.truncated {
             return Ok(page);
         }
         // Other types of the client's, already looked at, are not read again.
         q.after = Some(page.next);
+        let from_log = async {
+            match stored.as_mut() {
+                Some(sub) => {
+                    // A message stored between the read and here is still queued for us;
+                    // the recheck covers one lost while reconnecting.
+                    let _ = tokio::time::timeout(JetStreamLog::FEED_RECHECK, sub.next()).await;
+                }
+                None => std::future::pending::<()>().await,
+            }
+        };
         tokio::select! {
             _ = woken => {}
+            _ = from_log => {}
             _ = tokio::time::sleep_until(deadline) => last = true,
             _ = stopped(&mut stopping) => last = true,
         }

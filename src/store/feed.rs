@@ -55,6 +55,16 @@ impl FeedCursor {
     pub fn seq(&self) -> u64 {
         self.seq
     }
+
+    /// A cursor of the store (or stream) `store` after `seq`.
+    pub(crate) fn new(store: u64, seq: u64) -> FeedCursor {
+        FeedCursor { store, seq }
+    }
+
+    /// The id of the store it belongs to.
+    pub(crate) fn store(&self) -> u64 {
+        self.store
+    }
 }
 
 impl std::fmt::Display for FeedCursor {
@@ -82,6 +92,15 @@ pub struct FeedQuery {
     /// Most index rows looked at: a type filter that skips many ends the page early, with
     /// `more` set, instead of holding a read open over a huge backlog.
     pub max_scan: usize,
+}
+
+impl FeedQuery {
+    /// Whether a page holding `events` events of `bytes` bytes, after `scanned` rows, is full.
+    pub(crate) fn is_full(&self, events: usize, scanned: usize, bytes: usize) -> bool {
+        events >= self.limit.max(1)
+            || scanned >= self.max_scan.max(1)
+            || (bytes >= self.max_bytes && events > 0)
+    }
 }
 
 /// One returned event: its seq and its body as accepted.
@@ -345,10 +364,7 @@ impl Store {
         let client = q.client.as_str();
         let (mut scanned, mut bytes) = (0usize, 0usize);
         for row in index.range::<(&str, u64)>((client, start + 1)..=(client, u64::MAX))? {
-            let full = page.events.len() >= q.limit.max(1)
-                || scanned >= q.max_scan.max(1)
-                || (bytes >= q.max_bytes && !page.events.is_empty());
-            if full {
+            if q.is_full(page.events.len(), scanned, bytes) {
                 page.more = true;
                 break;
             }

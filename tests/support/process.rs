@@ -64,18 +64,34 @@ pub async fn metrics(op: &OperatorProcess) -> String {
 /// operator gets its own server: two operators on one stream would share its partitions, and
 /// each would hold the other's events for targets outside its scope.
 async fn store_args(data_dir: &std::path::Path) -> Option<Vec<String>> {
-    static SERVERS: std::sync::Mutex<Vec<vc_envtest::nats::NatsCluster>> =
+    // By data dir: an operator started again on the same data dir finds its stream again.
+    static SERVERS: std::sync::Mutex<Vec<(PathBuf, vc_envtest::nats::NatsCluster)>> =
         std::sync::Mutex::new(Vec::new());
     match std::env::var("VC_TEST_STORE").as_deref() {
         Err(_) | Ok("") | Ok("embedded") => return None,
         Ok("nats") => {}
         Ok(other) => panic!("VC_TEST_STORE={other:?}: expected `embedded` or `nats`"),
     }
-    let nats = vc_envtest::nats::NatsCluster::single()
-        .await
-        .expect("VC_TEST_STORE=nats: start nats-server (scripts/build-nats.sh builds it)");
-    let url = nats.urls();
-    SERVERS.lock().unwrap_or_else(|e| e.into_inner()).push(nats);
+    let known = SERVERS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .find(|(dir, _)| dir == data_dir)
+        .map(|(_, nats)| nats.urls());
+    let url = match known {
+        Some(url) => url,
+        None => {
+            let nats = vc_envtest::nats::NatsCluster::single()
+                .await
+                .expect("VC_TEST_STORE=nats: start nats-server (scripts/build-nats.sh builds it)");
+            let url = nats.urls();
+            SERVERS
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push((data_dir.to_owned(), nats));
+            url
+        }
+    };
     let id: String = data_dir
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())

@@ -2,7 +2,8 @@
 //! accepted events, for running several replicas with no single point of failure. Nothing in
 //! the operator uses it yet; this is the log that ingest will write to.
 //!
-//! Layout: one stream, [`STREAM`], on the subjects `vc.events.<partition>`, file storage,
+//! Layout: one stream, [`STREAM`], on the subjects `vc.events.<partition>.<client token>`
+//! (so one client's events can be read over all partitions: the pull feed), file storage,
 //! R3 in a cluster. An event goes to the partition [`partition`] gives its (client, vehicle):
 //! one vehicle's events stay in one partition, in order, and later work assigns partitions to
 //! replicas. Its body is the message payload, byte for byte; what the operator needs besides
@@ -41,6 +42,7 @@ use bytes::Bytes;
 use percent_encoding::{AsciiSet, CONTROLS, percent_decode_str, utf8_percent_encode};
 use tokio::sync::Semaphore;
 
+mod feed;
 pub mod owners;
 pub mod partition;
 
@@ -48,7 +50,7 @@ use super::{AcceptOutcome, NewEvent, StoredEvent, dedupe_key};
 
 /// The stream holding every accepted event.
 pub const STREAM: &str = "VC_EVENTS";
-/// Events are published to `<SUBJECT_PREFIX>.<partition>`.
+/// Events are published to `<SUBJECT_PREFIX>.<partition>.<client token>`.
 pub const SUBJECT_PREFIX: &str = "vc.events";
 /// Partitions when none are configured.
 pub const DEFAULT_PARTITIONS: u32 = 16;
@@ -78,9 +80,27 @@ pub fn partition(client: &str, vehicle: &str, partitions: u32) -> u32 {
     (h.finish() % u64::from(partitions.max(1))) as u32
 }
 
-/// The subject of a partition.
-pub fn subject(partition: u32) -> String {
-    format!("{SUBJECT_PREFIX}.{partition}")
+/// A client's token in subjects: FNV-1a of the client id, in hex, so any id fits a subject
+/// token. Two clients may share one; readers check the `Vc-Client` header.
+pub fn client_token(client: &str) -> String {
+    let mut h = fnv::FnvHasher::default();
+    h.write(client.as_bytes());
+    format!("{:016x}", h.finish())
+}
+
+/// The subject of a client's event in a partition: `vc.events.<partition>.<client token>`.
+pub fn subject(partition: u32, client: &str) -> String {
+    format!("{SUBJECT_PREFIX}.{partition}.{}", client_token(client))
+}
+
+/// Every event of a partition.
+pub fn partition_filter(partition: u32) -> String {
+    format!("{SUBJECT_PREFIX}.{partition}.*")
+}
+
+/// Every event of a client (and of any client sharing its token), over all partitions.
+pub fn client_filter(client: &str) -> String {
+    format!("{SUBJECT_PREFIX}.*.{}", client_token(client))
 }
 
 /// How to reach NATS and how the stream is configured.
@@ -205,6 +225,8 @@ pub enum JetStreamError {
     NoStreamLeader,
     #[error("reading the {STREAM} stream's state: {0}")]
     Info(#[source] async_nats::Error),
+    #[error("reading a client's feed from the {STREAM} stream stalled; retry")]
+    FeedStalled,
 }
 
 /// An event read back from the log: what [`StoredEvent`] holds, and what the embedded store
@@ -239,6 +261,8 @@ enum Slot {
 pub struct JetStreamLog {
     context: Context,
     stream: stream::Stream<()>,
+    /// What feed cursors carry as their store id.
+    feed_id: u64,
     partitions: u32,
     ack_timeout: Duration,
     /// Ack slots: a window takes all of its own at once (see `publish_window`).
@@ -327,19 +351,26 @@ impl JetStreamLog {
             .map_err(|e| JetStreamError::Info(e.into()))?;
         // A stream just created has no leader for a moment, and an accept then finds "no
         // responders": ready means the stream can take an event now.
-        loop {
+        let created = loop {
             match stream.get_info().await {
-                Ok(info) if info.cluster.as_ref().is_none_or(|c| c.leader.is_some()) => break,
+                Ok(info) if info.cluster.as_ref().is_none_or(|c| c.leader.is_some()) => {
+                    break info.created;
+                }
                 Ok(_) | Err(_) if tokio::time::Instant::now() < deadline => {
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
                 Ok(_) => return Err(JetStreamError::NoStreamLeader),
                 Err(e) => return Err(JetStreamError::Info(e.into())),
             }
-        }
+        };
+        // The stream's creation time names it in feed cursors: a cursor of a stream that was
+        // deleted and created again is recognised as another's.
+        let mut h = fnv::FnvHasher::default();
+        h.write(&created.unix_timestamp_nanos().to_be_bytes());
         Ok(JetStreamLog {
             context,
             stream,
+            feed_id: h.finish(),
             partitions: options.partitions.max(1),
             ack_timeout: options.ack_timeout,
             inflight: Arc::new(Semaphore::new(MAX_INFLIGHT)),
@@ -420,7 +451,10 @@ impl JetStreamLog {
             .map_err(|_| JetStreamError::Closed)?;
         let mut acks = Vec::with_capacity(window.len());
         for (key, event) in window {
-            let subject = subject(partition(&event.client, &event.lane, self.partitions));
+            let subject = subject(
+                partition(&event.client, &event.lane, self.partitions),
+                &event.client,
+            );
             let message = publish_message(&key, event)?;
             let ack = self
                 .context
@@ -626,10 +660,11 @@ pub(crate) fn decode(
     let partition = subject
         .strip_prefix(SUBJECT_PREFIX)
         .and_then(|p| p.strip_prefix('.'))
+        .and_then(|p| p.split('.').next())
         .and_then(|p| p.parse().ok())
         .ok_or_else(|| JetStreamError::Malformed {
             seq,
-            what: format!("subject {subject} is not {SUBJECT_PREFIX}.<n>"),
+            what: format!("subject {subject} is not {SUBJECT_PREFIX}.<n>.<client>"),
         })?;
     Ok(LoggedEvent {
         event: StoredEvent {

@@ -19,7 +19,7 @@ use async_nats::jetstream::consumer::pull::{Ordered, OrderedConfig};
 use async_nats::jetstream::kv::{self, CreateErrorKind, UpdateErrorKind};
 use futures::{Stream, StreamExt};
 
-use super::{JetStreamError, JetStreamLog, LoggedEvent, subject};
+use super::{JetStreamError, JetStreamLog, LoggedEvent, partition_filter};
 
 /// The KV bucket of partition floors: key `p.<k>`, value the floor seq in decimal.
 pub const FLOORS: &str = "vc-floors";
@@ -171,7 +171,7 @@ impl Partitions {
             .log
             .stream
             .create_consumer(OrderedConfig {
-                filter_subject: subject(partition),
+                filter_subject: partition_filter(partition),
                 deliver_policy: DeliverPolicy::ByStartSequence {
                     start_sequence: after + 1,
                 },
