@@ -60,6 +60,7 @@ async fn setup(tag: &'static str, operators: usize) -> Setup {
     cp.install_crds(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("crds"))
         .await
         .expect("CRDs installed");
+    let begun = Instant::now();
     let nats = NatsCluster::start(3)
         .await
         .unwrap_or_else(|e| panic!("could not start a 3-node NATS cluster: {e:#}"));
@@ -69,31 +70,31 @@ async fn setup(tag: &'static str, operators: usize) -> Setup {
         .namespace(cp, &format!("failover-{tag}"), &client_id)
         .await;
     let urls = nats.urls();
-    // One after the other, as a StatefulSet starts its pods (OrderedReady).
-    let mut ops = Vec::new();
-    for i in 0..operators {
-        let lease = LEASE.as_secs().to_string();
+    // All at once, as the chart's StatefulSet starts them on JetStream (Parallel).
+    let selector = scope.selector();
+    let lease = LEASE.as_secs().to_string();
+    let ops = futures::future::join_all((0..operators).map(|i| {
         let id = format!("op-{i}");
-        let args = [
+        // Not `support::process::start_with`: under `VC_TEST_STORE=nats` it gives each
+        // operator a NATS server of its own, and these share one cluster.
+        let launch = Launch::new(crate::support::process::binary()).args(&[
             "--store",
-            urls.as_str(),
+            &urls,
             "--nats-replicas",
             "3",
             "--replica-id",
-            id.as_str(),
+            &id,
             "--partition-lease-seconds",
-            lease.as_str(),
+            &lease,
             "--watch-label-selector",
-            &scope.selector(),
-        ];
-        // Not `support::process::start_with`: under `VC_TEST_STORE=nats` it gives each
-        // operator a NATS server of its own, and these share one cluster.
-        let launch = Launch::new(crate::support::process::binary()).args(&args);
+            &selector,
+        ]);
         let dir = cp
             .dir
             .join(format!("failover-{tag}-op{i}-{}", std::process::id()));
-        ops.push(start_operator(cp, &id, dir, launch).await);
-    }
+        async move { start_operator(cp, &id, dir, launch).await }
+    }))
+    .await;
 
     let receiver = Receiver::start(None).await;
     let client = cp.client().await.expect("client");
@@ -123,6 +124,10 @@ async fn setup(tag: &'static str, operators: usize) -> Setup {
     for i in 0..operators {
         setup.until_routed(i).await;
     }
+    eprintln!(
+        "[{tag}] 3 NATS nodes and {operators} operators routing events in {:.1}s",
+        begun.elapsed().as_secs_f64()
+    );
     setup
 }
 
@@ -637,6 +642,55 @@ impl Run {
         });
     }
 
+    /// Where and when events arrived again after newer ones of their vehicle (a partition
+    /// delivered again from a floor well behind what it had delivered), with the operators'
+    /// warnings: at-least-once allows it, but many of them say something about the floors.
+    fn late_repeats(moments: &[Moment], late: &[Arrival], s: &Setup) -> String {
+        let group = s.group_of();
+        let partitions: BTreeSet<u32> = late.iter().map(|a| group(&a.vehicle)).collect();
+        let when = |a: &Arrival| {
+            moments
+                .iter()
+                .rev()
+                .find(|m| m.at <= a.at)
+                .map_or("before any fault".to_string(), |m| {
+                    format!("{:.1}s after the {}", (a.at - m.at).as_secs_f64(), m.what)
+                })
+        };
+        // Each operator's warnings and errors by message (fields left out), counted.
+        let mut warnings: BTreeMap<String, usize> = BTreeMap::new();
+        for (i, op) in s.ops.iter().enumerate() {
+            for line in plain(&op.log_text()).lines() {
+                let Some(at) = line.find(" WARN ").or_else(|| line.find(" ERROR ")) else {
+                    continue;
+                };
+                let message = &line[at..];
+                let end = [" partition=", " error=", " seq=", " replica="]
+                    .iter()
+                    .filter_map(|f| message.find(f))
+                    .min()
+                    .unwrap_or(message.len());
+                *warnings
+                    .entry(format!("op-{i}:{}", &message[..end]))
+                    .or_default() += 1;
+            }
+        }
+        format!(
+            "{} events arrived again after a newer one of their vehicle, in partitions {partitions:?}, from {} to {}; e.g. {} n={} as #{}; the operators' warnings and errors:\n  {}",
+            late.len(),
+            when(&late[0]),
+            when(&late[late.len() - 1]),
+            late[0].vehicle,
+            late[0].n,
+            late[0].index,
+            warnings
+                .iter()
+                .map(|(w, n)| format!("{n} × {w}"))
+                .collect::<Vec<_>>()
+                .join("\n  ")
+        )
+    }
+
     /// Keeps the load up until [`LOAD`] has passed since the start, stops it, waits for the
     /// deliveries, prints the figures and asserts: enough load was accepted, every accepted
     /// event arrived, per vehicle in order. Returns the arrivals, for more assertions.
@@ -653,6 +707,10 @@ impl Run {
         for m in &self.moments {
             figures.push('\n');
             figures.push_str(&resumption(m, &got, s));
+        }
+        if !report.late_repeats.is_empty() {
+            figures.push('\n');
+            figures.push_str(&Self::late_repeats(&self.moments, &report.late_repeats, s));
         }
         eprintln!("[{}] {figures}", s.tag);
         assert!(

@@ -56,8 +56,8 @@ pub struct Report {
     /// Arrivals of an event that had arrived before.
     pub duplicates: usize,
     /// Repeats that came after a newer event of the same vehicle had arrived (allowed: a
-    /// redelivery after a failover), as `vehicle n=… after n=…` lines.
-    pub late_repeats: Vec<String>,
+    /// redelivery after a failover).
+    pub late_repeats: Vec<Arrival>,
     /// Accepted events that never arrived.
     pub missing: Vec<String>,
     /// First arrivals of a vehicle out of `n` order, one line each.
@@ -107,10 +107,7 @@ pub fn check(arrivals: &[Arrival], accepted: &BTreeSet<String>) -> Report {
                 "vehicle {}: {} (n={}) arrived first as #{} after {} (n={}) had arrived as #{}",
                 a.vehicle, a.id, a.n, a.index, pid, pn, pi
             )),
-            (false, Some((pn, _, _))) if a.n < pn => report.late_repeats.push(format!(
-                "vehicle {}: n={} again (#{}) after n={}",
-                a.vehicle, a.n, a.index, pn
-            )),
+            (false, Some((pn, _, _))) if a.n < pn => report.late_repeats.push(a.clone()),
             _ => {}
         }
         if prev.is_none_or(|(pn, _, _)| a.n > pn) {
