@@ -124,22 +124,26 @@ pub fn check(arrivals: &[Arrival], accepted: &BTreeSet<String>) -> Report {
     report
 }
 
-/// Arrivals at or after `after` of the events `ids`, as `vehicle … (#index) …` lines.
-pub fn arriving_after(arrivals: &[Arrival], ids: &BTreeSet<String>, after: Instant) -> Vec<String> {
-    arrivals
-        .iter()
-        .filter(|a| a.at >= after && ids.contains(&a.id))
-        .map(|a| {
-            format!(
-                "vehicle {}: {} (n={}) as #{}, {:.2}s after",
+/// Arrivals at or after `after` of events that had first arrived before `before`, as
+/// `vehicle … (#index) …` lines.
+pub fn again_after(arrivals: &[Arrival], before: Instant, after: Instant) -> Vec<String> {
+    let mut first: HashMap<&str, Instant> = HashMap::new();
+    let mut out = Vec::new();
+    for a in arrivals {
+        let f = *first.entry(&a.id).or_insert(a.at);
+        if a.at >= after && f < before {
+            out.push(format!(
+                "vehicle {}: {} (n={}) again as #{}, {:.2}s after; it first arrived {:.2}s before",
                 a.vehicle,
                 a.id,
                 a.n,
                 a.index,
-                (a.at - after).as_secs_f64()
-            )
-        })
-        .collect()
+                a.at.duration_since(after).as_secs_f64(),
+                after.duration_since(f).as_secs_f64()
+            ));
+        }
+    }
+    out
 }
 
 /// How one group of vehicles (a partition) fared around a moment `t`.
