@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::support::operator::{apply_value, condition, wait_for};
+use crate::support::operator::{apply_value, subscription_ready};
 use crate::support::process::TOKEN;
 use crate::support::receiver::Receiver;
 use crate::support::scope::Scope;
@@ -37,13 +37,7 @@ async fn every_accepted_event_survives_sigkill() {
     }))
     .await;
     let api: Api<WebhookSubscription> = Api::namespaced(client.clone(), &ns.name);
-    wait_for(&api, "sink", "Ready", |w| {
-        w.status
-            .as_ref()
-            .and_then(|s| condition(&s.conditions, "Ready"))
-            .is_some_and(|c| c.0 == "True")
-    })
-    .await;
+    subscription_ready(&api, "sink").await;
 
     // Four posters stream events until the operator dies under them.
     let accepted = Arc::new(Mutex::new(BTreeSet::new()));

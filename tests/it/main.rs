@@ -29,6 +29,7 @@ mod gitops_health;
 mod health_scripts;
 mod ingest_auth;
 mod jetstream;
+mod jetstream_failover;
 mod jetstream_owners;
 mod jetstream_partition;
 mod jetstream_status;

@@ -3,6 +3,7 @@
 
 // Some of the peer servers' API has no caller right now (accounts, passive ports, greeting;
 // vsftpd's root, sshd's host key types); the benchmarks include some of these files by path.
+pub mod arrivals;
 pub mod browser;
 pub mod dms;
 #[allow(dead_code)]

@@ -194,3 +194,17 @@ pub fn condition(
         .find(|c| c.type_ == type_)
         .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
 }
+
+/// Waits (30 s) until the WebhookSubscription `name` of `api` is Ready=True.
+pub async fn subscription_ready(
+    api: &Api<vehicle_connect::api::WebhookSubscription>,
+    name: &str,
+) -> vehicle_connect::api::WebhookSubscription {
+    wait_for(api, name, "Ready", |w| {
+        w.status
+            .as_ref()
+            .and_then(|s| condition(&s.conditions, "Ready"))
+            .is_some_and(|c| c.0 == "True")
+    })
+    .await
+}
