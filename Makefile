@@ -74,7 +74,7 @@ bench-smoke: control-plane peers
 	VC_BENCH_EVENTS=400 VC_BENCH_REPS=2 VC_BENCH_LATENCY_SECONDS=1 VC_BENCH_BACKLOG_EVENTS=5000 VC_BENCH_BACKLOG_VEHICLES=100 \
 	VC_BENCH_VEHICLES=10 VC_BENCH_IMAGE_KIB=16 VC_BENCH_FTP_CONNECTIONS=10 \
 	VC_BENCH_ZIP_IMAGES=4 VC_BENCH_ZIP_IMAGE_MIB=1 VC_BENCH_WEBHOOKS=50 VC_BENCH_FTP=10 VC_BENCH_SFTP_CONNECTIONS=20 \
-	VC_BENCH_API_REQUESTS=300 VC_BENCH_API_CONNECTIONS=20 \
+	VC_BENCH_API_REQUESTS=300 VC_BENCH_API_CONNECTIONS=20 VC_BENCH_KILLS=1 VC_BENCH_LEASE_SECONDS=2 VC_BENCH_RATE=100 \
 	$(CARGO) test --bench '*'
 
 ## Regenerate crds/ from the Rust types.
@@ -97,7 +97,7 @@ chart-check: helm
 	@scripts/check-chart.sh
 
 ## Benchmarks: print figures and ratios (sizes via VC_BENCH_* variables).
-bench: control-plane
+bench: control-plane nats
 	$(CARGO) bench --bench delivery
 	$(CARGO) bench --bench ftp
 	$(CARGO) bench --bench sftp
@@ -105,6 +105,7 @@ bench: control-plane
 	$(CARGO) bench --bench ftp_zip_memory
 	$(CARGO) bench --bench backlog
 	$(CARGO) bench --bench api
+	$(CARGO) bench --bench replicas
 
 ## Regenerate docs/openapi.json from the Rust types.
 openapi:
