@@ -1,12 +1,12 @@
-//! The event log on NATS JetStream (groundwork): the optional second backend for
-//! accepted events, for running several replicas with no single point of failure. Nothing in
-//! the operator uses it yet; this is the log that ingest will write to.
+//! The event log on NATS JetStream: the optional second backend for accepted events
+//! (`--store nats://…`), for running several replicas with no single point of failure; ingest
+//! writes to it and each partition's owner reads it (`crate::cluster`).
 //!
 //! Layout: one stream, [`STREAM`], on the subjects `vc.events.<partition>.<client token>`
 //! (so one client's events can be read over all partitions: the pull feed), file storage,
-//! R3 in a cluster. An event goes to the partition [`partition`] gives its (client, vehicle):
-//! one vehicle's events stay in one partition, in order, and later work assigns partitions to
-//! replicas. Its body is the message payload, byte for byte; what the operator needs besides
+//! R3 in a cluster. An event goes to the partition [`partition()`] gives its (client, vehicle):
+//! one vehicle's events stay in one partition, in order, and each partition has one owner at a
+//! time ([`owners`]). Its body is the message payload, byte for byte; what the operator needs besides
 //! (client, id, lane, type, targets) travels in headers.
 //!
 //! Durability: [`JetStreamLog::accept`] answers `Ok` only after the PubAck, which the stream
