@@ -356,7 +356,10 @@ impl Dispatcher {
         (self.limits.max_pending / 2).saturating_sub(self.store.stats().pending)
     }
 
+    /// Deliveries of `row` queued again by a replay or a retry (rows already in the store).
     pub fn requeued(self: &Arc<Self>, row: &str, seqs: &[u64]) {
+        // Replicas sharing the work: they become this holding's to deliver. A partition's
+        // reader marks what it takes itself, so `take_over` skips this.
         if let Some(gate) = self.gate.get() {
             for &seq in seqs {
                 if let Ok(Some(e)) = self.store.event(seq)
@@ -366,6 +369,11 @@ impl Dispatcher {
                 }
             }
         }
+        self.requeue_rows(row, seqs);
+    }
+
+    /// Has the pump of `row` read `seqs` (rows already in the store) again.
+    fn requeue_rows(self: &Arc<Self>, row: &str, seqs: &[u64]) {
         let map = self.targets.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(ts) = map.get(row) {
             let mut lanes = ts.lanes();
@@ -1211,7 +1219,7 @@ impl Dispatcher {
                     }
                     for row in &targets {
                         self.store.add_deliveries(row, vec![seq]).await?;
-                        self.requeued(row, &[seq]);
+                        self.requeue_rows(row, &[seq]);
                     }
                     seqs.push(seq);
                 }
