@@ -418,6 +418,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             non_empty(&args.watch_label_selector).as_deref(),
             non_empty(&args.secret_selector).as_deref(),
         ),
+        log: cluster.as_ref().map(|c| c.log().clone()),
     };
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let ready = Arc::new(AtomicBool::new(false));
@@ -478,6 +479,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             manage::replay::ReplayDeliveries {
                 store: store.clone(),
                 dispatcher: dispatcher.clone(),
+                log: cluster.as_ref().map(|c| c.log().clone()),
             },
         ))),
         ops,

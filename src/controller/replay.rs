@@ -119,6 +119,7 @@ where
             since_ms,
             until_ms,
             types: spec.types.clone().unwrap_or_default(),
+            request: Some(spec.id.clone()),
         };
         let r = hook.0.replay(target, window).await.map_err(Error::Replay)?;
         let mut notes = Vec::new();

@@ -38,6 +38,9 @@ pub struct ManageState {
     pub metrics: Arc<Metrics>,
     /// Labels what self-service writes needs for this operator's own selectors.
     pub self_service: selfservice::SelfServiceSettings,
+    /// The log replicas share (`--store nats://…`): redeliveries and replays go through it,
+    /// to whichever replica owns the vehicle's partition.
+    pub log: Option<crate::store::jetstream::JetStreamLog>,
 }
 
 /// Who is asking, by their token.

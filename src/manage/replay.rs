@@ -21,7 +21,9 @@ use super::{ApiError, Caller, ManageState};
 use crate::api::EventType;
 use crate::delivery::attempt::{Answer, Attempt, Delivery};
 use crate::routing::{Kind, Target, TargetKey};
-use crate::store::{FeedQuery, Outcome, StoreError};
+use crate::store::jetstream::JetStreamLog;
+use crate::store::jetstream::replay::ReplayRecord;
+use crate::store::{FeedQuery, Outcome, StoreError, dedupe_key};
 
 /// Most events one replay queues; a longer window is replayed in several requests (the
 /// answer says where this one stopped).
@@ -175,6 +177,10 @@ fn backlog_full() -> ApiError {
     )
 }
 
+fn log_error(e: crate::store::jetstream::JetStreamError) -> ApiError {
+    ApiError::unavailable(format!("the event log cannot be used now: {e}"))
+}
+
 fn store_error(e: StoreError) -> ApiError {
     ApiError::unavailable(format!("the store cannot be read now: {e}"))
 }
@@ -299,6 +305,12 @@ pub(crate) async fn redeliver_event(
     if !caller.may_see(client) {
         return Err(missing());
     }
+    if let Some(log) = &state.log {
+        if state.dispatcher.replay_room() == 0 {
+            return Err(backlog_full());
+        }
+        return redeliver_logged(state, log, target, client, event_id).await;
+    }
     let seq = state
         .store
         .seq_of(client, event_id)
@@ -335,6 +347,155 @@ pub(crate) async fn redeliver_event(
     Ok(added)
 }
 
+/// [`redeliver_event`] when replicas share the log: the event (from this replica's store if it
+/// took it, else from the stream, as far back as the target's retry.maxAgeSeconds) goes back
+/// into the log as a replay record, which the owner of the vehicle's partition delivers, in
+/// order with the vehicle's other events. Always 1: whether the event is still pending there
+/// is the owner's to know (it does not queue it twice).
+async fn redeliver_logged(
+    state: &ManageState,
+    log: &JetStreamLog,
+    target: &Target,
+    client: &str,
+    event_id: &str,
+) -> Result<u64, ApiError> {
+    let now = now_ms();
+    let max_age_ms = u64::from(target.retry.max_age_seconds) * 1000;
+    let event = match local_event(&state.store, client, event_id).map_err(store_error)? {
+        Some(e) => e,
+        None => log
+            .scan(client, now.saturating_sub(max_age_ms), now, 0, |e| {
+                e.event.id == event_id
+            })
+            .await
+            .map_err(log_error)?
+            .pop()
+            .ok_or_else(|| {
+                ApiError::not_found(format!(
+                    "no event {event_id:?} of client {client:?} in the log within the target's retry.maxAgeSeconds ({} s; an older one would expire at once)",
+                    target.retry.max_age_seconds
+                ))
+            })?,
+    };
+    takes(target, &event.event.body)
+        .map_err(|m| ApiError::new(StatusCode::CONFLICT, "not_taken", m))?;
+    let accepted = event.replay_of.unwrap_or(event.event.received_unix_ms);
+    if too_old(target, accepted) {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "too_old",
+            format!(
+                "the event was accepted at {}, longer ago than the target's retry.maxAgeSeconds ({}): it would expire at once",
+                rfc3339(accepted),
+                target.retry.max_age_seconds
+            ),
+        ));
+    }
+    let record = ReplayRecord {
+        msg_id: format!(
+            "replay/{}/{:016x}/{}",
+            target.uid,
+            rand::random::<u64>(),
+            dedupe_key(client, event_id)
+        ),
+        event,
+        target: target.id().to_string(),
+    };
+    log.replay(vec![record]).await.map_err(log_error)?;
+    tracing::info!(kind = target.key.kind.label(), namespace = %target.key.namespace, name = %target.key.name, event = %event_id, "event queued again through the log");
+    Ok(1)
+}
+
+/// `client`'s event `event_id` as this replica's store holds it, in the log's terms.
+fn local_event(
+    store: &crate::store::Store,
+    client: &str,
+    event_id: &str,
+) -> Result<Option<crate::store::jetstream::LoggedEvent>, StoreError> {
+    let Some(seq) = store.seq_of(client, event_id)? else {
+        return Ok(None);
+    };
+    let Some(event) = store.event(seq)? else {
+        return Ok(None);
+    };
+    let Ok(head) = serde_json::from_slice::<Head>(&event.body) else {
+        return Ok(None);
+    };
+    Ok(Some(crate::store::jetstream::LoggedEvent {
+        event,
+        client: client.to_owned(),
+        event_type: head.type_.as_str().to_owned(),
+        targets: Vec::new(),
+        partition: 0,
+        replay_of: None,
+    }))
+}
+
+/// [`replay_window`] when replicas share the log: the window is read from the stream (every
+/// replica's events, not only those this one took) and each event the target takes goes back
+/// into the log as a replay record for its partition's owner. Records of one request share
+/// its id ([`Window::request`]), so replicas carrying out one `spec.replay` together store
+/// each once; `queued` counts them either way.
+pub async fn replay_logged(
+    log: &JetStreamLog,
+    dispatcher: &crate::delivery::dispatcher::Dispatcher,
+    target: &Target,
+    window: &Window,
+) -> Result<Replayed, crate::store::jetstream::JetStreamError> {
+    let types: Vec<&str> = window.types.iter().map(|t| t.as_str()).collect();
+    let mut events = log
+        .scan(
+            &target.selector.client_id,
+            window.since_ms,
+            window.until_ms,
+            MAX_REPLAY,
+            |e| {
+                (types.is_empty() || types.contains(&e.event_type.as_str()))
+                    && takes(target, &e.event.body).is_ok()
+            },
+        )
+        .await?;
+    let mut out = Replayed::default();
+    if events.len() > MAX_REPLAY {
+        out.truncated = true;
+        out.stopped_at = events.pop().map(|e| rfc3339(e.event.received_unix_ms));
+    }
+    out.matched = events.len() as u64;
+    let request = window
+        .request
+        .clone()
+        .unwrap_or_else(|| format!("{:016x}", rand::random::<u64>()));
+    let row = target.id().to_string();
+    // The same half of the backlog bound as on one replica; the room is this replica's (each
+    // owner's reader also stops taking from the log while its own backlog is full).
+    let room = usize::try_from(dispatcher.replay_room()).unwrap_or(usize::MAX);
+    let mut records = Vec::with_capacity(events.len());
+    for e in events {
+        if too_old(target, e.event.received_unix_ms) {
+            out.too_old += 1;
+            continue;
+        }
+        if records.len() == room {
+            out.truncated = true;
+            out.backlog_full = true;
+            out.stopped_at = Some(rfc3339(e.event.received_unix_ms));
+            break;
+        }
+        records.push(ReplayRecord {
+            msg_id: format!(
+                "replay/{}/{request}/{}",
+                target.uid,
+                dedupe_key(&e.client, &e.event.id)
+            ),
+            event: e,
+            target: row.clone(),
+        });
+    }
+    out.queued = log.replay(records).await?.len() as u64;
+    tracing::info!(kind = target.key.kind.label(), namespace = %target.key.namespace, name = %target.key.name, queued = out.queued, matched = out.matched, "window replayed through the log");
+    Ok(out)
+}
+
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ReplayRequest {
@@ -354,6 +515,9 @@ pub struct Window {
     pub until_ms: u64,
     /// Only these types (and only those the target takes); empty: every type it takes.
     pub types: Vec<EventType>,
+    /// Names the request when replicas share the log (`spec.replay`'s id): replicas carrying
+    /// out the same one queue each event once. `None`: a request of its own.
+    pub request: Option<String>,
 }
 
 /// What a replay queued.
@@ -451,6 +615,8 @@ pub async fn replay_window(
 pub struct ReplayDeliveries {
     pub store: crate::store::Store,
     pub dispatcher: Arc<crate::delivery::dispatcher::Dispatcher>,
+    /// Replicas share this log (`--store nats://…`): replays go through it.
+    pub log: Option<JetStreamLog>,
 }
 
 impl crate::controller::replay::Replay for ReplayDeliveries {
@@ -459,11 +625,20 @@ impl crate::controller::replay::Replay for ReplayDeliveries {
         target: Arc<Target>,
         window: Window,
     ) -> futures::future::BoxFuture<'static, Result<Replayed, String>> {
-        let (store, dispatcher) = (self.store.clone(), self.dispatcher.clone());
+        let (store, dispatcher, log) = (
+            self.store.clone(),
+            self.dispatcher.clone(),
+            self.log.clone(),
+        );
         Box::pin(async move {
-            replay_window(&store, &dispatcher, &target, &window)
-                .await
-                .map_err(|e| e.to_string())
+            match log {
+                Some(log) => replay_logged(&log, &dispatcher, &target, &window)
+                    .await
+                    .map_err(|e| e.to_string()),
+                None => replay_window(&store, &dispatcher, &target, &window)
+                    .await
+                    .map_err(|e| e.to_string()),
+            }
         })
     }
 }
@@ -510,10 +685,16 @@ pub async fn replay(
         since_ms,
         until_ms,
         types,
+        request: None,
     };
-    let done = replay_window(&state.store, &state.dispatcher, &target, &window)
-        .await
-        .map_err(store_error)?;
+    let done = match &state.log {
+        Some(log) => replay_logged(log, &state.dispatcher, &target, &window)
+            .await
+            .map_err(log_error)?,
+        None => replay_window(&state.store, &state.dispatcher, &target, &window)
+            .await
+            .map_err(store_error)?,
+    };
     if done.backlog_full && done.queued == 0 {
         return Err(backlog_full());
     }

@@ -429,3 +429,104 @@ async fn one_node_takes_one_replica_and_caps_the_duplicate_window() {
         vec![AcceptOutcome::Duplicate { seq }]
     );
 }
+
+/// Replay records: published to the event's own partition with the one target and when the
+/// original was accepted; one request id is stored once however often it is published (two
+/// replicas carrying out one `spec.replay`); the pull feed and the replay scan never show a
+/// record as an event of its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_records_go_to_the_partition_once_and_stay_out_of_the_feed() {
+    use vehicle_connect::store::FeedQuery;
+    use vehicle_connect::store::jetstream::replay::ReplayRecord;
+    let nats = match NatsCluster::single().await {
+        Ok(n) => n,
+        Err(e) => panic!("could not start a NATS server: {e:#}"),
+    };
+    let log = connect(&nats.urls(), &JetStreamOptions::single_node()).await;
+    let since = vehicle_connect::delivery::dispatcher::now_ms();
+    let originals: Vec<NewEvent> = (0..5)
+        .map(|i| event("acme", &format!("r-{i}"), &format!("VIN{i}")))
+        .collect();
+    log.accept(originals.clone()).await.unwrap();
+    let found = log
+        .scan("acme", since, u64::MAX, 100, |_| true)
+        .await
+        .unwrap();
+    assert_eq!(found.len(), 5);
+    let records = |request: &str| -> Vec<ReplayRecord> {
+        found
+            .iter()
+            .map(|e| ReplayRecord {
+                msg_id: format!("replay/uid/{request}/{}", e.event.id),
+                event: e.clone(),
+                target: "webhook/acme/sink/uid".into(),
+            })
+            .collect()
+    };
+    assert_eq!(log.replay(records("one")).await.unwrap(), vec![true; 5]);
+    // The same request again (another replica): stored already.
+    assert_eq!(log.replay(records("one")).await.unwrap(), vec![false; 5]);
+    assert_eq!(log.info().await.unwrap().state.messages, 10);
+
+    // Each record is in its event's partition, right after it, for the one target.
+    let parts = vehicle_connect::store::jetstream::partition::Partitions::open(&log, 1)
+        .await
+        .unwrap();
+    for (i, original) in found.iter().enumerate() {
+        let read: Vec<_> = {
+            use futures::StreamExt;
+            let stream = parts.read_after(original.partition, 0).await.unwrap();
+            let mut stream = std::pin::pin!(stream);
+            let mut got = Vec::new();
+            let id = format!("r-{i}");
+            while got
+                .iter()
+                .filter(|e: &&vehicle_connect::store::jetstream::LoggedEvent| e.event.id == id)
+                .count()
+                < 2
+            {
+                match tokio::time::timeout(Duration::from_secs(10), stream.next()).await {
+                    Ok(Some(e)) => got.push(e.unwrap()),
+                    Ok(None) => panic!("partition {}: the reader ended", original.partition),
+                    Err(_) => panic!("partition {}: nothing within 10 s", original.partition),
+                }
+            }
+            got
+        };
+        let mine: Vec<_> = read
+            .iter()
+            .filter(|e| e.event.id == format!("r-{i}"))
+            .collect();
+        assert_eq!(mine.len(), 2, "the event and its record: {read:?}");
+        assert_eq!(mine[0].replay_of, None);
+        assert_eq!(mine[1].replay_of, Some(original.event.received_unix_ms));
+        assert_eq!(mine[1].targets, vec!["webhook/acme/sink/uid".to_owned()]);
+        assert_eq!(mine[1].event.body, original.event.body);
+        assert_eq!(mine[1].event.lane, original.event.lane);
+    }
+
+    // The feed and the scan: the five events, once each.
+    let page = log
+        .feed(&FeedQuery {
+            client: "acme".into(),
+            after: None,
+            types: Vec::new(),
+            limit: 100,
+            max_bytes: 1 << 20,
+            max_scan: 1000,
+        })
+        .await
+        .unwrap();
+    assert_eq!(page.events.len(), 5, "records are not feed events");
+    let again = log
+        .scan("acme", since, u64::MAX, 100, |_| true)
+        .await
+        .unwrap();
+    assert_eq!(again.len(), 5, "records are not replayed themselves");
+    // A limit: one more than asked, so the caller knows where it stopped.
+    let cut = log
+        .scan("acme", since, u64::MAX, 2, |_| true)
+        .await
+        .unwrap();
+    assert_eq!(cut.len(), 3);
+}

@@ -30,6 +30,7 @@ mod health_scripts;
 mod ingest_auth;
 mod jetstream;
 mod jetstream_failover;
+mod jetstream_manage;
 mod jetstream_owners;
 mod jetstream_partition;
 mod jetstream_status;

@@ -10,7 +10,7 @@ use async_nats::jetstream::consumer::DeliverPolicy;
 use async_nats::jetstream::consumer::pull::OrderedConfig;
 use futures::StreamExt;
 
-use super::{H_CLIENT, H_TYPE, JetStreamError, JetStreamLog, client_filter, unescape};
+use super::{H_CLIENT, H_REPLAY_OF, H_TYPE, JetStreamError, JetStreamLog, client_filter, unescape};
 use crate::store::{FeedCursor, FeedEvent, FeedPage, FeedQuery};
 
 impl JetStreamLog {
@@ -37,33 +37,16 @@ impl JetStreamLog {
             // Whether any of the removed ones were this client's is not known: say so.
             page.truncated = true;
         }
-        let mut consumer = self
-            .stream
-            .create_consumer(OrderedConfig {
-                filter_subject: client_filter(&q.client),
-                deliver_policy: if start == 0 {
-                    DeliverPolicy::All
-                } else {
-                    DeliverPolicy::ByStartSequence {
-                        start_sequence: start + 1,
-                    }
-                },
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| JetStreamError::Info(e.into()))?;
-        let pending = consumer
-            .info()
-            .await
-            .map_err(|e| JetStreamError::Info(e.into()))?
-            .num_pending;
-        if pending == 0 {
+        let deliver = if start == 0 {
+            DeliverPolicy::All
+        } else {
+            DeliverPolicy::ByStartSequence {
+                start_sequence: start + 1,
+            }
+        };
+        let Some(mut messages) = self.client_messages(&q.client, deliver).await? else {
             return Ok(page);
-        }
-        let mut messages = consumer
-            .messages()
-            .await
-            .map_err(|e| JetStreamError::Info(e.into()))?;
+        };
         let (mut scanned, mut bytes) = (0usize, 0usize);
         loop {
             if q.is_full(page.events.len(), scanned, bytes) {
@@ -87,8 +70,10 @@ impl JetStreamLog {
                     .and_then(|h| h.get(name))
                     .and_then(|v| unescape(v.as_str()))
             };
-            // Another client sharing the token, or a type not asked for.
-            let mine = header(H_CLIENT).as_deref() == Some(q.client.as_str());
+            // Another client sharing the token, a replay record (the event again, for one
+            // target: not a new event), or a type not asked for.
+            let mine = header(H_CLIENT).as_deref() == Some(q.client.as_str())
+                && header(H_REPLAY_OF).is_none();
             let wanted = q.types.is_empty() || header(H_TYPE).is_some_and(|t| q.types.contains(&t));
             if mine && wanted {
                 bytes += message.payload.len();
@@ -102,6 +87,37 @@ impl JetStreamLog {
             }
         }
         Ok(page)
+    }
+
+    /// An ordered read of `client`'s subjects from `deliver` on; `None` when there is nothing
+    /// to read (an ordered consumer would wait for the next message).
+    pub(super) async fn client_messages(
+        &self,
+        client: &str,
+        deliver: DeliverPolicy,
+    ) -> Result<Option<async_nats::jetstream::consumer::pull::Ordered>, JetStreamError> {
+        let mut consumer = self
+            .stream
+            .create_consumer(OrderedConfig {
+                filter_subject: client_filter(client),
+                deliver_policy: deliver,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| JetStreamError::Info(e.into()))?;
+        let pending = consumer
+            .info()
+            .await
+            .map_err(|e| JetStreamError::Info(e.into()))?
+            .num_pending;
+        if pending == 0 {
+            return Ok(None);
+        }
+        consumer
+            .messages()
+            .await
+            .map(Some)
+            .map_err(|e| JetStreamError::Info(e.into()))
     }
 
     /// A subscription that receives every new event of `client` (and of clients sharing its

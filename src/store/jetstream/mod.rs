@@ -45,6 +45,7 @@ use tokio::sync::Semaphore;
 mod feed;
 pub mod owners;
 pub mod partition;
+pub mod replay;
 
 use super::{AcceptOutcome, NewEvent, StoredEvent, dedupe_key};
 
@@ -61,6 +62,8 @@ const H_ID: &str = "Vc-Event-Id";
 const H_LANE: &str = "Vc-Lane";
 const H_TYPE: &str = "Vc-Event-Type";
 const H_TARGETS: &str = "Vc-Targets";
+/// On a replay record (see [`JetStreamLog::replay`]): when the original was accepted (unix ms).
+const H_REPLAY_OF: &str = "Vc-Replay-Of";
 const NATS_MSG_ID: &str = "Nats-Msg-Id";
 
 /// Escaped in header values: a CR or LF would end the header (async-nats panics on them),
@@ -240,6 +243,9 @@ pub struct LoggedEvent {
     pub targets: Vec<String>,
     /// The partition it was published to.
     pub partition: u32,
+    /// A replay record: the event again, for the one target in `targets`, asked for through
+    /// the management API or `spec.replay`; when the original was accepted (unix ms).
+    pub replay_of: Option<u64>,
 }
 
 /// Events one accept publishes before it awaits their acks.
@@ -421,7 +427,7 @@ impl JetStreamLog {
         let mut unique = unique.into_iter().peekable();
         while unique.peek().is_some() {
             let window: Vec<_> = unique.by_ref().take(WINDOW).collect();
-            published.extend(self.publish_window(window).await?);
+            published.extend(self.publish_window(window, None).await?);
         }
 
         let mut outcomes: Vec<AcceptOutcome> = Vec::with_capacity(slots.len());
@@ -442,6 +448,7 @@ impl JetStreamLog {
     async fn publish_window(
         &self,
         window: Vec<(String, NewEvent)>,
+        replay_of: Option<&[u64]>,
     ) -> Result<Vec<AcceptOutcome>, JetStreamError> {
         // The window holds at most WINDOW events, far below u32::MAX.
         let _permits = self
@@ -450,12 +457,12 @@ impl JetStreamLog {
             .await
             .map_err(|_| JetStreamError::Closed)?;
         let mut acks = Vec::with_capacity(window.len());
-        for (key, event) in window {
+        for (i, (key, event)) in window.into_iter().enumerate() {
             let subject = subject(
                 partition(&event.client, &event.lane, self.partitions),
                 &event.client,
             );
-            let message = publish_message(&key, event)?;
+            let message = publish_message(&key, event, replay_of.and_then(|r| r.get(i).copied()))?;
             let ack = self
                 .context
                 .send_publish(subject.clone(), message.clone())
@@ -584,9 +591,16 @@ fn stream_config(options: &JetStreamOptions) -> stream::Config {
     }
 }
 
-fn publish_message(key: &str, event: NewEvent) -> Result<PublishMessage, JetStreamError> {
+fn publish_message(
+    key: &str,
+    event: NewEvent,
+    replay_of: Option<u64>,
+) -> Result<PublishMessage, JetStreamError> {
     let mut headers = HeaderMap::new();
     let targets: Vec<String> = event.targets.iter().map(|t| escape(t)).collect();
+    if let Some(ms) = replay_of {
+        headers.insert(H_REPLAY_OF, ms.to_string().as_str());
+    }
     for (name, what, value) in [
         (NATS_MSG_ID, "the dedupe key", escape(key)),
         (H_CLIENT, "the client", escape(&event.client)),
@@ -678,5 +692,8 @@ pub(crate) fn decode(
         event_type: header(H_TYPE)?,
         targets,
         partition,
+        replay_of: headers
+            .get(H_REPLAY_OF)
+            .and_then(|v| v.as_str().parse().ok()),
     })
 }

@@ -1,0 +1,264 @@
+//! Redeliver and replay with two replicas sharing one JetStream log: whichever replica the
+//! request reaches (the Service picks one), the event is delivered again, by the owner of the
+//! vehicle's partition; and a `spec.replay` that both replicas' reconcilers carry out queues
+//! each event once, not once per replica.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use kube::api::{Api, Patch, PatchParams};
+use serde_json::{Value, json};
+use vc_envtest::ControlPlane;
+use vc_envtest::nats::NatsCluster;
+use vehicle_connect::api::WebhookSubscription;
+
+use crate::replay::{OPS, event, ingest, manage, manage_tokens};
+use crate::support::operator::{condition, wait_for};
+use crate::support::process::{OperatorProcess, metrics, replica_launch, start_launch};
+use crate::support::receiver::Receiver;
+use crate::support::scope::Scope;
+
+const CLIENT: &str = "rp-a";
+const VEHICLES: usize = 24;
+
+struct Replicas {
+    ops: Vec<OperatorProcess>,
+    api: Api<WebhookSubscription>,
+    ns: String,
+    _scope: Scope,
+    _nats: NatsCluster,
+    _dir: tempfile::TempDir,
+}
+
+/// Two replicas on one NATS node with a subscription of `CLIENT` to `receiver`'s `path`, once
+/// both own partitions (each has the partition reader log line).
+async fn replicas(name: &str, receiver: &Receiver, path: &str) -> Replicas {
+    let cp = ControlPlane::shared();
+    cp.install_crds(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("crds"))
+        .await
+        .unwrap();
+    let scope = Scope::new(name);
+    let ns = scope.namespace(cp, name, CLIENT).await;
+    let client = cp.client().await.unwrap();
+    let nats = NatsCluster::single().await.expect("nats-server");
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = manage_tokens(dir.path());
+    let mut ops = Vec::new();
+    for id in ["replica-a", "replica-b"] {
+        let launch = replica_launch(&nats.urls(), id).args(&["--manage-token-file", &tokens]);
+        ops.push(start_launch(cp, dir.path().join(id), &scope, launch).await);
+    }
+    // Ready needs a running operator.
+    crate::replay::subscription(
+        &client,
+        &ns.name,
+        "hook",
+        json!({ "url": receiver.url(path), "clientId": CLIENT, "events": ["vehicle.processed"] }),
+    )
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !ops
+        .iter()
+        .all(|op| op.log_text().contains("partition owned"))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "both replicas should own partitions within 30 s:\n{}\n{}",
+            ops[0].log_text(),
+            ops[1].log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // A round more, so the shares have settled and no partition moves during the test.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let api: Api<WebhookSubscription> = Api::namespaced(client.clone(), &ns.name);
+    Replicas {
+        ops,
+        api,
+        ns: ns.name.clone(),
+        _scope: scope,
+        _nats: nats,
+        _dir: dir,
+    }
+}
+
+/// Arrivals per event id on `path`.
+fn arrivals(receiver: &Receiver, path: &str) -> BTreeMap<String, usize> {
+    let mut seen = BTreeMap::new();
+    for r in receiver.received_on(path) {
+        let id = r.body["id"].as_str().unwrap_or_default().to_owned();
+        *seen.entry(id).or_default() += 1;
+    }
+    seen
+}
+
+/// Deliveries each replica made, by its own metrics.
+async fn delivered(ops: &[OperatorProcess]) -> Vec<u64> {
+    let mut out = Vec::new();
+    for op in ops {
+        let text = metrics(op).await;
+        out.push(
+            text.lines()
+                .filter(|l| {
+                    l.starts_with("vehicle_connect_deliveries_total{")
+                        && l.contains("result=\"delivered\"")
+                })
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .sum::<f64>() as u64,
+        );
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redelivery_asked_of_either_replica_is_delivered_by_the_partition_owner() {
+    let receiver = Receiver::start(Some(crate::replay::WHSEC)).await;
+    let r = replicas("js-redeliver", &receiver, "rd").await;
+    let events: Vec<Value> = (0..VEHICLES)
+        .map(|i| {
+            event(
+                &format!("evt-jsrd-{i}"),
+                CLIENT,
+                "vehicle.processed",
+                &format!("veh-{i}"),
+            )
+        })
+        .collect();
+    ingest(&r.ops[0], events).await;
+    receiver.wait_for("rd", VEHICLES).await;
+    let by = delivered(&r.ops).await;
+    assert!(
+        by.iter().all(|n| *n > 0),
+        "both replicas should deliver some of {VEHICLES} vehicles: {by:?}"
+    );
+
+    // Every event redelivered once through each replica: about half of them are asked of a
+    // replica that neither owns the vehicle's partition nor ever took the event.
+    let target = format!("/v1/targets/whs/{}/hook", r.ns);
+    for i in 0..VEHICLES {
+        for op in &r.ops {
+            let (status, body) = manage(
+                op,
+                OPS,
+                &format!("{target}/redeliver"),
+                json!({ "eventId": format!("evt-jsrd-{i}") }),
+            )
+            .await;
+            assert_eq!(status, 202, "redeliver evt-jsrd-{i}: {body}");
+            assert_eq!(body["queued"], 1, "{body}");
+        }
+    }
+    receiver.wait_for("rd", 3 * VEHICLES).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let seen = arrivals(&receiver, "rd");
+    let wrong: Vec<_> = seen.iter().filter(|(_, n)| **n != 3).collect();
+    assert!(
+        seen.len() == VEHICLES && wrong.is_empty(),
+        "each event once and then once per redelivery (3 times): {wrong:?} of {seen:?}\n{}\n{}",
+        r.ops[0].log_text(),
+        r.ops[1].log_text()
+    );
+    // Signed as first delivered: the independent verifier checked every arrival.
+    assert!(
+        receiver
+            .received_on("rd")
+            .iter()
+            .all(|x| x.signature_ok == Some(true))
+    );
+
+    // An event the log never had is a 404 on either replica, not a silent 202.
+    for op in &r.ops {
+        let (status, body) = manage(
+            op,
+            OPS,
+            &format!("{target}/redeliver"),
+            json!({ "eventId": "evt-jsrd-never" }),
+        )
+        .await;
+        assert_eq!(status, 404, "{body}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_reads_the_whole_log_and_spec_replay_is_queued_once_by_two_replicas() {
+    let receiver = Receiver::start(Some(crate::replay::WHSEC)).await;
+    let r = replicas("js-replay", &receiver, "rp").await;
+    let since = k8s_openapi::jiff::Timestamp::now();
+    // Half through each replica's ingest, so neither store holds every event.
+    for half in 0..2 {
+        let events: Vec<Value> = (0..VEHICLES / 2)
+            .map(|i| {
+                let n = half * VEHICLES / 2 + i;
+                event(
+                    &format!("evt-jsrp-{n}"),
+                    CLIENT,
+                    "vehicle.processed",
+                    &format!("veh-{n}"),
+                )
+            })
+            .collect();
+        ingest(&r.ops[half], events).await;
+    }
+    receiver.wait_for("rp", VEHICLES).await;
+
+    // The management API's replay, asked of one replica: every event of the window again.
+    let (status, body) = manage(
+        &r.ops[1],
+        OPS,
+        &format!("/v1/targets/whs/{}/hook/replay", r.ns),
+        json!({ "since": since.to_string() }),
+    )
+    .await;
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(body["queued"], VEHICLES, "{body}");
+    assert_eq!(body["matched"], VEHICLES, "{body}");
+    receiver.wait_for("rp", 2 * VEHICLES).await;
+
+    // spec.replay: both replicas' reconcilers carry it out; each event comes once more.
+    r.api
+        .patch(
+            "hook",
+            &PatchParams::default(),
+            &Patch::Merge(
+                json!({ "spec": { "replay": { "id": "js-once", "since": since.to_string() } } }),
+            ),
+        )
+        .await
+        .unwrap();
+    let w = wait_for(&r.api, "hook", "lastReplay js-once", |w| {
+        w.status
+            .as_ref()
+            .and_then(|s| s.last_replay.as_ref())
+            .is_some_and(|l| l.id == "js-once")
+    })
+    .await;
+    let last = w
+        .status
+        .as_ref()
+        .and_then(|s| s.last_replay.as_ref())
+        .unwrap();
+    assert_eq!(last.queued, VEHICLES as u64, "{last:?}");
+    receiver.wait_for("rp", 3 * VEHICLES).await;
+    // Long enough for a second replica's copy of the replay to arrive, were there one.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let both = [r.ops[0].log_text(), r.ops[1].log_text()];
+    let carried = both
+        .iter()
+        .filter(|l| l.contains("spec.replay carried out"))
+        .count();
+    let seen = arrivals(&receiver, "rp");
+    let wrong: Vec<_> = seen.iter().filter(|(_, n)| **n != 3).collect();
+    assert!(
+        seen.len() == VEHICLES && wrong.is_empty(),
+        "each event once, once for the API replay and once for spec.replay (3 times), with {carried} replica(s) carrying it out: {wrong:?}\n{}\n{}",
+        both[0],
+        both[1]
+    );
+    assert!(
+        w.status
+            .as_ref()
+            .and_then(|s| condition(&s.conditions, "Ready"))
+            .is_some_and(|c| c.0 == "True")
+    );
+    println!("spec.replay carried out by {carried} replica(s); every event arrived 3 times");
+}
