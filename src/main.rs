@@ -419,6 +419,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             non_empty(&args.secret_selector).as_deref(),
         ),
         log: cluster.as_ref().map(|c| c.log().clone()),
+        replicas: cluster.as_ref().map(|c| c.replicas()),
     };
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let ready = Arc::new(AtomicBool::new(false));

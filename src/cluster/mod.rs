@@ -116,6 +116,7 @@ impl Cluster {
         });
         dispatcher.set_gate(gate.clone());
         tokio::spawn(owners.clone().run());
+        tokio::spawn(replicas_view(&log, &owners).serve(store.clone()));
         tokio::spawn(supervise(
             owners.clone(),
             floors,
@@ -142,6 +143,11 @@ impl Cluster {
         &self.log
     }
 
+    /// Every replica's delivery log, for the management API.
+    pub fn replicas(&self) -> crate::manage::replicas::Replicas {
+        replicas_view(&self.log, &self.owners)
+    }
+
     /// Ingest's sink: events go to the log.
     pub fn sink(&self) -> Arc<dyn EventSink> {
         Arc::new(self.clone())
@@ -157,6 +163,15 @@ impl Cluster {
         }
         self.owners.leave().await;
     }
+}
+
+fn replicas_view(log: &JetStreamLog, owners: &Owners) -> crate::manage::replicas::Replicas {
+    let members = owners.clone();
+    crate::manage::replicas::Replicas::new(
+        log.context().client(),
+        owners.id().to_owned(),
+        Arc::new(move || members.members()),
+    )
 }
 
 /// Opens (or creates) a KV bucket of the cluster's own, holding one value per key.

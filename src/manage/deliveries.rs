@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 
 use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
@@ -32,7 +33,7 @@ pub fn routes() -> Router<ManageState> {
 }
 
 /// Query of `GET /v1/deliveries`.
-#[derive(Debug, Default, Deserialize, IntoParams)]
+#[derive(Debug, Default, Clone, Serialize, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct ListParams {
     /// `{kind}/{namespace}/{name}`; kind `webhooksubscription`, `ftpconnection`,
@@ -148,8 +149,12 @@ pub async fn list(
     State(st): State<ManageState>,
     headers: HeaderMap,
     Query(p): Query<ListParams>,
-) -> Result<Json<DeliveriesPage>, ApiError> {
+) -> Result<Response, ApiError> {
     let caller = st.caller(&headers)?;
+    if let Some(replicas) = &st.replicas {
+        let (entries, next) = replicas.list(&caller, p).await?;
+        return Ok(Json(serde_json::json!({ "entries": entries, "next": next })).into_response());
+    }
     let q = parse_list(&caller, p)?;
     let store = st.store.clone();
     let page: AttemptPage = blocking(move || match q {
@@ -164,7 +169,8 @@ pub async fn list(
     Ok(Json(DeliveriesPage {
         entries: page.entries,
         next: page.next.map(AttemptCursor::encode),
-    }))
+    })
+    .into_response())
 }
 
 /// One entry of the delivery log.
@@ -182,15 +188,23 @@ pub async fn one(
     State(st): State<ManageState>,
     headers: HeaderMap,
     Path(id): Path<String>,
-) -> Result<Json<AttemptEntry>, ApiError> {
+) -> Result<Response, ApiError> {
     let caller = st.caller(&headers)?;
     let missing = || ApiError::not_found(format!("no delivery log entry {id:?}"));
+    if let Some(replicas) = &st.replicas {
+        return match replicas.entry(&id).await? {
+            Some(e) if caller.may_see(e["event"]["client"].as_str().unwrap_or_default()) => {
+                Ok(Json(e).into_response())
+            }
+            _ => Err(missing()),
+        };
+    }
     let Ok(n) = id.parse::<u64>() else {
         return Err(missing());
     };
     let store = st.store.clone();
     match blocking(move || store.attempt(n)).await? {
-        Some(e) if caller.may_see(&e.event.client) => Ok(Json(e)),
+        Some(e) if caller.may_see(&e.event.client) => Ok(Json(e).into_response()),
         _ => Err(missing()),
     }
 }
@@ -212,7 +226,7 @@ pub async fn event(
     headers: HeaderMap,
     Path(id): Path<String>,
     Query(p): Query<EventParams>,
-) -> Result<Json<EventView>, ApiError> {
+) -> Result<Response, ApiError> {
     let caller = st.caller(&headers)?;
     let client = match (p.client, &caller.grant) {
         (Some(c), _) => c,
@@ -230,13 +244,24 @@ pub async fn event(
     if !caller.may_see(&client) {
         return Err(missing());
     }
+    if let Some(replicas) = &st.replicas {
+        return replicas
+            .event(&client, &id)
+            .await?
+            .map(|v| Json(v).into_response())
+            .ok_or_else(missing);
+    }
     let store = st.store.clone();
     let (c, i) = (client.clone(), id.clone());
     let found = blocking(move || event_view(&store, &c, &i)).await?;
-    found.map(Json).ok_or_else(missing)
+    found.map(|v| Json(v).into_response()).ok_or_else(missing)
 }
 
-fn event_view(store: &Store, client: &str, id: &str) -> Result<Option<EventView>, StoreError> {
+pub(super) fn event_view(
+    store: &Store,
+    client: &str,
+    id: &str,
+) -> Result<Option<EventView>, StoreError> {
     let Some(seq) = store.seq_of(client, id)? else {
         return Ok(None);
     };
@@ -282,7 +307,7 @@ fn event_view(store: &Store, client: &str, id: &str) -> Result<Option<EventView>
 }
 
 /// The store query of a list request; `None` when it can match nothing the caller may see.
-fn parse_list(caller: &Caller, p: ListParams) -> Result<Option<AttemptQuery>, ApiError> {
+pub(super) fn parse_list(caller: &Caller, p: ListParams) -> Result<Option<AttemptQuery>, ApiError> {
     let target = p.target.as_deref().map(target_key).transpose()?;
     let results = match p.status.as_deref() {
         None => None,

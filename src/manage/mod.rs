@@ -11,6 +11,7 @@ pub mod console;
 pub mod deliveries;
 pub mod preview;
 pub mod replay;
+pub mod replicas;
 pub mod selfservice;
 pub mod targets;
 
@@ -41,6 +42,8 @@ pub struct ManageState {
     /// The log replicas share (`--store nats://…`): redeliveries and replays go through it,
     /// to whichever replica owns the vehicle's partition.
     pub log: Option<crate::store::jetstream::JetStreamLog>,
+    /// The other replicas' delivery logs, asked over NATS (`--store nats://…`).
+    pub replicas: Option<replicas::Replicas>,
 }
 
 /// Who is asking, by their token.

@@ -63,14 +63,38 @@ pub async fn retry(
 ) -> Result<Response, ApiError> {
     let caller = state.caller(&headers)?;
     let missing = || ApiError::not_found(format!("no delivery log entry {id:?}"));
-    let n = id.parse::<u64>().map_err(|_| missing())?;
-    let entry = state
-        .store
-        .attempt(n)
-        .map_err(store_error)?
-        .filter(|e| caller.may_see(&e.event.client))
-        .ok_or_else(missing)?;
-    let row: crate::routing::TargetId = entry.target.row.parse().map_err(|_| missing())?;
+    // The entry's client, event id and target row: from the replica whose log holds it when
+    // replicas share the log.
+    let (client, event_id, row) = match &state.replicas {
+        Some(replicas) => {
+            let e = replicas.entry(&id).await?.ok_or_else(missing)?;
+            let text = |v: &Value| v.as_str().unwrap_or_default().to_owned();
+            let t = &e["target"];
+            (
+                text(&e["event"]["client"]),
+                text(&e["event"]["id"]),
+                [&t["kind"], &t["namespace"], &t["name"], &t["uid"]]
+                    .map(text)
+                    .into_iter()
+                    .filter(|p| !p.is_empty())
+                    .collect::<Vec<_>>()
+                    .join("/"),
+            )
+        }
+        None => {
+            let n = id.parse::<u64>().map_err(|_| missing())?;
+            let e = state
+                .store
+                .attempt(n)
+                .map_err(store_error)?
+                .ok_or_else(missing)?;
+            (e.event.client, e.event.id, e.target.row)
+        }
+    };
+    if !caller.may_see(&client) {
+        return Err(missing());
+    }
+    let row: crate::routing::TargetId = row.parse().map_err(|_| missing())?;
     let target = state
         .registry
         .get(&row.key)
@@ -86,8 +110,7 @@ pub async fn retry(
             ),
         ));
     }
-    let (client, event_id) = (&entry.event.client, &entry.event.id);
-    let queued = redeliver_event(&state, &caller, &target, client, event_id).await?;
+    let queued = redeliver_event(&state, &caller, &target, &client, &event_id).await?;
     Ok((
         StatusCode::ACCEPTED,
         axum::Json(json!({

@@ -82,6 +82,20 @@ async fn replicas(name: &str, receiver: &Receiver, path: &str) -> Replicas {
     }
 }
 
+/// `GET path` with the platform's manage token; the JSON answer (200 required).
+async fn get(op: &OperatorProcess, path: &str) -> Value {
+    let r = reqwest::Client::new()
+        .get(op.url(path))
+        .bearer_auth(OPS)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status();
+    let text = r.text().await.unwrap();
+    assert_eq!(status, 200, "GET {path}: {text}");
+    serde_json::from_str(&text).unwrap()
+}
+
 /// Arrivals per event id on `path`.
 fn arrivals(receiver: &Receiver, path: &str) -> BTreeMap<String, usize> {
     let mut seen = BTreeMap::new();
@@ -165,6 +179,65 @@ async fn a_redelivery_asked_of_either_replica_is_delivered_by_the_partition_owne
             .iter()
             .all(|x| x.signature_ok == Some(true))
     );
+
+    // The delivery log: every replica's attempts, through either replica.
+    let query = format!("/v1/deliveries?target=whs/{}/hook&limit=500", r.ns);
+    for op in &r.ops {
+        let page = get(op, &query).await;
+        let entries = page["entries"].as_array().unwrap();
+        assert_eq!(entries.len(), 3 * VEHICLES, "{page}");
+        let replicas: std::collections::BTreeSet<_> = entries
+            .iter()
+            .map(|e| e["id"].as_str().unwrap().rsplit_once('.').unwrap().0)
+            .collect();
+        assert_eq!(replicas.len(), 2, "entries of both replicas: {replicas:?}");
+        assert!(page["next"].is_null(), "{page}");
+    }
+    // Paged by 10 through replica B: every entry once, newest first.
+    let (mut ids, mut cursor, mut pages) = (Vec::<String>::new(), None::<String>, 0);
+    loop {
+        let mut q = format!("/v1/deliveries?target=whs/{}/hook&limit=10", r.ns);
+        if let Some(c) = &cursor {
+            q.push_str(&format!("&cursor={c}"));
+        }
+        let page = get(&r.ops[1], &q).await;
+        let entries = page["entries"].as_array().unwrap();
+        assert!(entries.len() <= 10);
+        ids.extend(entries.iter().map(|e| e["id"].as_str().unwrap().to_owned()));
+        pages += 1;
+        assert!(pages <= 20, "the pages never end: {ids:?}");
+        match page["next"].as_str() {
+            Some(c) => cursor = Some(c.to_owned()),
+            None => break,
+        }
+    }
+    let distinct: std::collections::BTreeSet<_> = ids.iter().collect();
+    assert_eq!(
+        (ids.len(), distinct.len()),
+        (3 * VEHICLES, 3 * VEHICLES),
+        "{ids:?}"
+    );
+    // One event: its three attempts, made by both replicas, through either.
+    for op in &r.ops {
+        let view = get(op, &format!("/v1/events/evt-jsrd-0?client={CLIENT}")).await;
+        let attempts = view["targets"][0]["attempts"].as_array().unwrap();
+        assert_eq!(attempts.len(), 3, "{view}");
+    }
+    // An entry made by replica A, read and retried through replica B.
+    let of_a = ids.iter().find(|i| i.starts_with("replica-a.")).unwrap();
+    let entry = get(&r.ops[1], &format!("/v1/deliveries/{of_a}")).await;
+    assert_eq!(entry["id"], of_a.as_str(), "{entry}");
+    let retried = entry["event"]["id"].as_str().unwrap().to_owned();
+    let (status, body) = manage(
+        &r.ops[1],
+        OPS,
+        &format!("/v1/deliveries/{of_a}/retry"),
+        json!({}),
+    )
+    .await;
+    assert_eq!(status, 202, "{body}");
+    receiver.wait_for("rd", 3 * VEHICLES + 1).await;
+    assert_eq!(arrivals(&receiver, "rd")[&retried], 4);
 
     // An event the log never had is a 404 on either replica, not a silent 202.
     for op in &r.ops {
