@@ -37,6 +37,21 @@ async fn wait_file(path: &std::path::Path) -> Vec<u8> {
     }
 }
 
+/// Images over HTTP on 127.0.0.1 (`/img/<vehicle>/<n>.jpg` is [`image`]`(n)`); its port.
+async fn serve_images() -> u16 {
+    let app = Router::new().route(
+        "/img/{veh}/{n}",
+        get(|Path((_v, n)): Path<(String, String)>| async move {
+            let n: u32 = n.trim_end_matches(".jpg").parse().unwrap_or(0);
+            image(n)
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    port
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn processed_vehicles_land_on_the_ftp_server_by_the_rules() {
     let cp = ControlPlane::shared();
@@ -47,17 +62,7 @@ async fn processed_vehicles_land_on_the_ftp_server_by_the_rules() {
     let ns = scope.namespace(cp, "ftp-e2e", "dealer-ftp").await;
     let client = cp.client().await.unwrap();
 
-    // Images over HTTP.
-    let app = Router::new().route(
-        "/img/{veh}/{n}",
-        get(|Path((_v, n)): Path<(String, String)>| async move {
-            let n: u32 = n.trim_end_matches(".jpg").parse().unwrap_or(0);
-            image(n)
-        }),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let img_port = listener.local_addr().unwrap().port();
-    tokio::spawn(async move { axum::serve(listener, app).await });
+    let img_port = serve_images().await;
 
     let server = FtpServer::start("dealer", "ftp-s3cret").await.unwrap();
     let op = crate::support::process::start(cp, cp.dir.join("ftp-e2e-operator"), &scope).await;
@@ -200,4 +205,103 @@ fn walk(dir: &std::path::Path) -> Vec<String> {
         }
     }
     out
+}
+
+/// Two replicas on JetStream: replica A uploads a vehicle's files and dies; its partition
+/// moves to replica B, which on `vehicle.deleted` removes the files A uploaded. B knows them
+/// only from the shared per-vehicle state (the KV bucket `vc-state`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vehicle_whose_partition_moves_to_another_replica_has_its_files_removed() {
+    use crate::support::process::{replica_launch, start_launch};
+    let cp = ControlPlane::shared();
+    cp.install_crds(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("crds"))
+        .await
+        .unwrap();
+    let nats = vc_envtest::nats::NatsCluster::single()
+        .await
+        .expect("nats-server");
+    let scope = Scope::new("ftp-replicas");
+    let ns = scope.namespace(cp, "ftp-replicas", "dealer-moved").await;
+    let client = cp.client().await.unwrap();
+    let img_port = serve_images().await;
+    let server = FtpServer::start("dealer", "ftp-s3cret").await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let replica = |id: &str| replica_launch(&nats.urls(), id);
+    let mut a = start_launch(cp, dir.path().join("a"), &scope, replica("replica-a")).await;
+    apply_value(
+        &client,
+        &ns.name,
+        json!({ "apiVersion": "v1", "kind": "Secret", "metadata": { "name": "ftp" },
+        "stringData": { "username": "dealer", "password": "ftp-s3cret" } }),
+    )
+    .await;
+    apply_value(
+        &client,
+        &ns.name,
+        json!({ "apiVersion": "connect.vehicles.io/v1alpha1", "kind": "FtpConnection",
+        "metadata": { "name": "files" },
+        "spec": { "host": "127.0.0.1", "port": server.port(), "clientId": "dealer-moved",
+            "credentialsSecretRef": { "name": "ftp" },
+            "events": ["vehicle.processed", "vehicle.deleted"],
+            "rules": { "baseDirectory": "/moved", "deleteOnVehicleDeleted": true },
+            "retry": { "maxAttempts": 5, "initialBackoffSeconds": 1, "maxBackoffSeconds": 2 } } }),
+    )
+    .await;
+    let api: Api<FtpConnection> = Api::namespaced(client.clone(), &ns.name);
+    wait_for(&api, "files", "Ready", |c| {
+        c.status
+            .as_ref()
+            .and_then(|s| condition(&s.conditions, "Ready"))
+            .is_some_and(|c| c.0 == "True")
+    })
+    .await;
+    let vin = "VINMOVED00000001";
+    let images: Vec<_> = (1..=2u32)
+        .map(|n| {
+            json!({ "index": n, "url": format!("http://127.0.0.1:{img_port}/img/{vin}/{n}.jpg"),
+                         "contentType": "image/jpeg", "sha256": hex(&Sha256::digest(image(n))) })
+        })
+        .collect();
+    crate::replay::ingest(
+        &a,
+        vec![json!({ "id": "evt-mv-1", "type": "vehicle.processed", "timestamp": "2026-11-27T10:15:30Z",
+            "clientId": "dealer-moved",
+            "data": { "vehicle": { "id": "veh-moved", "vin": vin }, "images": images } })],
+    )
+    .await;
+    let files: Vec<std::path::PathBuf> = (1..=2u32)
+        .map(|n| server.path(&format!("/moved/{vin}_{n:02}.jpg")))
+        .collect();
+    for f in &files {
+        wait_file(f).await;
+    }
+
+    // A dies; B takes its partitions once A's lease has run out, and deletes the vehicle.
+    a.kill();
+    let b = start_launch(cp, dir.path().join("b"), &scope, replica("replica-b")).await;
+    crate::replay::ingest(
+        &b,
+        vec![json!({ "id": "evt-mv-2", "type": "vehicle.deleted", "timestamp": "2026-11-27T11:00:00Z",
+            "clientId": "dealer-moved", "data": { "vehicle": { "id": "veh-moved", "vin": vin } } })],
+    )
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while files.iter().any(|f| f.exists()) {
+        assert!(
+            Instant::now() < deadline,
+            "replica B left the files replica A uploaded: {:?}\n{}",
+            files.iter().filter(|f| f.exists()).collect::<Vec<_>>(),
+            b.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let st = wait_for(&api, "files", "nothing pending", |c| {
+        c.status
+            .as_ref()
+            .is_some_and(|s| s.uploaded >= 1 && s.pending == 0)
+    })
+    .await
+    .status
+    .unwrap();
+    assert_eq!(st.failed, 0, "{st:?}");
 }
