@@ -24,6 +24,10 @@ use vehicle_connect::store::{Store, StoreOptions};
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// How long an idle FTP/SFTP session stays open for reuse when replicas share the
+/// `maxConnections` slots (it holds one meanwhile); 60 s on one replica.
+const SHARED_SESSION_IDLE: Duration = Duration::from_secs(5);
+
 /// vehicle-connect: vehicle events to clients' webhooks and FTP servers.
 #[derive(Parser)]
 #[command(version, about)]
@@ -339,6 +343,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     )?;
     let uploader = Uploader::new(guard.clone(), args.max_image_bytes)?;
     let sessions = uploader.clone();
+    let file_pools = uploader.clone();
     metrics.on_scrape(move |m| {
         let (ftp, sftp) = sessions.sessions_open();
         for (protocol, n) in [("ftp", ftp), ("sftp", sftp)] {
@@ -381,6 +386,8 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     };
     if let Some(c) = &cluster {
         counters.set_shared(c.shared_counters());
+        // An idle session holds a slot other replicas may wait for: kept briefly.
+        file_pools.share_session_limits(c.session_slots(), SHARED_SESSION_IDLE);
     }
     let tokens = match &args.ingest_token_file {
         Some(f) => {

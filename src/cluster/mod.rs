@@ -15,6 +15,7 @@
 //! arrival, as the new owner reads the partition in stream order.
 
 mod counters;
+mod slots;
 mod state;
 
 use std::collections::{HashMap, VecDeque};
@@ -64,6 +65,7 @@ pub struct Cluster {
     owners: Owners,
     dispatcher: Arc<Dispatcher>,
     counters: Arc<counters::KvCounters>,
+    slots: Arc<slots::KvSlots>,
 }
 
 impl Cluster {
@@ -106,6 +108,9 @@ impl Cluster {
             }
         };
         let shared = counters::KvCounters::open(log.context(), owners.clone(), replicas).await?;
+        let slots =
+            slots::KvSlots::open(log.context(), &options.replica_id, options.lease, replicas)
+                .await?;
         store.share_state(Arc::new(
             state::KvState::open(log.context(), replicas).await?,
         ));
@@ -130,6 +135,7 @@ impl Cluster {
             owners,
             dispatcher,
             counters: Arc::new(shared),
+            slots: Arc::new(slots),
         })
     }
 
@@ -141,6 +147,11 @@ impl Cluster {
     /// The event log (the pull feed reads it).
     pub fn log(&self) -> &JetStreamLog {
         &self.log
+    }
+
+    /// File-transfer session limits (`maxConnections`) held over every replica.
+    pub fn session_slots(&self) -> Arc<dyn crate::delivery::files::SessionSlots> {
+        self.slots.clone()
     }
 
     /// Every replica's delivery log, for the management API.

@@ -207,61 +207,117 @@ fn walk(dir: &std::path::Path) -> Vec<String> {
     out
 }
 
+/// What the replica tests share: a NATS node, a namespace of `client`, images over HTTP, an
+/// FTP server with the account `dealer` and its Secret `ftp`.
+struct Replicated {
+    cp: &'static ControlPlane,
+    nats: vc_envtest::nats::NatsCluster,
+    scope: Scope,
+    ns: String,
+    client: kube::Client,
+    img_port: u16,
+    server: FtpServer,
+    dir: tempfile::TempDir,
+}
+
+impl Replicated {
+    async fn new(name: &str, client_id: &str) -> Replicated {
+        let cp = ControlPlane::shared();
+        cp.install_crds(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("crds"))
+            .await
+            .unwrap();
+        let nats = vc_envtest::nats::NatsCluster::single()
+            .await
+            .expect("nats-server");
+        let scope = Scope::new(name);
+        let ns = scope.namespace(cp, name, client_id).await.name.clone();
+        let client = cp.client().await.unwrap();
+        apply_value(
+            &client,
+            &ns,
+            json!({ "apiVersion": "v1", "kind": "Secret", "metadata": { "name": "ftp" },
+            "stringData": { "username": "dealer", "password": "ftp-s3cret" } }),
+        )
+        .await;
+        Replicated {
+            cp,
+            nats,
+            scope,
+            ns,
+            client,
+            img_port: serve_images().await,
+            server: FtpServer::start("dealer", "ftp-s3cret").await.unwrap(),
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    /// An operator process as replica `id`.
+    async fn replica(&self, id: &str) -> crate::support::process::OperatorProcess {
+        let launch = crate::support::process::replica_launch(&self.nats.urls(), id);
+        crate::support::process::start_launch(
+            self.cp,
+            self.dir.path().join(id),
+            &self.scope,
+            launch,
+        )
+        .await
+    }
+
+    /// The FtpConnection `files` with `spec` (host, account and retry filled in), once Ready.
+    async fn connection(&self, mut spec: serde_json::Value) -> Api<FtpConnection> {
+        for (k, v) in [
+            ("host", json!("127.0.0.1")),
+            ("credentialsSecretRef", json!({ "name": "ftp" })),
+            (
+                "retry",
+                json!({ "maxAttempts": 10, "initialBackoffSeconds": 1, "maxBackoffSeconds": 2 }),
+            ),
+        ] {
+            spec[k] = v;
+        }
+        apply_value(
+            &self.client,
+            &self.ns,
+            json!({ "apiVersion": "connect.vehicles.io/v1alpha1", "kind": "FtpConnection",
+            "metadata": { "name": "files" }, "spec": spec }),
+        )
+        .await;
+        let api: Api<FtpConnection> = Api::namespaced(self.client.clone(), &self.ns);
+        wait_for(&api, "files", "Ready", |c| {
+            c.status
+                .as_ref()
+                .and_then(|s| condition(&s.conditions, "Ready"))
+                .is_some_and(|c| c.0 == "True")
+        })
+        .await;
+        api
+    }
+
+    /// Two images of `vin`, served here.
+    fn images(&self, vin: &str) -> Vec<serde_json::Value> {
+        (1..=2u32)
+            .map(|n| {
+                json!({ "index": n, "url": format!("http://127.0.0.1:{}/img/{vin}/{n}.jpg", self.img_port),
+                        "contentType": "image/jpeg", "sha256": hex(&Sha256::digest(image(n))) })
+            })
+            .collect()
+    }
+}
+
 /// Two replicas on JetStream: replica A uploads a vehicle's files and dies; its partition
 /// moves to replica B, which on `vehicle.deleted` removes the files A uploaded. B knows them
 /// only from the shared per-vehicle state (the KV bucket `vc-state`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_vehicle_whose_partition_moves_to_another_replica_has_its_files_removed() {
-    use crate::support::process::{replica_launch, start_launch};
-    let cp = ControlPlane::shared();
-    cp.install_crds(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("crds"))
-        .await
-        .unwrap();
-    let nats = vc_envtest::nats::NatsCluster::single()
-        .await
-        .expect("nats-server");
-    let scope = Scope::new("ftp-replicas");
-    let ns = scope.namespace(cp, "ftp-replicas", "dealer-moved").await;
-    let client = cp.client().await.unwrap();
-    let img_port = serve_images().await;
-    let server = FtpServer::start("dealer", "ftp-s3cret").await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let replica = |id: &str| replica_launch(&nats.urls(), id);
-    let mut a = start_launch(cp, dir.path().join("a"), &scope, replica("replica-a")).await;
-    apply_value(
-        &client,
-        &ns.name,
-        json!({ "apiVersion": "v1", "kind": "Secret", "metadata": { "name": "ftp" },
-        "stringData": { "username": "dealer", "password": "ftp-s3cret" } }),
-    )
-    .await;
-    apply_value(
-        &client,
-        &ns.name,
-        json!({ "apiVersion": "connect.vehicles.io/v1alpha1", "kind": "FtpConnection",
-        "metadata": { "name": "files" },
-        "spec": { "host": "127.0.0.1", "port": server.port(), "clientId": "dealer-moved",
-            "credentialsSecretRef": { "name": "ftp" },
+    let r = Replicated::new("ftp-replicas", "dealer-moved").await;
+    let mut a = r.replica("replica-a").await;
+    let api = r
+        .connection(json!({ "port": r.server.port(), "clientId": "dealer-moved",
             "events": ["vehicle.processed", "vehicle.deleted"],
-            "rules": { "baseDirectory": "/moved", "deleteOnVehicleDeleted": true },
-            "retry": { "maxAttempts": 5, "initialBackoffSeconds": 1, "maxBackoffSeconds": 2 } } }),
-    )
-    .await;
-    let api: Api<FtpConnection> = Api::namespaced(client.clone(), &ns.name);
-    wait_for(&api, "files", "Ready", |c| {
-        c.status
-            .as_ref()
-            .and_then(|s| condition(&s.conditions, "Ready"))
-            .is_some_and(|c| c.0 == "True")
-    })
-    .await;
+            "rules": { "baseDirectory": "/moved", "deleteOnVehicleDeleted": true } }))
+        .await;
     let vin = "VINMOVED00000001";
-    let images: Vec<_> = (1..=2u32)
-        .map(|n| {
-            json!({ "index": n, "url": format!("http://127.0.0.1:{img_port}/img/{vin}/{n}.jpg"),
-                         "contentType": "image/jpeg", "sha256": hex(&Sha256::digest(image(n))) })
-        })
-        .collect();
+    let images = r.images(vin);
     crate::replay::ingest(
         &a,
         vec![json!({ "id": "evt-mv-1", "type": "vehicle.processed", "timestamp": "2026-11-27T10:15:30Z",
@@ -270,7 +326,7 @@ async fn a_vehicle_whose_partition_moves_to_another_replica_has_its_files_remove
     )
     .await;
     let files: Vec<std::path::PathBuf> = (1..=2u32)
-        .map(|n| server.path(&format!("/moved/{vin}_{n:02}.jpg")))
+        .map(|n| r.server.path(&format!("/moved/{vin}_{n:02}.jpg")))
         .collect();
     for f in &files {
         wait_file(f).await;
@@ -278,7 +334,7 @@ async fn a_vehicle_whose_partition_moves_to_another_replica_has_its_files_remove
 
     // A dies; B takes its partitions once A's lease has run out, and deletes the vehicle.
     a.kill();
-    let b = start_launch(cp, dir.path().join("b"), &scope, replica("replica-b")).await;
+    let b = r.replica("replica-b").await;
     crate::replay::ingest(
         &b,
         vec![json!({ "id": "evt-mv-2", "type": "vehicle.deleted", "timestamp": "2026-11-27T11:00:00Z",
@@ -304,4 +360,107 @@ async fn a_vehicle_whose_partition_moves_to_another_replica_has_its_files_remove
     .status
     .unwrap();
     assert_eq!(st.failed, 0, "{st:?}");
+}
+
+/// Accepts on 127.0.0.1 and forwards each connection to `to`; how many are open at most.
+async fn counting_proxy(to: u16) -> (u16, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (open, most) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let seen = most.clone();
+    tokio::spawn(async move {
+        while let Ok((mut inbound, _)) = listener.accept().await {
+            let (open, most) = (open.clone(), most.clone());
+            tokio::spawn(async move {
+                let now = open.fetch_add(1, Ordering::SeqCst) + 1;
+                most.fetch_max(now, Ordering::SeqCst);
+                if let Ok(mut outbound) = tokio::net::TcpStream::connect(("127.0.0.1", to)).await {
+                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                }
+                open.fetch_sub(1, Ordering::SeqCst);
+            });
+        }
+    });
+    (port, seen)
+}
+
+/// Two replicas on JetStream share an FtpConnection's `maxConnections: 1`: the FTP server
+/// (behind a proxy that counts control connections) never sees two sessions at once, while
+/// both replicas upload vehicles.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_share_max_connections() {
+    use std::sync::atomic::Ordering;
+    let r = Replicated::new("ftp-slots", "dealer-slots").await;
+    let (proxy, most) = counting_proxy(r.server.port()).await;
+    let ops = vec![r.replica("replica-a").await, r.replica("replica-b").await];
+    r.connection(
+        json!({ "port": proxy, "clientId": "dealer-slots", "maxConnections": 1,
+        "rules": { "baseDirectory": "/slots" } }),
+    )
+    .await;
+    // Both own partitions before the vehicles come.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !ops
+        .iter()
+        .all(|op| op.log_text().contains("partition owned"))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "both replicas should own partitions"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    // The Ready probe's login is over; count from here.
+    most.store(0, Ordering::SeqCst);
+    let vins: Vec<String> = (0..16).map(|i| format!("VINSLOTS{i:08}")).collect();
+    for (k, half) in vins.chunks(8).enumerate() {
+        let events = half
+            .iter()
+            .map(|vin| {
+                let images = r.images(vin);
+                json!({ "id": format!("evt-{vin}"), "type": "vehicle.processed",
+                    "timestamp": "2026-11-27T10:15:30Z", "clientId": "dealer-slots",
+                    "data": { "vehicle": { "id": format!("veh-{vin}"), "vin": vin }, "images": images } })
+            })
+            .collect();
+        crate::replay::ingest(&ops[k], events).await;
+    }
+    for vin in &vins {
+        for n in 1..=2u32 {
+            wait_file(&r.server.path(&format!("/slots/{vin}_{n:02}.jpg"))).await;
+        }
+    }
+    let mut by = Vec::new();
+    for op in &ops {
+        let text = crate::support::process::metrics(op).await;
+        by.push(
+            text.lines()
+                .filter(|l| {
+                    l.starts_with("vehicle_connect_deliveries_total{")
+                        && l.contains("kind=\"ftp\"")
+                        && l.contains("result=\"delivered\"")
+                })
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .sum::<f64>() as u64,
+        );
+    }
+    let delivered: Vec<String> = ops.iter().map(|op| op.log_text()).collect();
+    println!(
+        "16 vehicles uploaded ({by:?} per replica); at most {} session(s) at once",
+        most.load(Ordering::SeqCst)
+    );
+    assert!(
+        by.iter().all(|n| *n > 0),
+        "both replicas should upload: {by:?}"
+    );
+    assert_eq!(
+        most.load(Ordering::SeqCst),
+        1,
+        "maxConnections 1 over both replicas:\n{}\n{}",
+        delivered[0],
+        delivered[1]
+    );
 }

@@ -80,6 +80,14 @@ impl Uploader {
         })
     }
 
+    /// Shares every pool's `maxConnections` with the other replicas from now on (set once);
+    /// an idle session then holds its slot for `idle` at most.
+    pub fn share_session_limits(&self, slots: Arc<dyn super::pool::SessionSlots>, idle: Duration) {
+        let _ = self.inner.ftp.slots.set(slots.clone());
+        let _ = self.inner.sftp.slots.set(slots);
+        self.set_session_idle(idle);
+    }
+
     /// How long an unused session stays open for reuse.
     pub fn set_session_idle(&self, idle: Duration) {
         let ms = u64::try_from(idle.as_millis()).unwrap_or(u64::MAX).max(1);

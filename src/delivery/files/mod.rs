@@ -37,7 +37,7 @@ pub(crate) mod transport;
 pub use deliver::{UploadError, Uploader};
 pub use names::STALE_TEMP_AFTER;
 pub use outcome::UploadResult;
-pub use pool::SESSION_IDLE;
+pub use pool::{SESSION_IDLE, SessionSlots, SlotGuard};
 pub use transport::{MAX_LISTING_BYTES, MAX_LISTING_ENTRIES};
 
 use crate::api::ftp::FtpProtocol;

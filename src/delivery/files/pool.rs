@@ -24,9 +24,27 @@ pub const SESSION_IDLE: Duration = Duration::from_secs(60);
 /// replaced by a new connection rather than waited on for the whole command timeout.
 const NOOP_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Held while a session is open, when replicas share the limit (see [`SessionSlots`]).
+pub type SlotGuard = Box<dyn Send + Sync>;
+
+/// The `maxConnections` of a pool over every replica: before it opens a session, a replica
+/// takes one of the pool's `max` slots, and holds it for as long as the session is open (in
+/// use or idle), so a server sees at most `max` sessions of the pool from all replicas
+/// together. Without one, the limit holds per process.
+pub trait SessionSlots: Send + Sync {
+    /// One of `max` slots of `pool` (waits while all are held elsewhere).
+    fn take(
+        &self,
+        pool: String,
+        max: usize,
+    ) -> futures::future::BoxFuture<'_, Result<SlotGuard, String>>;
+}
+
 /// The pools of one transport.
 pub(super) struct Pools<T: Transport> {
     pools: Mutex<HashMap<PoolKey, Arc<Pool<T>>>>,
+    /// Slots shared with other replicas, when set.
+    pub(super) slots: std::sync::OnceLock<Arc<dyn SessionSlots>>,
     opened: AtomicU64,
     /// Sessions alive now (each decrements it when it drops), for metrics.
     open: Arc<AtomicI64>,
@@ -36,6 +54,7 @@ impl<T: Transport> Default for Pools<T> {
     fn default() -> Self {
         Pools {
             pools: Mutex::new(HashMap::new()),
+            slots: std::sync::OnceLock::new(),
             opened: AtomicU64::new(0),
             open: Arc::new(AtomicI64::new(0)),
         }
@@ -106,13 +125,24 @@ impl<T: Transport> Pools<T> {
                 }
             }
         }
+        let slot = match self.slots.get() {
+            Some(slots) => {
+                let digest = ep.fingerprint();
+                let name: String = digest[..12].iter().map(|b| format!("{b:02x}")).collect();
+                Some(slots.take(name, pool.max).await.map_err(|e| {
+                    Failure::retry(
+                        "SessionSlots",
+                        format!("the replicas' shared session limit cannot be checked: {e}"),
+                    )
+                })?)
+            }
+            None => None,
+        };
         let session = T::connect(ep, guard).await?;
         self.opened.fetch_add(1, Ordering::Relaxed);
-        Ok(Lease::new(
-            pool,
-            Conn::new(session, OpenSession::new(&self.open)),
-            permit,
-        ))
+        let mut conn = Conn::new(session, OpenSession::new(&self.open));
+        conn._slot = slot;
+        Ok(Lease::new(pool, conn, permit))
     }
 
     /// Takes the idle sessions that `expired` selects, and forgets pools that are unused.
@@ -182,6 +212,8 @@ pub(super) struct Conn<T> {
     /// Directories whose stale temporaries this session has deleted.
     cleaned: HashSet<String>,
     _open: OpenSession,
+    /// The shared slot this session holds, released when it closes.
+    _slot: Option<SlotGuard>,
 }
 
 impl<T> Conn<T> {
@@ -191,6 +223,7 @@ impl<T> Conn<T> {
             dirs: HashSet::new(),
             cleaned: HashSet::new(),
             _open: open,
+            _slot: None,
         }
     }
 }
