@@ -81,7 +81,7 @@ impl Cluster {
         // Replicas starting together on a new cluster create the buckets at once, and a
         // cluster electing leaders answers late: try again until the connect timeout.
         let deadline = tokio::time::Instant::now() + options.jetstream.connect_timeout;
-        let (owners, floors) = loop {
+        let (owners, floors, shared, kv_state, slots) = loop {
             let joined = async {
                 let owners = Owners::join(
                     log.context(),
@@ -96,7 +96,18 @@ impl Cluster {
                 )
                 .await?;
                 let floors = Partitions::open(&log, replicas).await?;
-                anyhow::Ok((owners, floors))
+                // Every bucket in this loop: any create can time out while leaders are elected.
+                let shared =
+                    counters::KvCounters::open(log.context(), owners.clone(), replicas).await?;
+                let kv_state = state::KvState::open(log.context(), replicas).await?;
+                let slots = slots::KvSlots::open(
+                    log.context(),
+                    &options.replica_id,
+                    options.lease,
+                    replicas,
+                )
+                .await?;
+                anyhow::Ok((owners, floors, shared, kv_state, slots))
             };
             match joined.await {
                 Ok(j) => break j,
@@ -107,13 +118,7 @@ impl Cluster {
                 Err(e) => return Err(e),
             }
         };
-        let shared = counters::KvCounters::open(log.context(), owners.clone(), replicas).await?;
-        let slots =
-            slots::KvSlots::open(log.context(), &options.replica_id, options.lease, replicas)
-                .await?;
-        store.share_state(Arc::new(
-            state::KvState::open(log.context(), replicas).await?,
-        ));
+        store.share_state(Arc::new(kv_state));
         let gate = Arc::new(OwnersGate {
             owners: owners.clone(),
             partitions,

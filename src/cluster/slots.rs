@@ -4,6 +4,8 @@
 //! session, renews it while the session is open, and deletes it when the session closes. The
 //! bucket's `max_age` is the lease: a dead replica's slots free themselves.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_nats::jetstream::kv::{self, CreateErrorKind};
@@ -89,19 +91,21 @@ impl SessionSlots for KvSlots {
 }
 
 impl KvSlots {
-    fn hold(&self, key: String, mut revision: u64) -> SlotGuard {
+    fn hold(&self, key: String, revision: u64) -> SlotGuard {
         let (kv, token, every) = (self.kv.clone(), self.token.clone(), self.ttl / 4);
         let release = Release {
             kv: kv.clone(),
             key: key.clone(),
+            revision: Arc::new(AtomicU64::new(revision)),
         };
         let renew = tokio::spawn(async move {
             // Dropped with the task, aborted or not: the key goes.
-            let _release = release;
+            let release = release;
             loop {
                 tokio::time::sleep(every).await;
+                let revision = release.revision.load(Ordering::Acquire);
                 match kv.update(&key, token.clone(), revision).await {
-                    Ok(r) => revision = r,
+                    Ok(r) => release.revision.store(r, Ordering::Release),
                     Err(e) => {
                         tracing::warn!(slot = %key, error = %e, "could not renew a session slot; it may be taken by another replica");
                         return;
@@ -113,18 +117,22 @@ impl KvSlots {
     }
 }
 
-/// Deletes the slot's key when dropped (the renewal task ending, however it ends).
+/// Deletes the slot's key when dropped (the renewal task ending, however it ends), at the
+/// revision this replica last wrote: a slot that expired and was taken by another replica
+/// meanwhile is left to it.
 struct Release {
     kv: kv::Store,
     key: String,
+    revision: Arc<AtomicU64>,
 }
 
 impl Drop for Release {
     fn drop(&mut self) {
         let (kv, key) = (self.kv.clone(), std::mem::take(&mut self.key));
+        let revision = self.revision.load(Ordering::Acquire);
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             rt.spawn(async move {
-                if let Err(e) = kv.delete(&key).await {
+                if let Err(e) = kv.delete_expect_revision(&key, Some(revision)).await {
                     tracing::debug!(slot = %key, error = %e, "could not free a session slot; it expires with its lease");
                 }
             });

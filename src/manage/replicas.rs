@@ -23,7 +23,7 @@ use crate::store::Store;
 pub const SUBJECT: &str = "vc.manage.log";
 /// How long a query waits for the replicas' answers: a replica that does not answer in time
 /// (stalled, or gone since the member list was read) is left out of that answer.
-const WAIT: Duration = Duration::from_secs(2);
+const WAIT: Duration = Duration::from_secs(5);
 /// Marks a cursor of the merged log.
 const CURSOR_PREFIX: &str = "r1.";
 
@@ -184,7 +184,11 @@ impl Replicas {
             Grant::AnyClient => None,
             Grant::Clients(set) => Some(set.iter().cloned().collect()),
         };
-        let want = (self.members)().len().max(1);
+        // Every live replica, and every one an earlier page had (a replica whose membership
+        // renewal is late is still asked for).
+        let mut known: std::collections::BTreeSet<String> = (self.members)().into_iter().collect();
+        known.extend(before.keys().cloned());
+        let want = known.len().max(1);
         let request = Request::List {
             params: Box::new(params),
             clients,
@@ -221,7 +225,9 @@ impl Replicas {
             before.insert(a.replica.clone(), position);
         }
         let entries = all.into_iter().map(|e| e.3.clone()).collect();
-        let done = answers.len() >= want && before.values().all(Option::is_none);
+        // The end only once every replica known has said it has nothing more.
+        known.extend(answers.iter().map(|a| a.replica.clone()));
+        let done = known.iter().all(|r| matches!(before.get(r), Some(None)));
         Ok((entries, (!done).then(|| encode_cursor(&before))))
     }
 
