@@ -210,6 +210,10 @@ fn log_entry(
     })
 }
 
+/// How long an attempt that reads a vehicle's uploaded paths waits for the target's outcomes
+/// in flight to be recorded.
+const RECORDED_WAIT: Duration = Duration::from_secs(2);
+
 /// Most outcomes written in one store request.
 const OUTCOME_BATCH: usize = 4096;
 
@@ -814,6 +818,14 @@ impl Dispatcher {
             return Step::Again;
         };
         let uploaded = if Senders::needs_upload_record(config) {
+            // The vehicle's previous upload or removal is recorded first: its paths are what
+            // this attempt reads (a vehicle processed and deleted at once would otherwise skip
+            // the removal and leave its files). Outcomes are recorded within milliseconds;
+            // bounded all the same.
+            let waited = std::time::Instant::now();
+            while ts.recording.load(Ordering::Acquire) > 0 && waited.elapsed() < RECORDED_WAIT {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
             match self.store.uploaded_paths_now(&ts.row, lane).await {
                 Ok(p) => p,
                 Err(e) => {
