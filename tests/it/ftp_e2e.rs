@@ -401,18 +401,7 @@ async fn two_replicas_share_max_connections() {
     )
     .await;
     // Both own partitions before the vehicles come.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !ops
-        .iter()
-        .all(|op| op.log_text().contains("partition owned"))
-    {
-        assert!(
-            Instant::now() < deadline,
-            "both replicas should own partitions"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    crate::support::process::wait_partitions_owned(&ops).await;
     // The Ready probe's login is over; count from here.
     most.store(0, Ordering::SeqCst);
     let vins: Vec<String> = (0..16).map(|i| format!("VINSLOTS{i:08}")).collect();

@@ -4,7 +4,7 @@
 //! each event once, not once per replica.
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use kube::api::{Api, Patch, PatchParams};
 use serde_json::{Value, json};
@@ -56,21 +56,8 @@ async fn replicas(name: &str, receiver: &Receiver, path: &str) -> Replicas {
         json!({ "url": receiver.url(path), "clientId": CLIENT, "events": ["vehicle.processed"] }),
     )
     .await;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !ops
-        .iter()
-        .all(|op| op.log_text().contains("partition owned"))
-    {
-        assert!(
-            Instant::now() < deadline,
-            "both replicas should own partitions within 30 s:\n{}\n{}",
-            ops[0].log_text(),
-            ops[1].log_text()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    // A round more, so the shares have settled and no partition moves during the test.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Both own partitions before the vehicles come.
+    crate::support::process::wait_partitions_owned(&ops).await;
     let api: Api<WebhookSubscription> = Api::namespaced(client.clone(), &ns.name);
     Replicas {
         ops,

@@ -65,6 +65,27 @@ pub fn replica_launch(urls: &str, id: &str) -> Launch {
     ])
 }
 
+/// Waits (30 s at most) until every replica in `ops` logged that it owns a partition, then
+/// a round more, so the shares have settled and no partition moves during a test.
+pub async fn wait_partitions_owned(ops: &[OperatorProcess]) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !ops
+        .iter()
+        .all(|op| op.log_text().contains("partition owned"))
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "every replica should own partitions within 30 s:\n{}",
+            ops.iter()
+                .map(|op| op.log_text())
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+}
+
 /// The text of `op`'s `/metrics`.
 pub async fn metrics(op: &OperatorProcess) -> String {
     reqwest::get(op.url("/metrics"))
