@@ -385,7 +385,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         None => None,
     };
     if let Some(c) = &cluster {
-        counters.set_shared(c.shared_counters());
+        counters.set_shared(c.shared_counters(), c.status_writers());
         // An idle session holds a slot other replicas may wait for: kept briefly.
         file_pools.share_session_limits(c.session_slots(), SHARED_SESSION_IDLE);
     }
@@ -491,6 +491,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             },
         ))),
         ops,
+        writers: cluster.as_ref().map(|c| c.status_writers()),
         ..Settings::default()
     };
     let on_delete: DeleteHook = Arc::new(ForgetDeliveries(dispatcher.clone()));

@@ -42,6 +42,13 @@ pub struct ReconcileLabels {
     pub error: &'static str,
 }
 
+/// `part`: `conditions` (a reconciler's `Ready`, `observedGeneration`) or `delivery` (the
+/// counters and `Delivering`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StatusPart {
+    pub part: &'static str,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ConditionLabels {
     pub kind: &'static str,
@@ -140,6 +147,9 @@ pub struct Metrics {
     pub queue_depth: Gauge,
     /// Reconciles by kind and result (ok, error) and the error's label.
     pub reconciles: Family<ReconcileLabels, Counter>,
+    /// Status patches this process sent, by part. With replicas, one of them writes each
+    /// resource's status: the others' counts stay still for it.
+    pub status_writes: Family<StatusPart, Counter>,
     /// 0 healthy, 1 degraded (writes fail, e.g. disk full), 2 failed (cannot reopen the file).
     pub store_state: Gauge,
     store_commits: Counter,
@@ -186,6 +196,7 @@ impl Metrics {
             ),
             queue_depth: Gauge::default(),
             reconciles: Family::default(),
+            status_writes: Family::default(),
             store_state: Gauge::default(),
             store_commits: Counter::default(),
             store_failed_commits: Counter::default(),
@@ -251,6 +262,11 @@ impl Metrics {
             "reconciles",
             "Reconciles by kind, result (ok, error) and error",
             m.reconciles.clone(),
+        );
+        registry.register(
+            "status_writes",
+            "Status patches sent by this process, by part (conditions, delivery)",
+            m.status_writes.clone(),
         );
         registry.register(
             "store_state",
@@ -351,6 +367,9 @@ impl Metrics {
             let _ = self
                 .file_sessions_open
                 .get_or_create(&ProtocolLabel { protocol });
+        }
+        for part in ["conditions", "delivery"] {
+            let _ = self.status_writes.get_or_create(&StatusPart { part });
         }
         let _ = self.ftp_login_probes.get_or_create(&ProbeResult {
             result: "ok".into(),

@@ -24,7 +24,7 @@ pub const BUCKET: &str = "vc-counters";
 const ROUNDS: usize = 8;
 
 /// One replica's part of a target's counters.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 struct Part {
     counters: TargetCounters,
     oldest_pending_ms: Option<u64>,
@@ -33,6 +33,15 @@ struct Part {
 pub struct KvCounters {
     kv: kv::Store,
     owners: Owners,
+    /// The revision this replica last wrote per key: its own writes are not news to it.
+    written: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, u64>>>,
+    context: async_nats::jetstream::Context,
+}
+
+/// The bucket's last revision now (its stream's last sequence).
+async fn last_revision(context: &async_nats::jetstream::Context) -> Option<u64> {
+    let mut stream = context.get_stream(format!("KV_{BUCKET}")).await.ok()?;
+    stream.info().await.ok().map(|i| i.state.last_sequence)
 }
 
 impl KvCounters {
@@ -48,7 +57,12 @@ impl KvCounters {
             replicas,
         )
         .await?;
-        Ok(KvCounters { kv, owners })
+        Ok(KvCounters {
+            kv,
+            owners,
+            written: Default::default(),
+            context: context.clone(),
+        })
     }
 
     async fn publish(&self, target: &str, mine: Part) -> anyhow::Result<BTreeMap<String, Part>> {
@@ -63,6 +77,11 @@ impl KvCounters {
                 Some(e) => (BTreeMap::new(), Some(e.revision)),
                 None => (BTreeMap::new(), None),
             };
+            // Unchanged: no write, so that the replica writing the status (which watches the
+            // bucket) is not woken for nothing.
+            if parts.get(self.owners.id()) == Some(&mine) {
+                return Ok(parts);
+            }
             parts.insert(self.owners.id().to_owned(), mine.clone());
             let bytes: bytes::Bytes = serde_json::to_vec(&parts)?.into();
             let written = match revision {
@@ -70,17 +89,16 @@ impl KvCounters {
                     .kv
                     .update(&key, bytes, r)
                     .await
-                    .map(|_| ())
                     .map_err(|e| e.to_string()),
-                None => self
-                    .kv
-                    .create(&key, bytes)
-                    .await
-                    .map(|_| ())
-                    .map_err(|e| e.to_string()),
+                None => self.kv.create(&key, bytes).await.map_err(|e| e.to_string()),
             };
             match written {
-                Ok(()) => return Ok(parts),
+                Ok(revision) => {
+                    if let Ok(mut w) = self.written.lock() {
+                        w.insert(key, revision);
+                    }
+                    return Ok(parts);
+                }
                 // Another replica wrote in between: read again.
                 Err(e) => {
                     tracing::debug!(target, error = %e, "shared counters changed meanwhile; again")
@@ -148,7 +166,57 @@ fn add_up(
     (sum, oldest)
 }
 
+/// How long one watch of the bucket runs before it is started again from where it got: an
+/// ordered consumer can go silent for good when its NATS node dies (see partition.rs).
+const WATCH_FOR: std::time::Duration = std::time::Duration::from_secs(60);
+
 impl SharedCounters for KvCounters {
+    fn key(&self, target: &str) -> String {
+        digest_key("t", target)
+    }
+
+    fn changed(&self) -> futures::stream::BoxStream<'static, String> {
+        let (kv, written) = (self.kv.clone(), self.written.clone());
+        let context = self.context.clone();
+        let (tx, rx) = tokio::sync::mpsc::channel(1024);
+        tokio::spawn(async move {
+            use futures::StreamExt as _;
+            // The revision after the last seen; none before the first is seen.
+            let mut next: Option<u64> = None;
+            loop {
+                if next.is_none() {
+                    next = last_revision(&context).await.map(|r| r + 1);
+                }
+                let watch = match next {
+                    Some(r) => kv.watch_all_from_revision(r).await,
+                    None => kv.watch_all().await,
+                };
+                let mut watch = match watch {
+                    Ok(w) => w,
+                    Err(e) => {
+                        tracing::warn!(bucket = BUCKET, error = %e, "could not watch the shared counters; again in 1 s");
+                        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                        continue;
+                    }
+                };
+                let until = tokio::time::Instant::now() + WATCH_FOR;
+                while let Ok(Some(entry)) = tokio::time::timeout_at(until, watch.next()).await {
+                    let Ok(entry) = entry else { break };
+                    next = Some(entry.revision + 1);
+                    let mine = written
+                        .lock()
+                        .is_ok_and(|w| w.get(&entry.key) == Some(&entry.revision));
+                    if !mine && tx.send(entry.key).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        Box::pin(futures::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|k| (k, rx))
+        }))
+    }
+
     fn merge<'a>(
         &'a self,
         target: &'a str,

@@ -17,6 +17,7 @@
 mod counters;
 mod slots;
 mod state;
+mod writers;
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -147,6 +148,11 @@ impl Cluster {
     /// Where the status writer adds up every replica's counters.
     pub fn shared_counters(&self) -> Arc<dyn crate::status::SharedCounters> {
         self.counters.clone()
+    }
+
+    /// Which replica writes each resource's status.
+    pub fn status_writers(&self) -> Arc<dyn crate::status::StatusWriters> {
+        Arc::new(writers::MemberWriters::new(self.owners.clone()))
     }
 
     /// The event log (the pull feed reads it).

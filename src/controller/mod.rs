@@ -67,6 +67,8 @@ pub struct Settings {
     pub replay: Option<replay::ReplayHook>,
     /// The platform's operational webhook, told when a resource is suspended.
     pub ops: Option<Arc<crate::status::ops::OpsWebhook>>,
+    /// With replicas: which of them writes each resource's status (none: this one, all).
+    pub writers: Option<Arc<dyn crate::status::StatusWriters>>,
 }
 
 impl Default for Settings {
@@ -79,6 +81,7 @@ impl Default for Settings {
             watch_selector: None,
             replay: None,
             ops: None,
+            writers: None,
         }
     }
 }
@@ -345,13 +348,21 @@ where
         || conditions
             .iter()
             .any(|c| crate::status::differs(old_conditions, c));
-    if stale {
+    // With replicas, one of them writes this status, publishes its Events and tells the ops
+    // webhook; the others only keep their routing current.
+    let writes = crate::status::writes(ctx.shared.settings.writers.as_ref(), &key);
+    if stale && writes {
         let st = crate::status::ReconcilerStatus {
             observed_generation: generation,
             conditions,
             receiver_gone,
         };
         crate::status::apply(api, obj, crate::status::RECONCILER_MANAGER, &st).await?;
+        ctx.shared
+            .metrics
+            .status_writes
+            .get_or_create(&crate::metrics::StatusPart { part: "conditions" })
+            .inc();
     }
     if let Some((_, ready)) = checks.first() {
         ctx.shared
@@ -360,6 +371,7 @@ where
     }
     if let Some((_, ready)) = checks.first()
         && changed
+        && writes
     {
         let was_suspended = crate::status::find(old_conditions, crate::status::READY)
             .is_some_and(|c| c.reason == "Suspended");

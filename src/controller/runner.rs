@@ -319,12 +319,20 @@ pub async fn run<K, R, F>(
             result
         }
     };
+    let writers = ctx.settings.writers.as_ref().map(|w| w.changes());
     let kctx = Arc::new(KindContext {
         shared: ctx,
         namespaces: ns_reader,
         secrets: secret_reader,
     });
     let mut ctrl = ctrl;
+    // Replicas joined or left: the statuses this replica writes changed, and the last change
+    // of one may not be on it yet (its former writer skipped or died).
+    if let Some(members) = writers {
+        ctrl = ctrl.reconcile_all_on(futures::stream::unfold(members, |mut m| async move {
+            m.changed().await.ok().map(|()| ((), m))
+        }));
+    }
     if let Some(config_map_names) = reads.config_maps {
         // Metadata only, as for Secrets: the reconcile reads the one it needs.
         let (_, cm_writer) = reflector::store::<PartialObjectMeta<ConfigMap>>();

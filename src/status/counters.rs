@@ -71,8 +71,19 @@ pub struct CounterWriter {
     metrics: std::sync::Arc<crate::metrics::Metrics>,
     /// The platform's operational webhook (`--ops-webhook-url`), told of each transition.
     ops: std::sync::OnceLock<std::sync::Arc<super::ops::OpsWebhook>>,
-    /// Where replicas sharing the work add up their counters (`--store nats://…`).
-    shared: std::sync::OnceLock<std::sync::Arc<dyn SharedCounters>>,
+    /// Where replicas sharing the work add up their counters (`--store nats://…`), and
+    /// which of them writes each resource's status.
+    shared: std::sync::OnceLock<(
+        std::sync::Arc<dyn SharedCounters>,
+        std::sync::Arc<dyn super::StatusWriters>,
+    )>,
+    /// The sum and oldest wait the last write of each shared target saw, while something
+    /// waited: the wait of another replica's backlog grows with time alone.
+    merged_waiting: std::sync::Mutex<
+        std::collections::HashMap<crate::routing::TargetKey, (crate::store::TargetCounters, u64)>,
+    >,
+    /// Which target a shared counters key belongs to (see [`SharedCounters::key`]).
+    shared_keys: std::sync::Mutex<std::collections::HashMap<String, crate::routing::TargetKey>>,
 }
 
 /// Counters of one target over every replica that delivers to it: each replica publishes its
@@ -87,6 +98,11 @@ pub trait SharedCounters: Send + Sync {
         mine: crate::store::TargetCounters,
         oldest: Option<u64>,
     ) -> futures::future::BoxFuture<'a, anyhow::Result<(crate::store::TargetCounters, Option<u64>)>>;
+    /// The key `target`'s counters are kept under.
+    fn key(&self, target: &str) -> String;
+    /// Keys whose counters another replica changed, as they change (never ends: a lost watch
+    /// is started again where it stopped).
+    fn changed(&self) -> futures::stream::BoxStream<'static, String>;
 }
 
 /// When delivery counts as unhealthy (`Delivering=False`).
@@ -291,12 +307,43 @@ impl CounterWriter {
             metrics,
             ops: Default::default(),
             shared: Default::default(),
+            shared_keys: Default::default(),
+            merged_waiting: Default::default(),
         })
     }
 
-    /// Adds every replica's counters up in each status write from now on (set once).
-    pub fn set_shared(&self, shared: std::sync::Arc<dyn SharedCounters>) {
-        let _ = self.shared.set(shared);
+    /// Adds every replica's counters up in each status write from now on, and writes only
+    /// the statuses `writers` gives this replica (set once, before [`Self::run`]).
+    pub fn set_shared(
+        &self,
+        shared: std::sync::Arc<dyn SharedCounters>,
+        writers: std::sync::Arc<dyn super::StatusWriters>,
+    ) {
+        let _ = self.shared.set((shared, writers));
+    }
+
+    fn writes(&self, key: &crate::routing::TargetKey) -> bool {
+        super::writes(self.shared.get().map(|(_, w)| w), key)
+    }
+
+    /// The registered target whose shared counters are kept under `shared_key`.
+    fn target_of(
+        &self,
+        shared: &dyn SharedCounters,
+        shared_key: &str,
+    ) -> Option<crate::routing::TargetKey> {
+        let mut keys = self.shared_keys.lock().ok()?;
+        if let Some(k) = keys.get(shared_key) {
+            return Some(k.clone());
+        }
+        // Rebuilt on a miss: targets come and go, and a rebuild is a hash per target.
+        keys.clear();
+        for key in self.registry.keys() {
+            if let Some(t) = self.registry.get(&key) {
+                keys.insert(shared.key(&t.id().to_string()), key);
+            }
+        }
+        keys.get(shared_key).cloned()
     }
 
     /// Tells `ops` of every transition from now on (set once, at start-up).
@@ -350,6 +397,9 @@ impl CounterWriter {
     /// Flushes once a second until the process ends; every few seconds also looks at the
     /// targets with a backlog, whose `Delivering` can change with time alone.
     pub async fn run(self: std::sync::Arc<Self>) {
+        if let Some((shared, writers)) = self.shared.get() {
+            tokio::spawn(self.clone().follow(shared.clone(), writers.clone()));
+        }
         let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut n: u64 = 0;
@@ -360,6 +410,40 @@ impl CounterWriter {
                 self.recheck_waiting();
             }
             self.flush().await;
+        }
+    }
+
+    /// With replicas: writes the statuses this replica writes again when another replica's
+    /// counters change, and all of them when replicas join or leave (the resources a replica
+    /// writes move then, and the new writer may not have seen the last change).
+    async fn follow(
+        self: std::sync::Arc<Self>,
+        shared: std::sync::Arc<dyn SharedCounters>,
+        writers: std::sync::Arc<dyn super::StatusWriters>,
+    ) {
+        let mut members = writers.changes();
+        let mut changed = shared.changed();
+        loop {
+            tokio::select! {
+                moved = members.changed() => {
+                    if moved.is_err() {
+                        return;
+                    }
+                    for key in self.registry.keys() {
+                        if writers.writes(&key) {
+                            self.touch(&key);
+                        }
+                    }
+                }
+                key = changed.next() => {
+                    let Some(key) = key else { return };
+                    if let Some(target) = self.target_of(shared.as_ref(), &key)
+                        && writers.writes(&target)
+                    {
+                        self.touch(&target);
+                    }
+                }
+            }
         }
     }
 
@@ -396,6 +480,25 @@ impl CounterWriter {
             });
             if changed {
                 self.touch(&id.key);
+            }
+        }
+        // Backlogs of other replicas, as the last shared write saw them.
+        let merged: Vec<_> = self
+            .merged_waiting
+            .lock()
+            .map(|mut w| {
+                w.retain(|k, _| self.registry.get(k).is_some());
+                w.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+            })
+            .unwrap_or_default();
+        for (key, (c, oldest)) in merged {
+            let check = self.policy.check(&c, Some(oldest), now);
+            let changed = self.delivering.lock().is_ok_and(|d| {
+                d.get(&key)
+                    .is_none_or(|o| o.status != check.status.as_str() || o.reason != check.reason)
+            });
+            if changed {
+                self.touch(&key);
             }
         }
     }
@@ -444,9 +547,21 @@ impl CounterWriter {
             _ => self.store.oldest_pending_ms(&id)?,
         };
         let (c, oldest) = match self.shared.get() {
-            Some(shared) => shared.merge(&id, c, oldest).await?,
+            Some((shared, _)) => shared.merge(&id, c, oldest).await?,
             None => (c, oldest),
         };
+        // Another replica writes this status: it has this replica's part now.
+        if !self.writes(key) {
+            return Ok(());
+        }
+        if self.shared.get().is_some()
+            && let Ok(mut w) = self.merged_waiting.lock()
+        {
+            match oldest {
+                Some(ms) => w.insert(key.clone(), (c.clone(), ms)),
+                None => w.remove(key),
+            };
+        }
         let check = self.policy.check(&c, oldest, now_ms());
         let previous = self
             .delivering
@@ -473,6 +588,10 @@ impl CounterWriter {
                     .await
             }
         };
+        self.metrics
+            .status_writes
+            .get_or_create(&crate::metrics::StatusPart { part: "delivery" })
+            .inc();
         let (old, cond) = match res {
             // Deleted meanwhile: nothing to report on.
             Err(kube::Error::Api(e)) if e.code == 404 => return Ok(()),

@@ -279,6 +279,24 @@ pub fn parse_gone(value: &str) -> (Option<Time>, Option<i64>) {
     (since, generation)
 }
 
+/// Which replica writes a resource's status when several share the work (`--store nats://…`):
+/// one per resource, so that N replicas do not each patch it, each publish its Events and
+/// each tell the ops webhook. Without it (one replica) this process writes every status.
+pub trait StatusWriters: Send + Sync + std::fmt::Debug {
+    /// Whether this replica writes `key`'s status now.
+    fn writes(&self, key: &crate::routing::TargetKey) -> bool;
+    /// Seen again whenever replicas join or leave, which moves resources between writers.
+    fn changes(&self) -> tokio::sync::watch::Receiver<Vec<String>>;
+}
+
+/// Whether this process writes `key`'s status (`writers` absent: it writes them all).
+pub fn writes(
+    writers: Option<&std::sync::Arc<dyn StatusWriters>>,
+    key: &crate::routing::TargetKey,
+) -> bool {
+    writers.is_none_or(|w| w.writes(key))
+}
+
 /// Applies `status` (a fragment owned by `manager`) to the object's status subresource.
 pub async fn apply<K, S>(api: &Api<K>, obj: &K, manager: &str, status: &S) -> kube::Result<()>
 where

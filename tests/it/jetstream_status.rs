@@ -199,3 +199,159 @@ async fn a_replica_shut_down_cleanly_hands_over_without_sending_anything_twice()
         ops[1].log_text()
     );
 }
+
+/// Merges `spec` into the subscription's spec; its new generation.
+async fn patch_spec(api: &Api<WebhookSubscription>, name: &str, spec: serde_json::Value) -> i64 {
+    let w = api
+        .patch(
+            name,
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(json!({ "spec": spec })),
+        )
+        .await
+        .expect("patch the spec");
+    w.metadata.generation.expect("a generation")
+}
+
+/// This operator's status patches of `part` (`conditions` or `delivery`), by its metrics.
+async fn status_writes(op: &OperatorProcess, part: &str) -> u64 {
+    let text = metrics(op).await;
+    let line = format!("vehicle_connect_status_writes_total{{part=\"{part}\"}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&line))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .map(|v| v as u64)
+        .unwrap_or_else(|| panic!("no {line} in the metrics:\n{text}"))
+}
+
+async fn writes_of(ops: &[OperatorProcess], part: &str) -> Vec<u64> {
+    let mut v = Vec::new();
+    for op in ops {
+        v.push(status_writes(op, part).await);
+    }
+    v
+}
+
+/// Posts batches of 40 alternately through `ops` until each has delivered some since `from`
+/// (a replica's deliveries by its metrics); the number of events posted.
+async fn deliver_through_all(
+    http: &reqwest::Client,
+    ops: &[&OperatorProcess],
+    receiver: &Receiver,
+    prefix: &str,
+) -> usize {
+    let mut before = Vec::new();
+    for op in ops {
+        before.push(delivered_by(op).await);
+    }
+    let mut posted = 0usize;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        post(
+            http,
+            ops[posted / 40 % ops.len()],
+            &events(prefix, posted, 40),
+        )
+        .await;
+        posted += 40;
+        receiver.wait_for("hook", posted).await;
+        let mut all = true;
+        for (op, b) in ops.iter().zip(&before) {
+            all &= delivered_by(op).await > *b;
+        }
+        if all {
+            return posted;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "a replica delivered nothing in 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_replica_writes_each_status_and_another_takes_over_when_it_dies() {
+    let receiver = Receiver::start(None).await;
+    let (_scope, mut ops, api, _nats, _dir) = two_replicas("js-writer", &receiver, "hook").await;
+    crate::support::process::wait_partitions_owned(&ops).await;
+    let http = reqwest::Client::new();
+    let refs: Vec<&OperatorProcess> = ops.iter().collect();
+    let mut total = deliver_through_all(&http, &refs, &receiver, "w1").await as u64;
+    wait_for(&api, "hook", "every delivery on status", |w| {
+        w.status
+            .as_ref()
+            .is_some_and(|s| s.delivered >= total && s.pending == 0)
+    })
+    .await;
+    // Both replicas own partitions and both deliver; from here on, one writes the status.
+    let (delivery0, conditions0) = (
+        writes_of(&ops, "delivery").await,
+        writes_of(&ops, "conditions").await,
+    );
+    let more = deliver_through_all(&http, &refs, &receiver, "w2").await as u64;
+    total += more;
+    wait_for(&api, "hook", "the second round on status", |w| {
+        w.status
+            .as_ref()
+            .is_some_and(|s| s.delivered >= total && s.pending == 0)
+    })
+    .await;
+    // A spec change: the reconcilers of both see it, one writes the conditions.
+    let generation = patch_spec(&api, "hook", json!({ "headers": { "X-Round": "2" } })).await;
+    wait_for(&api, "hook", "the new generation observed", |w| {
+        w.status
+            .as_ref()
+            .is_some_and(|s| s.observed_generation == Some(generation))
+    })
+    .await;
+    // Writes that were in flight land within a second or two.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let delivery1 = writes_of(&ops, "delivery").await;
+    let conditions1 = writes_of(&ops, "conditions").await;
+    let grew =
+        |a: &[u64], b: &[u64]| -> Vec<bool> { a.iter().zip(b).map(|(x, y)| y > x).collect() };
+    println!(
+        "delivery status writes {delivery0:?} → {delivery1:?}; conditions {conditions0:?} → {conditions1:?}"
+    );
+    let writer = match grew(&delivery0, &delivery1)[..] {
+        [true, false] => 0,
+        [false, true] => 1,
+        ref g => panic!(
+            "delivery status written by {g:?} (both or neither) though both delivered: {delivery0:?} → {delivery1:?}"
+        ),
+    };
+    assert_eq!(
+        grew(&conditions0, &conditions1),
+        (0..2).map(|i| i == writer).collect::<Vec<_>>(),
+        "the spec change's conditions were not written by the delivery status writer alone: {conditions0:?} → {conditions1:?}"
+    );
+
+    // The writer dies: the survivor, once it sees the writer gone, writes the status itself.
+    ops[writer].kill();
+    let survivor = &ops[1 - writer];
+    let after_kill = deliver_through_all(&http, &[survivor], &receiver, "w3").await as u64;
+    total += after_kill;
+    let w = wait_for(&api, "hook", "the survivor's deliveries on status", |w| {
+        w.status
+            .as_ref()
+            .is_some_and(|s| s.delivered >= total && s.pending == 0)
+    })
+    .await;
+    let generation = patch_spec(&api, "hook", json!({ "headers": { "X-Round": "3" } })).await;
+    wait_for(
+        &api,
+        "hook",
+        "the survivor observes the new generation",
+        |w| {
+            w.status
+                .as_ref()
+                .is_some_and(|s| s.observed_generation == Some(generation))
+        },
+    )
+    .await;
+    println!(
+        "after the writer's SIGKILL: status delivered {} of {total} posted",
+        w.status.map(|s| s.delivered).unwrap_or_default()
+    );
+}

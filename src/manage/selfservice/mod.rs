@@ -538,6 +538,10 @@ async fn create(
 }
 
 /// `PUT /v1/self-service/{kind}/{name}`: replaces the spec; credentials left out are kept.
+/// Read-change-write rounds of a `PUT` without `resourceVersion` lost to a concurrent write
+/// (a status write, say) before the conflict is the caller's.
+const UPDATE_CONFLICT_RETRIES: u32 = 5;
+
 async fn update(
     State(st): State<ManageState>,
     Path((segment, name)): Path<(String, String)>,
@@ -546,26 +550,13 @@ async fn update(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let ctx = Ctx::new(&st, &headers, &segment, query).await?;
-    let existing = ctx.owned(&name).await?;
+    let mut existing = ctx.owned(&name).await?;
     ctx.home.require_allowed(&ctx.client_id)?;
     let body = parse_body(&body)?;
     if body.name.as_ref().is_some_and(|n| *n != name) {
         return Err(ApiError::invalid(
             "name",
             "name cannot change (it is the path's); create a new resource instead",
-        ));
-    }
-    if let Some(read) = body.generation
-        && existing.metadata.generation != Some(read)
-    {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "conflict",
-            format!(
-                "{}/{name} was changed meanwhile (generation {read}, now {}); read it again and retry",
-                ctx.kind.segment(),
-                existing.metadata.generation.unwrap_or_default()
-            ),
         ));
     }
     let change = Change::parse(ctx.kind, body.credentials.as_ref())?;
@@ -576,21 +567,49 @@ async fn update(
         .unwrap_or_default();
     let after = change.apply_to(&before);
     credentials::check_complete(ctx.kind, &after)?;
-    let spec = ctx.spec(body.spec, &name, &after)?;
-
-    let mut object = serde_json::to_value(&existing)
-        .map_err(|e| ApiError::unavailable(format!("encoding {name}: {e}")))?;
-    object["spec"] = Value::Object(spec);
-    if let Some(m) = object["metadata"].as_object_mut() {
-        m.remove("managedFields");
-        if let Some(rv) = &body.resource_version {
-            m.insert("resourceVersion".into(), Value::String(rv.clone()));
+    let spec = ctx.spec(body.spec.clone(), &name, &after)?;
+    // Read, change, write. The operator writes status all the time, and each write changes
+    // the resourceVersion: unless the caller gave one, a conflict is read again and retried
+    // (a `generation` the caller gave is checked again on each read: status leaves it).
+    let mut conflicts = 0;
+    let updated = loop {
+        if let Some(read) = body.generation
+            && existing.metadata.generation != Some(read)
+        {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "conflict",
+                format!(
+                    "{}/{name} was changed meanwhile (generation {read}, now {}); read it again and retry",
+                    ctx.kind.segment(),
+                    existing.metadata.generation.unwrap_or_default()
+                ),
+            ));
         }
-    }
-    if let Some(o) = object.as_object_mut() {
-        o.remove("status");
-    }
-    let updated = ctx.write(&object, Some(&name)).await?;
+        let mut object = serde_json::to_value(&existing)
+            .map_err(|e| ApiError::unavailable(format!("encoding {name}: {e}")))?;
+        object["spec"] = Value::Object(spec.clone());
+        if let Some(m) = object["metadata"].as_object_mut() {
+            m.remove("managedFields");
+            if let Some(rv) = &body.resource_version {
+                m.insert("resourceVersion".into(), Value::String(rv.clone()));
+            }
+        }
+        if let Some(o) = object.as_object_mut() {
+            o.remove("status");
+        }
+        match ctx.write(&object, Some(&name)).await {
+            Err(e)
+                if e.status == StatusCode::CONFLICT
+                    && body.resource_version.is_none()
+                    && conflicts < UPDATE_CONFLICT_RETRIES =>
+            {
+                conflicts += 1;
+                existing = ctx.owned(&name).await?;
+            }
+            other => break other?,
+        }
+    };
 
     match secret {
         Some(_) if after.is_empty() => ctx.delete_secret(&name).await?,

@@ -105,8 +105,8 @@ pub struct Owners {
     token: bytes::Bytes,
     options: OwnersOptions,
     held: Arc<Mutex<BTreeMap<u32, Held>>>,
-    /// The live members the last round listed.
-    members: Arc<Mutex<Vec<String>>>,
+    /// The live members the last round listed (watched by whoever divides work by member).
+    members: tokio::sync::watch::Sender<Vec<String>>,
     /// Partitions being handed over on purpose, since when (see [`OwnersOptions::drain`]).
     handover: Arc<Mutex<BTreeMap<u32, Instant>>>,
     /// Set by [`Owners::hand_over_all`]: a replica shutting down takes nothing new.
@@ -159,7 +159,7 @@ impl Owners {
             me: me.to_owned(),
             options,
             held: Arc::default(),
-            members: Arc::default(),
+            members: tokio::sync::watch::Sender::new(Vec::new()),
             handover: Arc::default(),
             leaving: Arc::default(),
         })
@@ -187,7 +187,12 @@ impl Owners {
     /// The ids of the live replicas as the last round listed them (sorted; empty before the
     /// first round).
     pub fn members(&self) -> Vec<String> {
-        self.members.lock().map(|m| m.clone()).unwrap_or_default()
+        self.members.borrow().clone()
+    }
+
+    /// The live members, seen again each time a round lists others than the last.
+    pub fn watch_members(&self) -> tokio::sync::watch::Receiver<Vec<String>> {
+        self.members.subscribe()
     }
 
     /// Which holding of `partition` this replica is in, while it may deliver from it: changes
@@ -252,9 +257,13 @@ impl Owners {
         let members = tokio::time::timeout(self.options.period(), self.list_members())
             .await
             .map_err(|_| OwnersError::Members("no answer within a round".to_owned()))??;
-        if let Ok(mut m) = self.members.lock() {
-            m.clone_from(&members);
-        }
+        self.members.send_if_modified(|m| {
+            let changed = *m != members;
+            if changed {
+                m.clone_from(&members);
+            }
+            changed
+        });
         let partitions = self.options.partitions.max(1);
         let share = share(partitions, &members, &self.me);
 
