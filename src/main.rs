@@ -378,9 +378,14 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     );
     let cluster = match cluster_options(&args)? {
         Some(options) => Some(
-            vehicle_connect::cluster::Cluster::start(&options, dispatcher.clone(), store.clone())
-                .await
-                .context("--store: joining the replicas on NATS JetStream")?,
+            vehicle_connect::cluster::Cluster::start(
+                &options,
+                dispatcher.clone(),
+                store.clone(),
+                metrics.clone(),
+            )
+            .await
+            .context("--store: joining the replicas on NATS JetStream")?,
         ),
         None => None,
     };
@@ -603,6 +608,7 @@ fn cluster_options(
         },
         replica_id,
         lease: Duration::from_secs(args.partition_lease_seconds),
+        log_retention: Duration::from_secs(args.delivery_log_retention_hours.saturating_mul(3600)),
     }))
 }
 

@@ -150,6 +150,8 @@ pub struct Metrics {
     /// Status patches this process sent, by part. With replicas, one of them writes each
     /// resource's status: the others' counts stay still for it.
     pub status_writes: Family<StatusPart, Counter>,
+    /// Delivery log entries copied to JetStream (`--store nats://…`).
+    pub delivery_log_copied: Counter,
     /// 0 healthy, 1 degraded (writes fail, e.g. disk full), 2 failed (cannot reopen the file).
     pub store_state: Gauge,
     store_commits: Counter,
@@ -197,6 +199,7 @@ impl Metrics {
             queue_depth: Gauge::default(),
             reconciles: Family::default(),
             status_writes: Family::default(),
+            delivery_log_copied: Counter::default(),
             store_state: Gauge::default(),
             store_commits: Counter::default(),
             store_failed_commits: Counter::default(),
@@ -267,6 +270,11 @@ impl Metrics {
             "status_writes",
             "Status patches sent by this process, by part (conditions, delivery)",
             m.status_writes.clone(),
+        );
+        registry.register(
+            "delivery_log_copied",
+            "Delivery log entries copied to the JetStream stream VC_ATTEMPTS (several replicas only)",
+            m.delivery_log_copied.clone(),
         );
         registry.register(
             "store_state",

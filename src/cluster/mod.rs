@@ -15,6 +15,7 @@
 //! arrival, as the new owner reads the partition in stream order.
 
 mod counters;
+mod log_copy;
 mod slots;
 mod state;
 mod writers;
@@ -56,6 +57,9 @@ pub struct ClusterOptions {
     pub replica_id: String,
     /// How long a partition's lease lasts without renewal.
     pub lease: Duration,
+    /// How long delivery log entries are kept (`--delivery-log-retention-hours`): their copy
+    /// in JetStream too.
+    pub log_retention: Duration,
 }
 
 /// A running replica's share of the cluster: ingest into the log, and delivery of the
@@ -75,6 +79,7 @@ impl Cluster {
         options: &ClusterOptions,
         dispatcher: Arc<Dispatcher>,
         store: Store,
+        metrics: Arc<crate::metrics::Metrics>,
     ) -> anyhow::Result<Cluster> {
         let log = JetStreamLog::connect(&options.urls, &options.jetstream).await?;
         let partitions = log.partitions();
@@ -82,7 +87,7 @@ impl Cluster {
         // Replicas starting together on a new cluster create the buckets at once, and a
         // cluster electing leaders answers late: try again until the connect timeout.
         let deadline = tokio::time::Instant::now() + options.jetstream.connect_timeout;
-        let (owners, floors, shared, kv_state, slots) = loop {
+        let (owners, floors, shared, kv_state, slots, copied) = loop {
             let joined = async {
                 let owners = Owners::join(
                     log.context(),
@@ -108,7 +113,10 @@ impl Cluster {
                     replicas,
                 )
                 .await?;
-                anyhow::Ok((owners, floors, shared, kv_state, slots))
+                log_copy::open(log.context(), replicas, options.log_retention).await?;
+                // Before any delivery is logged here: see log_copy.
+                let copied = log_copy::restore(log.context(), &options.replica_id, &store).await?;
+                anyhow::Ok((owners, floors, shared, kv_state, slots, copied))
             };
             match joined.await {
                 Ok(j) => break j,
@@ -128,6 +136,13 @@ impl Cluster {
         dispatcher.set_gate(gate.clone());
         tokio::spawn(owners.clone().run());
         tokio::spawn(replicas_view(&log, &owners).serve(store.clone()));
+        tokio::spawn(log_copy::run(
+            log.context().clone(),
+            options.replica_id.clone(),
+            store.clone(),
+            copied,
+            metrics,
+        ));
         tokio::spawn(supervise(
             owners.clone(),
             floors,

@@ -504,6 +504,24 @@ impl<'txn> LogTables<'txn> {
         })
     }
 
+    /// Puts back entries as [`Store::attempts_after`] read them (a copy kept elsewhere), under
+    /// their own ids; an unreadable one is skipped. The highest event seq they name.
+    pub(super) fn restore(&mut self, rows: &[(u64, Vec<u8>)]) -> Result<u64, StoreError> {
+        let mut top_seq = 0;
+        for (id, bytes) in rows {
+            let Some((h, ..)) = head(bytes) else {
+                continue;
+            };
+            self.entries.insert(*id, bytes.as_slice())?;
+            self.by_target
+                .insert((target_hash(target_key(h.target)), *id), ())?;
+            self.by_seq.insert((h.seq, *id), ())?;
+            self.next_id = self.next_id.max(id + 1);
+            top_seq = top_seq.max(h.seq);
+        }
+        Ok(top_seq)
+    }
+
     /// Writes an entry: three inserts.
     pub(super) fn add(&mut self, e: &NewEntry<'_>) -> Result<u64, StoreError> {
         let id = self.next_id;
@@ -711,6 +729,41 @@ impl Store {
             }
         }
         Ok(out)
+    }
+
+    /// Up to `limit` entries with ids above `after`, oldest first, as stored: what a copy of
+    /// the log elsewhere (the JetStream backend's) takes, and [`Self::restore_attempts`]
+    /// puts back.
+    pub fn attempts_after(
+        &self,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+        let db = self.inner.shared.db()?;
+        let txn = db.begin_read()?;
+        let entries = txn.open_table(ATTEMPTS)?;
+        let mut out = Vec::new();
+        for row in entries.range(after.saturating_add(1)..)?.take(limit) {
+            let (k, v) = row?;
+            out.push((k.value(), v.value().to_vec()));
+        }
+        Ok(out)
+    }
+
+    /// The id of the newest entry (0: none).
+    pub fn last_attempt_id(&self) -> Result<u64, StoreError> {
+        let db = self.inner.shared.db()?;
+        let txn = db.begin_read()?;
+        let entries = txn.open_table(ATTEMPTS)?;
+        Ok(entries.last()?.map_or(0, |(k, _)| k.value()))
+    }
+
+    /// Puts back entries [`Self::attempts_after`] read (into a log that lost them: a new
+    /// volume). Ids stay as they were and new entries get higher ones; new events get seqs
+    /// above the ones the entries name, so that an event's view never shows another's.
+    pub async fn restore_attempts(&self, rows: Vec<(u64, Vec<u8>)>) -> Result<(), StoreError> {
+        self.submit(|reply| super::writer::Job::RestoreAttempts { rows, reply })
+            .await
     }
 
     /// Entries in the log now.

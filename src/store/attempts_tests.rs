@@ -478,3 +478,52 @@ async fn gc_works_in_chunks() {
     assert_eq!(removed, n as u64);
     assert_eq!(store.attempt_count().unwrap(), 0);
 }
+
+#[tokio::test]
+async fn a_copy_of_the_log_restores_into_a_new_store_under_its_ids() {
+    let (old_dir, new_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let old = open(old_dir.path());
+    let (s1, _) = history(&old).await;
+    let copy = old.attempts_after(0, 100).unwrap();
+    assert_eq!(copy.len(), 4);
+    assert_eq!(old.last_attempt_id().unwrap(), copy[3].0);
+    assert_eq!(
+        old.attempts_after(copy[1].0, 100).unwrap(),
+        copy[2..].to_vec()
+    );
+    let before = old.attempts(&query(100)).unwrap();
+
+    let new = open(new_dir.path());
+    assert_eq!(new.last_attempt_id().unwrap(), 0);
+    new.restore_attempts(copy.clone()).await.unwrap();
+    let after = new.attempts(&query(100)).unwrap();
+    assert_eq!(after.entries, before.entries, "same entries, same ids");
+    let by_target = new
+        .attempts(&AttemptQuery {
+            target: Some("webhooksubscription/ns/crm".to_owned()),
+            ..query(100)
+        })
+        .unwrap();
+    assert_eq!(by_target.entries.len(), 3);
+    // A new event never takes a seq the restored entries name (its view would show theirs),
+    // and a new entry's id is above theirs.
+    let out = new
+        .accept(vec![event("c1", "e9", "veh-9", &[WH])])
+        .await
+        .unwrap();
+    let seq = out[0].seq();
+    assert!(seq > s1, "seq {seq} reused");
+    assert!(new.attempts_of_event(seq).unwrap().is_empty());
+    new.record(vec![logged(
+        WH,
+        seq,
+        ("c1", "e9", "veh-9"),
+        1,
+        now_unix_ms(),
+        Outcome::Delivered { status: Some(200) },
+        LogResult::Delivered,
+    )])
+    .await
+    .unwrap();
+    assert_eq!(new.last_attempt_id().unwrap(), copy[3].0 + 1);
+}

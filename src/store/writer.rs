@@ -89,6 +89,10 @@ pub(crate) enum Job {
         limit: usize,
         reply: Reply<u64>,
     },
+    RestoreAttempts {
+        rows: Vec<(u64, Vec<u8>)>,
+        reply: Reply<()>,
+    },
     SetState {
         target: String,
         key: String,
@@ -120,6 +124,7 @@ impl Job {
             | Job::Gc { reply, .. }
             | Job::Expire { reply, .. }
             | Job::GcAttempts { reply, .. } => reply.send_committed(),
+            Job::RestoreAttempts { reply, .. } => reply.send_committed(),
             Job::SetState { reply, .. } => reply.send_committed(),
         }
     }
@@ -133,6 +138,7 @@ impl Job {
             | Job::Gc { reply, .. }
             | Job::Expire { reply, .. }
             | Job::GcAttempts { reply, .. } => reply.send_err(err),
+            Job::RestoreAttempts { reply, .. } => reply.send_err(err),
             Job::SetState { reply, .. } => reply.send_err(err),
         }
     }
@@ -168,6 +174,11 @@ impl Job {
                 limit,
                 reply,
             } => reply.set(t.log.gc(*cutoff_unix_ms, *max_entries, *limit)?),
+            Job::RestoreAttempts { rows, reply } => {
+                let top_seq = t.log.restore(rows)?;
+                t.next_seq = t.next_seq.max(top_seq.saturating_add(1));
+                reply.set(());
+            }
             Job::SetState {
                 target,
                 key,

@@ -322,3 +322,114 @@ async fn a_replay_reads_the_whole_log_and_spec_replay_is_queued_once_by_two_repl
     );
     println!("spec.replay carried out by {carried} replica(s); every event arrived 3 times");
 }
+
+/// Delivery log entries this operator copied to JetStream, by its metrics.
+async fn copied(op: &OperatorProcess) -> u64 {
+    let text = metrics(op).await;
+    text.lines()
+        .find_map(|l| l.strip_prefix("vehicle_connect_delivery_log_copied_total "))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .map(|v| v as u64)
+        .unwrap_or_else(|| panic!("no vehicle_connect_delivery_log_copied_total:\n{text}"))
+}
+
+/// The ids of the log's entries for the test's subscription, newest first.
+async fn entry_ids(op: &OperatorProcess, ns: &str) -> Vec<String> {
+    let page = get(
+        op,
+        &format!("/v1/deliveries?target=whs/{ns}/hook&limit=500"),
+    )
+    .await;
+    page["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_that_loses_its_volume_gets_its_delivery_log_back_from_jetstream() {
+    let receiver = Receiver::start(Some(crate::replay::WHSEC)).await;
+    let cp = ControlPlane::shared();
+    cp.install_crds(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("crds"))
+        .await
+        .unwrap();
+    let scope = Scope::new("js-logcopy");
+    let ns = scope.namespace(cp, "js-logcopy", CLIENT).await;
+    let client = cp.client().await.unwrap();
+    let nats = NatsCluster::single().await.expect("nats-server");
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = manage_tokens(dir.path());
+    let launch = replica_launch(&nats.urls(), "replica-a").args(&["--manage-token-file", &tokens]);
+    let op = start_launch(cp, dir.path().join("replica-a"), &scope, launch).await;
+    crate::replay::subscription(
+        &client,
+        &ns.name,
+        "hook",
+        json!({ "url": receiver.url("lc"), "clientId": CLIENT, "events": ["vehicle.processed"] }),
+    )
+    .await;
+    crate::support::process::wait_partitions_owned(std::slice::from_ref(&op)).await;
+    let batch = |from: usize, n: usize| -> Vec<Value> {
+        (from..from + n)
+            .map(|i| {
+                event(
+                    &format!("evt-jslc-{i}"),
+                    CLIENT,
+                    "vehicle.processed",
+                    &format!("veh-{i}"),
+                )
+            })
+            .collect()
+    };
+    ingest(&op, batch(0, 20)).await;
+    receiver.wait_for("lc", 20).await;
+    let before = entry_ids(&op, &ns.name).await;
+    assert_eq!(before.len(), 20, "{before:?}");
+    // Copied (every half second).
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while copied(&op).await < 20 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the log was not copied in 20 s:\n{}",
+            op.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // The volume is gone: SIGKILL, the data dir removed, the same replica id again.
+    let mut op = op;
+    op.kill();
+    std::fs::remove_dir_all(&op.data_dir).expect("remove the replica's data dir");
+    std::fs::create_dir_all(&op.data_dir).unwrap();
+    let op = op.restart(cp).await.expect("restart replica-a");
+    crate::support::process::wait_partitions_owned(std::slice::from_ref(&op)).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let restored = loop {
+        let ids = entry_ids(&op, &ns.name).await;
+        if ids.len() >= 20 || std::time::Instant::now() > deadline {
+            break ids;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(
+        restored,
+        before,
+        "the log after a new volume, newest first, should be the old one under its ids:\n{}",
+        op.log_text()
+    );
+    // New attempts go on above the restored ids; both show.
+    ingest(&op, batch(20, 5)).await;
+    receiver.wait_for("lc", 25).await;
+    let after = entry_ids(&op, &ns.name).await;
+    assert_eq!(after.len(), 25, "{after:?}");
+    assert_eq!(&after[5..], &before[..], "old entries below the new");
+    let number = |id: &str| id.rsplit_once('.').unwrap().1.parse::<u64>().unwrap();
+    let oldest_new = after[..5].iter().map(|i| number(i)).min().unwrap();
+    let newest_old = before.iter().map(|i| number(i)).max().unwrap();
+    assert!(oldest_new > newest_old, "{after:?}");
+    // A restored entry reads as before.
+    let one = get(&op, &format!("/v1/deliveries/{}", before[3])).await;
+    assert_eq!(one["result"], "delivered", "{one}");
+}
