@@ -175,6 +175,10 @@ impl Senders {
     }
 
     /// One attempt of `d` to the target `config` describes, and the receiver's answer.
+    ///
+    /// The file-transfer and API futures are boxed: an async fn's state is as large as its
+    /// largest arm, and theirs (14 KiB) made every webhook attempt, the common case, allocate
+    /// and copy that much twice.
     pub async fn attempt(&self, config: &TargetConfig, d: Delivery<'_>) -> (Attempt, Answer) {
         match config {
             TargetConfig::Webhook(w) => {
@@ -188,7 +192,7 @@ impl Senders {
             }
             TargetConfig::Ftp(f) => match serde_json::from_slice::<Envelope>(d.body) {
                 Ok(event) => {
-                    let result = self.files.deliver(f, &event, d.uploaded).await;
+                    let result = Box::pin(self.files.deliver(f, &event, d.uploaded)).await;
                     let ftp_reply = match &result {
                         UploadResult::Retryable { reply, .. }
                         | UploadResult::Permanent { reply, .. } => reply.clone(),
@@ -210,7 +214,7 @@ impl Senders {
             },
             TargetConfig::Api(a) => {
                 let mut answer = Answer::default();
-                let attempt = self.api.deliver_answered(a, d, &mut answer).await;
+                let attempt = Box::pin(self.api.deliver_answered(a, d, &mut answer)).await;
                 (attempt, answer)
             }
         }
