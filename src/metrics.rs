@@ -402,6 +402,11 @@ impl Metrics {
         self.reconciles.get_or_create(&labels).inc();
     }
 
+    /// This process sent a status patch of `part` (`conditions` or `delivery`).
+    pub fn status_written(&self, part: &'static str) {
+        self.status_writes.get_or_create(&StatusPart { part }).inc();
+    }
+
     /// A reconciler concluded `key`'s `Ready` condition.
     pub fn ready(&self, key: &TargetKey, status: &str, reason: &str) {
         let mut c = self.conditions.lock().unwrap_or_else(|e| e.into_inner());

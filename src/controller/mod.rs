@@ -358,11 +358,7 @@ where
             receiver_gone,
         };
         crate::status::apply(api, obj, crate::status::RECONCILER_MANAGER, &st).await?;
-        ctx.shared
-            .metrics
-            .status_writes
-            .get_or_create(&crate::metrics::StatusPart { part: "conditions" })
-            .inc();
+        ctx.shared.metrics.status_written("conditions");
     }
     if let Some((_, ready)) = checks.first() {
         ctx.shared

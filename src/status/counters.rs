@@ -473,14 +473,7 @@ impl CounterWriter {
                 continue;
             };
             let oldest = oldest.filter(|_| target.held.as_deref() != Some("Suspended"));
-            let check = self.policy.check(&c, oldest, now);
-            let changed = self.delivering.lock().is_ok_and(|d| {
-                d.get(&id.key)
-                    .is_none_or(|o| o.status != check.status.as_str() || o.reason != check.reason)
-            });
-            if changed {
-                self.touch(&id.key);
-            }
+            self.touch_if_changed(&id.key, &c, oldest, now);
         }
         // Backlogs of other replicas, as the last shared write saw them.
         let merged: Vec<_> = self
@@ -492,14 +485,25 @@ impl CounterWriter {
             })
             .unwrap_or_default();
         for (key, (c, oldest)) in merged {
-            let check = self.policy.check(&c, Some(oldest), now);
-            let changed = self.delivering.lock().is_ok_and(|d| {
-                d.get(&key)
-                    .is_none_or(|o| o.status != check.status.as_str() || o.reason != check.reason)
-            });
-            if changed {
-                self.touch(&key);
-            }
+            self.touch_if_changed(&key, &c, Some(oldest), now);
+        }
+    }
+
+    /// Marks `key` due if its `Delivering` would read otherwise than last written.
+    fn touch_if_changed(
+        &self,
+        key: &crate::routing::TargetKey,
+        c: &crate::store::TargetCounters,
+        oldest: Option<u64>,
+        now: u64,
+    ) {
+        let check = self.policy.check(c, oldest, now);
+        let changed = self.delivering.lock().is_ok_and(|d| {
+            d.get(key)
+                .is_none_or(|o| o.status != check.status.as_str() || o.reason != check.reason)
+        });
+        if changed {
+            self.touch(key);
         }
     }
 
@@ -588,10 +592,7 @@ impl CounterWriter {
                     .await
             }
         };
-        self.metrics
-            .status_writes
-            .get_or_create(&crate::metrics::StatusPart { part: "delivery" })
-            .inc();
+        self.metrics.status_written("delivery");
         let (old, cond) = match res {
             // Deleted meanwhile: nothing to report on.
             Err(kube::Error::Api(e)) if e.code == 404 => return Ok(()),

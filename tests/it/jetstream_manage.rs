@@ -33,6 +33,11 @@ struct Replicas {
 /// Two replicas on one NATS node with a subscription of `CLIENT` to `receiver`'s `path`, once
 /// both own partitions (each has the partition reader log line).
 async fn replicas(name: &str, receiver: &Receiver, path: &str) -> Replicas {
+    replicas_of(name, receiver, path, &["replica-a", "replica-b"]).await
+}
+
+/// [`replicas`] with the replica ids `ids`.
+async fn replicas_of(name: &str, receiver: &Receiver, path: &str, ids: &[&str]) -> Replicas {
     let cp = ControlPlane::shared();
     cp.install_crds(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("crds"))
         .await
@@ -44,7 +49,7 @@ async fn replicas(name: &str, receiver: &Receiver, path: &str) -> Replicas {
     let dir = tempfile::tempdir().unwrap();
     let tokens = manage_tokens(dir.path());
     let mut ops = Vec::new();
-    for id in ["replica-a", "replica-b"] {
+    for id in ids {
         let launch = replica_launch(&nats.urls(), id).args(&["--manage-token-file", &tokens]);
         ops.push(start_launch(cp, dir.path().join(id), &scope, launch).await);
     }
@@ -351,26 +356,9 @@ async fn entry_ids(op: &OperatorProcess, ns: &str) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_that_loses_its_volume_gets_its_delivery_log_back_from_jetstream() {
     let receiver = Receiver::start(Some(crate::replay::WHSEC)).await;
-    let cp = ControlPlane::shared();
-    cp.install_crds(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("crds"))
-        .await
-        .unwrap();
-    let scope = Scope::new("js-logcopy");
-    let ns = scope.namespace(cp, "js-logcopy", CLIENT).await;
-    let client = cp.client().await.unwrap();
-    let nats = NatsCluster::single().await.expect("nats-server");
-    let dir = tempfile::tempdir().unwrap();
-    let tokens = manage_tokens(dir.path());
-    let launch = replica_launch(&nats.urls(), "replica-a").args(&["--manage-token-file", &tokens]);
-    let op = start_launch(cp, dir.path().join("replica-a"), &scope, launch).await;
-    crate::replay::subscription(
-        &client,
-        &ns.name,
-        "hook",
-        json!({ "url": receiver.url("lc"), "clientId": CLIENT, "events": ["vehicle.processed"] }),
-    )
-    .await;
-    crate::support::process::wait_partitions_owned(std::slice::from_ref(&op)).await;
+    let mut r = replicas_of("js-logcopy", &receiver, "lc", &["replica-a"]).await;
+    let (cp, ns) = (ControlPlane::shared(), r.ns.clone());
+    let op = r.ops.remove(0);
     let batch = |from: usize, n: usize| -> Vec<Value> {
         (from..from + n)
             .map(|i| {
@@ -385,7 +373,7 @@ async fn a_replica_that_loses_its_volume_gets_its_delivery_log_back_from_jetstre
     };
     ingest(&op, batch(0, 20)).await;
     receiver.wait_for("lc", 20).await;
-    let before = entry_ids(&op, &ns.name).await;
+    let before = entry_ids(&op, &ns).await;
     assert_eq!(before.len(), 20, "{before:?}");
     // Copied (every half second).
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
@@ -407,7 +395,7 @@ async fn a_replica_that_loses_its_volume_gets_its_delivery_log_back_from_jetstre
     crate::support::process::wait_partitions_owned(std::slice::from_ref(&op)).await;
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     let restored = loop {
-        let ids = entry_ids(&op, &ns.name).await;
+        let ids = entry_ids(&op, &ns).await;
         if ids.len() >= 20 || std::time::Instant::now() > deadline {
             break ids;
         }
@@ -422,7 +410,7 @@ async fn a_replica_that_loses_its_volume_gets_its_delivery_log_back_from_jetstre
     // New attempts go on above the restored ids; both show.
     ingest(&op, batch(20, 5)).await;
     receiver.wait_for("lc", 25).await;
-    let after = entry_ids(&op, &ns.name).await;
+    let after = entry_ids(&op, &ns).await;
     assert_eq!(after.len(), 25, "{after:?}");
     assert_eq!(&after[5..], &before[..], "old entries below the new");
     let number = |id: &str| id.rsplit_once('.').unwrap().1.parse::<u64>().unwrap();
