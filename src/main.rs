@@ -608,6 +608,7 @@ fn cluster_options(
         },
         replica_id,
         lease: Duration::from_secs(args.partition_lease_seconds),
+        adopted_dir: args.data_dir.join("adopted"),
         log_retention: Duration::from_secs(args.delivery_log_retention_hours.saturating_mul(3600)),
     }))
 }

@@ -94,7 +94,7 @@ async fn last_copied(context: &jetstream::Context, replica: &str) -> anyhow::Res
 
 /// Puts back every copied entry of `replica` above `after`, oldest first, a batch at a time
 /// (a log of a million entries is never held in memory); how many.
-async fn restore_above(
+pub(super) async fn restore_above(
     context: &jetstream::Context,
     replica: &str,
     after: u64,

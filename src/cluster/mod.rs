@@ -14,6 +14,7 @@
 //! again by the new one. A vehicle's events still reach each target in order of their first
 //! arrival, as the new owner reads the partition in stream order.
 
+pub mod adopted;
 mod counters;
 mod log_copy;
 mod slots;
@@ -60,6 +61,8 @@ pub struct ClusterOptions {
     /// How long delivery log entries are kept (`--delivery-log-retention-hours`): their copy
     /// in JetStream too.
     pub log_retention: Duration,
+    /// Where the delivery logs of gone replicas served here are kept (filled from JetStream).
+    pub adopted_dir: std::path::PathBuf,
 }
 
 /// A running replica's share of the cluster: ingest into the log, and delivery of the
@@ -71,6 +74,7 @@ pub struct Cluster {
     dispatcher: Arc<Dispatcher>,
     counters: Arc<counters::KvCounters>,
     slots: Arc<slots::KvSlots>,
+    adopted: adopted::Adopted,
 }
 
 impl Cluster {
@@ -135,7 +139,16 @@ impl Cluster {
         });
         dispatcher.set_gate(gate.clone());
         tokio::spawn(owners.clone().run());
-        tokio::spawn(replicas_view(&log, &owners).serve(store.clone()));
+        let adopted = adopted::Adopted::default();
+        tokio::spawn(adopted::run(
+            log.context().clone(),
+            owners.clone(),
+            options.adopted_dir.clone(),
+            options.lease,
+            options.log_retention,
+            adopted.clone(),
+        ));
+        tokio::spawn(replicas_view(&log, &owners, &adopted).serve(store.clone()));
         tokio::spawn(log_copy::run(
             log.context().clone(),
             options.replica_id.clone(),
@@ -157,6 +170,7 @@ impl Cluster {
             dispatcher,
             counters: Arc::new(shared),
             slots: Arc::new(slots),
+            adopted,
         })
     }
 
@@ -182,7 +196,7 @@ impl Cluster {
 
     /// Every replica's delivery log, for the management API.
     pub fn replicas(&self) -> crate::manage::replicas::Replicas {
-        replicas_view(&self.log, &self.owners)
+        replicas_view(&self.log, &self.owners, &self.adopted)
     }
 
     /// Ingest's sink: events go to the log.
@@ -202,12 +216,17 @@ impl Cluster {
     }
 }
 
-fn replicas_view(log: &JetStreamLog, owners: &Owners) -> crate::manage::replicas::Replicas {
+fn replicas_view(
+    log: &JetStreamLog,
+    owners: &Owners,
+    adopted: &adopted::Adopted,
+) -> crate::manage::replicas::Replicas {
     let members = owners.clone();
     crate::manage::replicas::Replicas::new(
         log.context().client(),
         owners.id().to_owned(),
         Arc::new(move || members.members()),
+        adopted.clone(),
     )
 }
 

@@ -30,7 +30,7 @@ fn score(member: &str, key: &str) -> u64 {
 }
 
 /// The writer of `key` among `members`; none while the list is empty.
-fn writer_of<'a>(members: &'a [String], key: &str) -> Option<&'a str> {
+pub(super) fn writer_of<'a>(members: &'a [String], key: &str) -> Option<&'a str> {
     members
         .iter()
         .max_by_key(|m| (score(m, key), m.as_str()))

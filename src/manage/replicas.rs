@@ -16,6 +16,7 @@ use serde_json::Value;
 
 use super::deliveries::{ListParams, event_view, parse_list};
 use super::{ApiError, Caller};
+use crate::cluster::adopted::Adopted;
 use crate::ingest::tokens::Grant;
 use crate::store::Store;
 
@@ -48,6 +49,9 @@ enum Request {
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct Answer {
     replica: String,
+    /// The live replica that answered: another than `replica` for a gone replica's log.
+    #[serde(default)]
+    by: String,
     /// Entries as the API shows them (ids already `<replica>.<id>`), newest first, with
     /// (when it ended, local id) to merge them by.
     entries: Vec<(u64, u64, Value)>,
@@ -55,6 +59,9 @@ struct Answer {
     next: Option<u64>,
     /// An event's view (`Event`).
     event: Option<Value>,
+    /// A gone replica's attempts of an event (`Event`), per target: its store holds no events.
+    #[serde(default)]
+    targets: Vec<Value>,
 }
 
 /// Asks the replicas about their delivery logs. Cheap to clone.
@@ -64,6 +71,8 @@ pub struct Replicas {
     me: String,
     /// The live replicas now.
     members: std::sync::Arc<dyn Fn() -> Vec<String> + Send + Sync>,
+    /// The logs of replicas gone for good, some served here.
+    adopted: Adopted,
 }
 
 impl std::fmt::Debug for Replicas {
@@ -86,8 +95,21 @@ impl Replicas {
         nats: async_nats::Client,
         me: String,
         members: std::sync::Arc<dyn Fn() -> Vec<String> + Send + Sync>,
+        adopted: Adopted,
     ) -> Self {
-        Replicas { nats, me, members }
+        Replicas {
+            nats,
+            me,
+            members,
+            adopted,
+        }
+    }
+
+    /// Every replica whose log a query covers: the live ones and the gone ones served by one.
+    fn everyone(&self) -> std::collections::BTreeSet<String> {
+        let mut all: std::collections::BTreeSet<String> = (self.members)().into_iter().collect();
+        all.extend(self.adopted.gone());
+        all
     }
 
     /// Answers the other replicas' (and this one's own) requests from `store`, until the
@@ -108,25 +130,41 @@ impl Replicas {
                 tracing::warn!("a delivery log request that is not one; ignored");
                 continue;
             };
-            let (me, store, nats) = (self.me.clone(), store.clone(), self.nats.clone());
-            tokio::spawn(async move {
-                let answered =
-                    tokio::task::spawn_blocking(move || answer(&me, &store, request)).await;
-                match answered {
-                    Ok(Ok(Some(a))) => {
-                        if let Ok(bytes) = serde_json::to_vec(&a)
-                            && let Err(e) = nats.publish(reply, bytes.into()).await
-                        {
-                            tracing::warn!(error = %e, "could not answer a delivery log request");
+            let request = std::sync::Arc::new(request);
+            let mine = std::iter::once((self.me.clone(), store.clone(), false)).chain(
+                self.adopted
+                    .stores()
+                    .into_iter()
+                    .map(|(gone, store)| (gone, store, true)),
+            );
+            for (name, store, gone) in mine {
+                let (me, nats) = (self.me.clone(), self.nats.clone());
+                let (request, reply) = (request.clone(), reply.clone());
+                tokio::spawn(async move {
+                    let answered = tokio::task::spawn_blocking(move || {
+                        let mut a = answer(&name, &store, &request, gone);
+                        if let Ok(Some(a)) = &mut a {
+                            a.by = me;
                         }
+                        a
+                    })
+                    .await;
+                    match answered {
+                        Ok(Ok(Some(a))) => {
+                            if let Ok(bytes) = serde_json::to_vec(&a)
+                                && let Err(e) = nats.publish(reply, bytes.into()).await
+                            {
+                                tracing::warn!(error = %e, "could not answer a delivery log request");
+                            }
+                        }
+                        Ok(Ok(None)) => {}
+                        Ok(Err(e)) => {
+                            tracing::warn!(error = %e, "a delivery log request failed here");
+                        }
+                        Err(e) => tracing::warn!(error = %e, "a delivery log request failed here"),
                     }
-                    Ok(Ok(None)) => {}
-                    Ok(Err(e)) => {
-                        tracing::warn!(error = %e, "a delivery log request failed here");
-                    }
-                    Err(e) => tracing::warn!(error = %e, "a delivery log request failed here"),
-                }
-            });
+                });
+            }
         }
     }
 
@@ -155,6 +193,10 @@ impl Replicas {
                 Ok(None) | Err(_) => break,
             }
         }
+        // A replica back from gone answers for itself while the one that served its log
+        // has not let go yet: its own answer counts.
+        out.sort_by_key(|a| (a.replica.clone(), a.by != a.replica));
+        out.dedup_by(|later, first| later.replica == first.replica);
         if out.len() < want {
             tracing::warn!(
                 answered = out.len(),
@@ -186,7 +228,7 @@ impl Replicas {
         };
         // Every live replica, and every one an earlier page had (a replica whose membership
         // renewal is late is still asked for).
-        let mut known: std::collections::BTreeSet<String> = (self.members)().into_iter().collect();
+        let mut known = self.everyone();
         known.extend(before.keys().cloned());
         let want = known.len().max(1);
         let request = Request::List {
@@ -249,23 +291,30 @@ impl Replicas {
 
     /// One event's view merged over every replica's log: `None` when no replica knows it.
     pub async fn event(&self, client: &str, id: &str) -> Result<Option<Value>, ApiError> {
-        let want = (self.members)().len().max(1);
+        let want = self.everyone().len().max(1);
         let request = Request::Event {
             client: client.to_owned(),
             id: id.to_owned(),
         };
-        let views: Vec<Value> = self
-            .ask(&request, want)
-            .await?
-            .into_iter()
-            .filter_map(|a| a.event)
-            .collect();
-        Ok(merge_views(views))
+        let answers = self.ask(&request, want).await?;
+        let gone: Vec<Value> = answers.iter().flat_map(|a| a.targets.clone()).collect();
+        let views: Vec<Value> = answers.into_iter().filter_map(|a| a.event).collect();
+        if views.is_empty() {
+            return Ok(None);
+        }
+        let gone = (!gone.is_empty()).then(|| serde_json::json!({ "targets": gone }));
+        Ok(merge_views(views.into_iter().chain(gone).collect()))
     }
 }
 
-/// This replica's answer to `request`; `None` when it is not this replica's to answer.
-fn answer(me: &str, store: &Store, request: Request) -> Result<Option<Answer>, String> {
+/// The answer to `request` about the log of `me` in `store` (a gone replica's when `gone`);
+/// `None` when it is not this log's to answer.
+fn answer(
+    me: &str,
+    store: &Store,
+    request: &Request,
+    gone: bool,
+) -> Result<Option<Answer>, String> {
     let mut out = Answer {
         replica: me.to_owned(),
         ..Answer::default()
@@ -284,10 +333,11 @@ fn answer(me: &str, store: &Store, request: Request) -> Result<Option<Answer>, S
             let caller = Caller {
                 grant: match clients {
                     None => Grant::AnyClient,
-                    Some(c) => Grant::Clients(c.into_iter().collect()),
+                    Some(c) => Grant::Clients(c.iter().cloned().collect()),
                 },
             };
-            let Some(mut query) = parse_list(&caller, *params).map_err(|e| e.message)? else {
+            let Some(mut query) = parse_list(&caller, (**params).clone()).map_err(|e| e.message)?
+            else {
                 return Ok(Some(out));
             };
             query.before = from.flatten();
@@ -301,12 +351,15 @@ fn answer(me: &str, store: &Store, request: Request) -> Result<Option<Answer>, S
             if replica != me {
                 return Ok(None);
             }
-            if let Some(e) = store.attempt(id).map_err(|e| e.to_string())? {
+            if let Some(e) = store.attempt(*id).map_err(|e| e.to_string())? {
                 out.entries.push((e.at_unix_ms, e.id, shown(me, &e)));
             }
         }
+        Request::Event { client, id } if gone => {
+            out.targets = gone_attempts(me, store, client, id)?;
+        }
         Request::Event { client, id } => {
-            let view = event_view(store, &client, &id).map_err(|e| e.to_string())?;
+            let view = event_view(store, client, id).map_err(|e| e.to_string())?;
             out.event = view.map(|v| {
                 let mut v = serde_json::to_value(&v).unwrap_or(Value::Null);
                 name_attempts(me, &mut v);
@@ -315,6 +368,45 @@ fn answer(me: &str, store: &Store, request: Request) -> Result<Option<Answer>, S
         }
     }
     Ok(Some(out))
+}
+
+/// A gone replica's attempts of one event, per target as an event view lists them (its store
+/// holds entries only: the event itself is found where it is held, by a live replica).
+fn gone_attempts(me: &str, store: &Store, client: &str, id: &str) -> Result<Vec<Value>, String> {
+    let mut query = crate::store::AttemptQuery {
+        target: None,
+        results: None,
+        vehicle: None,
+        event_type: None,
+        event_id: Some(id.to_owned()),
+        clients: Some(vec![client.to_owned()]),
+        since_unix_ms: None,
+        until_unix_ms: None,
+        before: None,
+        limit: 500,
+    };
+    let mut per: BTreeMap<String, (crate::store::EntryTarget, Vec<Value>)> = BTreeMap::new();
+    loop {
+        let page = store.attempts(&query).map_err(|e| e.to_string())?;
+        for e in &page.entries {
+            per.entry(e.target.row.clone())
+                .or_insert_with(|| (e.target.clone(), Vec::new()))
+                .1
+                .push(shown(me, e));
+        }
+        match page.next {
+            Some(c) => query.before = Some(c.0),
+            None => break,
+        }
+    }
+    Ok(per
+        .into_values()
+        .map(|(target, mut attempts)| {
+            // Pages come newest first; a view lists attempts oldest first.
+            attempts.reverse();
+            serde_json::json!({ "target": target, "pending": false, "attempts": attempts })
+        })
+        .collect())
 }
 
 /// `e` as the API shows it, its id naming this replica.

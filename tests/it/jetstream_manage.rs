@@ -421,3 +421,165 @@ async fn a_replica_that_loses_its_volume_gets_its_delivery_log_back_from_jetstre
     let one = get(&op, &format!("/v1/deliveries/{}", before[3])).await;
     assert_eq!(one["result"], "delivered", "{one}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_gone_for_good_has_its_delivery_log_served_by_a_live_one() {
+    let receiver = Receiver::start(Some(crate::replay::WHSEC)).await;
+    let mut r = replicas("js-adopt", &receiver, "ad").await;
+    let ns = r.ns.clone();
+    let since = k8s_openapi::jiff::Timestamp::now();
+    let events: Vec<Value> = (0..VEHICLES)
+        .map(|i| {
+            event(
+                &format!("evt-jsad-{i}"),
+                CLIENT,
+                "vehicle.processed",
+                &format!("veh-{i}"),
+            )
+        })
+        .collect();
+    ingest(&r.ops[0], events).await;
+    receiver.wait_for("ad", VEHICLES).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let (a, b) = (copied(&r.ops[0]).await, copied(&r.ops[1]).await);
+        if a + b >= VEHICLES as u64 {
+            assert!(a > 0 && b > 0, "both replicas delivered: {a} + {b}");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the logs were not copied in 20 s: {a} + {b}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let before = entry_ids(&r.ops[0], &ns).await;
+    assert_eq!(before.len(), VEHICLES, "{before:?}");
+    let of_b: Vec<&String> = before
+        .iter()
+        .filter(|i| i.starts_with("replica-b."))
+        .collect();
+    let b_event = get(&r.ops[0], &format!("/v1/deliveries/{}", of_b[0])).await["event"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    // Replica B is gone for good: killed, never started again.
+    let mut b = r.ops.remove(1);
+    b.kill();
+    let a = &r.ops[0];
+    // Its log is missing while B could still be restarting (lease, then grace), then served
+    // by A from the copy: the same entries under the same ids.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let mut lapsed = false;
+    let after = loop {
+        let ids = entry_ids(a, &ns).await;
+        lapsed |= ids.len() < VEHICLES;
+        if ids.len() == VEHICLES && lapsed {
+            break ids;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "B's entries were not served again in 60 s (lapsed: {lapsed}, {} entries):\n{}",
+            ids.len(),
+            a.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    assert_eq!(
+        after, before,
+        "the merged log after B is gone, newest first"
+    );
+    assert!(
+        a.log_text()
+            .contains("serving a gone replica's delivery log here"),
+        "{}",
+        a.log_text()
+    );
+    // One of B's entries by its id.
+    let one = get(a, &format!("/v1/deliveries/{}", of_b[0])).await;
+    assert_eq!(one["id"], of_b[0].as_str(), "{one}");
+    assert_eq!(one["result"], "delivered", "{one}");
+    // Paged by 5: every entry once, B's among them.
+    let (mut paged, mut cursor) = (Vec::<String>::new(), None::<String>);
+    loop {
+        let mut q = format!("/v1/deliveries?target=whs/{ns}/hook&limit=5");
+        if let Some(c) = &cursor {
+            q.push_str(&format!("&cursor={c}"));
+        }
+        let page = get(a, &q).await;
+        paged.extend(
+            page["entries"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|e| e["id"].as_str().unwrap().to_owned()),
+        );
+        assert!(paged.len() <= 2 * VEHICLES, "{paged:?}");
+        match page["next"].as_str() {
+            Some(c) => cursor = Some(c.to_owned()),
+            None => break,
+        }
+    }
+    assert_eq!(paged, before);
+
+    // A replay through A delivers B's event again: its view holds A's new attempt and B's.
+    let (status, body) = manage(
+        a,
+        OPS,
+        &format!("/v1/targets/whs/{ns}/hook/replay"),
+        json!({ "since": since.to_string() }),
+    )
+    .await;
+    assert_eq!(status, 202, "{body}");
+    receiver.wait_for("ad", 2 * VEHICLES).await;
+    let view = get(a, &format!("/v1/events/{b_event}?client={CLIENT}")).await;
+    let ids: Vec<&str> = view["targets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|t| t["attempts"].as_array().unwrap())
+        .map(|x| x["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids.len(), 2, "{view}");
+    assert_eq!(
+        ids[0],
+        of_b[0].as_str(),
+        "B's attempt first (oldest first): {view}"
+    );
+    assert!(ids[1].starts_with("replica-a."), "{view}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let all = loop {
+        let ids = entry_ids(a, &ns).await;
+        if ids.len() == 2 * VEHICLES {
+            break ids;
+        }
+        assert!(std::time::Instant::now() < deadline, "{ids:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(&all[VEHICLES..], &before[..]);
+
+    // B comes back after all: it serves its own log again and A lets go of its copy; every
+    // entry shows once meanwhile.
+    let b = b
+        .restart(ControlPlane::shared())
+        .await
+        .expect("restart replica-b");
+    let deadline = std::time::Instant::now() + Duration::from_secs(40);
+    while !a
+        .log_text()
+        .contains("no longer serving a gone replica's delivery log here")
+    {
+        let ids = entry_ids(&b, &ns).await;
+        let distinct: std::collections::BTreeSet<_> = ids.iter().collect();
+        assert_eq!(distinct.len(), ids.len(), "{ids:?}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "A kept serving B's log after B came back:\n{}",
+            a.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert_eq!(entry_ids(&b, &ns).await, all);
+    assert_eq!(entry_ids(a, &ns).await, all);
+}
