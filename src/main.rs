@@ -201,6 +201,12 @@ struct RunArgs {
     /// over has them taken over after about this long.
     #[arg(long, env = "VC_PARTITION_LEASE_SECONDS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=300))]
     partition_lease_seconds: u64,
+    /// Status writes of delivery counters per second, over all resources: fewer spare the API
+    /// server and etcd (each write costs them a patch and a watch event), at the price of
+    /// statuses that lag further behind during a burst (each is current within the number of
+    /// busy resources divided by this, in seconds).
+    #[arg(long, env = "VC_STATUS_WRITES_PER_SECOND", default_value_t = vehicle_connect::status::STATUS_WRITES_PER_SECOND as u64, value_parser = clap::value_parser!(u64).range(1..=1000))]
+    status_writes_per_second: u64,
     /// Log format: `text`, or `json` (one object a line, fields at the top level).
     #[arg(long, env = "VC_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -321,6 +327,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             failures: args.delivering_failures,
             max_wait: Duration::from_secs(args.delivering_max_wait_seconds),
         },
+        usize::try_from(args.status_writes_per_second).unwrap_or(usize::MAX),
         metrics.clone(),
     );
     let ops = match &args.ops_webhook_url {

@@ -330,12 +330,9 @@ async fn a_replay_reads_the_whole_log_and_spec_replay_is_queued_once_by_two_repl
 
 /// Delivery log entries this operator copied to JetStream, by its metrics.
 async fn copied(op: &OperatorProcess) -> u64 {
-    let text = metrics(op).await;
-    text.lines()
-        .find_map(|l| l.strip_prefix("vehicle_connect_delivery_log_copied_total "))
-        .and_then(|v| v.trim().parse::<f64>().ok())
-        .map(|v| v as u64)
-        .unwrap_or_else(|| panic!("no vehicle_connect_delivery_log_copied_total:\n{text}"))
+    crate::support::process::metric_value(op, "vehicle_connect_delivery_log_copied_total")
+        .await
+        .expect("vehicle_connect_delivery_log_copied_total is exported") as u64
 }
 
 /// The ids of the log's entries for the test's subscription, newest first.

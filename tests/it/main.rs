@@ -46,6 +46,7 @@ mod self_service;
 mod sftp_controller;
 mod sftp_peer;
 mod sftp_upload;
+mod status_budget;
 mod trust_controller;
 mod trust_delivery;
 mod watch_selector;

@@ -96,6 +96,15 @@ pub async fn metrics(op: &OperatorProcess) -> String {
         .expect("/metrics body")
 }
 
+/// The value of one series of `op`'s metrics, named with its labels as exported (e.g.
+/// `family_total{part="delivery"}`); `None` while it is not exported.
+pub async fn metric_value(op: &OperatorProcess, series: &str) -> Option<f64> {
+    let text = metrics(op).await;
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+}
+
 /// The backend the end-to-end tests run on: `VC_TEST_STORE=nats` runs each operator process on
 /// a JetStream server of its own (one node, so one replica of the stream), started here and
 /// kept for the rest of the test process; unset or `embedded`, the embedded store. Every
