@@ -181,22 +181,28 @@ impl Replicas {
             .publish_with_reply(SUBJECT, inbox, payload.into())
             .await
             .map_err(unavailable)?;
-        let mut out = Vec::new();
+        // One answer per replica: a replica back from gone answers for itself while the one
+        // that served its log has not let go yet, and its own answer counts. Counted by
+        // replica, so such a pair never stands in for a replica that has not answered yet.
+        let mut by_replica: BTreeMap<String, Answer> = BTreeMap::new();
         let deadline = tokio::time::Instant::now() + WAIT;
-        while out.len() < want {
+        while by_replica.len() < want {
             match tokio::time::timeout_at(deadline, answers.next()).await {
                 Ok(Some(m)) => {
                     if let Ok(a) = serde_json::from_slice::<Answer>(&m.payload) {
-                        out.push(a);
+                        let own = a.by == a.replica;
+                        match by_replica.get(&a.replica) {
+                            Some(have) if have.by == have.replica || !own => {}
+                            _ => {
+                                by_replica.insert(a.replica.clone(), a);
+                            }
+                        }
                     }
                 }
                 Ok(None) | Err(_) => break,
             }
         }
-        // A replica back from gone answers for itself while the one that served its log
-        // has not let go yet: its own answer counts.
-        out.sort_by_key(|a| (a.replica.clone(), a.by != a.replica));
-        out.dedup_by(|later, first| later.replica == first.replica);
+        let out: Vec<Answer> = by_replica.into_values().collect();
         if out.len() < want {
             tracing::warn!(
                 answered = out.len(),
